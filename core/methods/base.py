@@ -1,0 +1,113 @@
+"""What every unlearning method shares: the hyperparameter schema and the loss-term shape.
+
+A method is one module (``core/methods/<name>.py``) holding its hyperparameter schema,
+its pure ``forget_loss`` and a :class:`Method` entry in the registry. The training loop
+is shared by all of them. torch is imported inside functions so that the API can read
+the schemas without loading it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+if TYPE_CHECKING:
+    import torch
+
+
+class TrainingHyperparameters(BaseModel):
+    """Optimizer, schedule and batching; shared by every method and by fine-tuning.
+
+    Defaults follow the reference setups for 7B models (AdamW, lr 1e-5, 10 epochs,
+    effective batch 32, 1 warm-up epoch of 10). Tiny demo models want a larger lr.
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    learning_rate: float = Field(1e-5, gt=0, le=1.0, description="Peak AdamW learning rate.")
+    epochs: int = Field(10, ge=1, le=1000, description="Passes over the forget set.")
+    max_steps: int | None = Field(
+        None, ge=1, le=10_000_000, description="Stop after this many optimizer steps."
+    )
+    batch_size: int = Field(8, ge=1, le=1024, description="Forget examples per micro-batch.")
+    gradient_accumulation_steps: int = Field(
+        4, ge=1, le=1024, description="Micro-batches per optimizer step."
+    )
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Fraction of steps warming up.")
+    lr_scheduler: Literal["linear", "cosine", "constant"] = Field(
+        "linear", description="Schedule after warm-up."
+    )
+    weight_decay: float = Field(0.01, ge=0, le=1, description="AdamW weight decay.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; null: none.")
+    max_length: int = Field(512, ge=8, le=131072, description="Tokens per sequence.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 where the GPU supports it, else fp32."
+    )
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
+
+    @property
+    def effective_batch_size(self) -> int:
+        return self.batch_size * self.gradient_accumulation_steps
+
+
+class UnlearningHyperparameters(TrainingHyperparameters):
+    """Adds the forget/retain weighting every unlearning method has."""
+
+    forget_coeff: float = Field(1.0, ge=0, le=1000, description="Weight of the forget loss.")
+    retain_coeff: float = Field(1.0, ge=0, le=1000, description="Weight (lambda) of the retain loss.")
+    retain_loss: Literal["nll", "kl", "none"] = Field(
+        "nll",
+        description="Retain term: NLL on retain answers, KL to the original model on retain "
+        "answers, or none.",
+    )
+
+    @model_validator(mode="after")
+    def _some_loss(self):
+        if self.forget_coeff == 0 and (self.retain_loss == "none" or self.retain_coeff == 0):
+            raise ValueError("forget_coeff and retain term are both zero: nothing to train")
+        return self
+
+
+@dataclass
+class ForgetInputs:
+    """Per-sequence statistics of a forget micro-batch (all shape ``[B]``)."""
+
+    nll: torch.Tensor  # summed answer-token NLL under the current model
+    n_tokens: torch.Tensor  # answer tokens per sequence
+    ref_nll: torch.Tensor | None = None  # summed NLL under the model before unlearning
+
+
+@dataclass
+class LossTerm:
+    """A batch loss as ``sum(per_sequence) / sum(normalizer)``.
+
+    Keeping numerator and denominator apart lets the loop normalize by the whole
+    effective batch (all micro-batches, all processes), so batch 8 x accumulation 1
+    and batch 2 x accumulation 4 give the same update.
+    ``gradient_weight`` (detached) is the per-sample factor that multiplies the
+    gradient of ``-nll`` (gradient ascent); the SimNPO paper analyses it.
+    """
+
+    per_sequence: torch.Tensor
+    normalizer: torch.Tensor
+    gradient_weight: torch.Tensor | None = None
+
+    def mean(self) -> torch.Tensor:
+        return self.per_sequence.sum() / self.normalizer.sum()
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    title: str
+    description: str
+    hyperparameters: type[UnlearningHyperparameters]
+    forget_term: Callable[[ForgetInputs, UnlearningHyperparameters], LossTerm]
+    needs_reference_nll: bool = False
+    paper: str | None = None
+
+    def parse_hyperparameters(self, values: dict | None) -> UnlearningHyperparameters:
+        return self.hyperparameters.model_validate(values or {})

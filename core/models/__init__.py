@@ -1,0 +1,1 @@
+"""Model I/O: resolving references, loading, scoring sequences, saving checkpoints."""

@@ -1,0 +1,101 @@
+"""All configuration, from environment variables prefixed ``OBLIVIATE_``.
+
+With nothing set, the service runs embedded under ``OBLIVIATE_HOME`` (default
+``./.obliviate``): a SQLite file, a local folder as object store, and Celery's
+filesystem transport as a broker that needs no server. Production sets the URLs
+(``OBLIVIATE_DATABASE_URL=postgresql+psycopg://...``, ``OBLIVIATE_BROKER_URL=redis://...``,
+``OBLIVIATE_STORAGE_URL=s3://bucket/prefix``). The README's configuration table
+mirrors this class.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OBLIVIATE_", extra="ignore")
+
+    home: Path = Field(Path(".obliviate"), description="Folder for all embedded state.")
+    database_url: str = Field("", description="SQLAlchemy URL; default: SQLite file in home.")
+    broker_url: str = Field("", description="Celery broker; default: filesystem transport in home.")
+    storage_url: str = Field(
+        "", description="file:///path or s3://bucket/prefix; default: home/store."
+    )
+    s3_endpoint_url: str | None = Field(None, description="S3 endpoint (MinIO, SeaweedFS).")
+    s3_region: str | None = Field(None, description="S3 region.")
+
+    model_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated folders that file:// model locations may point into; "
+        "home/models is always allowed.",
+    )
+    allow_hub_models: bool = Field(True, description="Accept Hugging Face hub ids as base models.")
+    allow_private_urls: bool = Field(
+        False, description="Accept http(s) model URLs on private/loopback/link-local addresses."
+    )
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated bearer tokens; empty disables auth (embedded default).",
+    )
+    max_upload_bytes: int = Field(200 * 1024 * 1024, gt=0, description="Upload size limit.")
+
+    heartbeat_interval_s: float = Field(5.0, gt=0, description="Worker heartbeat period.")
+    stale_after_s: float = Field(120.0, gt=0, description="Heartbeat age after which a job is reaped.")
+    requeue_queued_after_s: float = Field(
+        600.0, gt=0, description="Re-enqueue jobs still queued after this long (lost messages)."
+    )
+    max_attempts: int = Field(3, ge=1, description="Attempts before a reaped job fails.")
+    job_time_limit_s: int = Field(24 * 3600, gt=0, description="Hard time limit of one job.")
+    reaper_interval_s: float = Field(30.0, gt=0, description="How often the reaper runs.")
+
+    demo_on_start: bool = Field(True, description="Build and register demo assets at first start.")
+    demo_preset: str = Field("demo", description="Demo asset preset: tiny or demo.")
+
+    @field_validator("model_roots", "api_keys", mode="before")
+    @classmethod
+    def _split_commas(cls, value):
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _fill_embedded_defaults(self) -> Settings:
+        self.home = self.home.expanduser().resolve()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.home / 'obliviate.db'}"
+        if not self.broker_url:
+            self.broker_url = "filesystem://"
+        if not self.storage_url:
+            self.storage_url = (self.home / "store").as_uri()
+        self.model_roots = [p.expanduser().resolve() for p in self.model_roots]
+        if self.models_dir not in self.model_roots:
+            self.model_roots.append(self.models_dir)
+        return self
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def cache_dir(self) -> Path:
+        """Local copies of models and datasets fetched from object storage."""
+        return self.home / "cache"
+
+    @property
+    def broker_folder(self) -> Path:
+        return self.home / "broker"
+
+    @property
+    def is_embedded_broker(self) -> bool:
+        return self.broker_url.startswith("filesystem://")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

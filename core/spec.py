@@ -1,0 +1,155 @@
+"""The job specification: one schema for the REST API body, the CLI's YAML/JSON job
+files and the worker.
+
+Data and model references are strings resolved where the job runs:
+- data: a dataset id (``ds_...``, uploaded through the API), a local path (CLI), or an
+  object-store URL (``s3://bucket/key``, ``file:///...``);
+- model: a registered model name (``demo-target``, a finished job's output), a local
+  folder, an object-store URL, or a Hugging Face hub id.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from core.errors import InvalidRequest
+from core.methods import DEFAULT_METHOD, get_method
+from core.methods.base import UnlearningHyperparameters
+
+DEFAULT_PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class LoraSpec(StrictModel):
+    """Train low-rank adapters (peft) instead of all weights."""
+
+    r: int = Field(8, ge=1, le=1024, description="Adapter rank.")
+    alpha: float = Field(16, gt=0, le=4096, description="Adapter scaling numerator.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Adapter dropout.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Module names to adapt, or all linear layers."
+    )
+    merge: bool = Field(False, description="Also publish the merged full model.")
+
+
+class RelearnSpec(StrictModel):
+    """Relearning attack: briefly fine-tune the unlearned model on part of the forget set
+    and measure how much comes back."""
+
+    steps: int = Field(10, ge=1, le=10_000, description="Optimizer steps of the attack.")
+    fraction: float = Field(0.5, gt=0, le=1, description="Share of the forget set used.")
+    learning_rate: float = Field(1e-5, gt=0, le=1, description="Attack learning rate.")
+    batch_size: int = Field(8, ge=1, le=1024, description="Attack batch size.")
+
+
+class EvaluationSpec(StrictModel):
+    """What the before/after report measures. Every set defaults to what the job has."""
+
+    enabled: bool = Field(True, description="Evaluate the model before and after unlearning.")
+    forget: str | None = Field(
+        None, description="Forget-side eval data (with paraphrased/perturbed answers); "
+        "default: the forget set."
+    )
+    retain: str | None = Field(None, description="Retain-side eval data; default: the retain set.")
+    holdout: str | None = Field(
+        None, description="Data never trained on, for membership inference (AUC, PrivLeak)."
+    )
+    utility: list[str] = Field(
+        default_factory=list, description="Extra utility sets (e.g. world facts).", max_length=8
+    )
+    oracle: str | None = Field(
+        None, description="A model never trained on the forget set (retrain), for forget "
+        "quality; or 'job:<id>' to reuse the stored statistics of an earlier evaluation."
+    )
+    max_samples: int = Field(400, ge=1, le=100_000, description="Cap per evaluation set.")
+    generate: bool = Field(True, description="Greedy generation for ROUGE-L.")
+    max_new_tokens: int = Field(64, ge=1, le=1024, description="Generation length for ROUGE-L.")
+    batch_size: int = Field(32, ge=1, le=1024, description="Evaluation batch size.")
+    relearn: RelearnSpec | None = Field(None, description="Run a relearning attack.")
+
+
+class JobSpec(StrictModel):
+    model: str = Field(..., min_length=1, max_length=2048, description="Base model reference.")
+    forget: str = Field(..., min_length=1, max_length=2048, description="Forget set reference.")
+    retain: str | None = Field(None, max_length=2048, description="Retain set reference.")
+    method: str = Field(DEFAULT_METHOD, description="Unlearning method (GET /v1/methods).")
+    hyperparameters: dict[str, Any] = Field(
+        default_factory=dict, description="Method hyperparameters; defaults per method."
+    )
+    lora: LoraSpec | None = Field(None, description="LoRA instead of full fine-tuning.")
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    prompt_template: str = Field(
+        DEFAULT_PROMPT_TEMPLATE,
+        max_length=4096,
+        description="Used when the tokenizer has no chat template; must contain {question}.",
+    )
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed for data order and init.")
+    metadata: dict[str, str] = Field(
+        default_factory=dict, description="Free-form labels (max 16 keys).", max_length=16
+    )
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _template_has_question(cls, value: str) -> str:
+        if "{question}" not in value:
+            raise ValueError("must contain the placeholder {question}")
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_bounds(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, item in value.items():
+            if not key or len(key) > 64 or len(item) > 512:
+                raise ValueError("keys are 1-64 characters, values at most 512")
+        return value
+
+    def method_hyperparameters(self) -> UnlearningHyperparameters:
+        """The method's validated hyperparameters, defaults filled in."""
+        method = get_method(self.method)
+        try:
+            hparams = method.parse_hyperparameters(self.hyperparameters)
+        except ValidationError as exc:
+            raise invalid_request_from(exc, prefix="hyperparameters") from None
+        if hparams.retain_loss != "none" and hparams.retain_coeff > 0 and not self.retain:
+            raise InvalidRequest(
+                f"method {self.method!r} with retain_loss={hparams.retain_loss!r} needs a retain "
+                "set; give one, or set hyperparameters.retain_loss to 'none'",
+                param="retain",
+                code="missing_retain_set",
+            )
+        return hparams
+
+    def validated(self) -> JobSpec:
+        """Check everything that can be checked without loading data or models."""
+        self.method_hyperparameters()
+        return self
+
+
+def parse_job_spec(data: dict[str, Any]) -> JobSpec:
+    """Validate a raw mapping (API body, YAML file) into a JobSpec; raises InvalidRequest."""
+    try:
+        spec = JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise invalid_request_from(exc) from None
+    return spec.validated()
+
+
+def invalid_request_from(exc: ValidationError, prefix: str | None = None) -> InvalidRequest:
+    """The first pydantic error as an InvalidRequest naming its field (dotted path)."""
+    first = exc.errors()[0]
+    location = [str(part) for part in first["loc"]]
+    param = ".".join(([prefix] if prefix else []) + location) or prefix
+    code = {
+        "missing": "missing_field",
+        "extra_forbidden": "unknown_field",
+        "finite_number": "non_finite_value",
+    }.get(first["type"], "invalid_value")
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "unknown field"
+    return InvalidRequest(f"{param}: {message}" if param else message, param=param, code=code)
