@@ -46,7 +46,9 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(200 * 1024 * 1024, gt=0, description="Upload size limit.")
 
     heartbeat_interval_s: float = Field(5.0, gt=0, description="Worker heartbeat period.")
-    stale_after_s: float = Field(120.0, gt=0, description="Heartbeat age after which a job is reaped.")
+    stale_after_s: float = Field(
+        120.0, gt=0, description="Heartbeat age after which a job is reaped."
+    )
     requeue_queued_after_s: float = Field(
         600.0, gt=0, description="Re-enqueue jobs still queued after this long (lost messages)."
     )

@@ -52,8 +52,9 @@ class EvaluationSpec(StrictModel):
 
     enabled: bool = Field(True, description="Evaluate the model before and after unlearning.")
     forget: str | None = Field(
-        None, description="Forget-side eval data (with paraphrased/perturbed answers); "
-        "default: the forget set."
+        None,
+        description="Forget-side eval data (with paraphrased/perturbed answers); "
+        "default: the forget set.",
     )
     retain: str | None = Field(None, description="Retain-side eval data; default: the retain set.")
     holdout: str | None = Field(
@@ -63,8 +64,9 @@ class EvaluationSpec(StrictModel):
         default_factory=list, description="Extra utility sets (e.g. world facts).", max_length=8
     )
     oracle: str | None = Field(
-        None, description="A model never trained on the forget set (retrain), for forget "
-        "quality; or 'job:<id>' to reuse the stored statistics of an earlier evaluation."
+        None,
+        description="A model never trained on the forget set (retrain), for forget "
+        "quality; or 'job:<id>' to reuse the stored statistics of an earlier evaluation.",
     )
     max_samples: int = Field(400, ge=1, le=100_000, description="Cap per evaluation set.")
     generate: bool = Field(True, description="Greedy generation for ROUGE-L.")

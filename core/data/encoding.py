@@ -105,26 +105,36 @@ def encode_qa(
     )
 
 
-def encode_text(tokenizer, text: str, *, max_length: int, record_index: int = 0) -> list[EncodedExample]:
+def encode_text(
+    tokenizer, text: str, *, max_length: int, record_index: int = 0
+) -> list[EncodedExample]:
     """Raw text, cut into windows of ``max_length`` tokens, each starting with BOS."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     bos = _bos(tokenizer)
     width = max_length - len(bos)
-    windows = [ids[start:start + width] for start in range(0, len(ids), width)] or [[]]
+    windows = [ids[start : start + width] for start in range(0, len(ids), width)] or [[]]
     return [
-        EncodedExample(input_ids=bos + chunk, labels=[IGNORE_INDEX] * len(bos) + chunk, record_index=record_index)
+        EncodedExample(
+            input_ids=bos + chunk,
+            labels=[IGNORE_INDEX] * len(bos) + chunk,
+            record_index=record_index,
+        )
         for chunk in windows
         if chunk
     ]
 
 
-def encode_record_set(tokenizer, records: RecordSet, *, max_length: int, template: str) -> list[EncodedExample]:
+def encode_record_set(
+    tokenizer, records: RecordSet, *, max_length: int, template: str
+) -> list[EncodedExample]:
     """Encode a whole set; errors name the file, line and field."""
     examples: list[EncodedExample] = []
     answer_field = {"qa": "answer", "completion": "completion", "text": "text"}[records.kind]
     for index, record in enumerate(records.records):
         if records.kind == "text":
-            examples.extend(encode_text(tokenizer, record.answer, max_length=max_length, record_index=index))
+            examples.extend(
+                encode_text(tokenizer, record.answer, max_length=max_length, record_index=index)
+            )
             continue
         examples.append(
             encode_qa(
@@ -138,21 +148,29 @@ def encode_record_set(tokenizer, records: RecordSet, *, max_length: int, templat
             )
         )
     if not examples:
-        raise DataValidationError("no tokens after encoding", file=records.name, code="empty_dataset")
+        raise DataValidationError(
+            "no tokens after encoding", file=records.name, code="empty_dataset"
+        )
     return examples
 
 
-def encode_records(tokenizer, records: Sequence[Record], *, max_length: int, template: str, answers=None) -> list[EncodedExample]:
+def encode_records(
+    tokenizer, records: Sequence[Record], *, max_length: int, template: str, answers=None
+) -> list[EncodedExample]:
     """Encode question/answer pairs, optionally with other answers (paraphrased,
     perturbed) in place of each record's own."""
     answers = answers if answers is not None else [r.answer for r in records]
     return [
-        encode_qa(tokenizer, r.prompt or "", a, max_length=max_length, template=template, record_index=i)
+        encode_qa(
+            tokenizer, r.prompt or "", a, max_length=max_length, template=template, record_index=i
+        )
         for i, (r, a) in enumerate(zip(records, answers))
     ]
 
 
-def collate(examples: Sequence[EncodedExample], pad_token_id: int, *, padding_side: str = "right") -> dict[str, torch.Tensor]:
+def collate(
+    examples: Sequence[EncodedExample], pad_token_id: int, *, padding_side: str = "right"
+) -> dict[str, torch.Tensor]:
     """Pad a batch; ``attention_mask`` is 0 and ``labels`` -100 on padding."""
     import torch
 
@@ -177,6 +195,6 @@ def collate_prompts(prompts: Sequence[list[int]], pad_token_id: int) -> dict[str
     input_ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for row, prompt in enumerate(prompts):
-        input_ids[row, width - len(prompt):] = torch.tensor(prompt)
-        attention_mask[row, width - len(prompt):] = 1
+        input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
+        attention_mask[row, width - len(prompt) :] = 1
     return {"input_ids": input_ids, "attention_mask": attention_mask}

@@ -98,7 +98,9 @@ def read_records(path: str | Path, *, name: str | None = None) -> RecordSet:
 def parse_records(data: bytes, *, name: str, file_format: FileFormat | None = None) -> RecordSet:
     """Parse and validate file contents; raises :class:`DataValidationError`."""
     file_format = file_format or detect_format(name)
-    rows = {"jsonl": _jsonl_rows, "csv": _csv_rows, "parquet": _parquet_rows}[file_format](data, name)
+    rows = {"jsonl": _jsonl_rows, "csv": _csv_rows, "parquet": _parquet_rows}[file_format](
+        data, name
+    )
     records: list[Record] = []
     kind: RecordKind | None = None
     columns: set[str] = set()
@@ -138,7 +140,9 @@ def _record_kind(row: dict, name: str, line: int) -> RecordKind:
 def _required_text(row: dict, key: str, name: str, line: int) -> str:
     value = row.get(key)
     if value is None:
-        raise DataValidationError("missing field", file=name, line=line, field=key, code="missing_field")
+        raise DataValidationError(
+            "missing field", file=name, line=line, field=key, code="missing_field"
+        )
     if not isinstance(value, str):
         raise DataValidationError(
             f"must be a string, got {type(value).__name__}", file=name, line=line, field=key
@@ -190,7 +194,13 @@ def _to_record(row: dict, kind: RecordKind, name: str, line: int) -> Record:
     else:
         prompt = _required_text(row, prompt_key, name, line)
     answer = _required_text(row, answer_key, name, line)
-    known = {prompt_key, answer_key, "paraphrased_answer", "paraphrased_question", "perturbed_answer"}
+    known = {
+        prompt_key,
+        answer_key,
+        "paraphrased_answer",
+        "paraphrased_question",
+        "perturbed_answer",
+    }
     meta = {k: v for k, v in row.items() if k not in known and _is_plain(v)}
     return Record(
         prompt=prompt,
@@ -215,7 +225,9 @@ def _jsonl_rows(data: bytes, name: str) -> Iterator[tuple[int, Any]]:
         try:
             items = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise DataValidationError(f"invalid JSON: {exc.msg}", file=name, line=exc.lineno) from None
+            raise DataValidationError(
+                f"invalid JSON: {exc.msg}", file=name, line=exc.lineno
+            ) from None
         yield from enumerate(items, start=1)
         return
     for line_no, line in enumerate(text.splitlines(), start=1):

@@ -57,7 +57,9 @@ class UnlearningHyperparameters(TrainingHyperparameters):
     """Adds the forget/retain weighting every unlearning method has."""
 
     forget_coeff: float = Field(1.0, ge=0, le=1000, description="Weight of the forget loss.")
-    retain_coeff: float = Field(1.0, ge=0, le=1000, description="Weight (lambda) of the retain loss.")
+    retain_coeff: float = Field(
+        1.0, ge=0, le=1000, description="Weight (lambda) of the retain loss."
+    )
     retain_loss: Literal["nll", "kl", "none"] = Field(
         "nll",
         description="Retain term: NLL on retain answers, KL to the original model on retain "

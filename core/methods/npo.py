@@ -17,7 +17,9 @@ from core.methods.base import ForgetInputs, LossTerm, Method, UnlearningHyperpar
 
 
 class NPOHyperparameters(UnlearningHyperparameters):
-    beta: float = Field(0.1, gt=0, le=100, description="Inverse temperature of the preference loss.")
+    beta: float = Field(
+        0.1, gt=0, le=100, description="Inverse temperature of the preference loss."
+    )
 
 
 def forget_loss(nll, ref_nll, beta: float):

@@ -10,7 +10,9 @@ from core.storage.base import ObjectInfo, ObjectNotFound, ObjectStore
 from core.storage.local import LocalStore
 
 
-def open_store(url: str, *, endpoint_url: str | None = None, region: str | None = None) -> ObjectStore:
+def open_store(
+    url: str, *, endpoint_url: str | None = None, region: str | None = None
+) -> ObjectStore:
     """``file:///abs/path`` (or a plain path) -> LocalStore; ``s3://bucket/prefix`` -> S3Store."""
     parsed = urlparse(url)
     if parsed.scheme in ("", "file"):
@@ -26,7 +28,16 @@ def store_from_settings(settings=None) -> ObjectStore:
     from core.settings import get_settings
 
     settings = settings or get_settings()
-    return open_store(settings.storage_url, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region)
+    return open_store(
+        settings.storage_url, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region
+    )
 
 
-__all__ = ["ObjectInfo", "ObjectNotFound", "ObjectStore", "LocalStore", "open_store", "store_from_settings"]
+__all__ = [
+    "ObjectInfo",
+    "ObjectNotFound",
+    "ObjectStore",
+    "LocalStore",
+    "open_store",
+    "store_from_settings",
+]

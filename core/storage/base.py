@@ -72,7 +72,7 @@ class ObjectStore(abc.ABC):
         prefix = prefix.rstrip("/") + "/"
         paths = []
         for info in self.list(prefix):
-            target = folder / info.key[len(prefix):]
+            target = folder / info.key[len(prefix) :]
             target.parent.mkdir(parents=True, exist_ok=True)
             self.download_file(info.key, target)
             paths.append(target)

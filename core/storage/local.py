@@ -40,7 +40,9 @@ class LocalStore(ObjectStore):
 
     def put_file(self, key: str, path: Path) -> None:
         with open(path, "rb") as source:
-            self._write_atomically(self._path(key), lambda handle: shutil.copyfileobj(source, handle))
+            self._write_atomically(
+                self._path(key), lambda handle: shutil.copyfileobj(source, handle)
+            )
 
     def get_bytes(self, key: str) -> bytes:
         try:

@@ -55,7 +55,7 @@ class S3Store(ObjectStore):
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _strip(self, full_key: str) -> str:
-        return full_key[len(self.prefix) + 1:] if self.prefix else full_key
+        return full_key[len(self.prefix) + 1 :] if self.prefix else full_key
 
     def _missing(self, exc) -> bool:
         return exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
@@ -121,7 +121,7 @@ class S3Store(ObjectStore):
     def delete_prefix(self, prefix: str) -> int:
         keys = [self._key(info.key) for info in self.list(prefix)]
         for start in range(0, len(keys), 1000):
-            batch = [{"Key": key} for key in keys[start:start + 1000]]
+            batch = [{"Key": key} for key in keys[start : start + 1000]]
             self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch})
         return len(keys)
 

@@ -15,7 +15,9 @@ def store(request, tmp_path):
     if request.param == "local":
         return open_store(tmp_path.as_uri())
     endpoint = request.getfixturevalue("s3_server")
-    return open_store(f"s3://obliviate-test/{uuid.uuid4().hex}", endpoint_url=endpoint, region="us-east-1")
+    return open_store(
+        f"s3://obliviate-test/{uuid.uuid4().hex}", endpoint_url=endpoint, region="us-east-1"
+    )
 
 
 def test_round_trip_list_and_delete(store, tmp_path):
@@ -27,12 +29,19 @@ def test_round_trip_list_and_delete(store, tmp_path):
 
     assert store.get_bytes("jobs/a/one.txt") == b"one"
     assert [(i.key, i.size) for i in store.list("jobs/a/")] == [
-        ("jobs/a/one.txt", 3), ("jobs/a/sub/two.bin", 3_000_000)]
-    assert b"".join(store.iter_chunks("jobs/a/sub/two.bin", chunk_size=1 << 16)) == source.read_bytes()
+        ("jobs/a/one.txt", 3),
+        ("jobs/a/sub/two.bin", 3_000_000),
+    ]
+    assert (
+        b"".join(store.iter_chunks("jobs/a/sub/two.bin", chunk_size=1 << 16)) == source.read_bytes()
+    )
     assert store.exists("jobs/b/three.txt") and not store.exists("jobs/b/missing")
 
     downloaded = store.download_prefix("jobs/a", tmp_path / "copy")
-    assert sorted(p.relative_to(tmp_path / "copy").as_posix() for p in downloaded) == ["one.txt", "sub/two.bin"]
+    assert sorted(p.relative_to(tmp_path / "copy").as_posix() for p in downloaded) == [
+        "one.txt",
+        "sub/two.bin",
+    ]
 
     assert store.delete_prefix("jobs/a/") == 2
     assert store.list("jobs/a/") == []
