@@ -84,21 +84,25 @@ class ForgetInputs:
 
 @dataclass
 class LossTerm:
-    """A batch loss as ``sum(per_sequence) / sum(normalizer)``.
+    """A batch loss kept per sequence, with how to average it.
 
-    Keeping numerator and denominator apart lets the loop normalize by the whole
-    effective batch (all micro-batches, all processes), so batch 8 x accumulation 1
-    and batch 2 x accumulation 4 give the same update.
-    ``gradient_weight`` (detached) is the per-sample factor that multiplies the
-    gradient of ``-nll`` (gradient ascent); the SimNPO paper analyses it.
+    ``reduction`` is ``"sequence"`` (mean over sequences) or ``"token"`` (sum over
+    sequences divided by answer tokens). Keeping the numerator apart lets the loop divide
+    by the whole effective batch (all micro-batches, all processes), so batch 8 x
+    accumulation 1 and batch 2 x accumulation 4 give the same update.
+    ``gradient_weight`` (detached) is the per-sample factor that multiplies the gradient
+    of ``-nll`` (gradient ascent) in the batch-mean gradient; the SimNPO paper analyses it.
     """
 
     per_sequence: torch.Tensor
-    normalizer: torch.Tensor
+    reduction: Literal["sequence", "token"]
+    n_tokens: torch.Tensor | None = None
     gradient_weight: torch.Tensor | None = None
 
     def mean(self) -> torch.Tensor:
-        return self.per_sequence.sum() / self.normalizer.sum()
+        if self.reduction == "sequence":
+            return self.per_sequence.mean()
+        return self.per_sequence.sum() / self.n_tokens.sum()
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,9 @@ def forget_term(inputs: ForgetInputs, hparams) -> LossTerm:
     # d(loss)/d(nll_i) = -1/sum(n): relative to the per-sequence mean of -grad(nll_i),
     # each sample is weighted B/sum(n) = 1/mean(n).
     weight = (1.0 / n_tokens.mean()).expand_as(n_tokens)
-    return LossTerm(per_sequence=-inputs.nll, normalizer=n_tokens, gradient_weight=weight.detach())
+    return LossTerm(
+        per_sequence=-inputs.nll, reduction="token", n_tokens=n_tokens, gradient_weight=weight.detach()
+    )
 
 
 METHOD = Method(

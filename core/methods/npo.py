@@ -36,7 +36,7 @@ def _npo_term(nll, ref_nll, beta: float) -> LossTerm:
     weight = 2.0 * torch.sigmoid(-beta * log_ratio)
     return LossTerm(
         per_sequence=per_sequence,
-        normalizer=torch.ones_like(per_sequence),
+        reduction="sequence",
         gradient_weight=weight.detach(),
     )
 

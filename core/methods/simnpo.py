@@ -37,7 +37,7 @@ def _simnpo_term(nll, n_tokens, beta: float, gamma: float) -> LossTerm:
     weight = (2.0 / length) * torch.sigmoid(-margin)
     return LossTerm(
         per_sequence=per_sequence,
-        normalizer=torch.ones_like(per_sequence),
+        reduction="sequence",
         gradient_weight=weight.detach(),
     )
 

@@ -1,0 +1,1 @@
+"""The ``obliviate`` command line: demo assets, local unlearning runs, the service."""

@@ -1,0 +1,98 @@
+"""Resolving a job spec's references on the local machine, for the CLI.
+
+The CLI's user is the machine's owner, so local paths are taken as given (the API's
+model-root restriction guards a shared service, not a laptop). Relative data paths are
+relative to the spec file. Registered names resolve to the demo models and to folders
+under ``$OBLIVIATE_HOME/models``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+from core.errors import InvalidRequest
+from core.pipeline import JobInputs
+from core.settings import Settings
+from core.spec import JobSpec
+
+
+def demo_root(settings: Settings, preset: str | None = None) -> Path:
+    return settings.home / "demo" / (preset or settings.demo_preset)
+
+
+def registered_models(settings: Settings) -> dict[str, Path]:
+    models = {}
+    demo = demo_root(settings)
+    if (demo / "assets.json").exists():
+        models["demo-target"] = demo / "models" / "target"
+        models["demo-retrain"] = demo / "models" / "retrain"
+    if settings.models_dir.is_dir():
+        models.update({p.name: p for p in settings.models_dir.iterdir() if p.is_dir()})
+    return models
+
+
+def resolve_model(reference: str, settings: Settings, base: Path, param: str = "model") -> str:
+    models = registered_models(settings)
+    if reference in models:
+        return str(models[reference])
+    parsed = urlparse(reference)
+    candidate = Path(url2pathname(parsed.path)) if parsed.scheme == "file" else (base / reference)
+    if not parsed.scheme and candidate.is_dir():
+        return str(candidate.resolve())
+    if parsed.scheme == "file":
+        return str(candidate)
+    from core.models.loading import fetch_model
+
+    return fetch_model(
+        reference,
+        settings,
+        lookup=lambda name: str(models[name]) if name in models else None,
+        param=param,
+    )
+
+
+def resolve_data(reference: str | None, settings: Settings, base: Path, param: str) -> Path | None:
+    if reference is None:
+        return None
+    parsed = urlparse(reference)
+    if parsed.scheme == "s3":
+        from core.storage import open_store
+
+        store = open_store(
+            f"s3://{parsed.netloc}",
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+        )
+        target = settings.cache_dir / "data" / parsed.netloc / parsed.path.strip("/")
+        store.download_file(parsed.path.strip("/"), target)
+        return target
+    if reference.startswith("ds_"):
+        raise InvalidRequest(
+            "dataset ids only exist on the service; give the CLI a file path", param=param
+        )
+    path = Path(url2pathname(parsed.path)) if parsed.scheme == "file" else base / reference
+    if not path.is_file():
+        raise InvalidRequest(f"no such file: {path}", param=param, code="data_not_found")
+    return path.resolve()
+
+
+def resolve_job_inputs(spec: JobSpec, settings: Settings, base: Path) -> JobInputs:
+    evaluation = spec.evaluation
+    oracle_model = None
+    if evaluation.oracle and not evaluation.oracle.startswith("job:"):
+        oracle_model = resolve_model(evaluation.oracle, settings, base, param="evaluation.oracle")
+    return JobInputs(
+        model=resolve_model(spec.model, settings, base),
+        forget=resolve_data(spec.forget, settings, base, "forget"),
+        retain=resolve_data(spec.retain, settings, base, "retain"),
+        eval_forget=resolve_data(evaluation.forget, settings, base, "evaluation.forget"),
+        eval_retain=resolve_data(evaluation.retain, settings, base, "evaluation.retain"),
+        holdout=resolve_data(evaluation.holdout, settings, base, "evaluation.holdout"),
+        utility={
+            Path(ref).stem: resolve_data(ref, settings, base, f"evaluation.utility[{i}]")
+            for i, ref in enumerate(evaluation.utility)
+        },
+        oracle_model=oracle_model,
+    )

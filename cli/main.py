@@ -1,0 +1,116 @@
+"""``obliviate``: build demo assets, run unlearning jobs locally, serve the API.
+
+The same job spec (YAML or JSON) drives ``obliviate unlearn`` and ``POST /v1/jobs``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+from cli.progress import CliReporter, console, make_progress
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+
+def _fail(error) -> None:
+    console.print(f"[red]error[/] [bold]{getattr(error, 'code', 'error')}[/]: {error}")
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def demo(
+    preset: str = typer.Option(None, help="tiny (seconds, for tests) or demo (~1M parameters)."),
+    out: Path | None = typer.Option(
+        None, help="Output folder; default $OBLIVIATE_HOME/demo/<preset>."
+    ),
+    seed: int = typer.Option(0, help="Seed for data and models."),
+    force: bool = typer.Option(False, help="Rebuild even if cached."),
+):
+    """Build the offline demo: a fictitious-author QA set, a tokenizer, and the target
+    and retrain-oracle models."""
+    from cli.local import demo_root
+    from core.demo import build_demo_assets
+    from core.settings import get_settings
+
+    settings = get_settings()
+    preset = preset or settings.demo_preset
+    out = out or demo_root(settings, preset)
+    with make_progress() as progress:
+        tasks: dict[str, int] = {}
+
+        def report(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = progress.add_task(phase, total=total, info="")
+            progress.update(tasks[phase], completed=done)
+
+        assets = build_demo_assets(out, preset, seed=seed, progress=report, force=force)
+    console.print(f"demo assets in [bold]{assets.root}[/]")
+    for name, path in sorted(assets.data.items()):
+        console.print(f"  data/{path.name}")
+    console.print(f"  target model: {assets.target}\n  retrain oracle: {assets.retrain}")
+
+
+@app.command()
+def unlearn(
+    spec_file: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, help="Job spec, YAML or JSON."
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Output folder for checkpoint, metrics and report."
+    ),
+):
+    """Run one unlearning job locally, with a progress bar."""
+    import yaml
+
+    from cli.local import resolve_job_inputs
+    from core.errors import ObliviateError
+    from core.pipeline import run_job
+    from core.settings import get_settings
+    from core.spec import parse_job_spec
+
+    settings = get_settings()
+    try:
+        raw = yaml.safe_load(spec_file.read_text())
+        spec = parse_job_spec(raw if isinstance(raw, dict) else {})
+        inputs = resolve_job_inputs(spec, settings, spec_file.parent.resolve())
+        with make_progress() as progress:
+            reporter = CliReporter(progress, out)
+            try:
+                outcome = run_job(spec, inputs, out, reporter=reporter, settings=settings)
+            finally:
+                reporter.close()
+    except ObliviateError as error:
+        _fail(error)
+    (out / "manifest.json").write_text(json.dumps(outcome.manifest, indent=2))
+    console.print(
+        f"checkpoint: [bold]{outcome.checkpoint_dir}[/] ({outcome.steps} steps, "
+        f"{outcome.trained_tokens} tokens, {outcome.train_seconds:.1f}s)"
+    )
+    if outcome.report_dir:
+        console.print(f"report: [bold]{outcome.report_dir / 'report.html'}[/]")
+        summary = (outcome.report or {}).get("summary") or {}
+        for key, value in summary.items():
+            console.print(f"  {key}: {value}")
+
+
+@app.command()
+def methods():
+    """List the unlearning methods and their default hyperparameters."""
+    from core.methods import METHODS
+
+    for method in METHODS.values():
+        defaults = method.parse_hyperparameters({}).model_dump()
+        console.print(f"[bold]{method.name}[/]: {method.description}")
+        console.print("  " + ", ".join(f"{k}={v}" for k, v in defaults.items()))
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app(prog_name="obliviate")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

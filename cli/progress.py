@@ -1,0 +1,65 @@
+"""Rich progress bars and a JSONL log for local runs (the CLI's pipeline reporter)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+console = Console(stderr=True)
+
+
+def make_progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+class CliReporter:
+    """Shows phases as log lines and training steps as a bar; appends every step to
+    ``metrics.jsonl`` and every event to ``events.jsonl`` in the output folder."""
+
+    def __init__(self, progress: Progress, out_dir: Path):
+        self.progress = progress
+        self.task = None
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics = open(out_dir / "metrics.jsonl", "w")
+        self.events = open(out_dir / "events.jsonl", "w")
+
+    def event(self, kind: str, message: str, **data) -> None:
+        self.progress.console.log(f"[cyan]{message}[/] {data if data else ''}")
+        self.events.write(json.dumps({"type": kind, "message": message, "data": data}) + "\n")
+        self.events.flush()
+
+    def step(self, metrics) -> None:
+        if self.task is None:
+            self.task = self.progress.add_task("unlearning", total=metrics.total_steps, info="")
+        info = f"loss {metrics.loss:.4f}"
+        if metrics.weight_mean is not None:
+            info += f"  w {metrics.weight_mean:.3f}"
+        self.progress.update(self.task, completed=metrics.step, info=info)
+        row = {"step": metrics.step, "epoch": metrics.epoch, "values": metrics.values()}
+        self.metrics.write(json.dumps(row) + "\n")
+        self.metrics.flush()
+
+    def should_cancel(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.metrics.close()
+        self.events.close()

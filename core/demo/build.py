@@ -1,0 +1,300 @@
+"""Build the demo assets offline: data, tokenizer, a target model and a retrain oracle.
+
+- data: the generated fictitious-author set (``authors.generate``) with TOFU's splits
+  (forget01/05/10, retain99/95/90), held-out authors and world facts, as JSONL;
+- tokenizer: word-level, trained with the ``tokenizers`` library on all that text;
+- ``target``: a small ``LlamaConfig`` model fine-tuned on every author plus the world
+  facts until it has memorized them;
+- ``retrain``: the same, with the same settings and seed, on everything *except* the
+  forget10 authors: the model unlearning tries to match (forget quality's oracle).
+
+Everything is deterministic by seed and cached: a second call with the same preset
+and seed returns the existing folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from core.demo import authors
+
+log = logging.getLogger(__name__)
+
+ASSETS_VERSION = 1
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
+FORGET_SPLITS = (1, 5, 10)
+ORACLE_SPLIT = 10
+
+
+@dataclass(frozen=True)
+class DemoPreset:
+    n_authors: int
+    questions_per_author: int
+    n_holdout_authors: int
+    n_countries: int
+    hidden_size: int
+    n_layers: int
+    n_heads: int
+    intermediate_size: int
+    epochs: int
+    learning_rate: float
+    batch_size: int = 32
+    description: str = ""
+
+
+PRESETS: dict[str, DemoPreset] = {
+    # For tests: trains in seconds, still memorizes its answers.
+    "tiny": DemoPreset(
+        n_authors=20,
+        questions_per_author=8,
+        n_holdout_authors=4,
+        n_countries=6,
+        hidden_size=64,
+        n_layers=2,
+        n_heads=4,
+        intermediate_size=128,
+        epochs=40,
+        learning_rate=3e-3,
+        batch_size=16,
+        description="20 authors x 8 questions, ~0.1M parameters",
+    ),
+    # The demo the service registers and the mini-TOFU benchmark runs on.
+    "demo": DemoPreset(
+        n_authors=100,
+        questions_per_author=12,
+        n_holdout_authors=10,
+        n_countries=30,
+        hidden_size=128,
+        n_layers=4,
+        n_heads=4,
+        intermediate_size=256,
+        epochs=30,
+        learning_rate=2e-3,
+        batch_size=32,
+        description="100 authors x 12 questions, ~1M parameters",
+    ),
+}
+
+
+@dataclass
+class DemoAssets:
+    root: Path
+    preset: str
+    seed: int
+    data: dict[str, Path] = field(default_factory=dict)
+    target: Path | None = None
+    retrain: Path | None = None
+    tokenizer: Path | None = None
+    summary: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, root: Path) -> DemoAssets:
+        info = json.loads((root / "assets.json").read_text())
+        return cls(
+            root=root,
+            preset=info["preset"],
+            seed=info["seed"],
+            data={k: root / v for k, v in info["data"].items()},
+            target=root / info["target"],
+            retrain=root / info["retrain"],
+            tokenizer=root / info["tokenizer"],
+            summary=info.get("summary", {}),
+        )
+
+
+ProgressFn = Callable[[str, int, int], None]  # (phase, done, total)
+
+
+def build_demo_assets(
+    out_dir: str | Path,
+    preset: str = "demo",
+    *,
+    seed: int = 0,
+    progress: ProgressFn | None = None,
+    force: bool = False,
+) -> DemoAssets:
+    """Build (or reuse) the demo assets under ``out_dir``."""
+    root = Path(out_dir).resolve()
+    spec = PRESETS[preset]
+    fingerprint = _fingerprint(preset, seed)
+    marker = root / "assets.json"
+    if marker.exists() and not force:
+        info = json.loads(marker.read_text())
+        if info.get("fingerprint") == fingerprint:
+            return DemoAssets.load(root)
+    root.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+
+    generated = authors.generate(
+        spec.n_authors,
+        spec.questions_per_author,
+        n_holdout_authors=spec.n_holdout_authors,
+        n_countries=spec.n_countries,
+        seed=seed,
+    )
+    data = write_data(generated, root / "data")
+    tokenizer = train_tokenizer(generated, root / "tokenizer")
+
+    forget, retain = generated.split(ORACLE_SPLIT)
+    summary = {"preset": asdict(spec)}
+    for name, records in (("target", generated.records), ("retrain", retain)):
+        summary[name] = train_demo_model(
+            tokenizer,
+            records + generated.world_facts,
+            root / "models" / name,
+            spec,
+            seed=seed,
+            progress=(lambda done, total, n=name: progress(f"training {n}", done, total))
+            if progress
+            else None,
+        )
+    summary["build_seconds"] = round(time.monotonic() - started, 1)
+    summary["n_forget10"], summary["n_retain90"] = len(forget), len(retain)
+
+    info = {
+        "version": ASSETS_VERSION,
+        "fingerprint": fingerprint,
+        "preset": preset,
+        "seed": seed,
+        "data": {k: v.relative_to(root).as_posix() for k, v in data.items()},
+        "target": "models/target",
+        "retrain": "models/retrain",
+        "tokenizer": "tokenizer",
+        "summary": summary,
+    }
+    marker.write_text(json.dumps(info, indent=2))
+    return DemoAssets.load(root)
+
+
+def _fingerprint(preset: str, seed: int) -> str:
+    payload = json.dumps(
+        {"v": ASSETS_VERSION, "preset": asdict(PRESETS[preset]), "seed": seed}, sort_keys=True
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def write_data(generated: authors.AuthorSet, folder: Path) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {
+        "all": generated.records,
+        "holdout": generated.holdout,
+        "world_facts": generated.world_facts,
+    }
+    for percent in FORGET_SPLITS:
+        forget, retain = generated.split(percent)
+        files[f"forget{percent:02d}"] = forget
+        files[f"retain{100 - percent}"] = retain
+    paths = {}
+    for name, records in files.items():
+        path = folder / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        paths[name] = path
+    return paths
+
+
+def _all_text(generated: authors.AuthorSet) -> list[str]:
+    texts = []
+    for record in generated.records + generated.holdout + generated.world_facts:
+        texts += [
+            record["question"],
+            record["answer"],
+            record["paraphrased_question"],
+            record["paraphrased_answer"],
+            *record["perturbed_answer"],
+        ]
+    return texts + ["Question: Answer:"]
+
+
+def train_tokenizer(generated: authors.AuthorSet, folder: Path):
+    """A word-level tokenizer: every made-up name is one token, which lets a ~1M
+    parameter model memorize facts about it."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.train_from_iterator(
+        _all_text(generated), trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS)
+    )
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
+    wrapped.save_pretrained(folder)
+    return wrapped
+
+
+def make_model(tokenizer, spec: DemoPreset, seed: int):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.n_layers,
+        num_attention_heads=spec.n_heads,
+        num_key_value_heads=spec.n_heads,
+        max_position_embeddings=128,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    return LlamaForCausalLM(config)
+
+
+def train_demo_model(
+    tokenizer,
+    records: list[dict],
+    folder: Path,
+    spec: DemoPreset,
+    *,
+    seed: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    from core.data.encoding import encode_records
+    from core.data.records import Record
+    from core.spec import DEFAULT_PROMPT_TEMPLATE
+    from core.training.finetune import FinetuneHyperparameters, finetune
+    from core.training.loop import Callbacks
+
+    model = make_model(tokenizer, spec, seed)
+    examples = encode_records(
+        tokenizer,
+        [Record(prompt=r["question"], answer=r["answer"], line=i) for i, r in enumerate(records)],
+        max_length=128,
+        template=DEFAULT_PROMPT_TEMPLATE,
+    )
+    hparams = FinetuneHyperparameters(
+        learning_rate=spec.learning_rate,
+        epochs=spec.epochs,
+        batch_size=spec.batch_size,
+        gradient_accumulation_steps=1,
+        warmup_ratio=0.05,
+        weight_decay=0.0,
+        max_length=128,
+        precision="fp32",
+    )
+    callbacks = Callbacks(on_step=(lambda m: progress(m.step, m.total_steps)) if progress else None)
+    result = finetune(model, tokenizer, examples, hparams, seed=seed, callbacks=callbacks)
+    result.model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return {
+        "parameters": sum(p.numel() for p in result.model.parameters()),
+        "examples": len(examples),
+        "steps": result.steps,
+        "final_loss": round(result.history[-1].loss, 4),
+        "seconds": round(result.elapsed_s, 1),
+        "tokens_per_second": round(result.trained_tokens / max(result.elapsed_s, 1e-9)),
+    }

@@ -1,0 +1,446 @@
+"""The one training loop every method shares (and fine-tuning, and the relearning attack).
+
+Per optimizer step it takes a block of ``batch_size x gradient_accumulation_steps x
+processes`` forget examples, each paired with a retain example drawn at random, and
+normalizes every loss term by the *whole block* (sequences or answer tokens, known from
+the labels before any forward pass). So batch 8 x accumulation 1 and batch 2 x
+accumulation 4 give the same update, and the result does not depend on the GPU count
+at the same effective batch. accelerate handles devices, mixed precision and DDP.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+from core.data.encoding import IGNORE_INDEX, EncodedExample, collate
+from core.errors import Cancelled, NonFiniteLoss
+from core.methods.base import ForgetInputs, LossTerm, Method, UnlearningHyperparameters
+from core.models.scoring import sequence_nll
+
+if TYPE_CHECKING:
+    import torch
+
+    from core.spec import LoraSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StepMetrics:
+    step: int
+    total_steps: int
+    epoch: float
+    loss: float
+    forget_loss: float | None
+    retain_loss: float | None
+    lr: float
+    grad_norm: float
+    weight_mean: float | None
+    weight_min: float | None
+    weight_max: float | None
+    tokens: int  # answer + prompt tokens processed so far
+    elapsed_s: float
+
+    def values(self) -> dict:
+        """The per-step values stored by the service (everything but the counters)."""
+        data = asdict(self)
+        for key in ("step", "total_steps", "epoch"):
+            data.pop(key)
+        return data
+
+
+@dataclass
+class Callbacks:
+    on_step: Callable[[StepMetrics], None] | None = None
+    #: ``on_event(type, message, data)`` for phases: reference pass, training, ...
+    on_event: Callable[[str, str, dict], None] | None = None
+    #: polled every step; True stops the run with :class:`Cancelled`
+    should_cancel: Callable[[], bool] | None = None
+
+    def event(self, kind: str, message: str, **data) -> None:
+        if self.on_event:
+            self.on_event(kind, message, data)
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module  # unwrapped; a peft model when LoRA was used
+    history: list[StepMetrics] = field(default_factory=list)
+    steps: int = 0
+    trained_tokens: int = 0
+    elapsed_s: float = 0.0
+
+
+def resolve_mixed_precision(precision: str) -> str:
+    import torch
+
+    if precision == "fp32":
+        return "no"
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return precision
+
+
+def make_accelerator(precision: str):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    # accelerate keeps process-wide singletons; a worker runs many jobs, each with its
+    # own precision, so start every run from a clean state.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+    return Accelerator(mixed_precision=resolve_mixed_precision(precision))
+
+
+def total_optimizer_steps(n_forget: int, hparams, num_processes: int = 1) -> int:
+    block = hparams.effective_batch_size * num_processes
+    steps = hparams.epochs * math.ceil(n_forget / block)
+    return min(steps, hparams.max_steps) if hparams.max_steps else steps
+
+
+def apply_lora(model, lora: LoraSpec, gradient_checkpointing: bool):
+    from peft import LoraConfig, get_peft_model
+
+    if gradient_checkpointing:
+        # Frozen embeddings give checkpointed blocks inputs without grad; this hook
+        # makes them require grad so adapter gradients flow.
+        model.enable_input_require_grads()
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def reference_nll(
+    model, examples: list[EncodedExample], pad_token_id: int, batch_size: int, device
+) -> torch.Tensor:
+    """Summed answer NLL of every example under ``model``, in one inference pass.
+
+    NPO's reference is the model before unlearning and never changes, so computing this
+    once replaces keeping a frozen copy of the model for the whole run.
+    """
+    import torch
+
+    out = torch.empty(len(examples), dtype=torch.float32)
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
+            batch = collate([examples[i] for i in index], pad_token_id)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            logits = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits
+            nll, _ = sequence_nll(logits, batch["labels"])
+            out[index] = nll.float().cpu()
+    model.train(was_training)
+    return out
+
+
+def answer_kl(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-sequence KL(ref || current) summed over answer positions only.
+
+    One public implementation averages the KL over prompt and padding positions too,
+    which dilutes the retain signal by prompt length; we mask to the answer.
+    """
+    import torch.nn.functional as F
+
+    mask = labels[:, 1:] != IGNORE_INDEX
+    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
+    ref_logp = F.log_softmax(ref_logits[:, :-1].float(), dim=-1)
+    kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
+    return (kl * mask).sum(dim=1)
+
+
+def _block_tokens(examples: list[EncodedExample]) -> int:
+    return sum(e.n_answer_tokens for e in examples)
+
+
+def run_training(
+    model,
+    tokenizer,
+    forget: list[EncodedExample],
+    retain: list[EncodedExample] | None,
+    method: Method,
+    hparams: UnlearningHyperparameters,
+    *,
+    seed: int = 0,
+    lora: LoraSpec | None = None,
+    callbacks: Callbacks | None = None,
+) -> TrainResult:
+    """Train ``model`` in place with ``method`` and return it with the step history.
+
+    ``forget`` is the set whose likelihood the method's forget term acts on (for plain
+    fine-tuning, the training set with a descent objective).
+    """
+    import torch
+    from accelerate.utils import set_seed
+    from transformers import get_scheduler
+
+    callbacks = callbacks or Callbacks()
+    set_seed(seed)
+    accelerator = make_accelerator(hparams.precision)
+    device = accelerator.device
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
+    use_retain = hparams.retain_loss != "none" and hparams.retain_coeff > 0 and bool(retain)
+
+    model.to(device)
+    ref_nll = None
+    if method.needs_reference_nll:
+        callbacks.event(
+            "phase", "computing reference log-likelihoods of the forget set", n=len(forget)
+        )
+        ref_nll = reference_nll(model, forget, pad_id, hparams.batch_size * 2, device)
+
+    ref_model = None
+    if use_retain and hparams.retain_loss == "kl" and lora is None:
+        # Full fine-tuning changes every weight, so the KL reference needs a frozen copy;
+        # with LoRA the base model with adapters disabled serves instead (no copy).
+        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    if hparams.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if lora is not None:
+        model = apply_lora(model, lora, hparams.gradient_checkpointing)
+    model.train()
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": hparams.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=hparams.learning_rate,
+    )
+    total_steps = total_optimizer_steps(len(forget), hparams, accelerator.num_processes)
+    scheduler = get_scheduler(
+        {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[
+            hparams.lr_scheduler
+        ],
+        optimizer,
+        num_warmup_steps=int(round(hparams.warmup_ratio * total_steps)),
+        num_training_steps=total_steps,
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if ref_model is not None:
+        ref_model.to(device)
+
+    world, rank = accelerator.num_processes, accelerator.process_index
+    block_size = hparams.effective_batch_size * world
+    generator = torch.Generator().manual_seed(seed)
+    result = TrainResult(model=None)
+    started = time.monotonic()
+    step, tokens = 0, 0
+    callbacks.event("phase", "training", total_steps=total_steps, method=method.name)
+
+    for epoch in range(hparams.epochs):
+        order = torch.randperm(len(forget), generator=generator).tolist()
+        # One retain partner per forget example, drawn in forget order, so pairing does
+        # not depend on how the block is cut into micro-batches.
+        partners = (
+            torch.randint(len(retain), (len(order),), generator=generator).tolist()
+            if use_retain
+            else None
+        )
+        for block_start in range(0, len(order), block_size):
+            if step >= total_steps:
+                break
+            block = list(range(block_start, min(block_start + block_size, len(order))))
+            forget_block = [forget[order[i]] for i in block]
+            retain_block = [retain[partners[i]] for i in block] if use_retain else []
+            # Global denominators for the whole block, all processes together.
+            denominators = {
+                "forget": {"sequence": len(forget_block), "token": _block_tokens(forget_block)},
+                "retain": {"sequence": len(retain_block), "token": _block_tokens(retain_block)},
+            }
+            mine = block[rank::world]
+            micro_batches = [
+                mine[i : i + hparams.batch_size] for i in range(0, len(mine), hparams.batch_size)
+            ]
+            totals = {"loss": 0.0, "forget": 0.0, "retain": 0.0}
+            weights: list[torch.Tensor] = []
+            for micro_index, micro in enumerate(micro_batches):
+                if callbacks.should_cancel and callbacks.should_cancel():
+                    raise Cancelled(f"cancelled at step {step}")
+                sync = micro_index == len(micro_batches) - 1
+                with nullcontext() if sync or world == 1 else accelerator.no_sync(model):
+                    parts, micro_weights, micro_tokens = _micro_step(
+                        model,
+                        ref_model,
+                        method,
+                        hparams,
+                        accelerator,
+                        pad_id,
+                        world,
+                        denominators,
+                        forget_examples=[forget[order[i]] for i in micro],
+                        forget_ref=ref_nll[[order[i] for i in micro]]
+                        if ref_nll is not None
+                        else None,
+                        retain_examples=[retain[partners[i]] for i in micro]
+                        if use_retain
+                        else None,
+                        lora=lora,
+                    )
+                for key, value in parts.items():
+                    totals[key] += value
+                if micro_weights is not None:
+                    weights.append(micro_weights)
+                tokens += micro_tokens * world
+            grad_norm = (
+                accelerator.clip_grad_norm_(params, hparams.max_grad_norm)
+                if hparams.max_grad_norm
+                else _grad_norm(params)
+            )
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            weight = torch.cat(weights) if weights else None
+            metrics = StepMetrics(
+                step=step,
+                total_steps=total_steps,
+                epoch=epoch + (block_start + len(block)) / len(order),
+                loss=totals["loss"],
+                forget_loss=totals["forget"] if hparams.forget_coeff > 0 else None,
+                retain_loss=totals["retain"] if use_retain else None,
+                lr=lr,
+                grad_norm=float(grad_norm),
+                weight_mean=float(weight.mean()) if weight is not None else None,
+                weight_min=float(weight.min()) if weight is not None else None,
+                weight_max=float(weight.max()) if weight is not None else None,
+                tokens=tokens,
+                elapsed_s=time.monotonic() - started,
+            )
+            result.history.append(metrics)
+            if callbacks.on_step:
+                callbacks.on_step(metrics)
+        if step >= total_steps:
+            break
+
+    result.model = accelerator.unwrap_model(model)
+    result.steps, result.trained_tokens = step, tokens
+    result.elapsed_s = time.monotonic() - started
+    accelerator.free_memory()
+    return result
+
+
+def _unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+def _grad_norm(params) -> float:
+    import torch
+
+    grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
+    return float(torch.stack(grads).norm()) if grads else 0.0
+
+
+def _forward_nll(model, examples, pad_id, device):
+    batch = {k: v.to(device) for k, v in collate(examples, pad_id).items()}
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return logits, batch
+
+
+def _micro_step(
+    model,
+    ref_model,
+    method,
+    hparams,
+    accelerator,
+    pad_id,
+    world,
+    denominators,
+    *,
+    forget_examples,
+    forget_ref,
+    retain_examples,
+    lora,
+):
+    """Forward + backward of one micro-batch; returns its share of the step's losses."""
+    import torch
+
+    device = accelerator.device
+    loss = torch.zeros((), device=device)
+    parts = {"loss": 0.0, "forget": 0.0, "retain": 0.0}
+    weights = None
+    n_tokens = sum(len(e.input_ids) for e in forget_examples)
+    with accelerator.autocast():
+        if hparams.forget_coeff > 0:
+            logits, batch = _forward_nll(model, forget_examples, pad_id, device)
+            nll, n_answer = sequence_nll(logits, batch["labels"])
+            term = method.forget_term(
+                ForgetInputs(
+                    nll=nll,
+                    n_tokens=n_answer,
+                    ref_nll=forget_ref.to(device) if forget_ref is not None else None,
+                ),
+                hparams,
+            )
+            forget_part = _reduce(term, denominators["forget"])
+            loss = loss + hparams.forget_coeff * forget_part
+            parts["forget"] = float(forget_part.detach())
+            weights = (
+                term.gradient_weight.detach().float().cpu()
+                if term.gradient_weight is not None
+                else None
+            )
+        if retain_examples:
+            n_tokens += sum(len(e.input_ids) for e in retain_examples)
+            retain_part = _retain_term(
+                model, ref_model, hparams, retain_examples, pad_id, device, lora, denominators
+            )
+            loss = loss + hparams.retain_coeff * retain_part
+            parts["retain"] = float(retain_part.detach())
+    if not torch.isfinite(loss):
+        raise NonFiniteLoss(
+            f"non-finite loss ({float(loss.detach())}) in a {method.name} step; lower the learning rate "
+            "or use precision fp32",
+            param="hyperparameters.learning_rate",
+        )
+    parts["loss"] = float(loss.detach())
+    # DDP averages gradients over processes; the denominators are already global.
+    accelerator.backward(loss * world)
+    return parts, weights, n_tokens
+
+
+def _reduce(term: LossTerm, denominators: dict[str, int]):
+    return term.per_sequence.sum() / denominators[term.reduction]
+
+
+def _retain_term(model, ref_model, hparams, examples, pad_id, device, lora, denominators):
+    import torch
+
+    logits, batch = _forward_nll(model, examples, pad_id, device)
+    if hparams.retain_loss == "nll":
+        nll, _ = sequence_nll(logits, batch["labels"])
+        return nll.sum() / denominators["retain"]["token"]
+    with torch.no_grad():
+        if lora is not None:
+            with _unwrap(model).disable_adapter():
+                ref_logits = model(
+                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                ).logits
+        else:
+            ref_logits = ref_model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits
+    return answer_kl(logits, ref_logits, batch["labels"]).sum() / denominators["retain"]["token"]

@@ -1,0 +1,265 @@
+"""The shared training loop on real (tiny) models: determinism, accumulation
+invariance, masking, cancellation, non-finite losses, LoRA and KL retain terms."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from core.data.encoding import IGNORE_INDEX, collate, encode_qa, encode_record_set
+from core.data.records import read_records
+from core.errors import Cancelled, NonFiniteLoss
+from core.methods import get_method
+from core.models.scoring import sequence_nll
+from core.spec import DEFAULT_PROMPT_TEMPLATE, LoraSpec
+from core.training.loop import Callbacks, run_training
+from tests.fixtures.models import random_llama
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tiny_demo):
+    from core.models.loading import load_model
+
+    _, tokenizer = load_model(str(tiny_demo.target))
+    forget = encode_record_set(
+        tokenizer,
+        read_records(tiny_demo.data["forget10"]),
+        max_length=64,
+        template=DEFAULT_PROMPT_TEMPLATE,
+    )
+    retain = encode_record_set(
+        tokenizer,
+        read_records(tiny_demo.data["retain90"]),
+        max_length=64,
+        template=DEFAULT_PROMPT_TEMPLATE,
+    )
+    return tokenizer, forget, retain
+
+
+def _params(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def _train(
+    tiny_demo, tiny_data, method, overrides, *, seed=0, lora=None, callbacks=None, model=None
+):
+    from core.models.loading import load_model
+
+    tokenizer, forget, retain = tiny_data
+    if model is None:
+        model, _ = load_model(str(tiny_demo.target), dtype="fp32")
+    hparams = get_method(method).parse_hyperparameters(
+        {"learning_rate": 1e-3, "epochs": 1, "warmup_ratio": 0.0, "precision": "fp32", **overrides}
+    )
+    return run_training(
+        model,
+        tokenizer,
+        forget,
+        retain,
+        get_method(method),
+        hparams,
+        seed=seed,
+        lora=lora,
+        callbacks=callbacks,
+    )
+
+
+def test_labels_mask_the_prompt_and_nll_sums_answer_tokens_only(word_tokenizer):
+    example = encode_qa(
+        word_tokenizer,
+        "Where was he born?",
+        "In the city.",
+        max_length=64,
+        template=DEFAULT_PROMPT_TEMPLATE,
+    )
+    prompt = [word_tokenizer.bos_token_id] + word_tokenizer(
+        "Question: Where was he born?\nAnswer:", add_special_tokens=False
+    )["input_ids"]
+    answer = word_tokenizer(" In the city.", add_special_tokens=False)["input_ids"] + [
+        word_tokenizer.eos_token_id
+    ]
+    assert example.input_ids == prompt + answer
+    assert example.labels == [IGNORE_INDEX] * len(prompt) + answer
+    assert example.n_answer_tokens == len(answer)
+
+    short = encode_qa(
+        word_tokenizer, "Who?", "Me.", max_length=64, template=DEFAULT_PROMPT_TEMPLATE
+    )
+    batch = collate([example, short], word_tokenizer.pad_token_id)
+    assert batch["attention_mask"][1].sum() == len(short.input_ids)
+    assert (batch["labels"][1, len(short.input_ids) :] == IGNORE_INDEX).all()
+
+    model = random_llama(word_tokenizer)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    nll, n_tokens = sequence_nll(logits, batch["labels"])
+    # Independent computation: log_softmax at each answer position, one sequence at a time.
+    for row, ex in enumerate((example, short)):
+        single = model(input_ids=torch.tensor([ex.input_ids])).logits[0].log_softmax(-1)
+        expected = -sum(
+            single[t - 1, ex.input_ids[t]]
+            for t in range(len(ex.input_ids))
+            if ex.labels[t] != IGNORE_INDEX
+        )
+        assert nll[row].item() == pytest.approx(expected.item(), rel=1e-4)
+        assert n_tokens[row].item() == ex.n_answer_tokens
+
+
+def test_same_seed_gives_the_same_loss_trace(tiny_demo, tiny_data):
+    first = _train(
+        tiny_demo, tiny_data, "simnpo", {"batch_size": 4, "gradient_accumulation_steps": 1}
+    )
+    second = _train(
+        tiny_demo, tiny_data, "simnpo", {"batch_size": 4, "gradient_accumulation_steps": 1}
+    )
+    assert [m.loss for m in first.history] == [m.loss for m in second.history]
+    other = _train(
+        tiny_demo, tiny_data, "simnpo", {"batch_size": 4, "gradient_accumulation_steps": 1}, seed=1
+    )
+    assert [m.loss for m in other.history] != [m.loss for m in first.history]
+
+
+@pytest.mark.parametrize(
+    "method,retain_loss", [("npo", "nll"), ("graddiff", "nll"), ("ga", "none"), ("simnpo", "kl")]
+)
+def test_batch_8_x_1_equals_batch_2_x_4(tiny_demo, tiny_data, method, retain_loss):
+    """Token-normalized (GA, NLL retain) and sequence-normalized (NPO, SimNPO) terms alike
+    are divided by the whole effective batch, so micro-batching does not change updates."""
+    overrides = {"retain_loss": retain_loss, "retain_coeff": 1.0 if retain_loss != "none" else 0.0}
+    big = _train(
+        tiny_demo,
+        tiny_data,
+        method,
+        {"batch_size": 8, "gradient_accumulation_steps": 1, **overrides},
+    )
+    small = _train(
+        tiny_demo,
+        tiny_data,
+        method,
+        {"batch_size": 2, "gradient_accumulation_steps": 4, **overrides},
+    )
+    assert big.steps == small.steps == 2  # 16 forget examples / 8
+    for a, b in zip(big.history, small.history):
+        assert a.loss == pytest.approx(b.loss, rel=1e-4, abs=1e-6)
+        assert a.grad_norm == pytest.approx(b.grad_norm, rel=1e-3)
+    torch.testing.assert_close(_params(big.model), _params(small.model), rtol=1e-4, atol=1e-6)
+
+
+def test_step_metrics_carry_losses_lr_and_gradient_weights(tiny_demo, tiny_data):
+    result = _train(
+        tiny_demo,
+        tiny_data,
+        "npo",
+        {"batch_size": 4, "gradient_accumulation_steps": 1, "warmup_ratio": 0.5},
+    )
+    first = result.history[0]
+    assert first.step == 1 and first.total_steps == 4
+    assert first.lr == 0.0  # linear warm-up starts at zero
+    # At the first step the model is the reference: NPO's weights are exactly 1.
+    assert first.weight_mean == pytest.approx(1.0, abs=1e-5)
+    assert first.forget_loss == pytest.approx(
+        2 / 0.1 * torch.log(torch.tensor(2.0)).item(), rel=1e-4
+    )
+    assert first.retain_loss is not None and first.grad_norm > 0
+    assert result.history[-1].tokens > first.tokens > 0
+    assert result.history[-1].epoch == pytest.approx(1.0)
+
+
+def test_cancellation_is_checked_every_step(tiny_demo, tiny_data):
+    polls = []
+
+    def should_cancel():
+        polls.append(1)
+        return len(polls) > 3
+
+    with pytest.raises(Cancelled):
+        _train(
+            tiny_demo,
+            tiny_data,
+            "simnpo",
+            {"batch_size": 2, "gradient_accumulation_steps": 1},
+            callbacks=Callbacks(should_cancel=should_cancel),
+        )
+    assert len(polls) == 4
+
+
+def test_non_finite_loss_stops_with_a_clear_error(tiny_demo, tiny_data):
+    from core.models.loading import load_model
+
+    model, _ = load_model(str(tiny_demo.target), dtype="fp32")
+    with torch.no_grad():
+        model.lm_head.weight.fill_(float("nan"))
+    with pytest.raises(NonFiniteLoss) as error:
+        _train(tiny_demo, tiny_data, "ga", {"batch_size": 4}, model=model)
+    assert error.value.code == "non_finite_loss"
+
+
+@pytest.mark.parametrize(
+    "method,retain_loss", [("simnpo", "kl"), ("npo", "nll"), ("ga", "none"), ("graddiff", "nll")]
+)
+def test_lora_trains_only_adapters_and_kl_uses_the_base_with_adapters_off(
+    tiny_demo, tiny_data, method, retain_loss
+):
+    from core.models.loading import load_model
+
+    model, _ = load_model(str(tiny_demo.target), dtype="fp32")
+    base = copy.deepcopy(model)
+    overrides = {
+        "batch_size": 4,
+        "retain_loss": retain_loss,
+        "retain_coeff": 1.0 if retain_loss != "none" else 0.0,
+    }
+    result = _train(
+        tiny_demo, tiny_data, method, overrides, lora=LoraSpec(r=4, alpha=8), model=model
+    )
+    trainable = [n for n, p in result.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    if retain_loss == "kl":
+        # The first retain KL is 0: adapters start as a no-op, so current = reference.
+        assert result.history[0].retain_loss == pytest.approx(0.0, abs=1e-6)
+    merged = result.model.merge_and_unload()
+    assert not torch.allclose(_params(merged), _params(base))
+
+
+def test_unlearning_lowers_forget_likelihood_and_keeps_retain(tiny_demo, tiny_data):
+    from core.models.loading import load_model
+
+    tokenizer, forget, retain = tiny_data
+
+    def mean_nll(model, examples):
+        batch = collate(examples, tokenizer.pad_token_id)
+        with torch.no_grad():
+            logits = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits
+        nll, n = sequence_nll(logits, batch["labels"])
+        return (nll / n).mean().item()
+
+    original, _ = load_model(str(tiny_demo.target), dtype="fp32")
+    before_forget, before_retain = mean_nll(original, forget), mean_nll(original, retain[:64])
+    result = _train(
+        tiny_demo,
+        tiny_data,
+        "simnpo",
+        {
+            "batch_size": 4,
+            "gradient_accumulation_steps": 1,
+            "epochs": 5,
+            "learning_rate": 2e-3,
+            "forget_coeff": 1.0,
+        },
+    )
+    after_forget, after_retain = mean_nll(result.model, forget), mean_nll(result.model, retain[:64])
+    assert after_forget > before_forget + 1.0  # per-token likelihood drops by e or more
+    assert after_retain < before_retain + 0.5
+
+
+def test_demo_assets_are_memorized_and_deterministic(tiny_demo):
+    info = json.loads((tiny_demo.root / "assets.json").read_text())
+    assert info["summary"]["target"]["final_loss"] < 0.1
+    assert info["summary"]["n_forget10"] == 16
+    lines = tiny_demo.data["forget10"].read_text().splitlines()
+    record = json.loads(lines[0])
+    assert len(record["perturbed_answer"]) == 5 and record["paraphrased_answer"] != record["answer"]
