@@ -73,6 +73,34 @@ class EvaluationSpec(StrictModel):
     max_new_tokens: int = Field(64, ge=1, le=1024, description="Generation length for ROUGE-L.")
     batch_size: int = Field(32, ge=1, le=1024, description="Evaluation batch size.")
     relearn: RelearnSpec | None = Field(None, description="Run a relearning attack.")
+    knowmem_forget: str | None = Field(
+        None,
+        description="Question/answer set about a raw-text forget set (MUSE KnowMem); a "
+        "question/answer forget set is used directly.",
+    )
+    knowmem_retain: str | None = Field(
+        None, description="Question/answer set about a raw-text retain set (MUSE KnowMem)."
+    )
+    sample_seed: int = Field(
+        0, ge=0, le=2**32 - 1, description="Seed of the subsample when a set exceeds max_samples."
+    )
+    min_k_fraction: float = Field(
+        0.4, gt=0, le=1, description="k of the Min-K% and Min-K%++ membership attacks."
+    )
+    knowmem_max_new_tokens: int = Field(
+        32, ge=1, le=1024, description="Answer length scored by KnowMem (ROUGE-L F1)."
+    )
+    verbmem_prefix_tokens: int = Field(
+        32, ge=1, le=4096, description="Tokens of each forget text given as VerbMem prompt."
+    )
+    verbmem_max_new_tokens: int = Field(
+        128, ge=1, le=4096, description="Continuation length scored by VerbMem."
+    )
+    store_generations: bool = Field(
+        True,
+        description="Keep the generated answers in the per-sample results (report.json); "
+        "they may reproduce the very data being forgotten.",
+    )
 
 
 class JobSpec(StrictModel):

@@ -30,7 +30,10 @@ def forget_term(inputs: ForgetInputs, hparams) -> LossTerm:
     # each sample is weighted B/sum(n) = 1/mean(n).
     weight = (1.0 / n_tokens.mean()).expand_as(n_tokens)
     return LossTerm(
-        per_sequence=-inputs.nll, reduction="token", n_tokens=n_tokens, gradient_weight=weight.detach()
+        per_sequence=-inputs.nll,
+        reduction="token",
+        n_tokens=n_tokens,
+        gradient_weight=weight.detach(),
     )
 
 

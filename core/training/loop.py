@@ -186,6 +186,34 @@ def run_training(
     ``forget`` is the set whose likelihood the method's forget term acts on (for plain
     fine-tuning, the training set with a descent objective).
     """
+    from core.runtime import cpu_threads_for
+
+    with cpu_threads_for(model):
+        return _train(
+            model,
+            tokenizer,
+            forget,
+            retain,
+            method,
+            hparams,
+            seed=seed,
+            lora=lora,
+            callbacks=callbacks,
+        )
+
+
+def _train(
+    model,
+    tokenizer,
+    forget: list[EncodedExample],
+    retain: list[EncodedExample] | None,
+    method: Method,
+    hparams: UnlearningHyperparameters,
+    *,
+    seed: int = 0,
+    lora: LoraSpec | None = None,
+    callbacks: Callbacks | None = None,
+) -> TrainResult:
     import torch
     from accelerate.utils import set_seed
     from transformers import get_scheduler

@@ -1,0 +1,96 @@
+"""Relearning attack: does forgotten knowledge come back after a little fine-tuning?
+
+Fine-tune a copy of the unlearned model for a few steps on part of the forget set, then
+measure the forget metrics again, on the part it relearned and on the part it did not
+see. Knowledge that returns on the *unseen* part was hidden, not removed (the
+robustness concern raised about NPO-style unlearning).
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+
+from core.data.encoding import encode_record_set
+from core.data.records import RecordSet
+from core.evaluation.evaluate import EvaluationSets, evaluate_model
+from core.spec import EvaluationSpec
+
+REPORTED = ("forget_probability", "forget_truth_ratio", "forget_rouge", "extraction_strength")
+
+
+def _subset(records: RecordSet, indices: list[int], suffix: str) -> RecordSet:
+    return RecordSet(
+        name=f"{records.name} ({suffix})",
+        format=records.format,
+        kind=records.kind,
+        records=[records.records[i] for i in indices],
+        sha256=records.sha256,
+        size_bytes=records.size_bytes,
+        columns=records.columns,
+    )
+
+
+def relearn_attack(
+    model,
+    tokenizer,
+    forget: RecordSet,
+    spec: EvaluationSpec,
+    *,
+    template: str,
+    max_length: int,
+    seed: int = 0,
+    before: dict | None = None,
+) -> dict:
+    """Attack a copy of ``model``; ``before`` holds the unlearned model's forget metrics."""
+    from core.training.finetune import FinetuneHyperparameters, finetune
+
+    attack = spec.relearn
+    order = list(range(len(forget)))
+    random.Random(seed).shuffle(order)
+    cut = max(1, round(len(order) * attack.fraction))
+    seen, unseen = sorted(order[:cut]), sorted(order[cut:])
+    train_set = _subset(forget, seen, "relearned")
+    examples = encode_record_set(tokenizer, train_set, max_length=max_length, template=template)
+
+    attacked = copy.deepcopy(model)
+    hparams = FinetuneHyperparameters(
+        learning_rate=attack.learning_rate,
+        epochs=1000,
+        max_steps=attack.steps,
+        batch_size=attack.batch_size,
+        gradient_accumulation_steps=1,
+        warmup_ratio=0.0,
+        weight_decay=0.0,
+        max_length=max_length,
+        precision="fp32",
+        lr_scheduler="constant",
+    )
+    finetune(attacked, tokenizer, examples, hparams, seed=seed)
+
+    measure = spec.model_copy(update={"relearn": None})
+    parts = {"relearned": train_set}
+    if unseen:
+        parts["unseen"] = _subset(forget, unseen, "not relearned")
+    after = {}
+    for part, records in parts.items():
+        result = evaluate_model(
+            attacked,
+            tokenizer,
+            EvaluationSets(forget=records),
+            measure,
+            template=template,
+            max_length=max_length,
+        )
+        after[part] = {key: result.metrics.get(key) for key in REPORTED}
+    del attacked
+    return {
+        "steps": attack.steps,
+        "fraction": attack.fraction,
+        "learning_rate": attack.learning_rate,
+        "relearned_samples": len(seen),
+        "unseen_samples": len(unseen),
+        "before_attack": {key: (before or {}).get(key) for key in REPORTED},
+        "after_attack": after["relearned"],
+        "after_attack_unseen": after.get("unseen"),
+    }
