@@ -17,6 +17,8 @@ from core.pipeline import JobInputs
 from core.settings import Settings
 from core.spec import JobSpec
 
+DEMO_DATASET_PREFIX = "ds_demo_"
+
 
 def demo_root(settings: Settings, preset: str | None = None) -> Path:
     return settings.home / "demo" / (preset or settings.demo_preset)
@@ -68,9 +70,22 @@ def resolve_data(reference: str | None, settings: Settings, base: Path, param: s
         target = settings.cache_dir / "data" / parsed.netloc / parsed.path.strip("/")
         store.download_file(parsed.path.strip("/"), target)
         return target
+    if reference.startswith(DEMO_DATASET_PREFIX):
+        # The demo's dataset ids mean the same here as on the service, so one job spec
+        # runs in both places.
+        path = demo_root(settings) / "data" / f"{reference.removeprefix(DEMO_DATASET_PREFIX)}.jsonl"
+        if not path.is_file():
+            raise InvalidRequest(
+                f"no demo dataset {reference}; run `obliviate demo` first",
+                param=param,
+                code="unknown_dataset",
+            )
+        return path
     if reference.startswith("ds_"):
         raise InvalidRequest(
-            "dataset ids only exist on the service; give the CLI a file path", param=param
+            "uploaded dataset ids only exist on the service; give the CLI a file path",
+            param=param,
+            code="unknown_dataset",
         )
     path = Path(url2pathname(parsed.path)) if parsed.scheme == "file" else base / reference
     if not path.is_file():

@@ -49,7 +49,7 @@ def demo(
 
         assets = build_demo_assets(out, preset, seed=seed, progress=report, force=force)
     console.print(f"demo assets in [bold]{assets.root}[/]")
-    for name, path in sorted(assets.data.items()):
+    for path in sorted(assets.data.values()):
         console.print(f"  data/{path.name}")
     console.print(f"  target model: {assets.target}\n  retrain oracle: {assets.retrain}")
 
@@ -106,6 +106,81 @@ def methods():
         defaults = method.parse_hyperparameters({}).model_dump()
         console.print(f"[bold]{method.name}[/]: {method.description}")
         console.print("  " + ", ".join(f"{k}={v}" for k, v in defaults.items()))
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    port: int = typer.Option(8000, help="Port."),
+    worker: bool = typer.Option(True, help="Also start a worker process (embedded mode)."),
+    demo: bool | None = typer.Option(
+        None, help="Install the demo model and data (default: OBLIVIATE_DEMO_ON_START)."
+    ),
+    api_workers: int = typer.Option(1, help="uvicorn worker processes."),
+):
+    """Start the service: migrations, demo assets, a worker, and the API."""
+    import uvicorn
+
+    from cli.serve import exit_on_sigterm, start_worker, stop_worker
+    from core.bootstrap import install_demo
+    from core.db import make_engine, make_session_factory
+    from core.db.migrate import upgrade
+    from core.settings import get_settings
+    from core.storage import store_from_settings
+
+    settings = get_settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    console.print(
+        f"state in [bold]{settings.home}[/] (database {settings.database_url.split('@')[-1]})"
+    )
+    upgrade(settings.database_url)
+    if settings.demo_on_start if demo is None else demo:
+        engine = make_engine(settings.database_url, pool_size=1)
+        with make_progress() as progress:
+            tasks: dict[str, int] = {}
+
+            def report(phase: str, done: int, total: int) -> None:
+                if phase not in tasks:
+                    tasks[phase] = progress.add_task(f"demo: {phase}", total=total, info="")
+                progress.update(tasks[phase], completed=done)
+
+            install_demo(
+                settings,
+                make_session_factory(engine),
+                store_from_settings(settings),
+                progress=report,
+            )
+        engine.dispose()
+        console.print(
+            "demo ready: model [bold]demo-target[/], datasets [bold]ds_demo_forget10[/], "
+            "[bold]ds_demo_retain90[/] (see README)"
+        )
+    exit_on_sigterm()
+    process = start_worker(settings) if worker else None
+    try:
+        uvicorn.run(
+            "api.main:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=api_workers,
+            log_level="info",
+        )
+    finally:
+        if process is not None:
+            stop_worker(process)
+
+
+@app.command(name="worker")
+def run_worker(concurrency: int = typer.Option(1, help="Jobs at once (one per GPU).")):
+    """Run a Celery worker (production: one per GPU, OBLIVIATE_BROKER_URL=redis://...)."""
+    import os
+
+    from cli.serve import worker_command
+    from core.settings import get_settings
+
+    command = worker_command(get_settings(), concurrency=concurrency)
+    os.execv(command[0], command)
 
 
 def main() -> None:  # pragma: no cover - console entry point

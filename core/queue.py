@@ -15,7 +15,6 @@ from celery import Celery
 from core.settings import Settings, get_settings
 
 RUN_JOB_TASK = "obliviate.run_job"
-REAP_TASK = "obliviate.reap_stale_jobs"
 QUEUE = "obliviate"
 
 log = logging.getLogger(__name__)
@@ -52,9 +51,9 @@ def make_celery(settings: Settings | None = None) -> Celery:
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
-        beat_schedule={
-            "reap-stale-jobs": {"task": REAP_TASK, "schedule": settings.reaper_interval_s},
-        },
+        # A fresh process per job: GPU memory is fully returned, and a crash or a hard
+        # time limit kills only that child (the message is then re-delivered).
+        worker_max_tasks_per_child=1,
     )
     return app
 

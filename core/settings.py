@@ -13,6 +13,8 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -33,7 +35,7 @@ class Settings(BaseSettings):
     model_roots: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated folders that file:// model locations may point into; "
-        "home/models is always allowed.",
+        "OBLIVIATE_HOME and a file:// store are always allowed.",
     )
     allow_hub_models: bool = Field(True, description="Accept Hugging Face hub ids as base models.")
     allow_private_urls: bool = Field(
@@ -75,9 +77,12 @@ class Settings(BaseSettings):
             self.broker_url = "filesystem://"
         if not self.storage_url:
             self.storage_url = (self.home / "store").as_uri()
-        self.model_roots = [p.expanduser().resolve() for p in self.model_roots]
-        if self.models_dir not in self.model_roots:
-            self.model_roots.append(self.models_dir)
+        # The service's own folders (registered and demo models, a local object store)
+        # are always loadable; anything else must be listed.
+        own = [self.home]
+        if self.storage_url.startswith("file://"):
+            own.append(Path(url2pathname(urlparse(self.storage_url).path)))
+        self.model_roots = [p.expanduser().resolve() for p in [*self.model_roots, *own]]
         return self
 
     @property

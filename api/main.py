@@ -1,0 +1,66 @@
+"""The FastAPI application factory.
+
+``uvicorn --factory api.main:create_app`` (settings from ``OBLIVIATE_*``). Importing
+this module opens nothing: the database engine, object store and Celery app are
+created by the lifespan, once per process, after the migrations ran.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from api.auth import BearerAuthMiddleware
+from api.errors import install_error_handlers
+from api.metrics import MetricsMiddleware, RequestMetrics
+from api.openapi import install_openapi
+from api.routers import datasets, health, jobs, methods, models
+from api.schemas.common import ErrorResponse
+from api.state import Resources
+from core.reaper import ReaperThread
+from core.settings import Settings, get_settings
+
+ERROR_RESPONSES = {status: {"model": ErrorResponse} for status in (400, 401, 404, 409, 413, 422)}
+
+
+def create_app(settings: Settings | None = None, *, run_migrations: bool = True) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if run_migrations:
+            from core.db.migrate import upgrade
+
+            await run_in_threadpool(upgrade, settings.database_url)
+        resources = await run_in_threadpool(Resources.open, settings)
+        app.state.resources = resources
+        # Every API process also watches for dead workers and lost messages.
+        reaper = ReaperThread(resources.database.session_factory, resources.celery, settings)
+        reaper.start()
+        try:
+            yield
+        finally:
+            reaper.stop()
+            resources.close()
+
+    app = FastAPI(
+        title="Obliviate",
+        summary="Machine unlearning jobs for language models.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = RequestMetrics()
+    install_error_handlers(app)
+    install_openapi(app)
+    if settings.api_keys:
+        app.add_middleware(BearerAuthMiddleware, api_keys=settings.api_keys)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+
+    app.include_router(health.router)
+    for module in (datasets, jobs, methods, models):
+        app.include_router(module.router, responses=ERROR_RESPONSES)
+    return app

@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import DatabaseDep, ReadDatabaseDep, SettingsDep, StoreDep
+from api.openapi import UPLOAD_BODY
+from api.routers.params import After, Limit
+from api.schemas.common import ListObject
+from api.schemas.datasets import DatasetObject
+from api.services import datasets
+from api.uploads import receive_upload
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+
+@router.post("", status_code=201, response_model=DatasetObject, openapi_extra=UPLOAD_BODY)
+async def upload_dataset(
+    request: Request, db: DatabaseDep, settings: SettingsDep, store: StoreDep
+) -> DatasetObject:
+    """Multipart: ``file`` (JSONL, CSV or Parquet) and optional ``name``. Every record is
+    validated; errors name the file, line and field (``forget.jsonl:12:answer``)."""
+    upload = await receive_upload(request, settings.max_upload_bytes)
+    try:
+        stored = await run_in_threadpool(
+            datasets.validate_and_store, store, upload, upload.fields.get("name")
+        )
+    finally:
+        upload.discard()
+    return await db.run(datasets.record_dataset, stored)
+
+
+@router.get("", response_model=ListObject[DatasetObject])
+async def list_datasets(db: ReadDatabaseDep, after: After = None, limit: Limit = 20):
+    """Newest first."""
+    return await db.run(datasets.list_datasets, after=after, limit=limit)
+
+
+@router.get("/{dataset_id}", response_model=DatasetObject)
+async def get_dataset(dataset_id: str, db: ReadDatabaseDep) -> DatasetObject:
+    return await db.run(datasets.get_dataset, dataset_id)

@@ -1,0 +1,200 @@
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from api.body import JsonObject
+from api.deps import (
+    CeleryDep,
+    DatabaseDep,
+    PrincipalDep,
+    ReadDatabaseDep,
+    SettingsDep,
+    StoreDep,
+)
+from api.openapi import json_body
+from api.routers.params import After, Limit
+from api.schemas.common import ListObject
+from api.schemas.jobs import CheckpointList, EventObject, JobObject, JobStatus, MetricList
+from api.services import artifacts, jobs
+from core.errors import InvalidRequest, NotFound
+from core.methods import get_method
+from core.spec import JobSpec
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+METADATA_PREFIX = "metadata."
+MAX_DB_INT = 2**31 - 1
+
+
+@router.post("", status_code=201, response_model=JobObject, openapi_extra=json_body(JobSpec))
+async def create_job(
+    body: JsonObject,
+    db: DatabaseDep,
+    settings: SettingsDep,
+    celery: CeleryDep,
+    principal: PrincipalDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> JobObject:
+    """Submit a job (body: the job spec). 201 when created; 200 with the original job
+    when an ``Idempotency-Key`` is repeated with the same body."""
+    job, created = await db.run(
+        jobs.submit_job,
+        settings,
+        celery,
+        body,
+        principal=principal,
+        idempotency_key=idempotency_key,
+    )
+    if not created:
+        response.status_code = 200
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return job
+
+
+@router.get("", response_model=ListObject[JobObject])
+async def list_jobs(
+    request: Request,
+    db: ReadDatabaseDep,
+    status: Annotated[list[JobStatus] | None, Query(description="Repeatable.")] = None,
+    method: str | None = None,
+    updated_after: datetime | None = None,
+    after: After = None,
+    limit: Limit = 20,
+) -> ListObject[JobObject]:
+    """Newest first. Filters: ``status`` (repeatable), ``method``,
+    ``metadata.<key>=<value>``, ``updated_after`` (ISO 8601)."""
+    return await db.run(
+        jobs.list_jobs,
+        statuses=status or [],
+        method=_known_method(method),
+        metadata=_metadata_filters(request),
+        updated_after=_as_utc(updated_after, "updated_after"),
+        after=after,
+        limit=limit,
+    )
+
+
+@router.get("/{job_id}", response_model=JobObject)
+async def get_job(job_id: str, request: Request, db: ReadDatabaseDep) -> Response:
+    """With a weak ETag: send it back as If-None-Match to get 304 while nothing changed."""
+    row = await db.run(jobs.get_job, job_id)
+    headers = {"ETag": jobs.job_etag(row), "Cache-Control": "no-cache"}
+    if jobs.etag_matches(request.headers.get("if-none-match"), headers["ETag"]):
+        return Response(status_code=304, headers=headers)
+    # Serialized here, once: dashboards poll this route hardest, and returning the model
+    # would have FastAPI validate it again before dumping it.
+    body = JobObject.from_row(row).model_dump_json()
+    return Response(body, media_type="application/json", headers=headers)
+
+
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobObject)
+async def cancel_job(job_id: str, db: DatabaseDep) -> JobObject:
+    """A queued job is cancelled at once; a running one becomes ``cancelling`` until its
+    worker stops. 409 ``job_not_cancellable`` once finished."""
+    return await db.run(jobs.cancel_job, job_id)
+
+
+@router.get("/{job_id}/events", response_model=ListObject[EventObject])
+async def list_events(
+    job_id: str,
+    db: ReadDatabaseDep,
+    after: Annotated[int | None, Query(ge=0, le=2**62, description="Last event id seen.")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> ListObject[EventObject]:
+    """Oldest first."""
+    return await db.run(jobs.list_events, job_id, after=after, limit=limit)
+
+
+@router.get("/{job_id}/metrics", response_model=MetricList)
+async def list_metrics(
+    job_id: str,
+    db: ReadDatabaseDep,
+    after_step: Annotated[int | None, Query(ge=-1, le=MAX_DB_INT)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> MetricList:
+    """In step order."""
+    return await db.run(jobs.list_metrics, job_id, after_step=after_step, limit=limit)
+
+
+@router.get("/{job_id}/checkpoints", response_model=CheckpointList)
+async def list_checkpoints(job_id: str, db: ReadDatabaseDep) -> CheckpointList:
+    return await db.run(artifacts.list_checkpoints, job_id)
+
+
+@router.get("/{job_id}/checkpoints/{checkpoint_id}/files/{path:path}")
+async def download_checkpoint_file(
+    job_id: str, checkpoint_id: str, path: str, db: ReadDatabaseDep, store: StoreDep
+) -> StreamingResponse:
+    """``checkpoint_id``: the id or the name (``final``)."""
+    stored = await db.run(artifacts.checkpoint_file, job_id, checkpoint_id, path)
+    chunks = await run_in_threadpool(artifacts.open_stored, store, stored)
+    headers = {"Content-Disposition": f'attachment; filename="{stored.filename}"'}
+    if stored.size is not None:
+        headers["Content-Length"] = str(stored.size)
+    return StreamingResponse(chunks, media_type="application/octet-stream", headers=headers)
+
+
+@router.get("/{job_id}/report")
+async def get_report(job_id: str, db: ReadDatabaseDep, store: StoreDep) -> Response:
+    """The evaluation report (report.json); 404 ``report_not_ready`` until written."""
+    stored = await db.run(artifacts.report_file, job_id, artifacts.REPORT_JSON)
+    content = await run_in_threadpool(artifacts.read_stored, store, stored)
+    return Response(content, media_type="application/json")
+
+
+@router.get("/{job_id}/report.html")
+async def get_report_html(job_id: str, db: ReadDatabaseDep, store: StoreDep) -> Response:
+    stored = await db.run(artifacts.report_file, job_id, artifacts.REPORT_HTML)
+    content = await run_in_threadpool(artifacts.read_stored, store, stored)
+    return Response(content, media_type="text/html; charset=utf-8")
+
+
+@router.get("/{job_id}/report/files/{name}")
+async def get_report_file(job_id: str, name: str, db: ReadDatabaseDep, store: StoreDep):
+    """A plot (PNG) stored next to report.json."""
+    if not artifacts.PLOT_NAME.match(name):
+        raise NotFound(f"no report file {name!r}", param="name", code="file_not_found")
+    stored = await db.run(artifacts.report_file, job_id, name)
+    chunks = await run_in_threadpool(artifacts.open_stored, store, stored)
+    return StreamingResponse(chunks, media_type="image/png")
+
+
+def _known_method(method: str | None) -> str | None:
+    if method is not None:
+        get_method(method)  # 422 unknown_method, listing the choices
+    return method
+
+
+def _metadata_filters(request: Request) -> dict[str, str]:
+    filters = {}
+    for name, value in request.query_params.multi_items():
+        if not name.startswith(METADATA_PREFIX):
+            continue
+        key = name[len(METADATA_PREFIX) :]
+        if not key or len(key) > 64 or len(value) > 512 or "\x00" in key + value:
+            raise InvalidRequest(
+                f"{name}: metadata keys are 1-64 characters, values at most 512",
+                param=name,
+                code="invalid_value",
+            )
+        filters[key] = value
+    return filters
+
+
+def _as_utc(value: datetime | None, param: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return (
+            value.replace(tzinfo=timezone.utc)
+            if value.tzinfo is None
+            else value.astimezone(timezone.utc)
+        )
+    except (OverflowError, ValueError):
+        raise InvalidRequest(f"{param}: out of range", param=param, code="invalid_value") from None

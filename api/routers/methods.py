@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from api.schemas.common import ListObject
+from api.schemas.methods import MethodObject
+from api.services import methods
+
+router = APIRouter(prefix="/v1/methods", tags=["methods"])
+
+
+@router.get("", response_model=ListObject[MethodObject])
+async def list_methods() -> ListObject[MethodObject]:
+    """Every unlearning method with its hyperparameter JSON schema (bounds) and defaults."""
+    data = methods.list_methods()
+    return ListObject[MethodObject](data=data, has_more=False, last_id=None)
+
+
+@router.get("/{name}", response_model=MethodObject)
+async def get_method(name: str) -> MethodObject:
+    return methods.get_method_object(name)

@@ -1,0 +1,2 @@
+"""What each endpoint does, as plain functions over a Session: the routers only parse,
+authorize and call these."""

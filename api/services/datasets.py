@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import re
+
+from sqlalchemy.orm import Session
+
+from api.schemas.common import ListObject
+from api.schemas.datasets import DatasetObject
+from api.uploads import Upload
+from core.datasets import StoredDataset, store_dataset_file
+from core.datasets import record_dataset as core_record_dataset
+from core.db import datasets as repo
+from core.errors import InvalidRequest
+from core.storage import ObjectStore
+
+_UNSAFE_FILENAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def validate_and_store(store: ObjectStore, upload: Upload, name: str | None) -> StoredDataset:
+    """Validate every record, then store the file at ``datasets/<id>/<filename>``."""
+    filename = safe_filename(upload.filename)
+    name = " ".join((name or "").split()) or filename
+    if len(name) > 256 or "\x00" in name:
+        raise InvalidRequest("name: at most 256 characters, no NUL", param="name")
+    return store_dataset_file(store, upload.path, filename=filename, name=name)
+
+
+def record_dataset(session: Session, stored: StoredDataset) -> DatasetObject:
+    """Insert the row of a stored upload; a row therefore always has its file."""
+    dataset = core_record_dataset(session, stored)
+    session.commit()
+    return DatasetObject.from_row(dataset)
+
+
+def safe_filename(filename: str) -> str:
+    """The client's file name reduced to a safe store key segment (no folders)."""
+    base = filename.replace("\\", "/").rsplit("/", 1)[-1].strip()
+    base = _UNSAFE_FILENAME_CHARS.sub("_", base).lstrip(".")[-200:]
+    if not base:
+        raise InvalidRequest(
+            "the file part needs a filename ending in .jsonl, .csv or .parquet",
+            param="file",
+            code="unsupported_format",
+        )
+    return base
+
+
+def get_dataset(session: Session, dataset_id: str) -> DatasetObject:
+    return DatasetObject.from_row(repo.get_dataset(session, dataset_id))
+
+
+def list_datasets(session: Session, *, after: str | None, limit: int) -> ListObject[DatasetObject]:
+    page = repo.list_datasets(session, after=after, limit=limit)
+    data = [DatasetObject.from_row(row) for row in page.items]
+    return ListObject[DatasetObject](
+        data=data, has_more=page.has_more, last_id=data[-1].id if data else None
+    )

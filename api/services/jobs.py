@@ -1,0 +1,234 @@
+"""Job submission, reads and cancellation."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from celery import Celery
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api.schemas.common import ListObject
+from api.schemas.jobs import EventObject, JobObject, MetricList, MetricObject
+from api.services.models import vet_model_location
+from core.db import jobs as repo
+from core.db.idempotency import add_idempotency_key, find_idempotency_key
+from core.db.jobs import JobRow
+from core.db.references import existing_references
+from core.errors import Conflict, InvalidRequest, NotFound
+from core.queue import enqueue_job
+from core.settings import Settings
+from core.spec import JobSpec, parse_job_spec
+
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+#: The evaluation settings that name a dataset (``utility`` is a list of them; ``oracle``
+#: names a model). A test fails when EvaluationSpec grows a text field not listed here.
+EVALUATION_DATASET_FIELDS = ("forget", "retain", "holdout", "knowmem_forget", "knowmem_retain")
+EVALUATION_MODEL_FIELDS = ("oracle",)
+
+
+def submit_job(
+    session: Session,
+    settings: Settings,
+    celery: Celery,
+    body: dict[str, Any],
+    *,
+    principal: str,
+    idempotency_key: str | None = None,
+) -> tuple[JobObject, bool]:
+    """Validate, insert the job and its first event, commit, then enqueue.
+
+    Returns ``(job, created)``: ``created`` is False when an earlier request with the
+    same idempotency key made this job. If the broker is down the job stays ``queued``
+    and the reaper publishes it later; the request still succeeds.
+    """
+    request_sha256 = _body_digest(body)
+    if idempotency_key is not None:
+        _check_idempotency_key(idempotency_key)
+        earlier = _replay(session, principal, idempotency_key, request_sha256)
+        if earlier is not None:
+            return earlier, False
+
+    spec = parse_job_spec(body)
+    hyperparameters = spec.method_hyperparameters().model_dump(mode="json")
+    check_references(session, settings, spec)
+    job = repo.insert_job(session, spec, spec.forget, spec.retain, hyperparameters=hyperparameters)
+    if idempotency_key is not None:
+        try:
+            add_idempotency_key(session, principal, idempotency_key, request_sha256, job["id"])
+        except IntegrityError:
+            # A concurrent request with the same key committed first: ours never happened.
+            session.rollback()
+            earlier = _replay(session, principal, idempotency_key, request_sha256)
+            if earlier is None:  # pragma: no cover - the winner's row is committed
+                raise
+            return earlier, False
+    session.commit()
+    if not enqueue_job(celery, job["id"]):
+        repo.mark_enqueue_failed(session, job["id"])
+    return JobObject.from_mapping(job), True
+
+
+def check_references(session: Session, settings: Settings, spec: JobSpec) -> None:
+    """Every data reference must be an uploaded dataset and every model one we may load:
+    fail now with the field's name rather than minutes later on a worker. One query
+    checks all of them."""
+    evaluation = spec.evaluation
+    datasets: list[tuple[str, str]] = [("forget", spec.forget)]
+    if spec.retain is not None:
+        datasets.append(("retain", spec.retain))
+    for field in EVALUATION_DATASET_FIELDS:
+        value = getattr(evaluation, field)
+        if value is not None:
+            datasets.append((f"evaluation.{field}", value))
+    datasets += [(f"evaluation.utility.{i}", value) for i, value in enumerate(evaluation.utility)]
+
+    models = [("model", spec.model)]
+    oracle = evaluation.oracle
+    if oracle is not None and not oracle.startswith("job:"):
+        models.append(("evaluation.oracle", oracle))
+    registered = []
+    for param, reference in models:
+        location = vet_model_location(reference, settings, param=param)
+        if location.kind == "registered":
+            registered.append((param, location.value))
+
+    known_datasets, known_models = existing_references(
+        session,
+        dataset_ids=[value for _, value in datasets],
+        model_names=[name for _, name in registered],
+    )
+    for param, value in datasets:
+        if value not in known_datasets:
+            raise InvalidRequest(
+                f"{param}: no dataset with id {value!r}; upload it with POST /v1/datasets",
+                param=param,
+                code="unknown_dataset",
+            )
+    for param, name in registered:
+        if name not in known_models:
+            raise InvalidRequest(
+                f"{param}: no model named {name!r}; see GET /v1/models or register one",
+                param=param,
+                code="unknown_model",
+            )
+    if oracle is not None and oracle.startswith("job:"):
+        _check_oracle_job(session, oracle.removeprefix("job:"))
+
+
+def _check_oracle_job(session: Session, job_id: str) -> None:
+    param = "evaluation.oracle"
+    try:
+        row = repo.get_job_row(session, job_id)
+    except NotFound:  # a bad field of this request, not a missing resource: 422
+        raise InvalidRequest(
+            f"{param}: no job with id {job_id!r}", param=param, code="unknown_oracle_job"
+        ) from None
+    if row.status != "succeeded" or not row.report_available:
+        raise InvalidRequest(
+            f"{param}: job {job_id} has no evaluation report to reuse (status {row.status})",
+            param=param,
+            code="oracle_not_ready",
+        )
+
+
+def _body_digest(body: dict[str, Any]) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _check_idempotency_key(key: str) -> None:
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY_LENGTH or not key.isprintable():
+        raise InvalidRequest(
+            f"Idempotency-Key: 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} printable characters",
+            param="Idempotency-Key",
+            code="invalid_value",
+        )
+
+
+def _replay(session: Session, principal: str, key: str, request_sha256: str) -> JobObject | None:
+    row = find_idempotency_key(session, principal, key)
+    if row is None:
+        return None
+    if row.request_sha256 != request_sha256:
+        raise Conflict(
+            "this Idempotency-Key was already used with a different request body",
+            param="Idempotency-Key",
+            code="idempotency_key_reused",
+        )
+    return JobObject.from_row(repo.get_job_row(session, row.job_id))
+
+
+def get_job(session: Session, job_id: str) -> JobRow:
+    return repo.get_job_row(session, job_id)
+
+
+def job_etag(row: JobRow) -> str:
+    """Weak: it changes whenever anything a dashboard shows changes (every state change
+    bumps updated_at), without hashing the whole body."""
+    stamp = f"{row.updated_at.timestamp():.6f}-{row.status}-{row.step}-{int(row.report_available)}"
+    return f'W/"{stamp}"'
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    if not if_none_match:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    bare = etag.removeprefix("W/")
+    return any(tag.strip().removeprefix("W/") == bare for tag in if_none_match.split(","))
+
+
+def list_jobs(
+    session: Session,
+    *,
+    statuses: Sequence[str],
+    method: str | None,
+    metadata: dict[str, str],
+    updated_after: datetime | None,
+    after: str | None,
+    limit: int,
+) -> ListObject[JobObject]:
+    page = repo.list_jobs(
+        session,
+        statuses=statuses,
+        method=method,
+        metadata=metadata,
+        updated_after=updated_after,
+        after=after,
+        limit=limit,
+    )
+    data = [JobObject.from_row(row) for row in page.items]
+    return ListObject[JobObject](
+        data=data, has_more=page.has_more, last_id=data[-1].id if data else None
+    )
+
+
+def cancel_job(session: Session, job_id: str) -> JobObject:
+    repo.request_cancel(session, job_id)
+    session.commit()
+    return JobObject.from_row(repo.get_job_row(session, job_id))
+
+
+def list_events(
+    session: Session, job_id: str, *, after: int | None, limit: int
+) -> ListObject[EventObject]:
+    repo.get_job(session, job_id)  # 404 for unknown jobs rather than an empty list
+    page = repo.list_events(session, job_id, after=after, limit=limit)
+    data = [EventObject.from_row(row) for row in page.items]
+    return ListObject[EventObject](
+        data=data, has_more=page.has_more, last_id=data[-1].id if data else None
+    )
+
+
+def list_metrics(
+    session: Session, job_id: str, *, after_step: int | None, limit: int
+) -> MetricList:
+    repo.get_job(session, job_id)
+    page = repo.list_metrics(session, job_id, after_step=after_step, limit=limit)
+    data = [MetricObject.from_row(row) for row in page.items]
+    return MetricList(data=data, has_more=page.has_more, last_step=data[-1].step if data else None)

@@ -1,0 +1,284 @@
+"""Mini-TOFU: does Obliviate reproduce the SimNPO paper's findings on a model it can
+train itself?
+
+    python bench/minitofu.py --out results.json               # settled defaults, 3 seeds
+    python bench/minitofu.py --sweep --out sweep.json         # the sweep behind them
+
+Builds the demo assets (fictitious authors, ~1M-parameter target that memorized them,
+retrain oracle without the forget10 authors), evaluates target and oracle once, then
+unlearns forget10 with GA, GradDiff, NPO and SimNPO and evaluates each against the
+oracle. Prints a table and writes
+``{"methods": {"original": {...}, "retrain": {...}, "ga": {...}, ...}}``.
+
+Methods are compared at a common utility floor (model utility >= 0.9x the original's),
+not each at its own best: ``--sweep`` runs the same grid budget for every method and
+reports, per method, the best forget quality among settings above the floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from core.data.encoding import encode_record_set  # noqa: E402
+from core.data.records import read_records  # noqa: E402
+from core.demo import build_demo_assets  # noqa: E402
+from core.evaluation import EvaluationSets, compare, evaluate_model  # noqa: E402
+from core.methods import get_method  # noqa: E402
+from core.models.loading import load_model  # noqa: E402
+from core.spec import DEFAULT_PROMPT_TEMPLATE, EvaluationSpec  # noqa: E402
+from core.training.loop import run_training  # noqa: E402
+
+METHODS = ("ga", "graddiff", "npo", "simnpo")
+UTILITY_FLOOR = 0.9
+MAX_LENGTH = 128
+
+# Shared by every method: the optimizer budget is the same for all of them.
+COMMON = {
+    "batch_size": 8,
+    "gradient_accumulation_steps": 1,
+    "warmup_ratio": 0.1,
+    "weight_decay": 0.01,
+    "precision": "fp32",
+    "max_length": MAX_LENGTH,
+}
+
+# Settled by `--sweep` (docs/minitofu.md has the grid and the per-setting results):
+# the best forget quality among settings whose model utility stays >= 0.9x the
+# original's, on seed 0. GA is run to its full budget, as the paper does, to show it
+# collapses.
+DEFAULTS = {
+    "ga": {"learning_rate": 1e-3, "epochs": 10},
+    "graddiff": {"learning_rate": 1e-3, "epochs": 5, "retain_coeff": 1.0},
+    "npo": {"learning_rate": 1e-3, "epochs": 5, "beta": 0.1, "retain_coeff": 1.0},
+    "simnpo": {
+        "learning_rate": 1e-3,
+        "epochs": 5,
+        "beta": 2.5,
+        "gamma": 0.0,
+        "forget_coeff": 1.0,
+        "retain_coeff": 1.0,
+    },
+}
+
+SWEEP = {
+    "learning_rate": [3e-4, 1e-3, 3e-3],
+    "epochs": [2, 5, 10],
+}
+SWEEP_EXTRA = {
+    "npo": {"beta": [0.1, 0.5]},
+    "simnpo": {"beta": [2.5, 4.5]},
+    "ga": {},
+    "graddiff": {},
+}
+
+HEADLINE = (
+    "forget_quality",
+    "model_utility",
+    "forget_probability",
+    "retain_probability",
+    "privleak",
+    "forget_truth_ratio",
+    "forget_rouge",
+    "extraction_strength",
+)
+
+
+def evaluation_spec() -> EvaluationSpec:
+    return EvaluationSpec(max_samples=400, max_new_tokens=32, batch_size=64)
+
+
+class Bench:
+    def __init__(self, preset: str, cache: Path, log):
+        self.log = log
+        started = time.monotonic()
+        self.assets = build_demo_assets(cache / f"demo-{preset}", preset)
+        self.log(f"demo assets ready in {time.monotonic() - started:.0f}s: {self.assets.root}")
+        data = self.assets.data
+        self.sets = EvaluationSets(
+            forget=read_records(data["forget10"]),
+            retain=read_records(data["retain90"]),
+            holdout=read_records(data["holdout"]),
+            utility={"world_facts": read_records(data["world_facts"])},
+        )
+        self.spec = evaluation_spec()
+        _, self.tokenizer = load_model(str(self.assets.target))
+
+        def encode(records):
+            return encode_record_set(
+                self.tokenizer, records, max_length=MAX_LENGTH, template=DEFAULT_PROMPT_TEMPLATE
+            )
+
+        self.forget = encode(self.sets.forget)
+        self.retain = encode(self.sets.retain)
+        self.original = self.evaluate(
+            load_model(str(self.assets.target), dtype="fp32")[0], "original"
+        )
+        self.oracle = self.evaluate(
+            load_model(str(self.assets.retrain), dtype="fp32")[0], "retrain"
+        )
+
+    def evaluate(self, model, label: str):
+        result = evaluate_model(
+            model,
+            self.tokenizer,
+            self.sets,
+            self.spec,
+            template=DEFAULT_PROMPT_TEMPLATE,
+            max_length=MAX_LENGTH,
+        )
+        result.label = label
+        self.log(f"evaluated {label} in {result.seconds:.1f}s")
+        return result
+
+    def reference_row(self, result) -> dict:
+        comparison = compare(self.original, result, self.oracle)
+        return {key: comparison.get(key) for key in HEADLINE}
+
+    def run(self, method: str, overrides: dict, seed: int) -> dict:
+        model, _ = load_model(str(self.assets.target), dtype="fp32")
+        hparams = get_method(method).parse_hyperparameters({**COMMON, **overrides})
+        started = time.monotonic()
+        result = run_training(
+            model, self.tokenizer, self.forget, self.retain, get_method(method), hparams, seed=seed
+        )
+        train_s = time.monotonic() - started
+        after = self.evaluate(result.model, f"{method} seed {seed}")
+        row = self.reference_row(after)
+        row.update(
+            seed=seed,
+            steps=result.steps,
+            train_seconds=round(train_s, 1),
+            hyperparameters={**COMMON, **overrides},
+        )
+        return row
+
+
+def summarize(rows: list[dict], original_mu: float) -> dict:
+    """Mean over seeds; forget quality as the mean of log10 p-values (REFERENCES.md:
+    p-values move by orders of magnitude across seeds)."""
+    out = {}
+    for key in HEADLINE:
+        values = [r[key] for r in rows if r.get(key) is not None]
+        if not values:
+            out[key] = None
+            continue
+        out[key] = statistics.fmean(values)
+        if len(values) > 1:
+            out[f"{key}_std"] = statistics.stdev(values)
+    fq = [r["forget_quality"] for r in rows if r.get("forget_quality")]
+    out["log10_forget_quality"] = (
+        statistics.fmean(math.log10(max(v, 1e-300)) for v in fq) if fq else None
+    )
+    out["model_utility_ratio"] = (
+        out["model_utility"] / original_mu if out.get("model_utility") else None
+    )
+    out["seeds"] = [r["seed"] for r in rows]
+    out["runs"] = rows
+    out["hyperparameters"] = rows[0]["hyperparameters"]
+    return out
+
+
+def print_table(methods: dict, log) -> None:
+    header = f"{'model':<10}{'FQ':>10}{'log10 FQ':>10}{'MU':>8}{'MU/orig':>9}{'P(forget)':>11}{'P(retain)':>11}{'PrivLeak':>10}"
+    log(header)
+    log("-" * len(header))
+
+    def fmt(row, key, width, spec=".3f"):
+        value = row.get(key)
+        return f"{value:>{width}{spec}}" if isinstance(value, (int, float)) else f"{'-':>{width}}"
+
+    for name, row in methods.items():
+        log(
+            f"{name:<10}{fmt(row, 'forget_quality', 10, '.2e')}{fmt(row, 'log10_forget_quality', 10, '.2f')}"
+            f"{fmt(row, 'model_utility', 8)}{fmt(row, 'model_utility_ratio', 9)}"
+            f"{fmt(row, 'forget_probability', 11)}{fmt(row, 'retain_probability', 11)}"
+            f"{fmt(row, 'privleak', 10, '.1f')}"
+        )
+
+
+def run_defaults(bench: Bench, methods, seeds, log) -> dict:
+    original = bench.reference_row(bench.original)
+    retrain = bench.reference_row(bench.oracle)
+    original_mu = original["model_utility"]
+    results = {
+        "original": {**original, "model_utility_ratio": 1.0},
+        "retrain": {**retrain, "model_utility_ratio": retrain["model_utility"] / original_mu},
+    }
+    for method in methods:
+        rows = [bench.run(method, DEFAULTS[method], seed) for seed in seeds]
+        results[method] = summarize(rows, original_mu)
+        log(
+            f"{method}: FQ {results[method]['forget_quality']:.3g}, MU ratio {results[method]['model_utility_ratio']:.3f}"
+        )
+    return results
+
+
+def run_sweep(bench: Bench, methods, seed: int, log) -> dict:
+    original_mu = bench.reference_row(bench.original)["model_utility"]
+    grid_results = {}
+    for method in methods:
+        axes = {**SWEEP, **SWEEP_EXTRA[method]}
+        rows = []
+        for values in itertools.product(*axes.values()):
+            overrides = dict(zip(axes, values))
+            if method == "simnpo":
+                overrides["forget_coeff"] = 1.0
+            row = bench.run(method, overrides, seed)
+            row["model_utility_ratio"] = (
+                row["model_utility"] / original_mu if row["model_utility"] else None
+            )
+            rows.append(row)
+            log(
+                f"{method} {overrides}: FQ {row['forget_quality']:.3g} MU ratio {row['model_utility_ratio']:.3f}"
+            )
+        eligible = [r for r in rows if (r["model_utility_ratio"] or 0) >= UTILITY_FLOOR]
+        best = max(eligible, key=lambda r: r["forget_quality"] or 0) if eligible else None
+        grid_results[method] = {"runs": rows, "best_above_floor": best, "budget": len(rows)}
+    return grid_results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, default=Path("results.json"))
+    parser.add_argument("--preset", default="demo", help="demo asset preset (tiny for a smoke run)")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--cache", type=Path, default=REPO / ".cache" / "bench")
+    parser.add_argument("--sweep", action="store_true", help="run the hyperparameter sweep instead")
+    args = parser.parse_args(argv)
+
+    def log(message: str) -> None:
+        print(message, flush=True)
+
+    started = time.monotonic()
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    bench = Bench(args.preset, args.cache, log)
+    if args.sweep:
+        output = {"sweep": run_sweep(bench, methods, seeds[0], log), "utility_floor": UTILITY_FLOOR}
+    else:
+        results = run_defaults(bench, methods, seeds, log)
+        print_table(results, log)
+        output = {"methods": results, "seeds": seeds, "utility_floor": UTILITY_FLOOR}
+    output.update(
+        preset=args.preset, seconds=round(time.monotonic() - started, 1), demo=bench.assets.summary
+    )
+    args.out.write_text(json.dumps(output, indent=2, default=str))
+    log(f"wrote {args.out} in {output['seconds']:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,563 @@
+"""Job state: the queries both the API and the worker run.
+
+Every state change is a conditional UPDATE (``WHERE status = ...``), so two processes
+racing on one job (a redelivered message, a reaper and a late heartbeat, a cancel and a
+finish) cannot both win. Functions take a Session; the caller commits unless the
+docstring says the function does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Row, bindparam, func, or_, select, update
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.orm import Session, make_transient_to_detached
+
+from core.db.ids import is_id, new_id
+from core.db.json_safe import finite_or_none
+from core.db.pagination import Page, paginate
+from core.db.tables import (
+    ACTIVE_STATUSES,
+    EVENT_LEVELS,
+    JOB_STATUSES,
+    TERMINAL_STATUSES,
+    Job,
+    JobEvent,
+    JobMetric,
+    Model,
+    Report,
+)
+from core.db.types import utcnow
+from core.errors import Conflict, NotFound
+
+if TYPE_CHECKING:
+    from core.spec import JobSpec
+
+
+_jobs = Job.__table__
+
+#: What a job's API object shows, in one indexed query: every ``jobs`` column (by column
+#: name, so ``metadata``), plus ``output_model`` (the output model's name) and
+#: ``report_available``. Core rather than ORM: status reads are the service's hottest
+#: path, and loading ORM instances costs more than the query itself.
+JOB_VIEW_COLUMNS = (
+    *_jobs.c,
+    Model.name.label("output_model"),
+    Report.job_id.is_not(None).label("report_available"),
+)
+_JOB_VIEW_FROM = _jobs.outerjoin(Model, Model.id == _jobs.c.output_model_id).outerjoin(
+    Report, Report.job_id == _jobs.c.id
+)
+# Built once: constructing a statement per request is a measurable share of a read.
+_JOB_VIEW_BY_ID = (
+    select(*JOB_VIEW_COLUMNS).select_from(_JOB_VIEW_FROM).where(_jobs.c.id == bindparam("job_id"))
+)
+
+#: A row of JOB_VIEW_COLUMNS (attribute access by column name).
+JobRow = Row
+
+_INSERT_JOB = _jobs.insert()
+_INSERT_EVENT = JobEvent.__table__.insert()
+_INSERT_METRIC = JobMetric.__table__.insert()
+# Column name -> ORM attribute, where they differ ("metadata" -> "metadata_").
+_ATTRIBUTE_BY_COLUMN = {
+    attr.columns[0].name: attr.key
+    for attr in sa_inspect(Job).column_attrs
+    if attr.columns[0].name != attr.key
+}
+_COLUMN_NAMES = tuple(column.name for column in _jobs.c)
+
+
+# ---------------------------------------------------------------------------- create
+
+
+def create_job(
+    session: Session,
+    spec: JobSpec,
+    forget_dataset_id: str,
+    retain_dataset_id: str | None = None,
+    *,
+    hyperparameters: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> Job:
+    """Insert a ``queued`` job and its first status event (not committed).
+
+    ``hyperparameters`` are the method's resolved values; computed from the spec when
+    not given. ``enqueued_at`` is set now: the caller publishes the message right after
+    committing, and the reaper re-publishes if that never happened. The returned Job is
+    attached to the session as if loaded, without a query.
+    """
+    row = insert_job(
+        session,
+        spec,
+        forget_dataset_id,
+        retain_dataset_id,
+        hyperparameters=hyperparameters,
+        now=now,
+    )
+    job = Job(**{_ATTRIBUTE_BY_COLUMN.get(name, name): row.get(name) for name in _COLUMN_NAMES})
+    make_transient_to_detached(job)
+    session.add(job)
+    return job
+
+
+def insert_job(
+    session: Session,
+    spec: JobSpec,
+    forget_dataset_id: str,
+    retain_dataset_id: str | None = None,
+    *,
+    hyperparameters: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """``create_job`` without building an ORM object: returns the inserted column values
+    (by column name). Core inserts rather than an ORM flush, because submission is the
+    API's hot write path and the unit of work costs more CPU than both statements."""
+    now = now or utcnow()
+    if hyperparameters is None:
+        hyperparameters = spec.method_hyperparameters().model_dump(mode="json")
+    row = {
+        "id": new_id("job"),
+        "status": "queued",
+        "method": spec.method,
+        "model": spec.model,
+        "forget_dataset_id": forget_dataset_id,
+        "retain_dataset_id": retain_dataset_id,
+        "spec": spec.model_dump(mode="json"),
+        "hyperparameters": hyperparameters,
+        "seed": spec.seed,
+        "metadata": dict(spec.metadata),
+        "created_at": now,
+        "updated_at": now,
+        "enqueued_at": now,
+        "attempts": 0,
+        "step": 0,
+        "epoch": 0.0,
+        "trained_tokens": 0,
+    }
+    session.connection().execute(_INSERT_JOB, row)
+    _status_event(session, row["id"], "queued", "job created and queued", now=now)
+    return row
+
+
+# ----------------------------------------------------------------------------- reads
+
+
+def get_job(session: Session, job_id: str) -> Job:
+    job = session.get(Job, job_id) if is_id(job_id, "job") else None
+    if job is None:
+        raise _job_not_found(job_id)
+    return job
+
+
+def get_job_status(session: Session, job_id: str) -> str:
+    status = session.scalar(select(Job.status).where(Job.id == job_id)) if is_id(job_id) else None
+    if status is None:
+        raise _job_not_found(job_id)
+    return status
+
+
+def get_job_row(session: Session, job_id: str) -> JobRow:
+    """The job as its API object shows it: one primary-key lookup."""
+    row = None
+    if is_id(job_id):
+        row = session.connection().execute(_JOB_VIEW_BY_ID, {"job_id": job_id}).first()
+    if row is None:
+        raise _job_not_found(job_id)
+    return row
+
+
+def list_jobs(
+    session: Session,
+    *,
+    statuses: Sequence[str] = (),
+    method: str | None = None,
+    metadata: dict[str, str] | None = None,
+    updated_after: datetime | None = None,
+    after: str | None = None,
+    limit: int = 20,
+) -> Page[JobRow]:
+    """Newest first; ``after`` is the last id of the previous page."""
+    statement = select(*JOB_VIEW_COLUMNS).select_from(_JOB_VIEW_FROM)
+    if statuses:
+        statement = statement.where(_jobs.c.status.in_(list(statuses)))
+    if method:
+        statement = statement.where(_jobs.c.method == method)
+    for key, value in (metadata or {}).items():
+        statement = statement.where(_jobs.c.metadata[key].as_string() == value)
+    if updated_after is not None:
+        statement = statement.where(_jobs.c.updated_at > updated_after)
+    if after is not None:
+        statement = statement.where(_jobs.c.id < after)
+    statement = statement.order_by(_jobs.c.id.desc()).limit(limit + 1)
+    rows = session.connection().execute(statement).all()
+    return Page(items=rows[:limit], has_more=len(rows) > limit)
+
+
+def count_jobs_by_status(session: Session) -> dict[str, int]:
+    counts = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+    return {status: counts.get(status, 0) for status in JOB_STATUSES}
+
+
+def list_events(
+    session: Session, job_id: str, *, after: int | None = None, limit: int = 100
+) -> Page[JobEvent]:
+    """Oldest first, so a client polls with ``after`` = the last id it saw."""
+    statement = select(JobEvent).where(JobEvent.job_id == job_id)
+    return paginate(session, statement, JobEvent.id, after=after, limit=limit, newest_first=False)
+
+
+def list_metrics(
+    session: Session, job_id: str, *, after_step: int | None = None, limit: int = 100
+) -> Page[JobMetric]:
+    """In step order; ``after_step`` is the last step the client has."""
+    statement = select(JobMetric).where(JobMetric.job_id == job_id)
+    if after_step is not None:
+        statement = statement.where(JobMetric.step > after_step)
+    statement = statement.order_by(JobMetric.step, JobMetric.id).limit(limit + 1)
+    rows = list(session.scalars(statement))
+    return Page(items=rows[:limit], has_more=len(rows) > limit)
+
+
+# ------------------------------------------------------------------- worker side
+
+
+def claim_job(
+    session: Session, job_id: str, worker_id: str, *, now: datetime | None = None
+) -> Job | None:
+    """Move ``queued -> running`` in one conditional UPDATE. Commits.
+
+    Returns None when the job was not queued (already claimed, cancelled, finished, or
+    unknown): a message delivered twice never runs a job twice.
+    """
+    now = now or utcnow()
+    claimed = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "queued")
+        .values(
+            status="running",
+            attempts=Job.attempts + 1,
+            started_at=now,
+            heartbeat_at=now,
+            updated_at=now,
+            worker_id=worker_id,
+        )
+        .returning(Job.attempts)
+    ).first()
+    if claimed is None:
+        session.rollback()
+        return None
+    _status_event(
+        session,
+        job_id,
+        "running",
+        f"started on {worker_id} (attempt {claimed.attempts})",
+        now=now,
+        data={"worker_id": worker_id, "attempt": claimed.attempts},
+    )
+    session.commit()
+    return _fresh(session, job_id)
+
+
+def heartbeat(
+    session: Session,
+    job_id: str,
+    *,
+    step: int,
+    total_steps: int | None = None,
+    epoch: float | None = None,
+    trained_tokens: int | None = None,
+    estimated_finish: datetime | None = None,
+    now: datetime | None = None,
+) -> str:
+    """Record progress and liveness; returns the job's status, so the worker sees
+    ``cancelling`` (stop and clean up) or anything but ``running`` (stop: the job was
+    reaped or finished elsewhere). Progress is only written while the job is active.
+    Commits."""
+    now = now or utcnow()
+    values: dict[str, Any] = {"step": step, "heartbeat_at": now, "updated_at": now}
+    optional = {
+        "total_steps": total_steps,
+        "epoch": epoch,
+        "trained_tokens": trained_tokens,
+        "estimated_finish": estimated_finish,
+    }
+    values.update({key: value for key, value in optional.items() if value is not None})
+    row = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_(ACTIVE_STATUSES))
+        .values(**values)
+        .returning(Job.status)
+    ).first()
+    status = row.status if row else session.scalar(select(Job.status).where(Job.id == job_id))
+    session.commit()
+    if status is None:
+        raise _job_not_found(job_id)
+    return status
+
+
+def add_events(session: Session, job_id: str, events: Iterable[dict[str, Any]]) -> None:
+    """Insert events in one statement. Each: ``level`` (info|warning|error, default
+    info), ``type``, ``message``, optional ``data`` and ``created_at``."""
+    now = utcnow()
+    rows = []
+    for event in events:
+        level = event.get("level", "info")
+        if level not in EVENT_LEVELS:
+            raise ValueError(f"event level must be one of {EVENT_LEVELS}, got {level!r}")
+        rows.append(
+            {
+                "job_id": job_id,
+                "created_at": event.get("created_at") or now,
+                "level": level,
+                "type": event["type"],
+                "message": event.get("message", ""),
+                "data": finite_or_none(event.get("data")),
+            }
+        )
+    if rows:
+        session.connection().execute(_INSERT_EVENT, rows)
+
+
+def add_metrics(session: Session, job_id: str, rows: Iterable[dict[str, Any]]) -> None:
+    """Insert metric rows (``step``, ``epoch``, ``values``) in one statement. NaN and
+    infinities in ``values`` are stored as null (a diverged loss is still recorded)."""
+    now = utcnow()
+    batch = [
+        {
+            "job_id": job_id,
+            "step": row["step"],
+            "epoch": finite_or_none(row.get("epoch")),
+            "created_at": row.get("created_at") or now,
+            "values": finite_or_none(row.get("values") or {}),
+        }
+        for row in rows
+    ]
+    if batch:
+        session.connection().execute(_INSERT_METRIC, batch)
+
+
+def finish_job(
+    session: Session,
+    job_id: str,
+    status: str,
+    error: dict[str, Any] | None = None,
+    output_model_id: str | None = None,
+    *,
+    now: datetime | None = None,
+) -> bool:
+    """End an active (running or cancelling) job as succeeded, failed or cancelled.
+    False when it was not active any more (reaped, already finished). Commits."""
+    if status not in TERMINAL_STATUSES:
+        raise ValueError(f"finish status must be one of {TERMINAL_STATUSES}, got {status!r}")
+    now = now or utcnow()
+    error = error or {}
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_(ACTIVE_STATUSES))
+        .values(
+            status=status,
+            finished_at=now,
+            updated_at=now,
+            estimated_finish=None,
+            error_code=error.get("code"),
+            error_message=error.get("message"),
+            error_param=error.get("param"),
+            output_model_id=output_model_id,
+        )
+    )
+    if result.rowcount != 1:
+        session.rollback()
+        return False
+    message = {
+        "succeeded": "job succeeded",
+        "cancelled": "job cancelled",
+        "failed": f"job failed: {error.get('message') or error.get('code') or 'unknown error'}",
+    }[status]
+    _status_event(
+        session,
+        job_id,
+        status,
+        message,
+        now=now,
+        level="error" if status == "failed" else "info",
+        data={"error": error} if error else None,
+    )
+    session.commit()
+    return True
+
+
+# ----------------------------------------------------------------------- cancel
+
+
+def request_cancel(session: Session, job_id: str, *, now: datetime | None = None) -> Job:
+    """``queued -> cancelled`` at once (the worker's claim will then fail);
+    ``running -> cancelling`` (the worker sees it at its next heartbeat and ends the job
+    ``cancelled``); ``cancelling`` stays. Terminal jobs raise Conflict
+    ``job_not_cancellable``. The caller commits."""
+    now = now or utcnow()
+    # A worker may move the job between our read and our write: retry on the new status.
+    for _ in range(5):
+        status = get_job_status(session, job_id)
+        if status == "cancelling":
+            return _fresh(session, job_id)
+        if status in TERMINAL_STATUSES:
+            raise Conflict(
+                f"job {job_id} is already {status} and cannot be cancelled",
+                param="job_id",
+                code="job_not_cancellable",
+            )
+        target = {"queued": "cancelled", "running": "cancelling"}[status]
+        values: dict[str, Any] = {"status": target, "updated_at": now, "cancel_requested_at": now}
+        if target == "cancelled":
+            values["finished_at"] = now
+        result = session.execute(
+            update(Job).where(Job.id == job_id, Job.status == status).values(**values)
+        )
+        if result.rowcount == 1:
+            message = (
+                "cancelled before it started"
+                if target == "cancelled"
+                else "cancellation requested; the worker stops at its next step"
+            )
+            _status_event(session, job_id, target, message, now=now)
+            return _fresh(session, job_id)
+    raise Conflict(f"job {job_id} kept changing state; retry", param="job_id")
+
+
+# ----------------------------------------------------------------------- reaper
+
+
+def reap_stale_jobs(
+    session: Session,
+    *,
+    now: datetime | None = None,
+    stale_after_s: float,
+    requeue_queued_after_s: float,
+    max_attempts: int,
+) -> list[str]:
+    """Recover jobs whose worker died or whose message was lost.
+
+    - running/cancelling with a heartbeat older than ``stale_after_s``: ``cancelling``
+      becomes ``cancelled``; ``running`` goes back to ``queued``, or to ``failed`` with
+      error ``worker_lost`` once ``attempts >= max_attempts``;
+    - queued with ``enqueued_at`` older than ``requeue_queued_after_s`` (or never
+      enqueued): a lost message.
+
+    Returns the ids to publish again, their ``enqueued_at`` bumped. The caller commits
+    first, then publishes.
+    """
+    now = now or utcnow()
+    stale_cutoff = now - timedelta(seconds=stale_after_s)
+    is_stale = or_(Job.heartbeat_at < stale_cutoff, Job.heartbeat_at.is_(None))
+    to_enqueue: list[str] = []
+
+    stale = session.execute(
+        select(Job.id, Job.status, Job.attempts).where(Job.status.in_(ACTIVE_STATUSES), is_stale)
+    ).all()
+    for job_id, status, attempts in stale:
+        silent = f"no heartbeat for {stale_after_s:g}s"
+        values: dict[str, Any] = {"updated_at": now, "estimated_finish": None}
+        level = "warning"
+        if status == "cancelling":
+            values.update(status="cancelled", finished_at=now)
+            message = f"worker lost while cancelling ({silent}); job cancelled"
+        elif attempts >= max_attempts:
+            values.update(
+                status="failed",
+                finished_at=now,
+                error_code="worker_lost",
+                error_message=f"the worker stopped responding ({silent}) on attempt "
+                f"{attempts} of {max_attempts}",
+            )
+            message = f"worker lost ({silent}); giving up after {attempts} attempts"
+            level = "error"
+        else:
+            values.update(status="queued", enqueued_at=now, worker_id=None, heartbeat_at=None)
+            message = (
+                f"worker lost ({silent}); re-queued after attempt {attempts} of {max_attempts}"
+            )
+        result = session.execute(
+            update(Job).where(Job.id == job_id, Job.status == status, is_stale).values(**values)
+        )
+        if result.rowcount != 1:
+            continue  # a heartbeat or a finish arrived meanwhile: the job is alive after all
+        _status_event(session, job_id, values["status"], message, now=now, level=level)
+        if values["status"] == "queued":
+            to_enqueue.append(job_id)
+
+    queued_cutoff = now - timedelta(seconds=requeue_queued_after_s)
+    is_lost = or_(Job.enqueued_at < queued_cutoff, Job.enqueued_at.is_(None))
+    lost = session.scalars(select(Job.id).where(Job.status == "queued", is_lost)).all()
+    for job_id in lost:
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == "queued", is_lost)
+            .values(enqueued_at=now)
+        )
+        if result.rowcount == 1:
+            add_events(
+                session,
+                job_id,
+                [
+                    {
+                        "level": "warning",
+                        "type": "requeue",
+                        "message": "still queued with no worker on it; message published again",
+                        "created_at": now,
+                    }
+                ],
+            )
+            to_enqueue.append(job_id)
+    return to_enqueue
+
+
+def mark_enqueue_failed(session: Session, job_id: str) -> None:
+    """The broker refused the message: clear ``enqueued_at`` so the next reaper pass
+    publishes it at once instead of after ``requeue_queued_after_s``. Commits."""
+    session.execute(
+        update(Job).where(Job.id == job_id, Job.status == "queued").values(enqueued_at=None)
+    )
+    session.commit()
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _status_event(
+    session: Session,
+    job_id: str,
+    status: str,
+    message: str,
+    *,
+    now: datetime,
+    level: str = "info",
+    data: dict[str, Any] | None = None,
+) -> None:
+    add_events(
+        session,
+        job_id,
+        [
+            {
+                "level": level,
+                "type": "status",
+                "message": message,
+                "data": {"status": status, **(data or {})},
+                "created_at": now,
+            }
+        ],
+    )
+
+
+def _fresh(session: Session, job_id: str) -> Job:
+    """Re-read after a Core UPDATE, which the identity map does not see."""
+    return session.execute(
+        select(Job).where(Job.id == job_id).execution_options(populate_existing=True)
+    ).scalar_one()
+
+
+def _job_not_found(job_id: str) -> NotFound:
+    return NotFound(f"no job with id {job_id!r}", param="job_id", code="job_not_found")

@@ -1,0 +1,181 @@
+"""The ORM tables. The schema itself only changes through ``migrations/``.
+
+Status and kind columns are plain strings checked by the code (the ``*_STATUSES``
+tuples), not database enums, so adding a value needs no enum migration.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from core.db.types import IdString, JSONDoc, UTCDateTime, utcnow
+
+JOB_STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
+ACTIVE_STATUSES = ("running", "cancelling")
+TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+MODEL_KINDS = ("demo", "registered", "job_output")
+EVENT_LEVELS = ("info", "warning", "error")
+
+
+class Base(DeclarativeBase):
+    # Named constraints, so migrations (and SQLite batch table rebuilds) can refer to them.
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class Dataset(Base):
+    __tablename__ = "datasets"
+
+    id: Mapped[str] = mapped_column(IdString, primary_key=True)
+    name: Mapped[str] = mapped_column(String(256))
+    filename: Mapped[str] = mapped_column(String(256))
+    format: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(16))
+    record_count: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    storage_key: Mapped[str] = mapped_column(String(1024))
+    columns: Mapped[list[str]] = mapped_column(JSONDoc)
+    has_truth_ratio_fields: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Model(Base):
+    __tablename__ = "models"
+
+    id: Mapped[str] = mapped_column(IdString, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    source: Mapped[str] = mapped_column(String(2048))
+    kind: Mapped[str] = mapped_column(String(16))
+    job_id: Mapped[str | None] = mapped_column(IdString, ForeignKey("jobs.id", use_alter=True))
+    description: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index("ix_jobs_status_method", "status", "method"),
+        Index("ix_jobs_updated_at", "updated_at"),
+    )
+
+    id: Mapped[str] = mapped_column(IdString, primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))
+    method: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(2048))
+    forget_dataset_id: Mapped[str] = mapped_column(IdString, ForeignKey("datasets.id"))
+    retain_dataset_id: Mapped[str | None] = mapped_column(IdString, ForeignKey("datasets.id"))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
+    hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
+    seed: Mapped[int] = mapped_column(BigInteger)
+    # "metadata" is reserved on declarative classes; the column keeps the API's name.
+    metadata_: Mapped[dict[str, str]] = mapped_column("metadata", JSONDoc)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker_id: Mapped[str | None] = mapped_column(String(256))
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    total_steps: Mapped[int | None] = mapped_column(Integer)
+    epoch: Mapped[float] = mapped_column(Float, default=0.0)
+    trained_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    estimated_finish: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    error_param: Mapped[str | None] = mapped_column(String(512))
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    output_model_id: Mapped[str | None] = mapped_column(IdString, ForeignKey("models.id"))
+
+    @property
+    def error(self) -> dict[str, str | None] | None:
+        if self.error_code is None:
+            return None
+        return {"code": self.error_code, "message": self.error_message, "param": self.error_param}
+
+
+class JobEvent(Base):
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(IdString, ForeignKey("jobs.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    level: Mapped[str] = mapped_column(String(16))
+    type: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc)
+
+
+class JobMetric(Base):
+    __tablename__ = "job_metrics"
+    __table_args__ = (Index("ix_job_metrics_job_id_step", "job_id", "step"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(IdString, ForeignKey("jobs.id"))
+    step: Mapped[int] = mapped_column(Integer)
+    epoch: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    values: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
+
+
+class Checkpoint(Base):
+    __tablename__ = "checkpoints"
+    __table_args__ = (UniqueConstraint("job_id", "name"),)
+
+    id: Mapped[str] = mapped_column(IdString, primary_key=True)
+    job_id: Mapped[str] = mapped_column(IdString, ForeignKey("jobs.id"))
+    name: Mapped[str] = mapped_column(String(128))
+    step: Mapped[int] = mapped_column(Integer)
+    storage_prefix: Mapped[str] = mapped_column(String(1024))
+    files: Mapped[list[dict[str, Any]]] = mapped_column(JSONDoc)
+    manifest_sha256: Mapped[str] = mapped_column(String(64))
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Report(Base):
+    __tablename__ = "reports"
+
+    job_id: Mapped[str] = mapped_column(IdString, ForeignKey("jobs.id"), primary_key=True)
+    schema_version: Mapped[str] = mapped_column(String(16))  # the report's, e.g. "1.0"
+    summary: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
+    json_key: Mapped[str] = mapped_column(String(1024))
+    html_key: Mapped[str | None] = mapped_column(String(1024))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class IdempotencyKey(Base):
+    """One row per (principal, key): the primary key is what makes concurrent
+    duplicates safe, since only one insert can win."""
+
+    __tablename__ = "idempotency_keys"
+
+    principal: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(256), primary_key=True)
+    request_sha256: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[str] = mapped_column(IdString, ForeignKey("jobs.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -1,0 +1,164 @@
+"""Methods, models, health, metrics, auth and the error envelope."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.main import create_app
+from core.db import jobs
+from core.methods import METHODS
+from tests.fixtures.api import job_body, make_settings, upload_dataset
+from tests.fixtures.services import free_port
+
+
+def error_of(response) -> tuple[int, str, str | None]:
+    error = response.json()["error"]
+    return response.status_code, error["code"], error["param"]
+
+
+def test_methods_expose_schemas_and_defaults(client):
+    listing = client.get("/v1/methods").json()
+    assert [m["name"] for m in listing["data"]] == list(METHODS)
+    npo = client.get("/v1/methods/npo").json()
+    assert npo["object"] == "method" and npo["paper"] == "arXiv:2404.05868"
+    beta = npo["hyperparameters_schema"]["properties"]["beta"]
+    assert beta["exclusiveMinimum"] == 0 and beta["maximum"] == 100
+    assert npo["defaults"]["beta"] == beta["default"] == 0.1
+    assert npo["defaults"]["learning_rate"] == 1e-5
+    assert error_of(client.get("/v1/methods/nope")) == (404, "method_not_found", "name")
+
+
+def test_models_register_get_list(client, api_settings):
+    folder = api_settings.models_dir / "llama"
+    folder.mkdir(parents=True)
+    response = client.post(
+        "/v1/models", json={"name": "llama-local", "source": folder.as_uri(), "description": "d"}
+    )
+    assert response.status_code == 201, response.text
+    model = response.json()
+    assert (model["object"], model["kind"], model["source"]) == ("model", "registered", str(folder))
+    hub = client.post("/v1/models", json={"name": "hub-one", "source": "org/one"}).json()
+    assert client.get("/v1/models/llama-local").json() == model
+    page = client.get("/v1/models").json()
+    assert [m["name"] for m in page["data"]] == ["hub-one", "llama-local"]
+    assert page["last_id"] == model["id"] and hub["id"] > model["id"]
+
+    duplicate = client.post("/v1/models", json={"name": "hub-one", "source": "org/two"})
+    assert error_of(duplicate) == (409, "model_exists", "name")
+    cases = [
+        ({"name": "bad name!", "source": "org/x"}, (422, "invalid_value", "name")),
+        ({"name": "x"}, (422, "missing_field", "source")),
+        ({"name": "x", "source": "file:///etc"}, (422, "model_location_not_allowed", "source")),
+        (
+            {"name": "x", "source": "https://10.0.0.1/m.tar.gz"},
+            (422, "model_location_not_allowed", "source"),
+        ),
+        ({"name": "x", "source": "http://[::1/m.tar"}, (422, "invalid_model", "source")),
+        ({"name": "x", "source": "hub-one"}, (422, "invalid_model", "source")),
+        ({"name": "x", "source": "org/x", "extra": 1}, (422, "unknown_field", "extra")),
+    ]
+    for body, expected in cases:
+        assert error_of(client.post("/v1/models", json=body)) == expected, body
+    assert error_of(client.get("/v1/models/nope")) == (404, "model_not_found", "name")
+
+
+def test_health_readiness_and_metrics(client, api_settings):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert {name: c["status"] for name, c in ready.json()["components"].items()} == {
+        "database": "ok",
+        "broker": "ok",
+        "storage": "ok",
+    }
+    client.get("/v1/jobs/job_00000000000000000000000000")
+    client.get("/v1/jobs/job_00000000000000000000000001")
+    text = client.get("/metrics").text
+    assert (
+        'obliviate_http_requests_total{method="GET",route="/v1/jobs/{job_id}",status="404"} 2.0'
+        in text
+    )
+    assert 'obliviate_http_request_duration_seconds_bucket{le="0.05",method="GET"' in text
+    assert 'obliviate_jobs{status="queued"} 0.0' in text
+
+
+def test_readyz_fails_when_the_broker_is_unreachable(tmp_path, database_url, session_factory):
+    dead_broker = f"redis://127.0.0.1:{free_port()}/0"
+    settings = make_settings(tmp_path / "home", database_url, broker_url=dead_broker)
+    with TestClient(create_app(settings)) as client:
+        response = client.get("/readyz")
+        assert response.status_code == 503
+        components = response.json()["components"]
+        assert components["broker"]["status"] == "error" and components["broker"]["error"]
+        assert components["database"]["status"] == components["storage"]["status"] == "ok"
+
+        # Submitting still works: the job waits, queued, for the reaper to publish it.
+        client.post("/v1/models", json={"name": "base-model", "source": "org/base"})
+        forget = upload_dataset(client)
+        response = client.post("/v1/jobs", json=job_body(forget))
+        assert response.status_code == 201 and response.json()["status"] == "queued"
+    with session_factory() as session:
+        job = jobs.get_job(session, response.json()["id"])
+        assert job.enqueued_at is None  # so the reaper's next pass publishes it
+        reaped = jobs.reap_stale_jobs(
+            session, stale_after_s=60, requeue_queued_after_s=600, max_attempts=3
+        )
+        assert reaped == [job.id]
+
+
+def test_redis_broker_receives_the_job_message(tmp_path, database_url, redis_url):
+    import redis
+
+    from core.queue import QUEUE
+
+    queue = redis.Redis.from_url(redis_url)
+    queue.delete(QUEUE)
+    settings = make_settings(tmp_path / "home", database_url, broker_url=redis_url)
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/readyz").status_code == 200
+        client.post("/v1/models", json={"name": "base-model", "source": "org/base"})
+        job_id = client.post("/v1/jobs", json=job_body(upload_dataset(client))).json()["id"]
+    messages = queue.lrange(QUEUE, 0, -1)
+    assert len(messages) == 1 and job_id.encode() in messages[0]
+    queue.delete(QUEUE)
+
+
+@pytest.mark.parametrize("keys", [["k-one", "k-two"]])
+def test_bearer_auth_when_keys_are_configured(tmp_path, database_url, keys):
+    settings = make_settings(tmp_path / "home", database_url, api_keys=keys)
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/healthz").status_code == 200  # probes stay open
+        assert client.get("/readyz").status_code == 200
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic k-one"}):
+            assert error_of(client.get("/v1/jobs", headers=headers))[:2] == (401, "unauthorized")
+        one = {"Authorization": "Bearer k-one"}
+        two = {"Authorization": "Bearer k-two"}
+        assert client.get("/v1/methods", headers=one).status_code == 200
+        client.post("/v1/models", json={"name": "base-model", "source": "org/b"}, headers=one)
+        upload = client.post(
+            "/v1/datasets",
+            files={"file": ("f.jsonl", b'{"text": "t"}')},
+            headers=two,
+        )
+        body = job_body(upload.json()["id"])
+        # Idempotency keys belong to one principal: the same key from two callers is two jobs.
+        first = client.post("/v1/jobs", json=body, headers={**one, "Idempotency-Key": "k"})
+        second = client.post("/v1/jobs", json=body, headers={**two, "Idempotency-Key": "k"})
+        assert first.status_code == second.status_code == 201
+        assert first.json()["id"] != second.json()["id"]
+
+
+def test_unknown_routes_and_methods_use_the_error_envelope(client):
+    assert error_of(client.get("/v1/nothing")) == (404, "not_found", None)
+    response = client.delete("/v1/jobs")
+    assert error_of(response) == (405, "method_not_allowed", None)
+    assert response.headers["allow"]
+    assert error_of(client.get("/v1/jobs/not-an-id")) == (404, "job_not_found", "job_id")
+    assert error_of(client.get("/v1/jobs/job_%00")) == (404, "job_not_found", "job_id")
+
+
+def test_the_app_migrates_an_empty_database_at_start(tmp_path):
+    settings = make_settings(tmp_path / "home", f"sqlite:///{tmp_path / 'new.db'}")
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/v1/jobs").json()["data"] == []

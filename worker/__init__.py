@@ -1,0 +1,1 @@
+"""Celery worker: claims jobs, runs the engine's pipeline, records progress."""
