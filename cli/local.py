@@ -12,21 +12,16 @@ from pathlib import Path
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
+from core.bootstrap import DEMO_DATASET_PREFIX, demo_folder
 from core.errors import InvalidRequest
 from core.pipeline import JobInputs
 from core.settings import Settings
 from core.spec import JobSpec
 
-DEMO_DATASET_PREFIX = "ds_demo_"
-
-
-def demo_root(settings: Settings, preset: str | None = None) -> Path:
-    return settings.home / "demo" / (preset or settings.demo_preset)
-
 
 def registered_models(settings: Settings) -> dict[str, Path]:
     models = {}
-    demo = demo_root(settings)
+    demo = demo_folder(settings)
     if (demo / "assets.json").exists():
         models["demo-target"] = demo / "models" / "target"
         models["demo-retrain"] = demo / "models" / "retrain"
@@ -73,7 +68,9 @@ def resolve_data(reference: str | None, settings: Settings, base: Path, param: s
     if reference.startswith(DEMO_DATASET_PREFIX):
         # The demo's dataset ids mean the same here as on the service, so one job spec
         # runs in both places.
-        path = demo_root(settings) / "data" / f"{reference.removeprefix(DEMO_DATASET_PREFIX)}.jsonl"
+        path = (
+            demo_folder(settings) / "data" / f"{reference.removeprefix(DEMO_DATASET_PREFIX)}.jsonl"
+        )
         if not path.is_file():
             raise InvalidRequest(
                 f"no demo dataset {reference}; run `obliviate demo` first",
@@ -96,18 +93,30 @@ def resolve_data(reference: str | None, settings: Settings, base: Path, param: s
 def resolve_job_inputs(spec: JobSpec, settings: Settings, base: Path) -> JobInputs:
     evaluation = spec.evaluation
     oracle_model = None
-    if evaluation.oracle and not evaluation.oracle.startswith("job:"):
+    if evaluation.oracle and evaluation.oracle.startswith("job:"):
+        raise InvalidRequest(
+            "job:<id> oracles are stored by the service; give the CLI the oracle model",
+            param="evaluation.oracle",
+        )
+    if evaluation.oracle:
         oracle_model = resolve_model(evaluation.oracle, settings, base, param="evaluation.oracle")
+    utility = [
+        resolve_data(ref, settings, base, f"evaluation.utility.{i}")
+        for i, ref in enumerate(evaluation.utility)
+    ]
+
+    def data(field: str) -> Path | None:
+        return resolve_data(getattr(evaluation, field), settings, base, f"evaluation.{field}")
+
     return JobInputs(
         model=resolve_model(spec.model, settings, base),
         forget=resolve_data(spec.forget, settings, base, "forget"),
         retain=resolve_data(spec.retain, settings, base, "retain"),
-        eval_forget=resolve_data(evaluation.forget, settings, base, "evaluation.forget"),
-        eval_retain=resolve_data(evaluation.retain, settings, base, "evaluation.retain"),
-        holdout=resolve_data(evaluation.holdout, settings, base, "evaluation.holdout"),
-        utility={
-            Path(ref).stem: resolve_data(ref, settings, base, f"evaluation.utility[{i}]")
-            for i, ref in enumerate(evaluation.utility)
-        },
+        eval_forget=data("forget"),
+        eval_retain=data("retain"),
+        holdout=data("holdout"),
+        utility={path.stem: path for path in utility},
+        knowmem_forget=data("knowmem_forget"),
+        knowmem_retain=data("knowmem_retain"),
         oracle_model=oracle_model,
     )

@@ -21,33 +21,75 @@ def _fail(error) -> None:
     raise typer.Exit(code=2)
 
 
+def _phase_reporter(progress):
+    """A ``(phase, done, total)`` callback drawing one bar per phase."""
+    tasks: dict[str, int] = {}
+
+    def report(phase: str, done: int, total: int) -> None:
+        if phase not in tasks:
+            tasks[phase] = progress.add_task(phase, total=total, info="")
+        progress.update(tasks[phase], completed=done)
+
+    return report
+
+
+def _install_demo(settings) -> None:
+    from core.bootstrap import install_demo
+    from core.db import make_engine, make_session_factory
+    from core.storage import store_from_settings
+
+    engine = make_engine(settings.database_url, pool_size=1)
+    try:
+        with make_progress() as progress:
+            install_demo(
+                settings,
+                make_session_factory(engine),
+                store_from_settings(settings),
+                progress=_phase_reporter(progress),
+            )
+    finally:
+        engine.dispose()
+    console.print(
+        "demo ready: models [bold]demo-target[/] and [bold]demo-retrain[/], datasets "
+        "[bold]ds_demo_forget10[/], [bold]ds_demo_retain90[/], [bold]ds_demo_holdout[/], "
+        "[bold]ds_demo_world_facts[/] (and forget01/05, retain99/95)"
+    )
+
+
 @app.command()
 def demo(
-    preset: str = typer.Option(None, help="tiny (seconds, for tests) or demo (~1M parameters)."),
+    preset: str = typer.Option(None, help="tiny (tests), demo (the service's, ~1 min) or bench."),
     out: Path | None = typer.Option(
         None, help="Output folder; default $OBLIVIATE_HOME/demo/<preset>."
     ),
     seed: int = typer.Option(0, help="Seed for data and models."),
     force: bool = typer.Option(False, help="Rebuild even if cached."),
+    register: bool = typer.Option(
+        False,
+        help="Also register it with the configured service "
+        "(database and object store), e.g. on a docker-compose stack.",
+    ),
 ):
     """Build the offline demo: a fictitious-author QA set, a tokenizer, and the target
     and retrain-oracle models."""
-    from cli.local import demo_root
+    from core.bootstrap import demo_folder
     from core.demo import build_demo_assets
     from core.settings import get_settings
 
     settings = get_settings()
+    if register:
+        from core.db.migrate import upgrade
+
+        settings.demo_preset = preset or settings.demo_preset
+        upgrade(settings.database_url)
+        _install_demo(settings)
+        return
     preset = preset or settings.demo_preset
-    out = out or demo_root(settings, preset)
+    out = out or demo_folder(settings, preset)
     with make_progress() as progress:
-        tasks: dict[str, int] = {}
-
-        def report(phase: str, done: int, total: int) -> None:
-            if phase not in tasks:
-                tasks[phase] = progress.add_task(phase, total=total, info="")
-            progress.update(tasks[phase], completed=done)
-
-        assets = build_demo_assets(out, preset, seed=seed, progress=report, force=force)
+        assets = build_demo_assets(
+            out, preset, seed=seed, progress=_phase_reporter(progress), force=force
+        )
     console.print(f"demo assets in [bold]{assets.root}[/]")
     for path in sorted(assets.data.values()):
         console.print(f"  data/{path.name}")
@@ -122,11 +164,8 @@ def serve(
     import uvicorn
 
     from cli.serve import exit_on_sigterm, start_worker, stop_worker
-    from core.bootstrap import install_demo
-    from core.db import make_engine, make_session_factory
     from core.db.migrate import upgrade
     from core.settings import get_settings
-    from core.storage import store_from_settings
 
     settings = get_settings()
     settings.home.mkdir(parents=True, exist_ok=True)
@@ -135,26 +174,7 @@ def serve(
     )
     upgrade(settings.database_url)
     if settings.demo_on_start if demo is None else demo:
-        engine = make_engine(settings.database_url, pool_size=1)
-        with make_progress() as progress:
-            tasks: dict[str, int] = {}
-
-            def report(phase: str, done: int, total: int) -> None:
-                if phase not in tasks:
-                    tasks[phase] = progress.add_task(f"demo: {phase}", total=total, info="")
-                progress.update(tasks[phase], completed=done)
-
-            install_demo(
-                settings,
-                make_session_factory(engine),
-                store_from_settings(settings),
-                progress=report,
-            )
-        engine.dispose()
-        console.print(
-            "demo ready: model [bold]demo-target[/], datasets [bold]ds_demo_forget10[/], "
-            "[bold]ds_demo_retain90[/] (see README)"
-        )
+        _install_demo(settings)
     exit_on_sigterm()
     process = start_worker(settings) if worker else None
     try:

@@ -25,8 +25,8 @@ DEMO_DESCRIPTIONS = {
 }
 
 
-def demo_folder(settings: Settings):
-    return settings.home / "demo" / settings.demo_preset
+def demo_folder(settings: Settings, preset: str | None = None):
+    return settings.home / "demo" / (preset or settings.demo_preset)
 
 
 def install_demo(settings: Settings, session_factory, store, *, progress=None) -> DemoAssets:

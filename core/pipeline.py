@@ -31,6 +31,9 @@ class JobInputs:
     eval_retain: Path | None = None
     holdout: Path | None = None
     utility: dict[str, Path] = field(default_factory=dict)
+    #: question/answer sets about a raw-text forget/retain corpus (MUSE KnowMem)
+    knowmem_forget: Path | None = None
+    knowmem_retain: Path | None = None
     #: a local model never trained on the forget set, evaluated here
     oracle_model: str | None = None
     #: or the stored statistics of an earlier evaluation of one

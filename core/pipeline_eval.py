@@ -39,6 +39,8 @@ class JobEvaluator:
             retain=read(inputs.eval_retain, "eval_retain") or retain_set,
             holdout=read(inputs.holdout, "holdout"),
             utility={name: read_records(path) for name, path in inputs.utility.items()},
+            knowmem_forget=read(inputs.knowmem_forget, "knowmem_forget"),
+            knowmem_retain=read(inputs.knowmem_retain, "knowmem_retain"),
         )
 
     def evaluate(self, model, label: str) -> EvaluationResult:

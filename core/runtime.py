@@ -36,3 +36,11 @@ def cpu_threads_for(model):
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def quiet_transformers() -> None:
+    """No per-file tqdm bars from transformers: our CLI draws its own progress, and
+    worker logs should not fill with bars."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()

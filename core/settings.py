@@ -47,7 +47,9 @@ class Settings(BaseSettings):
     )
     max_upload_bytes: int = Field(200 * 1024 * 1024, gt=0, description="Upload size limit.")
 
-    heartbeat_interval_s: float = Field(5.0, gt=0, description="Worker heartbeat period.")
+    heartbeat_interval_s: float = Field(
+        2.0, gt=0, description="How often a worker records progress and reads cancellation."
+    )
     stale_after_s: float = Field(
         120.0, gt=0, description="Heartbeat age after which a job is reaped."
     )

@@ -81,6 +81,8 @@ class InputResolver:
             eval_retain=self.dataset(evaluation.retain, "eval_retain"),
             holdout=self.dataset(evaluation.holdout, "holdout"),
             utility=utility,
+            knowmem_forget=self.dataset(evaluation.knowmem_forget, "knowmem_forget"),
+            knowmem_retain=self.dataset(evaluation.knowmem_retain, "knowmem_retain"),
             oracle_model=oracle_model,
             oracle_result=oracle_result,
         )

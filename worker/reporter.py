@@ -1,7 +1,8 @@
 """Progress from a running job to the database, in batches, off the training thread.
 
 The training loop calls ``step``/``event`` (cheap: append to a buffer) and
-``should_cancel`` (read a flag) every step. A background thread wakes every second,
+``should_cancel`` (read a flag) every step. A background thread wakes every
+``OBLIVIATE_HEARTBEAT_INTERVAL_S`` (2 s),
 writes the buffered metrics and events in one transaction, records a heartbeat with
 the job's progress and estimated finish, and reads back the job's status: ``cancelling``
 (or anything but ``running``, e.g. reaped) raises the cancel flag.

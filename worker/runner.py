@@ -51,7 +51,7 @@ class JobRunner:
         workdir = self.settings.cache_dir / "jobs" / job_id
         shutil.rmtree(workdir, ignore_errors=True)
         reporter = DbReporter(
-            self.sessions, job_id, interval_s=min(1.0, self.settings.heartbeat_interval_s)
+            self.sessions, job_id, interval_s=self.settings.heartbeat_interval_s
         ).start()
         status, error, output_model_id = "failed", None, None
         try:

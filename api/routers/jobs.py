@@ -4,7 +4,7 @@ from datetime import datetime, timezone
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi.responses import RedirectResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from api.body import JsonObject
@@ -148,16 +148,20 @@ async def get_report(job_id: str, db: ReadDatabaseDep, store: StoreDep) -> Respo
     return Response(content, media_type="application/json")
 
 
-@router.get("/{job_id}/report.html")
-async def get_report_html(job_id: str, db: ReadDatabaseDep, store: StoreDep) -> Response:
-    stored = await db.run(artifacts.report_file, job_id, artifacts.REPORT_HTML)
-    content = await run_in_threadpool(artifacts.read_stored, store, stored)
-    return Response(content, media_type="text/html; charset=utf-8")
+@router.get("/{job_id}/report.html", status_code=307, response_class=RedirectResponse)
+async def get_report_html(job_id: str) -> RedirectResponse:
+    """The human report. It lives next to its plots, which it references by relative
+    file name (so a downloaded report folder works offline too)."""
+    return RedirectResponse(f"report/files/{artifacts.REPORT_HTML}", status_code=307)
 
 
 @router.get("/{job_id}/report/files/{name}")
 async def get_report_file(job_id: str, name: str, db: ReadDatabaseDep, store: StoreDep):
-    """A plot (PNG) stored next to report.json."""
+    """report.html, or a plot (PNG) stored next to it."""
+    if name == artifacts.REPORT_HTML:
+        stored = await db.run(artifacts.report_file, job_id, name)
+        content = await run_in_threadpool(artifacts.read_stored, store, stored)
+        return Response(content, media_type="text/html; charset=utf-8")
     if not artifacts.PLOT_NAME.match(name):
         raise NotFound(f"no report file {name!r}", param="name", code="file_not_found")
     stored = await db.run(artifacts.report_file, job_id, name)

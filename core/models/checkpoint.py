@@ -45,9 +45,9 @@ def save_checkpoint(
     ``info`` carries provenance (base_model, method, hyperparameters, seed, data, ...).
     For LoRA the folder holds the adapter, and ``merged/`` the merged model on request.
     """
-    from transformers.utils import logging as hf_logging
+    from core.runtime import quiet_transformers
 
-    hf_logging.disable_progress_bar()
+    quiet_transformers()
     folder.mkdir(parents=True, exist_ok=True)
     is_adapter = hasattr(model, "peft_config")
     if is_adapter:

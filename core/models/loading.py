@@ -125,6 +125,9 @@ def load_model(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from core.runtime import quiet_transformers
+
+    quiet_transformers()
     folder = Path(path_or_id)
     torch_dtype = {
         "auto": "auto",

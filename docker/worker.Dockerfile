@@ -1,0 +1,21 @@
+# The GPU worker image: CUDA torch from the PyTorch base image, then Obliviate.
+# One container per GPU; each job runs in a fresh child process (core.queue).
+FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
+    OBLIVIATE_HOME=/var/lib/obliviate HF_HOME=/var/lib/obliviate/hf
+RUN useradd --create-home --uid 1000 obliviate \
+    && mkdir -p /var/lib/obliviate && chown obliviate /var/lib/obliviate
+
+WORKDIR /app
+COPY pyproject.toml README.md alembic.ini ./
+COPY api ./api
+COPY core ./core
+COPY worker ./worker
+COPY cli ./cli
+COPY migrations ./migrations
+# torch>=2.3 in pyproject.toml is already satisfied by the base image's CUDA build.
+RUN pip install .
+
+USER obliviate
+CMD ["obliviate", "worker"]

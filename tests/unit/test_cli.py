@@ -1,0 +1,87 @@
+"""The `obliviate` command on the tiny demo: a job spec in, a checkpoint, metrics and a
+report out; bad specs fail with the field named."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from cli.main import app
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def home(tmp_path, tiny_demo, monkeypatch):
+    home = tmp_path / "home"
+    shutil.copytree(tiny_demo.root, home / "demo" / "tiny")
+    monkeypatch.setenv("OBLIVIATE_HOME", str(home))
+    monkeypatch.setenv("OBLIVIATE_DEMO_PRESET", "tiny")
+    from core.settings import get_settings
+
+    get_settings.cache_clear()
+    yield home
+    get_settings.cache_clear()
+
+
+def test_unlearn_writes_checkpoint_metrics_and_report(home, tmp_path):
+    spec = {
+        "model": "demo-target",
+        "forget": "ds_demo_forget10",
+        "retain": "ds_demo_retain90",
+        "method": "npo",
+        "hyperparameters": {
+            "learning_rate": 1e-3,
+            "epochs": 2,
+            "batch_size": 4,
+            "gradient_accumulation_steps": 1,
+        },
+        "evaluation": {
+            "holdout": "ds_demo_holdout",
+            "oracle": "demo-retrain",
+            "max_new_tokens": 16,
+        },
+    }
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["unlearn", str(tmp_path / "job.yaml"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == list(range(1, 9))  # 16 forget examples / 4, 2 epochs
+    manifest = json.loads((out / "checkpoint" / "manifest.json").read_text())
+    assert manifest["method"] == "npo" and {f["path"] for f in manifest["files"]} >= {
+        "model.safetensors",
+        "config.json",
+    }
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["summary"]["forget_quality"] is not None
+    assert (out / "report" / "report.html").exists()
+
+
+def test_a_bad_spec_names_the_field(home, tmp_path):
+    (tmp_path / "job.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "model": "demo-target",
+                "forget": "ds_demo_forget10",
+                "method": "npo",
+                "hyperparameters": {"beta": -1},
+            }
+        )
+    )
+    result = CliRunner().invoke(
+        app, ["unlearn", str(tmp_path / "job.yaml"), "--out", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 2
+    assert "hyperparameters.beta" in result.output
+
+
+def test_methods_lists_every_method():
+    result = CliRunner().invoke(app, ["methods"])
+    assert result.exit_code == 0
+    for name in ("simnpo", "npo", "graddiff", "ga"):
+        assert name in result.output
