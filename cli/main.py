@@ -197,9 +197,8 @@ def run_worker(concurrency: int = typer.Option(1, help="Jobs at once (one per GP
     import os
 
     from cli.serve import worker_command
-    from core.settings import get_settings
 
-    command = worker_command(get_settings(), concurrency=concurrency)
+    command = worker_command(concurrency=concurrency)
     os.execv(command[0], command)
 
 

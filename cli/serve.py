@@ -15,9 +15,7 @@ import sys
 from core.settings import Settings
 
 
-def worker_command(
-    settings: Settings, *, concurrency: int = 1, loglevel: str = "INFO"
-) -> list[str]:
+def worker_command(*, concurrency: int = 1, loglevel: str = "INFO") -> list[str]:
     # prefork + max_tasks_per_child=1 (core.queue): each job runs in a fresh child.
     return [
         sys.executable,
@@ -48,7 +46,7 @@ def start_worker(settings: Settings) -> subprocess.Popen:
         "OBLIVIATE_STORAGE_URL": settings.storage_url,
     }
     return subprocess.Popen(
-        worker_command(settings), env=env, start_new_session=True, preexec_fn=_die_with_parent
+        worker_command(), env=env, start_new_session=True, preexec_fn=_die_with_parent
     )
 
 

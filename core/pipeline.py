@@ -108,6 +108,9 @@ def run_job(
         settings=settings,
         dtype="fp32" if hparams.precision in ("fp32", "auto") else hparams.precision,
     )
+    from core.runtime import default_device
+
+    model.to(default_device())  # evaluate before training where training will run
     template = spec.prompt_template
     forget_examples = encode_record_set(
         tokenizer, forget_set, max_length=hparams.max_length, template=template

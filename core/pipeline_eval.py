@@ -79,7 +79,10 @@ class JobEvaluator:
         self.reporter.event(
             "phase", "evaluating the oracle model", oracle=self.spec.evaluation.oracle
         )
+        from core.runtime import default_device
+
         oracle_model, _ = load_model(self.inputs.oracle_model, dtype="fp32")
+        oracle_model.to(default_device())
         result = self.evaluate(oracle_model, "oracle")
         del oracle_model
         return result

@@ -186,189 +186,167 @@ def run_training(
     ``forget`` is the set whose likelihood the method's forget term acts on (for plain
     fine-tuning, the training set with a descent objective).
     """
-    from core.runtime import cpu_threads_for
-
-    with cpu_threads_for(model):
-        return _train(
-            model,
-            tokenizer,
-            forget,
-            retain,
-            method,
-            hparams,
-            seed=seed,
-            lora=lora,
-            callbacks=callbacks,
-        )
-
-
-def _train(
-    model,
-    tokenizer,
-    forget: list[EncodedExample],
-    retain: list[EncodedExample] | None,
-    method: Method,
-    hparams: UnlearningHyperparameters,
-    *,
-    seed: int = 0,
-    lora: LoraSpec | None = None,
-    callbacks: Callbacks | None = None,
-) -> TrainResult:
     import torch
     from accelerate.utils import set_seed
     from transformers import get_scheduler
 
-    callbacks = callbacks or Callbacks()
-    set_seed(seed)
-    accelerator = make_accelerator(hparams.precision)
-    device = accelerator.device
-    pad_id = (
-        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    )
-    use_retain = hparams.retain_loss != "none" and hparams.retain_coeff > 0 and bool(retain)
+    from core.runtime import cpu_threads_for
 
-    model.to(device)
-    ref_nll = None
-    if method.needs_reference_nll:
-        callbacks.event(
-            "phase", "computing reference log-likelihoods of the forget set", n=len(forget)
+    with cpu_threads_for(model):
+        callbacks = callbacks or Callbacks()
+        set_seed(seed)
+        accelerator = make_accelerator(hparams.precision)
+        device = accelerator.device
+        pad_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         )
-        ref_nll = reference_nll(model, forget, pad_id, hparams.batch_size * 2, device)
+        use_retain = hparams.retain_loss != "none" and hparams.retain_coeff > 0 and bool(retain)
 
-    ref_model = None
-    if use_retain and hparams.retain_loss == "kl" and lora is None:
-        # Full fine-tuning changes every weight, so the KL reference needs a frozen copy;
-        # with LoRA the base model with adapters disabled serves instead (no copy).
-        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+        model.to(device)
+        ref_nll = None
+        if method.needs_reference_nll:
+            callbacks.event(
+                "phase", "computing reference log-likelihoods of the forget set", n=len(forget)
+            )
+            ref_nll = reference_nll(model, forget, pad_id, hparams.batch_size * 2, device)
 
-    if hparams.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if lora is not None:
-        model = apply_lora(model, lora, hparams.gradient_checkpointing)
-    model.train()
+        ref_model = None
+        if use_retain and hparams.retain_loss == "kl" and lora is None:
+            # Full fine-tuning changes every weight, so the KL reference needs a frozen copy;
+            # with LoRA the base model with adapters disabled serves instead (no copy).
+            ref_model = copy.deepcopy(model).eval().requires_grad_(False)
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": hparams.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=hparams.learning_rate,
-    )
-    total_steps = total_optimizer_steps(len(forget), hparams, accelerator.num_processes)
-    scheduler = get_scheduler(
-        {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[
-            hparams.lr_scheduler
-        ],
-        optimizer,
-        num_warmup_steps=int(round(hparams.warmup_ratio * total_steps)),
-        num_training_steps=total_steps,
-    )
-    model, optimizer = accelerator.prepare(model, optimizer)
-    if ref_model is not None:
-        ref_model.to(device)
+        if hparams.gradient_checkpointing:
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        if lora is not None:
+            model = apply_lora(model, lora, hparams.gradient_checkpointing)
+        model.train()
 
-    world, rank = accelerator.num_processes, accelerator.process_index
-    block_size = hparams.effective_batch_size * world
-    generator = torch.Generator().manual_seed(seed)
-    result = TrainResult(model=None)
-    started = time.monotonic()
-    step, tokens = 0, 0
-    callbacks.event("phase", "training", total_steps=total_steps, method=method.name)
-
-    for epoch in range(hparams.epochs):
-        order = torch.randperm(len(forget), generator=generator).tolist()
-        # One retain partner per forget example, drawn in forget order, so pairing does
-        # not depend on how the block is cut into micro-batches.
-        partners = (
-            torch.randint(len(retain), (len(order),), generator=generator).tolist()
-            if use_retain
-            else None
+        params = [p for p in model.parameters() if p.requires_grad]
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": hparams.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=hparams.learning_rate,
         )
-        for block_start in range(0, len(order), block_size):
+        total_steps = total_optimizer_steps(len(forget), hparams, accelerator.num_processes)
+        scheduler = get_scheduler(
+            {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[
+                hparams.lr_scheduler
+            ],
+            optimizer,
+            num_warmup_steps=int(round(hparams.warmup_ratio * total_steps)),
+            num_training_steps=total_steps,
+        )
+        model, optimizer = accelerator.prepare(model, optimizer)
+        if ref_model is not None:
+            ref_model.to(device)
+
+        world, rank = accelerator.num_processes, accelerator.process_index
+        block_size = hparams.effective_batch_size * world
+        generator = torch.Generator().manual_seed(seed)
+        result = TrainResult(model=None)
+        started = time.monotonic()
+        step, tokens = 0, 0
+        callbacks.event("phase", "training", total_steps=total_steps, method=method.name)
+
+        for epoch in range(hparams.epochs):
+            order = torch.randperm(len(forget), generator=generator).tolist()
+            # One retain partner per forget example, drawn in forget order, so pairing does
+            # not depend on how the block is cut into micro-batches.
+            partners = (
+                torch.randint(len(retain), (len(order),), generator=generator).tolist()
+                if use_retain
+                else None
+            )
+            for block_start in range(0, len(order), block_size):
+                if step >= total_steps:
+                    break
+                block = list(range(block_start, min(block_start + block_size, len(order))))
+                forget_block = [forget[order[i]] for i in block]
+                retain_block = [retain[partners[i]] for i in block] if use_retain else []
+                # Global denominators for the whole block, all processes together.
+                denominators = {
+                    "forget": {"sequence": len(forget_block), "token": _block_tokens(forget_block)},
+                    "retain": {"sequence": len(retain_block), "token": _block_tokens(retain_block)},
+                }
+                mine = block[rank::world]
+                micro_batches = [
+                    mine[i : i + hparams.batch_size]
+                    for i in range(0, len(mine), hparams.batch_size)
+                ]
+                totals = {"loss": 0.0, "forget": 0.0, "retain": 0.0}
+                weights: list[torch.Tensor] = []
+                for micro_index, micro in enumerate(micro_batches):
+                    if callbacks.should_cancel and callbacks.should_cancel():
+                        raise Cancelled(f"cancelled at step {step}")
+                    sync = micro_index == len(micro_batches) - 1
+                    with nullcontext() if sync or world == 1 else accelerator.no_sync(model):
+                        parts, micro_weights, micro_tokens = _micro_step(
+                            model,
+                            ref_model,
+                            method,
+                            hparams,
+                            accelerator,
+                            pad_id,
+                            world,
+                            denominators,
+                            forget_examples=[forget[order[i]] for i in micro],
+                            forget_ref=ref_nll[[order[i] for i in micro]]
+                            if ref_nll is not None
+                            else None,
+                            retain_examples=[retain[partners[i]] for i in micro]
+                            if use_retain
+                            else None,
+                            lora=lora,
+                        )
+                    for key, value in parts.items():
+                        totals[key] += value
+                    if micro_weights is not None:
+                        weights.append(micro_weights)
+                    tokens += micro_tokens * world
+                grad_norm = (
+                    accelerator.clip_grad_norm_(params, hparams.max_grad_norm)
+                    if hparams.max_grad_norm
+                    else _grad_norm(params)
+                )
+                lr = scheduler.get_last_lr()[0]
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                weight = torch.cat(weights) if weights else None
+                metrics = StepMetrics(
+                    step=step,
+                    total_steps=total_steps,
+                    epoch=epoch + (block_start + len(block)) / len(order),
+                    loss=totals["loss"],
+                    forget_loss=totals["forget"] if hparams.forget_coeff > 0 else None,
+                    retain_loss=totals["retain"] if use_retain else None,
+                    lr=lr,
+                    grad_norm=float(grad_norm),
+                    weight_mean=float(weight.mean()) if weight is not None else None,
+                    weight_min=float(weight.min()) if weight is not None else None,
+                    weight_max=float(weight.max()) if weight is not None else None,
+                    tokens=tokens,
+                    elapsed_s=time.monotonic() - started,
+                )
+                result.history.append(metrics)
+                if callbacks.on_step:
+                    callbacks.on_step(metrics)
             if step >= total_steps:
                 break
-            block = list(range(block_start, min(block_start + block_size, len(order))))
-            forget_block = [forget[order[i]] for i in block]
-            retain_block = [retain[partners[i]] for i in block] if use_retain else []
-            # Global denominators for the whole block, all processes together.
-            denominators = {
-                "forget": {"sequence": len(forget_block), "token": _block_tokens(forget_block)},
-                "retain": {"sequence": len(retain_block), "token": _block_tokens(retain_block)},
-            }
-            mine = block[rank::world]
-            micro_batches = [
-                mine[i : i + hparams.batch_size] for i in range(0, len(mine), hparams.batch_size)
-            ]
-            totals = {"loss": 0.0, "forget": 0.0, "retain": 0.0}
-            weights: list[torch.Tensor] = []
-            for micro_index, micro in enumerate(micro_batches):
-                if callbacks.should_cancel and callbacks.should_cancel():
-                    raise Cancelled(f"cancelled at step {step}")
-                sync = micro_index == len(micro_batches) - 1
-                with nullcontext() if sync or world == 1 else accelerator.no_sync(model):
-                    parts, micro_weights, micro_tokens = _micro_step(
-                        model,
-                        ref_model,
-                        method,
-                        hparams,
-                        accelerator,
-                        pad_id,
-                        world,
-                        denominators,
-                        forget_examples=[forget[order[i]] for i in micro],
-                        forget_ref=ref_nll[[order[i] for i in micro]]
-                        if ref_nll is not None
-                        else None,
-                        retain_examples=[retain[partners[i]] for i in micro]
-                        if use_retain
-                        else None,
-                        lora=lora,
-                    )
-                for key, value in parts.items():
-                    totals[key] += value
-                if micro_weights is not None:
-                    weights.append(micro_weights)
-                tokens += micro_tokens * world
-            grad_norm = (
-                accelerator.clip_grad_norm_(params, hparams.max_grad_norm)
-                if hparams.max_grad_norm
-                else _grad_norm(params)
-            )
-            lr = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            weight = torch.cat(weights) if weights else None
-            metrics = StepMetrics(
-                step=step,
-                total_steps=total_steps,
-                epoch=epoch + (block_start + len(block)) / len(order),
-                loss=totals["loss"],
-                forget_loss=totals["forget"] if hparams.forget_coeff > 0 else None,
-                retain_loss=totals["retain"] if use_retain else None,
-                lr=lr,
-                grad_norm=float(grad_norm),
-                weight_mean=float(weight.mean()) if weight is not None else None,
-                weight_min=float(weight.min()) if weight is not None else None,
-                weight_max=float(weight.max()) if weight is not None else None,
-                tokens=tokens,
-                elapsed_s=time.monotonic() - started,
-            )
-            result.history.append(metrics)
-            if callbacks.on_step:
-                callbacks.on_step(metrics)
-        if step >= total_steps:
-            break
 
-    result.model = accelerator.unwrap_model(model)
-    result.steps, result.trained_tokens = step, tokens
-    result.elapsed_s = time.monotonic() - started
-    accelerator.free_memory()
-    return result
+        result.model = accelerator.unwrap_model(model)
+        result.steps, result.trained_tokens = step, tokens
+        result.elapsed_s = time.monotonic() - started
+        accelerator.free_memory()
+        return result
 
 
 def _unwrap(model):

@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from cli.serve import worker_command
 from tests.fixtures.services import free_port, wait_for_port
 
 pytestmark = pytest.mark.slow
@@ -160,23 +161,7 @@ def production_service(tmp_path, tiny_demo, postgres_url, redis_url, s3_server):
             str(service.port),
         ],
     )
-    service.spawn(
-        "worker",
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker.celery_app",
-            "worker",
-            "--queues",
-            "obliviate",
-            "--concurrency",
-            "1",
-            "--loglevel",
-            "INFO",
-        ],
-    )
+    service.spawn("worker", worker_command())
     try:
         service.wait_ready()
         yield service
