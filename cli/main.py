@@ -140,6 +140,90 @@ def unlearn(
 
 
 @app.command()
+def finetune(
+    model: str = typer.Argument(..., help="Base model: folder, registered name or hub id."),
+    data: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, help="Training set: JSONL, CSV or Parquet."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for the checkpoint."),
+    learning_rate: float = typer.Option(1e-5, help="Peak AdamW learning rate."),
+    epochs: int = typer.Option(3, help="Passes over the data."),
+    batch_size: int = typer.Option(8, help="Examples per micro-batch."),
+    gradient_accumulation_steps: int = typer.Option(1, help="Micro-batches per step."),
+    max_length: int = typer.Option(512, help="Tokens per sequence."),
+    precision: str = typer.Option("auto", help="auto, fp32, bf16, fp16 or bf16-pure."),
+    prompt_template: str = typer.Option(None, help="Used when there is no chat template."),
+    seed: int = typer.Option(0, help="Seed for data order."),
+):
+    """Fine-tune a model on a data set (answer-token NLL), e.g. to build your own target
+    model that memorized a forget set before unlearning it; writes a checkpoint with a
+    manifest and metrics.jsonl."""
+    from pydantic import ValidationError
+
+    from cli.local import resolve_model
+    from core.data.encoding import encode_record_set
+    from core.data.records import read_records
+    from core.errors import ObliviateError
+    from core.models.checkpoint import save_checkpoint
+    from core.models.loading import load_model
+    from core.settings import get_settings
+    from core.spec import DEFAULT_PROMPT_TEMPLATE, invalid_request_from
+    from core.training.finetune import FinetuneHyperparameters
+    from core.training.finetune import finetune as run_finetune
+    from core.training.loop import Callbacks, weights_dtype
+
+    settings = get_settings()
+    template = prompt_template or DEFAULT_PROMPT_TEMPLATE
+    try:
+        try:
+            hparams = FinetuneHyperparameters(
+                learning_rate=learning_rate,
+                epochs=epochs,
+                batch_size=batch_size,
+                gradient_accumulation_steps=gradient_accumulation_steps,
+                max_length=max_length,
+                precision=precision,
+            )
+        except ValidationError as exc:
+            raise invalid_request_from(exc) from None
+        records = read_records(data)
+        local_model = resolve_model(model, settings, Path.cwd())
+        net, tokenizer = load_model(local_model, dtype=weights_dtype(hparams.precision, lora=False))
+        examples = encode_record_set(tokenizer, records, max_length=max_length, template=template)
+        with make_progress() as progress:
+            reporter = CliReporter(progress, out)
+            try:
+                result = run_finetune(
+                    net,
+                    tokenizer,
+                    examples,
+                    hparams,
+                    seed=seed,
+                    callbacks=Callbacks(on_step=reporter.step),
+                )
+            finally:
+                reporter.close()
+    except ObliviateError as error:
+        _fail(error)
+    info = {
+        "base_model": model,
+        "method": "finetune",
+        "hyperparameters": hparams.model_dump(),
+        "seed": seed,
+        "prompt_template": template,
+        "data": {
+            "train": {"name": records.name, "sha256": records.sha256, "records": len(records)}
+        },
+        "training": {"steps": result.steps, "trained_tokens": result.trained_tokens},
+    }
+    save_checkpoint(result.model, tokenizer, out / "checkpoint", info=info)
+    final = result.history[-1].loss if result.history else float("nan")
+    console.print(
+        f"checkpoint: [bold]{out / 'checkpoint'}[/] ({result.steps} steps, final loss {final:.4f})"
+    )
+
+
+@app.command()
 def methods():
     """List the unlearning methods and their default hyperparameters."""
     from core.methods import METHODS

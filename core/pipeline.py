@@ -90,7 +90,7 @@ def run_job(
     from core.methods import get_method
     from core.models.checkpoint import save_checkpoint
     from core.models.loading import load_model
-    from core.training.loop import Callbacks, run_training
+    from core.training.loop import Callbacks, run_training, weights_dtype
 
     reporter = reporter or NullReporter()
     method = get_method(spec.method)
@@ -106,7 +106,7 @@ def run_job(
         inputs.model,
         lookup=lookup,
         settings=settings,
-        dtype="fp32" if hparams.precision in ("fp32", "auto") else hparams.precision,
+        dtype=weights_dtype(hparams.precision, lora=spec.lora is not None),
     )
     from core.runtime import default_device
 

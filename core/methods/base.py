@@ -43,8 +43,11 @@ class TrainingHyperparameters(BaseModel):
     weight_decay: float = Field(0.01, ge=0, le=1, description="AdamW weight decay.")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; null: none.")
     max_length: int = Field(512, ge=8, le=131072, description="Tokens per sequence.")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="auto: bf16 where the GPU supports it, else fp32."
+    precision: Literal["auto", "fp32", "bf16", "fp16", "bf16-pure"] = Field(
+        "auto",
+        description="auto: bf16 where the GPU supports it, else fp32. bf16 and fp16 are "
+        "mixed precision (fp32 master weights, low-precision autocast); bf16-pure keeps the "
+        "weights themselves in bf16 (half the weight memory; small updates may round away).",
     )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
 

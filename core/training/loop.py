@@ -79,13 +79,28 @@ class TrainResult:
 
 
 def resolve_mixed_precision(precision: str) -> str:
+    """accelerate's autocast mode for a ``precision`` setting."""
     import torch
 
-    if precision == "fp32":
-        return "no"
+    if precision in ("fp32", "bf16-pure"):
+        return "no"  # bf16-pure: the weights are already bf16; no autocast, no scaler
     if precision == "auto":
         return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
     return precision
+
+
+def weights_dtype(precision: str, lora: bool) -> str:
+    """The dtype to load a model's weights in for training at ``precision``.
+
+    Mixed precision needs fp32 master weights: AdamW updates of ~1e-5 relative size round
+    away in bf16 weights, and fp16 gradient scaling refuses fp16 parameters. Under LoRA the
+    base weights are frozen, so they can stay in the low-precision dtype (peft keeps the
+    adapters in fp32) and only cost half the memory.
+    """
+    if precision == "bf16-pure":
+        return "bf16"
+    mode = resolve_mixed_precision(precision)
+    return mode if lora and mode in ("bf16", "fp16") else "fp32"
 
 
 def make_accelerator(precision: str):
@@ -208,7 +223,10 @@ def run_training(
             callbacks.event(
                 "phase", "computing reference log-likelihoods of the forget set", n=len(forget)
             )
-            ref_nll = reference_nll(model, forget, pad_id, hparams.batch_size * 2, device)
+            # Under the same autocast as training, so that the log-ratio starts at 0 and
+            # NPO's weights at 1 in bf16 too.
+            with accelerator.autocast():
+                ref_nll = reference_nll(model, forget, pad_id, hparams.batch_size * 2, device)
 
         ref_model = None
         if use_retain and hparams.retain_loss == "kl" and lora is None:
@@ -315,6 +333,15 @@ def run_training(
                     if hparams.max_grad_norm
                     else _grad_norm(params)
                 )
+                # A finite loss can still give inf/NaN gradients (overflow in backward); one
+                # such step corrupts every weight. fp16 is the exception: its gradient scaler
+                # expects overflows, skips that step and lowers the scale.
+                if accelerator.mixed_precision != "fp16" and not math.isfinite(float(grad_norm)):
+                    raise NonFiniteLoss(
+                        f"non-finite gradient norm ({float(grad_norm)}) at step {step + 1} of "
+                        f"{method.name}; lower the learning rate or use precision fp32",
+                        param="hyperparameters.learning_rate",
+                    )
                 lr = scheduler.get_last_lr()[0]
                 optimizer.step()
                 scheduler.step()

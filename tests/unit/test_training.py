@@ -196,6 +196,98 @@ def test_non_finite_loss_stops_with_a_clear_error(tiny_demo, tiny_data):
     assert error.value.code == "non_finite_loss"
 
 
+def test_non_finite_gradients_with_a_finite_loss_stop_the_run(tiny_demo, tiny_data):
+    from core.models.loading import load_model
+
+    model, _ = load_model(str(tiny_demo.target), dtype="fp32")
+    # The loss stays finite; the backward pass overflows (as an fp32 overflow in a deep
+    # network would), which clipping cannot repair: the run must stop before the update.
+    model.lm_head.weight.register_hook(lambda grad: grad * float("inf"))
+    before = _params(model).clone()
+    with pytest.raises(NonFiniteLoss, match="gradient norm"):
+        _train(tiny_demo, tiny_data, "ga", {"batch_size": 4}, model=model)
+    assert torch.equal(_params(model), before)
+
+
+@pytest.mark.parametrize(
+    "precision,lora,expected",
+    [
+        ("fp32", False, "fp32"),
+        ("auto", False, "fp32"),  # no GPU here; on one, autocast bf16 over fp32 weights
+        ("bf16", False, "fp32"),  # mixed precision keeps fp32 master weights
+        ("fp16", False, "fp32"),
+        ("bf16", True, "bf16"),  # frozen LoRA base weights may stay low-precision
+        ("fp16", True, "fp16"),
+        ("bf16-pure", False, "bf16"),
+        ("bf16-pure", True, "bf16"),
+    ],
+)
+def test_weights_load_in_fp32_for_mixed_precision(precision, lora, expected):
+    from core.training.loop import weights_dtype
+
+    assert weights_dtype(precision, lora) == expected
+
+
+def test_npo_reference_pass_runs_under_the_training_autocast(tiny_demo, tiny_data):
+    """At step 1 the model is the reference, so every NPO weight is exactly 1, in bf16 too
+    (a reference computed in fp32 against bf16 training forwards is off by ~1e-4)."""
+    result = _train(
+        tiny_demo, tiny_data, "npo", {"batch_size": 4, "precision": "bf16", "retain_loss": "none"}
+    )
+    first = result.history[0]
+    assert first.weight_min == pytest.approx(1.0, abs=1e-6)
+    assert first.weight_max == pytest.approx(1.0, abs=1e-6)
+
+
+def test_lora_checkpoint_holds_the_adapter_and_a_merged_model_that_load_alike(
+    tiny_demo, tiny_data, tmp_path
+):
+    from transformers import AutoModelForCausalLM
+
+    from core.models.checkpoint import save_checkpoint, verify_checkpoint
+    from core.models.loading import load_model
+
+    tokenizer, forget, _ = tiny_data
+    result = _train(
+        tiny_demo,
+        tiny_data,
+        "simnpo",
+        {"batch_size": 4, "retain_loss": "none"},
+        lora=LoraSpec(r=4, alpha=8),
+    )
+    folder = tmp_path / "checkpoint"
+    manifest = save_checkpoint(
+        result.model,
+        tokenizer,
+        folder,
+        info={"base_model": "demo-target"},
+        merge_lora=True,
+    )
+    assert manifest["kind"] == "lora_adapter" and manifest["merged"] == "merged"
+    paths = {entry["path"] for entry in manifest["files"]}
+    assert {"adapter_model.safetensors", "adapter_config.json", "merged/model.safetensors"} <= paths
+    assert verify_checkpoint(folder) == []
+
+    batch = collate(forget[:4], tokenizer.pad_token_id)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    merged = AutoModelForCausalLM.from_pretrained(folder / "merged").eval()
+    # The adapter names its base as the job did (a registered name), resolved on load.
+    from core.settings import Settings
+
+    registry = {"demo-target": str(tiny_demo.target)}
+    settings = Settings(home=tmp_path / "home", model_roots=[tiny_demo.root])
+    through_adapter, _ = load_model(
+        str(folder), dtype="fp32", lookup=registry.get, settings=settings
+    )
+    with torch.no_grad():
+        expected = result.model.eval()(**inputs).logits
+        assert torch.allclose(merged(**inputs).logits, expected, atol=1e-5)
+        assert torch.allclose(through_adapter.eval()(**inputs).logits, expected, atol=1e-5)
+
+    (folder / "merged" / "model.safetensors").write_bytes(b"tampered")
+    assert verify_checkpoint(folder) == ["merged/model.safetensors"]
+
+
 @pytest.mark.parametrize(
     "method,retain_loss", [("simnpo", "kl"), ("npo", "nll"), ("ga", "none"), ("graddiff", "nll")]
 )
