@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from core.data.records import UNSTORABLE_TEXT, storable_text
 from core.errors import InvalidRequest, ObliviateError
 
 MAX_JSON_BODY_BYTES = 1 << 20
@@ -66,11 +67,11 @@ def first_unstorable(value: Any) -> tuple[str | None, str, str] | None:
                 "non_finite_value",
                 "NaN and infinite numbers are not allowed",
             )
-        if isinstance(item, str) and not _storable_text(item):
+        if isinstance(item, str) and not storable_text(item):
             return ".".join(path) or None, "invalid_value", UNSTORABLE_TEXT
         if isinstance(item, dict):
             for key in item:
-                if not _storable_text(key):
+                if not storable_text(key):
                     return (
                         ".".join((*path, key.encode("unicode_escape").decode())),
                         "invalid_value",
@@ -80,19 +81,6 @@ def first_unstorable(value: Any) -> tuple[str | None, str, str] | None:
         elif isinstance(item, list):
             stack.extend((child, (*path, str(i))) for i, child in reversed(list(enumerate(item))))
     return None
-
-
-UNSTORABLE_TEXT = "text must not contain NUL characters or unpaired surrogates"
-
-
-def _storable_text(text: str) -> bool:
-    if "\x00" in text:
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 JsonObject = Annotated[dict[str, Any], Depends(read_json_object)]

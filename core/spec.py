@@ -10,6 +10,7 @@ Data and model references are strings resolved where the job runs:
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -19,6 +20,13 @@ from core.methods import DEFAULT_METHOD, get_method
 from core.methods.base import UnlearningHyperparameters
 
 DEFAULT_PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
+# Keys are matched as JSON paths by the job list's metadata filter: no quotes, brackets,
+# spaces or other path syntax.
+METADATA_KEY = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+METADATA_BOUNDS = (
+    "keys are 1-64 characters of A-Z a-z 0-9 _ . : - (letters, digits, underscore, dot, "
+    "colon, hyphen), values at most 512 characters"
+)
 
 
 class StrictModel(BaseModel):
@@ -134,8 +142,8 @@ class JobSpec(StrictModel):
     @classmethod
     def _metadata_bounds(cls, value: dict[str, str]) -> dict[str, str]:
         for key, item in value.items():
-            if not key or len(key) > 64 or len(item) > 512:
-                raise ValueError("keys are 1-64 characters, values at most 512")
+            if not METADATA_KEY.fullmatch(key) or len(item) > 512:
+                raise ValueError(f"key {key!r}: {METADATA_BOUNDS}")
         return value
 
     def method_hyperparameters(self) -> UnlearningHyperparameters:

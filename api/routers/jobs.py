@@ -23,7 +23,7 @@ from api.schemas.jobs import CheckpointList, EventObject, JobObject, JobStatus, 
 from api.services import artifacts, jobs
 from core.errors import InvalidRequest, NotFound
 from core.methods import get_method
-from core.spec import JobSpec
+from core.spec import METADATA_BOUNDS, METADATA_KEY, JobSpec
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -181,11 +181,9 @@ def _metadata_filters(request: Request) -> dict[str, str]:
         if not name.startswith(METADATA_PREFIX):
             continue
         key = name[len(METADATA_PREFIX) :]
-        if not key or len(key) > 64 or len(value) > 512 or "\x00" in key + value:
+        if not METADATA_KEY.fullmatch(key) or len(value) > 512 or "\x00" in value:
             raise InvalidRequest(
-                f"{name}: metadata keys are 1-64 characters, values at most 512",
-                param=name,
-                code="invalid_value",
+                f"{name}: metadata {METADATA_BOUNDS}", param=name, code="invalid_value"
             )
         filters[key] = value
     return filters

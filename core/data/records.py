@@ -18,7 +18,8 @@ import csv
 import hashlib
 import io
 import json
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -41,6 +42,7 @@ REQUIRED_FIELDS: dict[RecordKind, tuple[str, str]] = {
     "completion": ("prompt", "completion"),
     "text": ("text", "text"),
 }
+UNSTORABLE_TEXT = "text must not contain NUL characters or unpaired surrogates"
 
 
 @dataclass
@@ -107,9 +109,12 @@ def parse_records(data: bytes, *, name: str, file_format: FileFormat | None = No
     for line, row in rows:
         if not isinstance(row, dict):
             raise DataValidationError("a record must be a JSON object", file=name, line=line)
+        new_columns = row.keys() - columns
+        if new_columns:
+            _check_column_names(new_columns, name, line)
+            columns.update(new_columns)
         if kind is None:
             kind = _record_kind(row, name, line)
-        columns.update(row)
         records.append(_to_record(row, kind, name, line))
     if not records:
         raise DataValidationError("the file holds no records", file=name, code="empty_dataset")
@@ -122,6 +127,30 @@ def parse_records(data: bytes, *, name: str, file_format: FileFormat | None = No
         size_bytes=len(data),
         columns=sorted(columns),
     )
+
+
+def storable_text(text: str) -> bool:
+    """Whether a database can store the text: Postgres rejects NUL characters and
+    unpaired surrogates (which no UTF-8 encoding has) in text and JSON columns."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_column_names(names: Iterable[str], file: str, line: int | None) -> None:
+    """Column names are stored with the dataset's row; its values only in the file."""
+    for column in sorted(names):
+        if not storable_text(column):
+            raise DataValidationError(
+                f"column name: {UNSTORABLE_TEXT}",
+                file=file,
+                line=line,
+                field=column.encode("unicode_escape").decode(),
+            )
 
 
 def _record_kind(row: dict, name: str, line: int) -> RecordKind:
@@ -176,6 +205,8 @@ def _perturbed(row: dict, name: str, line: int) -> list[str]:
                     line=line,
                     field="perturbed_answer",
                 ) from None
+            except (RecursionError, ValueError) as exc:
+                raise _undecodable_json(exc, name, line, field="perturbed_answer") from None
         else:
             value = [value]
     if hasattr(value, "tolist"):  # numpy arrays from Parquet
@@ -219,33 +250,56 @@ def _is_plain(value: Any) -> bool:
 
 def _jsonl_rows(data: bytes, name: str) -> Iterator[tuple[int, Any]]:
     text = _decode(data, name)
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        # A JSON array file (.json): rows are numbered by position.
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataValidationError(
-                f"invalid JSON: {exc.msg}", file=name, line=exc.lineno
-            ) from None
-        yield from enumerate(items, start=1)
+    if text.lstrip().startswith("["):
+        yield from _json_array_rows(text, name)
         return
-    for line_no, line in enumerate(text.splitlines(), start=1):
+    # Split on newlines only: str.splitlines would also split inside strings holding
+    # U+2028 or other characters JSON allows unescaped.
+    for line_no, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
-            yield line_no, json.loads(line)
+            row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataValidationError(
                 f"invalid JSON: {exc.msg} at column {exc.colno}", file=name, line=line_no
             ) from None
+        except (RecursionError, ValueError) as exc:
+            raise _undecodable_json(exc, name, line_no) from None
+        yield line_no, row
+
+
+def _json_array_rows(text: str, name: str) -> Iterator[tuple[int, Any]]:
+    """A JSON array file (.json): rows are numbered by position."""
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataValidationError(
+            f"invalid JSON: {exc.msg} at column {exc.colno}", file=name, line=exc.lineno
+        ) from None
+    except (RecursionError, ValueError) as exc:
+        raise _undecodable_json(exc, name, None) from None
+    yield from enumerate(items, start=1)
+
+
+def _undecodable_json(
+    exc: Exception, name: str, line: int, field: str | None = None
+) -> DataValidationError:
+    """What json rejects besides syntax: nesting deeper than the recursion limit, and
+    integers longer than int() converts (a guard against quadratic-time parsing)."""
+    if isinstance(exc, RecursionError):
+        reason = "nested too deeply"
+    else:
+        reason = f"an integer has more than {sys.get_int_max_str_digits()} digits"
+    return DataValidationError(f"invalid JSON: {reason}", file=name, line=line, field=field)
 
 
 def _csv_rows(data: bytes, name: str) -> Iterator[tuple[int, Any]]:
     reader = csv.DictReader(io.StringIO(_decode(data, name), newline=""))
-    if not reader.fieldnames:
-        return
     try:
+        if not reader.fieldnames:
+            return
+        _check_column_names(reader.fieldnames, name, line=1)
         for row in reader:
             if None in row:
                 raise DataValidationError(
@@ -256,15 +310,51 @@ def _csv_rows(data: bytes, name: str) -> Iterator[tuple[int, Any]]:
         raise DataValidationError(f"invalid CSV: {exc}", file=name, line=reader.line_num) from None
 
 
+# csv's default cell limit (128 KiB) rejects long documents in raw-text sets. It is one
+# setting per process; the upload limit already bounds every file, so lift it once.
+csv.field_size_limit(2**31 - 1)
+
+
 def _parquet_rows(data: bytes, name: str) -> Iterator[tuple[int, Any]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
         table = pq.read_table(io.BytesIO(data))
-    except (pa.ArrowException, OSError) as exc:
+        names = table.column_names
+    except (pa.ArrowException, OSError, ValueError) as exc:  # ValueError: non-UTF-8 names
         raise DataValidationError(f"invalid Parquet: {exc}", file=name) from None
-    yield from enumerate(table.to_pylist(), start=1)
+    _check_column_names(names, name, line=None)
+    columns = [
+        _parquet_values(column, column_name, name)
+        for column_name, column in zip(names, table.columns)
+    ]
+    for index in range(table.num_rows):
+        yield index + 1, {column_name: values[index] for column_name, values in zip(names, columns)}
+
+
+def _parquet_values(column, column_name: str, name: str) -> list[Any]:
+    """A column as Python values; a value Python cannot hold (a date past year 9999, a
+    nanosecond timestamp, non-UTF-8 text, an unknown time zone) is an error at its row."""
+    import pyarrow as pa
+
+    conversion_errors = (pa.ArrowException, ValueError, OverflowError, LookupError)
+    values: list[Any] = []
+    for chunk in column.chunks:
+        try:
+            values.extend(chunk.to_pylist())
+        except conversion_errors as exc:
+            row = len(values) + 1
+            for offset in range(len(chunk)):
+                try:
+                    chunk[offset].as_py()
+                except conversion_errors:
+                    row = len(values) + offset + 1
+                    break
+            raise DataValidationError(
+                f"cannot read the value: {exc}", file=name, line=row, field=column_name
+            ) from None
+    return values
 
 
 def _decode(data: bytes, name: str) -> str:

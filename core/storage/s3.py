@@ -11,6 +11,8 @@ from pathlib import Path
 
 from core.storage.base import ObjectInfo, ObjectNotFound, ObjectStore
 
+BUCKET_EXISTS_CODES = ("BucketAlreadyOwnedByYou", "BucketAlreadyExists")
+
 
 class S3Store(ObjectStore):
     def __init__(
@@ -46,10 +48,17 @@ class S3Store(ObjectStore):
 
         try:
             self.client.head_bucket(Bucket=self.bucket)
+            return
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"):
                 raise
+        try:
             self.client.create_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            # Another process (a second API replica starting) created it meanwhile.
+            # S3-compatible servers differ in which of the two codes they answer with.
+            if exc.response.get("Error", {}).get("Code") not in BUCKET_EXISTS_CODES:
+                raise
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key

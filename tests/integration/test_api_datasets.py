@@ -86,6 +86,69 @@ def test_bad_files_are_rejected_naming_file_line_and_field(client, content, file
     assert (status, param) == (422, expected) and code
 
 
+def parquet_bytes(table: pa.Table) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    return buffer.getvalue()
+
+
+QA_LINE = b'{"question": "q", "answer": "a"}'
+QA_TABLE = {"question": ["q", "q"], "answer": ["a", "a"]}
+
+
+@pytest.mark.parametrize(
+    ("content", "filename", "expected"),
+    [
+        # Integers longer than int() converts, nesting deeper than the recursion limit.
+        (
+            QA_LINE + b'\n{"question": "q", "answer": "a", "n": ' + b"9" * 5000 + b"}",
+            "f.jsonl",
+            "f.jsonl:2",
+        ),
+        (b"[" + QA_LINE + b', {"n": ' + b"9" * 5000 + b"}]", "f.json", "f.json"),
+        (b'{"n": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "f.jsonl", "f.jsonl:1"),
+        (b"[" + b"[" * 100_000 + b"]" * 100_000 + b"]", "f.json", "f.json"),
+        (
+            b"question,answer,perturbed_answer\nq,a," + b"[" * 100_000 + b"\n",
+            "f.csv",
+            "f.csv:2:perturbed_answer",
+        ),
+        # Column names go into the dataset's row, where Postgres refuses NUL and surrogates.
+        (b'{"question": "q", "answer": "a", "a\\u0000b": 1}', "f.jsonl", "f.jsonl:1:a\\x00b"),
+        (b'{"question": "q", "answer": "a", "\\ud800": 1}', "f.jsonl", "f.jsonl:1:\\ud800"),
+        (b"question,answer,a\x00b\nq,a,x\n", "f.csv", "f.csv:1:a\\x00b"),
+        (parquet_bytes(pa.table({**QA_TABLE, "a\x00b": [1, 2]})), "f.parquet", "f.parquet:a\\x00b"),
+        # Values pyarrow cannot turn into Python objects.
+        (
+            parquet_bytes(pa.table({**QA_TABLE, "at": pa.array([0, 2**62], pa.timestamp("ns"))})),
+            "f.parquet",
+            "f.parquet:2:at",
+        ),
+        (
+            parquet_bytes(pa.table({**QA_TABLE, "day": pa.array([2**31 - 1, 0], pa.date32())})),
+            "f.parquet",
+            "f.parquet:1:day",
+        ),
+        (parquet_bytes(pa.table(QA_TABLE))[:-20], "f.parquet", "f.parquet"),
+        # A scalar, or an array of scalars, is no record.
+        (b"5", "f.json", "f.json:1"),
+        (b"[5]", "f.json", "f.json:1"),
+    ],
+)
+def test_hostile_files_are_invalid_data_not_server_errors(client, content, filename, expected):
+    assert error_of(upload(client, content, filename=filename)) == (422, "invalid_data", expected)
+
+
+def test_long_documents_and_headers_in_csv_are_accepted(client):
+    document = "word " * 60_000  # 300 kB: over the csv module's default 128 KiB cell limit
+    content = f'text,{"h" * 200_000}\n"{document}",x\n'.encode()
+    response = upload(client, content, filename="docs.csv")
+    assert response.status_code == 201, response.text
+    assert response.json()["kind"] == "text"
+    too_many_cells = upload(client, content + b"a,b,c\n", filename="docs.csv")
+    assert error_of(too_many_cells) == (422, "invalid_data", "docs.csv:3")
+
+
 def test_malformed_uploads(client):
     assert error_of(client.post("/v1/datasets", json={"file": "x"}))[:2] == (
         400,

@@ -1,19 +1,22 @@
 """Nothing a client sends produces a 500: random and mutated job bodies (NaN, huge
-numbers, NUL bytes, surrogates, wrong types, deep nesting) and random ids and query
-strings, on both databases."""
+numbers, NUL bytes, surrogates, wrong types, deep nesting), random ids and query
+strings, and random or mutated dataset files, on both databases."""
 
 from __future__ import annotations
 
 import copy
+import io
 import json
 import os
 from urllib.parse import quote
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.spec import JobSpec
-from tests.fixtures.api import job_body, register_model, upload_dataset
+from tests.fixtures.api import QA_RECORDS, job_body, jsonl, register_model, upload_dataset
 
 FUZZ = settings(
     # OBLIVIATE_FUZZ_EXAMPLES=2000 for a longer hunt.
@@ -119,3 +122,80 @@ def test_random_ids_and_queries_never_500(client, segment, params):
     assert_client_error_or_success(
         client.get(f"/v1/jobs/{escaped}/checkpoints/{escaped}/files/{escaped}")
     )
+
+
+def _parquet(records: list[dict]) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(records), buffer)
+    return buffer.getvalue()
+
+
+TOFU_RECORDS = [
+    {**record, "paraphrased_answer": "P.", "perturbed_answer": ["W1.", "W2."]}
+    for record in QA_RECORDS[:3]
+]
+VALID_FILES = {
+    "forget.jsonl": jsonl(TOFU_RECORDS),
+    "forget.json": json.dumps(TOFU_RECORDS, indent=1).encode(),
+    "forget.csv": (
+        b'question,answer,paraphrased_answer,perturbed_answer\r\nQ1?,A1.,P.,"[""W1.""]"\r\n'
+        b'"Q2, quoted?","A2\nover lines",P.,W2.\r\n'
+    ),
+    "forget.parquet": _parquet(TOFU_RECORDS),
+}
+# Bytes that have broken parsers before: NUL and surrogates (escaped and raw), a BOM,
+# stray quotes and separators, invalid UTF-8, an over-long integer, deep nesting.
+nasty_bytes = st.sampled_from(
+    [
+        b"\x00",
+        b"\\u0000",
+        b"\\ud800",
+        b"\xed\xa0\x80",
+        b"\xef\xbb\xbf",
+        b'"',
+        b",",
+        b"\r",
+        b"\n",
+        b"[",
+        b"{}",
+        b"\xff\xfe",
+        b"9" * 5000,
+        b"[" * 5000,
+        b"PAR1",
+    ]
+) | st.binary(max_size=8)
+
+
+@st.composite
+def mutated_files(draw) -> tuple[str, bytes]:
+    filename = draw(st.sampled_from(sorted(VALID_FILES)))
+    content = bytearray(VALID_FILES[filename])
+    for _ in range(draw(st.integers(1, 4))):
+        at = draw(st.integers(0, len(content)))
+        edit = draw(st.sampled_from(["insert", "overwrite", "delete", "truncate"]))
+        if edit == "truncate":
+            del content[at:]
+        elif edit == "delete":
+            del content[at : at + draw(st.integers(1, 16))]
+        else:
+            fragment = draw(nasty_bytes)
+            end = at + len(fragment) if edit == "overwrite" else at
+            content[at:end] = fragment
+    # The same bytes under another extension: a CSV read as JSON and so on.
+    if draw(st.booleans()):
+        filename = draw(st.sampled_from(sorted(VALID_FILES)))
+    return filename, bytes(content)
+
+
+random_files = st.tuples(
+    st.sampled_from([*sorted(VALID_FILES), "forget.txt", ".jsonl", "forget"]),
+    st.binary(max_size=256),
+)
+
+
+@settings(FUZZ, max_examples=int(os.environ.get("OBLIVIATE_FUZZ_EXAMPLES", "50")))
+@given(file=mutated_files() | random_files)
+def test_random_and_mutated_uploads_never_500(client, file):
+    filename, content = file
+    response = client.post("/v1/datasets", files={"file": (filename, content)})
+    assert_client_error_or_success(response)

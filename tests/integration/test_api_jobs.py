@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+from urllib.parse import quote
 
 import pytest
 from sqlalchemy import func, select
@@ -362,3 +363,36 @@ def test_concurrent_duplicates_create_one_job(client, session_factory, forget_id
     assert len({response.json()["id"] for response in responses}) == 1
     with session_factory() as session:
         assert session.scalar(select(func.count()).select_from(Job)) == 1
+
+
+@pytest.mark.parametrize(
+    "key", ['team"', 'team"x', 'team"[0]', "te'am", "a b", "a[0]", "é", "k" * 65, "a\\b", "a\ud800"]
+)
+def test_metadata_filter_keys_outside_the_allowed_characters_are_rejected(client, forget_id, key):
+    """Keys become JSON paths in SQL: one with a quote or other path syntax must be a
+    4xx naming the parameter, never a database error. (SQLite rejects '$."team"x"'
+    only once "team" matched in a row, hence the job with metadata.team.)"""
+    submit(client, job_body(forget_id))
+    name = f"metadata.{key}"
+    query = f"{quote(name.encode('utf-8', 'surrogatepass'), safe='')}=x"
+    response = client.get(f"/v1/jobs?{query}")
+    status, code, param = error_of(response)
+    assert (status, code) == (422, "invalid_value")
+    assert param == name.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    assert "A-Z a-z 0-9 _ . : -" in response.json()["error"]["message"]
+
+
+def test_metadata_keys_with_dots_colons_and_hyphens_are_stored_and_filtered(client, forget_id):
+    key = "team.sub:unit-1_A"
+    job_id = submit(client, job_body(forget_id, metadata={key: "privacy"})).json()["id"]
+    submit(client, job_body(forget_id, metadata={"team": "privacy"}))
+    response = client.get("/v1/jobs", params={f"metadata.{key}": "privacy"})
+    assert response.status_code == 200, response.text
+    assert [job["id"] for job in response.json()["data"]] == [job_id]
+
+
+@pytest.mark.parametrize("key", ['te"am', "a b", "", "k" * 65, "a[0]"])
+def test_job_metadata_keys_outside_the_allowed_characters_are_rejected(client, forget_id, key):
+    response = submit(client, job_body(forget_id, metadata={key: "x"}))
+    assert error_of(response) == (422, "invalid_value", "metadata")
+    assert "A-Z a-z 0-9 _ . : -" in response.json()["error"]["message"]

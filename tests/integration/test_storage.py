@@ -3,11 +3,14 @@ S3-protocol server (SeaweedFS)."""
 
 from __future__ import annotations
 
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from core.storage import ObjectNotFound, open_store
+from core.storage.s3 import S3Store
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -78,3 +81,34 @@ def test_local_store_rejects_keys_escaping_its_root(tmp_path):
     store = open_store((tmp_path / "root").as_uri())
     with pytest.raises(ValueError):
         store.put_bytes("../outside", b"x")
+
+
+def test_processes_racing_to_create_the_bucket_both_start(s3_server):
+    """Two API processes start against a missing bucket: both find it missing, both
+    create it. The loser's BucketAlreadyOwnedByYou (or BucketAlreadyExists) is success."""
+    bucket = f"obliviate-race-{uuid.uuid4().hex[:12]}"
+    stores = [
+        S3Store(bucket, endpoint_url=s3_server, region="us-east-1", create_bucket=False)
+        for _ in range(2)
+    ]
+    both_looked = threading.Barrier(len(stores), timeout=30)
+    for store in stores:
+        head_bucket = store.client.head_bucket
+
+        def look_then_wait(head_bucket=head_bucket, **kwargs):
+            try:
+                return head_bucket(**kwargs)
+            finally:
+                both_looked.wait()
+
+        store.client.head_bucket = look_then_wait
+    with ThreadPoolExecutor(len(stores)) as pool:
+        outcomes = [pool.submit(store._ensure_bucket) for store in stores]
+        errors = [outcome.exception() for outcome in outcomes]
+    try:
+        assert errors == [None, None]
+        stores[0].put_bytes("k", b"v")
+        assert stores[1].get_bytes("k") == b"v"
+    finally:
+        stores[0].delete_prefix("")
+        stores[0].client.delete_bucket(Bucket=bucket)

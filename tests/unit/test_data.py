@@ -113,6 +113,133 @@ def test_bad_files_name_the_file_line_and_field(data, name, param, code):
     assert error.value.message.startswith(param)
 
 
+def parquet(table: pa.Table) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    return buffer.getvalue()
+
+
+QA_COLUMNS = {"question": ["Q1?", "Q2?"], "answer": ["A1.", "A2."]}
+HUGE_INTEGER = "9" * 5000  # longer than int() converts (4300 digits)
+DEEP_LIST = "[" * 100_000 + "]" * 100_000  # deeper than the recursion limit
+
+
+@pytest.mark.parametrize(
+    "data,name,param",
+    [
+        (
+            b'{"question": "Q?", "answer": "A."}\n{"question": "Q?", "answer": "A.", "n": '
+            + HUGE_INTEGER.encode()
+            + b"}",
+            "f.jsonl",
+            "f.jsonl:2",
+        ),
+        (
+            b'[{"question": "Q?", "answer": "A."}, {"question": "Q?", "answer": "A.", "n": '
+            + HUGE_INTEGER.encode()
+            + b"}]",
+            "f.json",
+            "f.json",  # decoded whole: the file is named, not the element
+        ),
+        (
+            b'{"question": "Q?", "answer": "A.", "n": ' + DEEP_LIST.encode() + b"}",
+            "f.jsonl",
+            "f.jsonl:1",
+        ),
+        (b"[" + DEEP_LIST.encode() + b"]", "f.json", "f.json"),
+        # CSV cells carry perturbed answers JSON-encoded.
+        (
+            b'question,answer,perturbed_answer\nQ?,A.,"[' + HUGE_INTEGER.encode() + b']"\n',
+            "f.csv",
+            "f.csv:2:perturbed_answer",
+        ),
+        (
+            b"question,answer,perturbed_answer\nQ?,A.," + DEEP_LIST.encode() + b"\n",
+            "f.csv",
+            "f.csv:2:perturbed_answer",
+        ),
+        # Syntax errors in a JSON array name the line of the text.
+        (
+            b'[{"question": "Q?", "answer": "A."},\n {"question": "Q?", "answer": "A."} {}]',
+            "f.json",
+            "f.json:2",
+        ),
+        (b'[{"question": "Q?", "answer": "A."}] []', "f.json", "f.json:1"),
+        (b"\xc2\xa0[]", "f.json", "f.json:1"),  # no-break space is not JSON whitespace
+        # Column names are stored in the dataset's row: Postgres refuses NUL and surrogates.
+        (b'{"question": "Q?", "answer": "A.", "a\\u0000b": 1}', "f.jsonl", "f.jsonl:1:a\\x00b"),
+        (
+            jsonl(
+                {"question": "Q?", "answer": "A."}, {"question": "Q?", "answer": "A.", "\ud800": 1}
+            ),
+            "f.jsonl",
+            "f.jsonl:2:\\ud800",
+        ),
+        (b"question,answer,a\x00b\nQ?,A.,x\n", "f.csv", "f.csv:1:a\\x00b"),
+        (parquet(pa.table({**QA_COLUMNS, "x\x00": [1, 2]})), "f.parquet", "f.parquet:x\\x00"),
+        # Values pyarrow cannot turn into Python objects, named by row and column.
+        (
+            parquet(pa.table({**QA_COLUMNS, "at": pa.array([0, 2**62], pa.timestamp("ns"))})),
+            "f.parquet",
+            "f.parquet:2:at",
+        ),
+        (
+            parquet(pa.table({**QA_COLUMNS, "day": pa.array([0, 2**31 - 1], pa.date32())})),
+            "f.parquet",
+            "f.parquet:2:day",
+        ),
+        (
+            parquet(
+                pa.table({**QA_COLUMNS, "at": pa.array([1, 2], pa.timestamp("s", tz="No/Zone"))})
+            ),
+            "f.parquet",
+            "f.parquet:1:at",
+        ),
+        (
+            parquet(pa.table({**QA_COLUMNS, "zzzz": ["x", "y"]})).replace(b"zzzz", b"z\xffzz"),
+            "f.parquet",
+            "f.parquet",
+        ),
+        (
+            parquet(pa.table({**QA_COLUMNS, "note": ["ok", "yyyy"]})).replace(b"yyyy", b"y\xffyy"),
+            "f.parquet",
+            "f.parquet:2:note",
+        ),
+        (parquet(pa.table(QA_COLUMNS))[:-20], "f.parquet", "f.parquet"),
+    ],
+)
+def test_hostile_files_are_invalid_data_naming_the_file_and_line(data, name, param):
+    with pytest.raises(DataValidationError) as error:
+        parse_records(data, name=name)
+    assert (error.value.code, error.value.param) == ("invalid_data", param)
+    assert error.value.message.startswith(param)
+
+
+def test_csv_cells_longer_than_the_csv_modules_default_limit_are_read():
+    document = "word " * 100_000  # 500 kB, beyond csv's default 128 KiB field limit
+    data = f'text,{"long_header_" * 20_000}\n"{document}",x\n'.encode()
+    records = parse_records(data, name="docs.csv")
+    assert records.records[0].answer == document
+
+
+def test_json_text_may_hold_line_separators_that_are_not_newlines():
+    text = "first\u2028second\x85third\x1cfourth"
+    data = json.dumps({"text": text}, ensure_ascii=False).encode() + b"\r\n"
+    records = parse_records(data * 2, name="docs.jsonl")
+    assert [r.answer for r in records.records] == [text, text]
+    assert [r.line for r in records.records] == [1, 2]
+
+
+def test_json_array_files_are_read_element_by_element():
+    rows = [{"question": f"Q{i}?", "answer": f"A{i}."} for i in range(3)]
+    for text in (json.dumps(rows), json.dumps(rows, indent=2) + "\n"):
+        records = parse_records(text.encode(), name="f.json")
+        assert [(r.line, r.answer) for r in records.records] == [(1, "A0."), (2, "A1."), (3, "A2.")]
+    with pytest.raises(DataValidationError) as error:
+        parse_records(b" \n[ ]\n", name="f.json")
+    assert error.value.code == "empty_dataset"
+
+
 def test_an_answer_truncated_away_by_max_length_is_an_error(word_tokenizer):
     records = parse_records(
         jsonl({"question": "Where was he born? " * 10, "answer": "Here."}), name="f.jsonl"
