@@ -26,6 +26,7 @@ def reap_and_requeue(sessions, publisher, settings: Settings) -> list[str]:
             stale_after_s=settings.stale_after_s,
             requeue_queued_after_s=settings.requeue_queued_after_s,
             max_attempts=settings.max_attempts,
+            time_limit_s=settings.job_time_limit_s,
         )
         session.commit()
         for job_id in job_ids:

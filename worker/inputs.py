@@ -1,12 +1,16 @@
-"""Turn a job's references (dataset ids, model names and URLs) into local files."""
+"""Turn a job's references (dataset ids, model names and URLs) into local files; and
+where in the object store a job's outputs go.
+
+Every lookup has a short session of its own: a job runs for hours, and a session held
+open across it would keep a transaction (a snapshot, locks) open just as long.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from sqlalchemy.orm import Session
-
+from core.db.artifacts import get_report
 from core.db.datasets import get_dataset
 from core.db.model_registry import get_model_by_name
 from core.errors import InvalidRequest, NotFound
@@ -19,29 +23,40 @@ from core.spec import JobSpec
 from core.storage import ObjectNotFound, ObjectStore
 
 
-def report_prefix(job_id: str) -> str:
-    return f"jobs/{job_id}/report"
+def attempt_prefix(job_id: str, attempt: int) -> str:
+    """Where an attempt writes. Each has its own prefix: an attempt that was reaped while
+    still alive may go on uploading for a while, and must not overwrite (or mix its
+    files into) those of the attempt that replaced it. The first attempt, by far the
+    most common, keeps the job's own prefix (``jobs/<id>/checkpoints/final``, the layout
+    the docs show); a retry writes under ``jobs/<id>/attempt-<n>/``."""
+    return f"jobs/{job_id}" if attempt == 1 else f"jobs/{job_id}/attempt-{attempt}"
 
 
-def checkpoint_prefix(job_id: str, name: str = "final") -> str:
-    return f"jobs/{job_id}/checkpoints/{name}"
+def report_prefix(job_id: str, attempt: int) -> str:
+    return f"{attempt_prefix(job_id, attempt)}/report"
+
+
+def checkpoint_prefix(job_id: str, attempt: int, name: str = "final") -> str:
+    return f"{attempt_prefix(job_id, attempt)}/checkpoints/{name}"
 
 
 class InputResolver:
-    def __init__(self, session: Session, settings: Settings, store: ObjectStore):
-        self.session, self.settings, self.store = session, settings, store
+    def __init__(self, sessions, settings: Settings, store: ObjectStore):
+        self.sessions, self.settings, self.store = sessions, settings, store
         self.names: dict[str, str] = {}
 
     def registry_lookup(self, name: str) -> str | None:
-        try:
-            return get_model_by_name(self.session, name).source
-        except NotFound:
-            return None
+        with self.sessions() as session:
+            try:
+                return get_model_by_name(session, name).source
+            except NotFound:
+                return None
 
     def dataset(self, dataset_id: str | None, role: str) -> Path | None:
         if dataset_id is None:
             return None
-        row = get_dataset(self.session, dataset_id)
+        with self.sessions() as session:  # closed before the download
+            row = get_dataset(session, dataset_id)
         path = self.settings.cache_dir / "datasets" / row.id / row.filename
         if not path.is_file() or sha256_file(path) != row.sha256:
             self.store.download_file(row.storage_key, path)
@@ -52,14 +67,21 @@ class InputResolver:
         return fetch_model(reference, self.settings, lookup=self.registry_lookup, param=param)
 
     def oracle_result(self, job_id: str) -> dict:
-        try:
-            return json.loads(self.store.get_bytes(f"{report_prefix(job_id)}/{ORACLE_STATS}"))
-        except ObjectNotFound:
-            raise InvalidRequest(
-                f"job {job_id} has no stored oracle evaluation; give the oracle as a model",
-                param="evaluation.oracle",
-                code="oracle_not_found",
-            ) from None
+        """The oracle statistics stored next to that job's report (whichever attempt
+        wrote it: the report row says where)."""
+        with self.sessions() as session:
+            report = get_report(session, job_id)
+        if report is not None:
+            folder = report.json_key.rsplit("/", 1)[0]
+            try:
+                return json.loads(self.store.get_bytes(f"{folder}/{ORACLE_STATS}"))
+            except ObjectNotFound:
+                pass
+        raise InvalidRequest(
+            f"job {job_id} has no stored oracle evaluation; give the oracle as a model",
+            param="evaluation.oracle",
+            code="oracle_not_found",
+        )
 
     def resolve(self, spec: JobSpec, job) -> JobInputs:
         evaluation = spec.evaluation

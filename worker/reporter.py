@@ -2,10 +2,16 @@
 
 The training loop calls ``step``/``event`` (cheap: append to a buffer) and
 ``should_cancel`` (read a flag) every step. A background thread wakes every
-``OBLIVIATE_HEARTBEAT_INTERVAL_S`` (2 s),
-writes the buffered metrics and events in one transaction, records a heartbeat with
-the job's progress and estimated finish, and reads back the job's status: ``cancelling``
-(or anything but ``running``, e.g. reaped) raises the cancel flag.
+``OBLIVIATE_HEARTBEAT_INTERVAL_S`` (2 s), records a heartbeat with the job's progress
+and estimated finish, and reads back the job's status: ``cancelling`` (or anything but
+``running``, e.g. reaped, or claimed again by another attempt) raises the cancel flag.
+Then it writes the buffered metrics and events.
+
+The heartbeat has a transaction of its own: liveness must not depend on a batch of
+metrics being insertable, or one bad row would get a healthy job reaped. A batch that
+still fails after ``BATCH_TRIES`` flushes is dropped (and logged) for the same reason.
+Every write is fenced by the claim's attempt number, so a worker reaped while alive
+never writes into the next attempt's run.
 """
 
 from __future__ import annotations
@@ -14,19 +20,27 @@ import logging
 import threading
 from datetime import datetime, timedelta, timezone
 
-from core.db.jobs import add_events, add_metrics, heartbeat
+from core.db.jobs import add_events, add_metrics, heartbeat, hold_job
 
 log = logging.getLogger(__name__)
 
+#: Flushes a batch of metrics and events gets before it is dropped.
+BATCH_TRIES = 3
+
 
 class DbReporter:
-    def __init__(self, sessions, job_id: str, *, interval_s: float = 1.0):
+    def __init__(
+        self, sessions, job_id: str, *, attempt: int | None = None, interval_s: float = 1.0
+    ):
         self.sessions = sessions
         self.job_id = job_id
+        #: the claim's attempt number: the fencing token of every write
+        self.attempt = attempt
         self.interval_s = interval_s
         self._lock = threading.Lock()
         self._events: list[dict] = []
         self._metrics: list[dict] = []
+        self._failed_tries = 0
         self._progress = {
             "step": 0,
             "total_steps": None,
@@ -37,8 +51,8 @@ class DbReporter:
         self._cancel = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"reporter-{job_id}", daemon=True)
-        #: the status last read back; not "running" means we no longer own the job
-        self.status = "running"
+        #: the status last read back; None once another attempt holds the job
+        self.status: str | None = "running"
 
     # -- called from the training thread -------------------------------------------------
     def event(self, kind: str, message: str, level: str = "info", **data) -> None:
@@ -84,9 +98,17 @@ class DbReporter:
         return self
 
     def stop(self) -> None:
+        """Stop the thread and write what is left (a failing batch gets its tries)."""
         self._stop.set()
         self._thread.join(timeout=30)
-        self.flush()
+        for _ in range(BATCH_TRIES):
+            try:
+                self.flush()
+            except Exception:  # noqa: BLE001 - the job must still be finished
+                log.exception("could not record the last progress of %s", self.job_id)
+            with self._lock:
+                if not (self._events or self._metrics):
+                    return
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -96,20 +118,60 @@ class DbReporter:
                 log.exception("could not record progress of %s; retrying", self.job_id)
 
     def flush(self) -> None:
+        """Heartbeat (raises if the database cannot be reached), then the batch."""
+        with self._lock:
+            progress = dict(self._progress)
+        with self.sessions() as session:
+            self.status = heartbeat(session, self.job_id, attempt=self.attempt, **progress)
+        if self.status != "running":
+            self._cancel.set()
+        self._write_batch()
+
+    def _write_batch(self) -> None:
         with self._lock:
             events, self._events = self._events, []
             metrics, self._metrics = self._metrics, []
-            progress = dict(self._progress)
+        if not (events or metrics):
+            return
         with self.sessions() as session:
             try:
-                add_metrics(session, self.job_id, metrics)
-                add_events(session, self.job_id, events)
-                session.commit()
+                held = hold_job(session, self.job_id, self.attempt)
+                if held:
+                    add_metrics(session, self.job_id, metrics)
+                    add_events(session, self.job_id, events)
+                    session.commit()
             except Exception:
                 session.rollback()
-                with self._lock:  # keep them for the next attempt, in order
-                    self._events[:0], self._metrics[:0] = events, metrics
-                raise
-            self.status = heartbeat(session, self.job_id, **progress)
-        if self.status != "running":
+                self._failed_tries += 1
+                if self._failed_tries < BATCH_TRIES:
+                    log.warning(
+                        "could not record %d metric rows and %d events of %s (try %d of %d)",
+                        len(metrics),
+                        len(events),
+                        self.job_id,
+                        self._failed_tries,
+                        BATCH_TRIES,
+                        exc_info=True,
+                    )
+                    with self._lock:  # keep them for the next flush, in order
+                        self._events[:0], self._metrics[:0] = events, metrics
+                else:
+                    log.exception(
+                        "dropping %d metric rows and %d events of %s after %d failed tries",
+                        len(metrics),
+                        len(events),
+                        self.job_id,
+                        BATCH_TRIES,
+                    )
+                    self._failed_tries = 0
+                return
+        self._failed_tries = 0
+        if not held:
+            log.warning(
+                "attempt %s no longer holds job %s; dropping %d metric rows and %d events",
+                self.attempt,
+                self.job_id,
+                len(metrics),
+                len(events),
+            )
             self._cancel.set()

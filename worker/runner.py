@@ -1,9 +1,12 @@
 """Run one job: claim it, run the pipeline, publish the checkpoint and report, finish.
 
 A job runs at most once at a time: the claim is one conditional UPDATE, so a message
-delivered twice finds the job no longer ``queued`` and returns. Whatever goes wrong
-ends the job ``failed`` with an error code the user can act on; a checkpoint row
-exists only once its manifest is stored.
+delivered twice finds the job no longer ``queued`` and returns. The claim's attempt
+number fences every later write: if the reaper gave the job to another attempt while
+this one still ran (its heartbeats stalled), this one's writes match no row, and it
+stops without publishing or finishing. Whatever goes wrong ends the job ``failed`` with
+an error code the user can act on; a checkpoint row exists only once its manifest is
+stored.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import socket
 import traceback
 
 from core.db.artifacts import add_checkpoint, save_report
-from core.db.jobs import claim_job, finish_job
+from core.db.jobs import add_events, claim_job, finish_job, hold_job, published_output
 from core.db.model_registry import register_model
 from core.errors import Cancelled, ObliviateError
 from core.models.checkpoint import MANIFEST, sha256_file
@@ -42,20 +45,28 @@ class JobRunner:
         return cls(get_settings(), session_factory(), object_store())
 
     def run(self, job_id: str) -> str | None:
-        """Returns the final status, or None when the job was not ours to run."""
+        """Returns the final status, or None when the job was not ours to run (not
+        queued, or taken from this attempt by the reaper meanwhile)."""
         with self.sessions() as session:
             job = claim_job(session, job_id, self.worker_id)
         if job is None:
             log.info("job %s is not queued (duplicate message or cancelled); skipping", job_id)
             return None
-        workdir = self.settings.cache_dir / "jobs" / job_id
+        attempt = job.attempts
+        if attempt > 1:
+            with self.sessions() as session:
+                published = published_output(session, job_id)
+            if published is not None:
+                return self._finish_published(job_id, attempt, published)
+        # Per attempt: a reaped attempt still running on this host keeps its own folder.
+        workdir = self.settings.cache_dir / "jobs" / job_id / f"attempt-{attempt}"
         shutil.rmtree(workdir, ignore_errors=True)
         reporter = DbReporter(
-            self.sessions, job_id, interval_s=self.settings.heartbeat_interval_s
+            self.sessions, job_id, attempt=attempt, interval_s=self.settings.heartbeat_interval_s
         ).start()
         status, error, output_model_id = "failed", None, None
         try:
-            output_model_id = self._execute(job, workdir, reporter)
+            output_model_id = self._execute(job, attempt, workdir, reporter)
             status = "succeeded"
         except Cancelled:
             status = "cancelled"
@@ -85,40 +96,72 @@ class JobRunner:
         finally:
             reporter.stop()
             shutil.rmtree(workdir, ignore_errors=True)
-        if reporter.status not in ("running", "cancelling"):
-            log.warning(
-                "job %s is %s now (reaped or finished elsewhere); not finishing it",
-                job_id,
-                reporter.status,
-            )
-            return reporter.status
         with self.sessions() as session:
-            finish_job(session, job_id, status, error=error, output_model_id=output_model_id)
-        return status
+            ended = finish_job(
+                session,
+                job_id,
+                status,
+                error=error,
+                output_model_id=output_model_id,
+                attempt=attempt,
+            )
+        if ended is None:
+            log.warning(
+                "attempt %d no longer holds job %s (reaped, or finished elsewhere); "
+                "not finishing it",
+                attempt,
+                job_id,
+            )
+        return ended
 
-    def _execute(self, job, workdir, reporter) -> str:
+    def _finish_published(self, job_id: str, attempt: int, output_model_id: str) -> str | None:
+        """An earlier attempt published the checkpoint and report, then died before
+        finishing: the result exists and is complete (one transaction wrote its rows
+        after every file), so finish instead of training again."""
+        with self.sessions() as session:
+            add_events(
+                session,
+                job_id,
+                [
+                    {
+                        "level": "warning",
+                        "type": "restart",
+                        "message": f"attempt {attempt}: an earlier attempt already "
+                        "published the checkpoint and report; finishing without retraining",
+                    }
+                ],
+            )
+            return finish_job(
+                session, job_id, "succeeded", output_model_id=output_model_id, attempt=attempt
+            )
+
+    def _execute(self, job, attempt: int, workdir, reporter) -> str:
         from core.pipeline import run_job
 
         spec = JobSpec.model_validate(job.spec)
-        with self.sessions() as session:
-            resolver = InputResolver(session, self.settings, self.store)
-            inputs = resolver.resolve(spec, job)
-            outcome = run_job(
-                spec,
-                inputs,
-                workdir,
-                reporter=reporter,
-                lookup=resolver.registry_lookup,
-                settings=self.settings,
-            )
+        resolver = InputResolver(self.sessions, self.settings, self.store)
+        inputs = resolver.resolve(spec, job)
+        outcome = run_job(
+            spec,
+            inputs,
+            workdir,
+            reporter=CancelBetweenPhases(reporter),
+            lookup=resolver.registry_lookup,
+            settings=self.settings,
+        )
         if reporter.should_cancel():
             raise Cancelled("cancelled after training")
         reporter.event("phase", "uploading checkpoint")
-        return self._publish(job, spec, outcome)
+        return self._publish(job, attempt, spec, outcome)
 
-    def _publish(self, job, spec: JobSpec, outcome) -> str:
-        prefix = checkpoint_prefix(job.id)
+    def _publish(self, job, attempt: int, spec: JobSpec, outcome) -> str:
+        prefix = checkpoint_prefix(job.id, attempt)
+        reports = report_prefix(job.id, attempt)
+        # Every upload first: the rows' transaction below holds SQLite's write lock (and
+        # the job row's lock on Postgres), which must not wait on the object store.
         self.store.upload_folder(outcome.checkpoint_dir, prefix, last=MANIFEST)
+        if outcome.report_dir is not None:
+            self.store.upload_folder(outcome.report_dir, reports, last="report.json")
         files = outcome.manifest["files"] + [
             {
                 "path": MANIFEST,
@@ -129,39 +172,64 @@ class JobRunner:
         summary = (outcome.report or {}).get("summary") or {}
         last = outcome.history[-1].values() if outcome.history else {}
         with self.sessions() as session:
-            add_checkpoint(
-                session,
-                job.id,
-                "final",
-                outcome.steps,
-                prefix,
-                files,
-                manifest_sha256=files[-1]["sha256"],
-                metrics={**last, **summary},
-            )
-            if outcome.report_dir is not None:
-                self.store.upload_folder(
-                    outcome.report_dir, report_prefix(job.id), last="report.json"
-                )
-                save_report(
+            # Only a job still running on this attempt publishes: a cancel that arrived
+            # meanwhile wins, and a reaped attempt writes nothing into the next one.
+            if hold_job(session, job.id, attempt, statuses=("running",)):
+                add_checkpoint(
                     session,
                     job.id,
-                    (outcome.report or {}).get("schema_version", 1),
-                    summary,
-                    json_key=f"{report_prefix(job.id)}/report.json",
-                    html_key=f"{report_prefix(job.id)}/report.html",
+                    "final",
+                    outcome.steps,
+                    prefix,
+                    files,
+                    manifest_sha256=files[-1]["sha256"],
+                    metrics={**last, **summary},
                 )
-            source = prefix + "/merged" if outcome.manifest.get("merged") else prefix
-            model = register_model(
-                session,
-                job.id,
-                self.store.uri(source),
-                "job_output",
-                job_id=job.id,
-                description=f"{spec.method} unlearning of {spec.model}",
-            )
-            session.commit()
-            return model.id
+                if outcome.report_dir is not None:
+                    save_report(
+                        session,
+                        job.id,
+                        (outcome.report or {}).get("schema_version", 1),
+                        summary,
+                        json_key=f"{reports}/report.json",
+                        html_key=f"{reports}/report.html",
+                    )
+                source = prefix + "/merged" if outcome.manifest.get("merged") else prefix
+                model = register_model(
+                    session,
+                    job.id,
+                    self.store.uri(source),
+                    "job_output",
+                    job_id=job.id,
+                    description=f"{spec.method} unlearning of {spec.model}",
+                )
+                session.commit()
+                return model.id
+        # Outside the transaction: no row points at these files, and none ever will.
+        for folder in (prefix, reports):
+            self.store.delete_prefix(f"{folder}/")
+        raise Cancelled("cancelled before the checkpoint was published")
 
 
-__all__ = ["JobRunner"]
+class CancelBetweenPhases:
+    """The reporter as the pipeline sees it, with a cancel check at every phase change.
+    The training loop checks every step; evaluation and the report (which can take
+    longer than training) have no checks of their own, so a cancel that arrives during
+    them stops the job at the next phase instead of after all of them."""
+
+    def __init__(self, reporter: DbReporter):
+        self.reporter = reporter
+
+    def event(self, kind: str, message: str, level: str = "info", **data) -> None:
+        if kind == "phase" and self.reporter.should_cancel():
+            raise Cancelled(f"cancelled before {message}")
+        self.reporter.event(kind, message, level=level, **data)
+
+    def step(self, metrics) -> None:
+        self.reporter.step(metrics)
+
+    def should_cancel(self) -> bool:
+        return self.reporter.should_cancel()
+
+
+__all__ = ["CancelBetweenPhases", "JobRunner"]

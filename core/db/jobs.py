@@ -2,8 +2,15 @@
 
 Every state change is a conditional UPDATE (``WHERE status = ...``), so two processes
 racing on one job (a redelivered message, a reaper and a late heartbeat, a cancel and a
-finish) cannot both win. Functions take a Session; the caller commits unless the
-docstring says the function does.
+finish) cannot both win. The worker's writes are also fenced by the attempt number its
+claim returned (``WHERE attempts = ...``): a worker that was reaped while still alive
+(its heartbeats stalled) cannot heartbeat, publish into or finish the next attempt.
+
+Liveness runs on the database's clock (heartbeats, claims and the reaper's cutoffs), so
+workers and API hosts whose clocks disagree cannot make a live job look stale.
+
+Functions take a Session; the caller commits unless the docstring says the function
+does.
 """
 
 from __future__ import annotations
@@ -12,9 +19,21 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Row, bindparam, func, or_, select, update
+from sqlalchemy import (
+    Row,
+    bindparam,
+    case,
+    delete,
+    exists,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.sql.expression import FunctionElement
 
 from core.db.ids import is_id, new_id
 from core.db.json_safe import finite_or_none
@@ -24,13 +43,14 @@ from core.db.tables import (
     EVENT_LEVELS,
     JOB_STATUSES,
     TERMINAL_STATUSES,
+    Checkpoint,
     Job,
     JobEvent,
     JobMetric,
     Model,
     Report,
 )
-from core.db.types import utcnow
+from core.db.types import UTCDateTime, utcnow
 from core.errors import Conflict, NotFound
 
 if TYPE_CHECKING:
@@ -69,6 +89,36 @@ _ATTRIBUTE_BY_COLUMN = {
     if attr.columns[0].name != attr.key
 }
 _COLUMN_NAMES = tuple(column.name for column in _jobs.c)
+
+
+class database_now(FunctionElement):  # noqa: N801 - reads as the SQL function it renders
+    """The database server's clock, as UTC: one clock for every heartbeat and every
+    staleness cutoff, whichever host writes or reads them."""
+
+    type = UTCDateTime()
+    inherit_cache = True
+
+
+@compiles(database_now)
+def _database_now_postgres(element, compiler, **kw) -> str:
+    return "now()"
+
+
+@compiles(database_now, "sqlite")
+def _database_now_sqlite(element, compiler, **kw) -> str:
+    # The text layout UTCDateTime stores on SQLite (naive UTC, fractional seconds), so
+    # values written here and by Python compare correctly as strings.
+    return "strftime('%Y-%m-%d %H:%M:%f', 'now')"
+
+
+#: Progress columns of a run that has not started (a retry starts from here again).
+_NO_PROGRESS = {
+    "step": 0,
+    "total_steps": None,
+    "epoch": 0.0,
+    "trained_tokens": 0,
+    "estimated_finish": None,
+}
 
 
 # ---------------------------------------------------------------------------- create
@@ -134,9 +184,7 @@ def insert_job(
         "updated_at": now,
         "enqueued_at": now,
         "attempts": 0,
-        "step": 0,
-        "epoch": 0.0,
-        "trained_tokens": 0,
+        **_NO_PROGRESS,
     }
     session.connection().execute(_INSERT_JOB, row)
     _status_event(session, row["id"], "queued", "job created and queued", now=now)
@@ -231,7 +279,15 @@ def claim_job(
     """Move ``queued -> running`` in one conditional UPDATE. Commits.
 
     Returns None when the job was not queued (already claimed, cancelled, finished, or
-    unknown): a message delivered twice never runs a job twice.
+    unknown): a message delivered twice never runs a job twice. The returned job's
+    ``attempts`` is this claim's fencing token: pass it as ``attempt`` to every later
+    write of the run.
+
+    A retry (attempt 2 and on) starts the run over, so the metrics and progress of
+    earlier attempts are cleared in the same transaction (``/metrics`` then pages one
+    clean run; events stay, they are the job's history). Not when an earlier attempt
+    already published the result: those describe it, and the worker finishes without
+    retraining.
     """
     now = now or utcnow()
     claimed = session.execute(
@@ -240,8 +296,8 @@ def claim_job(
         .values(
             status="running",
             attempts=Job.attempts + 1,
-            started_at=now,
-            heartbeat_at=now,
+            started_at=database_now(),
+            heartbeat_at=database_now(),
             updated_at=now,
             worker_id=worker_id,
         )
@@ -250,14 +306,32 @@ def claim_job(
     if claimed is None:
         session.rollback()
         return None
+    attempt = claimed.attempts
     _status_event(
         session,
         job_id,
         "running",
-        f"started on {worker_id} (attempt {claimed.attempts})",
+        f"started on {worker_id} (attempt {attempt})",
         now=now,
-        data={"worker_id": worker_id, "attempt": claimed.attempts},
+        data={"worker_id": worker_id, "attempt": attempt},
     )
+    if attempt > 1 and not session.scalar(select(_is_published(job_id))):
+        session.execute(delete(JobMetric).where(JobMetric.job_id == job_id))
+        session.execute(update(Job).where(Job.id == job_id).values(**_NO_PROGRESS))
+        add_events(
+            session,
+            job_id,
+            [
+                {
+                    "level": "warning",
+                    "type": "restart",
+                    "message": f"attempt {attempt} starts the run over; the metrics of "
+                    "earlier attempts were discarded (their events stay)",
+                    "data": {"attempt": attempt},
+                    "created_at": now,
+                }
+            ],
+        )
     session.commit()
     return _fresh(session, job_id)
 
@@ -266,19 +340,22 @@ def heartbeat(
     session: Session,
     job_id: str,
     *,
+    attempt: int | None = None,
     step: int,
     total_steps: int | None = None,
     epoch: float | None = None,
     trained_tokens: int | None = None,
     estimated_finish: datetime | None = None,
     now: datetime | None = None,
-) -> str:
+) -> str | None:
     """Record progress and liveness; returns the job's status, so the worker sees
     ``cancelling`` (stop and clean up) or anything but ``running`` (stop: the job was
-    reaped or finished elsewhere). Progress is only written while the job is active.
-    Commits."""
+    reaped or finished elsewhere). None when ``attempt`` no longer holds the job (it was
+    reaped and claimed again): stop, and write nothing more. Progress is only written
+    while the job is active and held. ``heartbeat_at`` is the database's clock; ``now``
+    only sets ``updated_at``. Commits."""
     now = now or utcnow()
-    values: dict[str, Any] = {"step": step, "heartbeat_at": now, "updated_at": now}
+    values: dict[str, Any] = {"step": step, "heartbeat_at": database_now(), "updated_at": now}
     optional = {
         "total_steps": total_steps,
         "epoch": epoch,
@@ -287,21 +364,47 @@ def heartbeat(
     }
     values.update({key: value for key, value in optional.items() if value is not None})
     row = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status.in_(ACTIVE_STATUSES))
-        .values(**values)
-        .returning(Job.status)
+        update(Job).where(*_held(job_id, attempt)).values(**values).returning(Job.status)
     ).first()
-    status = row.status if row else session.scalar(select(Job.status).where(Job.id == job_id))
+    if row is not None:
+        status = row.status
+    else:
+        current = session.execute(select(Job.status, Job.attempts).where(Job.id == job_id)).first()
+        if current is None:
+            session.rollback()
+            raise _job_not_found(job_id)
+        superseded = attempt is not None and current.attempts != attempt
+        status = None if superseded else current.status
     session.commit()
-    if status is None:
-        raise _job_not_found(job_id)
     return status
+
+
+def hold_job(
+    session: Session,
+    job_id: str,
+    attempt: int | None,
+    *,
+    statuses: Sequence[str] = ACTIVE_STATUSES,
+) -> bool:
+    """Whether ``attempt`` still holds the job (in one of ``statuses``); call it first in
+    a transaction that writes the run's rows (metrics, the checkpoint), and roll back
+    when False. Not committed.
+
+    It is a write (it records a heartbeat), so it takes the job row's lock on Postgres
+    and the database write lock on SQLite until the caller commits: a reaper or a new
+    claim racing with the transaction waits for it and then sees its rows, instead of
+    the rows landing in the next attempt's run.
+    """
+    result = session.execute(
+        update(Job).where(*_held(job_id, attempt, statuses)).values(heartbeat_at=database_now())
+    )
+    return result.rowcount == 1
 
 
 def add_events(session: Session, job_id: str, events: Iterable[dict[str, Any]]) -> None:
     """Insert events in one statement. Each: ``level`` (info|warning|error, default
-    info), ``type``, ``message``, optional ``data`` and ``created_at``."""
+    info), ``type``, ``message``, optional ``data`` and ``created_at``. NUL characters
+    are removed (Postgres text and JSONB cannot hold them)."""
     now = utcnow()
     rows = []
     for event in events:
@@ -313,9 +416,9 @@ def add_events(session: Session, job_id: str, events: Iterable[dict[str, Any]]) 
                 "job_id": job_id,
                 "created_at": event.get("created_at") or now,
                 "level": level,
-                "type": event["type"],
-                "message": event.get("message", ""),
-                "data": finite_or_none(event.get("data")),
+                "type": _without_nul(event["type"]),
+                "message": _without_nul(event.get("message", "")),
+                "data": _without_nul(finite_or_none(event.get("data"))),
             }
         )
     if rows:
@@ -340,6 +443,18 @@ def add_metrics(session: Session, job_id: str, rows: Iterable[dict[str, Any]]) -
         session.connection().execute(_INSERT_METRIC, batch)
 
 
+def published_output(session: Session, job_id: str) -> str | None:
+    """The output model of a job whose result an earlier attempt already published (its
+    worker died between publishing and finishing), else None."""
+    return session.scalar(
+        select(Model.id).where(
+            Model.job_id == job_id,
+            Model.kind == "job_output",
+            _is_published(job_id),
+        )
+    )
+
+
 def finish_job(
     session: Session,
     job_id: str,
@@ -347,19 +462,32 @@ def finish_job(
     error: dict[str, Any] | None = None,
     output_model_id: str | None = None,
     *,
+    attempt: int | None = None,
     now: datetime | None = None,
-) -> bool:
-    """End an active (running or cancelling) job as succeeded, failed or cancelled.
-    False when it was not active any more (reaped, already finished). Commits."""
+) -> str | None:
+    """End an active (running or cancelling) job as succeeded, failed or cancelled;
+    returns the status it ended in. None when it was not active any more (reaped,
+    already finished) or ``attempt`` no longer holds it. Commits.
+
+    A ``cancelling`` job asked to end ``succeeded`` ends ``cancelled``, unless its
+    checkpoint was already published: then the result exists (the cancel came too late
+    to stop it), the job ends ``succeeded`` and an event says so. NUL characters are
+    removed from the error.
+    """
     if status not in TERMINAL_STATUSES:
         raise ValueError(f"finish status must be one of {TERMINAL_STATUSES}, got {status!r}")
     now = now or utcnow()
-    error = error or {}
-    result = session.execute(
+    error = {key: _without_nul(value) for key, value in (error or {}).items()}
+    final_status: Any = status
+    if status == "succeeded":
+        final_status = case(
+            ((Job.status == "cancelling") & ~_is_published(Job.id), "cancelled"), else_="succeeded"
+        )
+    row = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status.in_(ACTIVE_STATUSES))
+        .where(*_held(job_id, attempt))
         .values(
-            status=status,
+            status=final_status,
             finished_at=now,
             updated_at=now,
             estimated_finish=None,
@@ -368,26 +496,46 @@ def finish_job(
             error_param=error.get("param"),
             output_model_id=output_model_id,
         )
-    )
-    if result.rowcount != 1:
+        .returning(Job.status, Job.cancel_requested_at)
+    ).first()
+    if row is None:
         session.rollback()
-        return False
+        return None
+    ended = row.status
+    # cancel_requested_at is only ever set by a cancel of an active job.
+    cancel_was_requested = row.cancel_requested_at is not None
     message = {
         "succeeded": "job succeeded",
         "cancelled": "job cancelled",
         "failed": f"job failed: {error.get('message') or error.get('code') or 'unknown error'}",
-    }[status]
+    }[ended]
+    if ended != status:
+        message = "job cancelled: the cancel arrived before the checkpoint was published"
     _status_event(
         session,
         job_id,
-        status,
+        ended,
         message,
         now=now,
-        level="error" if status == "failed" else "info",
+        level="error" if ended == "failed" else "info",
         data={"error": error} if error else None,
     )
+    if ended == "succeeded" and cancel_was_requested:
+        add_events(
+            session,
+            job_id,
+            [
+                {
+                    "level": "warning",
+                    "type": "cancel",
+                    "message": "the cancel arrived after the checkpoint was published; "
+                    "the job completed",
+                    "created_at": now,
+                }
+            ],
+        )
     session.commit()
-    return True
+    return ended
 
 
 # ----------------------------------------------------------------------- cancel
@@ -438,33 +586,55 @@ def reap_stale_jobs(
     stale_after_s: float,
     requeue_queued_after_s: float,
     max_attempts: int,
+    time_limit_s: float | None = None,
 ) -> list[str]:
     """Recover jobs whose worker died or whose message was lost.
 
     - running/cancelling with a heartbeat older than ``stale_after_s``: ``cancelling``
       becomes ``cancelled``; ``running`` goes back to ``queued``, or to ``failed`` with
-      error ``worker_lost`` once ``attempts >= max_attempts``;
+      error ``worker_lost`` once ``attempts >= max_attempts``, or with error
+      ``time_limit`` once the attempt started ``time_limit_s`` ago (the hard time limit
+      killed it; another attempt would be killed the same way);
     - queued with ``enqueued_at`` older than ``requeue_queued_after_s`` (or never
-      enqueued): a lost message.
+      enqueued): a lost message. ``enqueued_at`` is bumped whenever the job is published,
+      so a job waiting behind a backlog is published again at most once per interval.
 
+    ``now`` defaults to the database's clock, the one heartbeats are written with.
     Returns the ids to publish again, their ``enqueued_at`` bumped. The caller commits
     first, then publishes.
     """
-    now = now or utcnow()
+    now = now or session.scalar(select(database_now()))
     stale_cutoff = now - timedelta(seconds=stale_after_s)
     is_stale = or_(Job.heartbeat_at < stale_cutoff, Job.heartbeat_at.is_(None))
     to_enqueue: list[str] = []
 
     stale = session.execute(
-        select(Job.id, Job.status, Job.attempts).where(Job.status.in_(ACTIVE_STATUSES), is_stale)
+        select(Job.id, Job.status, Job.attempts, Job.started_at).where(
+            Job.status.in_(ACTIVE_STATUSES), is_stale
+        )
     ).all()
-    for job_id, status, attempts in stale:
+    for job_id, status, attempts, started_at in stale:
         silent = f"no heartbeat for {stale_after_s:g}s"
         values: dict[str, Any] = {"updated_at": now, "estimated_finish": None}
         level = "warning"
+        over_time = (
+            time_limit_s is not None
+            and started_at is not None
+            and now - started_at >= timedelta(seconds=time_limit_s)
+        )
         if status == "cancelling":
             values.update(status="cancelled", finished_at=now)
             message = f"worker lost while cancelling ({silent}); job cancelled"
+        elif over_time:
+            values.update(
+                status="failed",
+                finished_at=now,
+                error_code="time_limit",
+                error_message=f"the job ran past the {time_limit_s:g}s time limit on attempt "
+                f"{attempts} and was stopped",
+            )
+            message = f"attempt {attempts} hit the {time_limit_s:g}s time limit; not retried"
+            level = "error"
         elif attempts >= max_attempts:
             values.update(
                 status="failed",
@@ -550,6 +720,35 @@ def _status_event(
             }
         ],
     )
+
+
+def _is_published(job_id: Any) -> Any:
+    """EXISTS: a job's result exists once its final checkpoint row is committed (the
+    worker commits it with the report and the output model, after storing every file).
+    ``job_id``: an id, or ``Job.id`` inside a statement on ``jobs``."""
+    return exists().where(Checkpoint.job_id == job_id, Checkpoint.name == "final")
+
+
+def _held(job_id: str, attempt: int | None, statuses: Sequence[str] = ACTIVE_STATUSES) -> list:
+    """WHERE conditions: the job is in ``statuses`` and, when ``attempt`` is given, still
+    on that attempt (None: any attempt, for callers that are not a fenced worker)."""
+    conditions = [Job.id == job_id, Job.status.in_(list(statuses))]
+    if attempt is not None:
+        conditions.append(Job.attempts == attempt)
+    return conditions
+
+
+def _without_nul(value: Any) -> Any:
+    """``value`` with NUL characters removed from its strings (also inside JSON data):
+    Postgres text and JSONB reject them, and an exception message or a record read from
+    a binary file can carry one."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_without_nul(item) for item in value]
+    return value
 
 
 def _fresh(session: Session, job_id: str) -> Job:

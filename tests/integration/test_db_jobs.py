@@ -254,3 +254,212 @@ def test_list_jobs_filters_and_pages_newest_first(db_session):
     after_claim = jobs.list_jobs(db_session, updated_after=made[4].updated_at).items
     assert [r.id for r in after_claim] == [made[0].id]
     assert jobs.count_jobs_by_status(db_session)["queued"] == 4
+
+
+# ------------------------------------------------------- fencing, clocks and retries
+
+
+def reap_and_claim_again(session, job_id: str, worker_id: str = "w2") -> int:
+    """What happens when a worker's heartbeats stall: the reaper requeues the job and
+    another worker claims it. One transaction, so the stalled worker cannot slip a
+    heartbeat in between; returns the new attempt."""
+    session.execute(
+        Job.__table__.update()
+        .where(Job.id == job_id)
+        .values(heartbeat_at=utcnow() - timedelta(hours=1))
+    )
+    assert jobs.reap_stale_jobs(
+        session, stale_after_s=120, requeue_queued_after_s=300, max_attempts=3
+    ) == [job_id]
+    return jobs.claim_job(session, job_id, worker_id).attempts  # commits both
+
+
+def test_a_reaped_attempt_cannot_heartbeat_publish_or_finish_the_next_one(db_session):
+    job = make_job(db_session)
+    first = jobs.claim_job(db_session, job.id, "w1").attempts
+    assert jobs.heartbeat(db_session, job.id, attempt=first, step=5) == "running"
+    second = reap_and_claim_again(db_session, job.id)
+    assert (first, second) == (1, 2)
+
+    assert jobs.heartbeat(db_session, job.id, attempt=first, step=50) is None  # stop
+    assert not jobs.hold_job(db_session, job.id, first)
+    db_session.rollback()
+    assert jobs.finish_job(db_session, job.id, "succeeded", attempt=first) is None
+    job = jobs.get_job(db_session, job.id)
+    db_session.refresh(job)
+    assert (job.status, job.attempts, job.worker_id, job.step) == ("running", 2, "w2", 0)
+
+    assert jobs.heartbeat(db_session, job.id, attempt=second, step=1) == "running"
+    assert jobs.hold_job(db_session, job.id, second)
+    db_session.commit()
+    assert jobs.finish_job(db_session, job.id, "succeeded", attempt=second) == "succeeded"
+
+
+def test_heartbeats_and_the_reaper_run_on_the_database_clock(db_session):
+    """A worker whose clock runs an hour behind is not reaped while it heartbeats."""
+    job = make_job(db_session)
+    jobs.claim_job(db_session, job.id, "w")
+    skewed = utcnow() - timedelta(hours=1)
+    jobs.heartbeat(db_session, job.id, attempt=1, step=1, now=skewed)
+    assert (
+        jobs.reap_stale_jobs(
+            db_session, stale_after_s=120, requeue_queued_after_s=300, max_attempts=3
+        )
+        == []
+    )
+    db_session.commit()
+    job = jobs.get_job(db_session, job.id)
+    db_session.refresh(job)
+    assert job.status == "running"
+    for written in (job.heartbeat_at, job.started_at):  # aware UTC, read back from text
+        assert written.tzinfo is not None and abs(written - utcnow()) < timedelta(minutes=1)
+    assert job.heartbeat_at >= job.started_at
+
+    # Silent for longer than stale_after_s by the database's clock: reaped.
+    db_session.execute(
+        Job.__table__.update()
+        .where(Job.id == job.id)
+        .values(heartbeat_at=utcnow() - timedelta(seconds=121))
+    )
+    assert jobs.reap_stale_jobs(
+        db_session, stale_after_s=120, requeue_queued_after_s=300, max_attempts=3
+    ) == [job.id]
+
+
+def test_an_attempt_killed_at_the_time_limit_is_not_retried(db_session):
+    now = utcnow()
+
+    def silent_job(started_ago: timedelta) -> str:
+        job = make_job(db_session)
+        jobs.claim_job(db_session, job.id, "w")
+        db_session.execute(
+            Job.__table__.update()
+            .where(Job.id == job.id)
+            .values(started_at=now - started_ago, heartbeat_at=now - timedelta(minutes=10))
+        )
+        db_session.commit()
+        return job.id
+
+    killed = silent_job(timedelta(hours=24, minutes=3))
+    crashed = silent_job(timedelta(hours=1))
+    to_enqueue = jobs.reap_stale_jobs(
+        db_session,
+        now=now,
+        stale_after_s=120,
+        requeue_queued_after_s=300,
+        max_attempts=3,
+        time_limit_s=24 * 3600,
+    )
+    db_session.commit()
+    assert to_enqueue == [crashed]
+    killed_job = jobs.get_job(db_session, killed)
+    db_session.refresh(killed_job)
+    assert (killed_job.status, killed_job.error_code) == ("failed", "time_limit")
+    assert "time limit" in killed_job.error_message
+    assert statuses_of(db_session, killed)[-1] == "failed"
+
+
+def test_a_queued_job_is_published_again_at_most_once_per_interval(db_session):
+    """A job waiting behind a backlog is not re-published at every reaper pass."""
+    job = make_job(db_session)
+    db_session.execute(
+        Job.__table__.update()
+        .where(Job.id == job.id)
+        .values(enqueued_at=utcnow() - timedelta(minutes=11))
+    )
+    db_session.commit()
+
+    def reaper_pass(**clock) -> list[str]:
+        published = jobs.reap_stale_jobs(
+            db_session, stale_after_s=120, requeue_queued_after_s=600, max_attempts=3, **clock
+        )
+        db_session.commit()
+        return published
+
+    assert reaper_pass() == [job.id]
+    assert [reaper_pass() for _ in range(3)] == [[], [], []]
+    in_nine_minutes = utcnow() + timedelta(minutes=9)
+    assert reaper_pass(now=in_nine_minutes) == []
+    assert reaper_pass(now=in_nine_minutes + timedelta(minutes=2)) == [job.id]
+    requeues = db_session.scalars(
+        select(JobEvent).where(JobEvent.job_id == job.id, JobEvent.type == "requeue")
+    ).all()
+    assert len(requeues) == 2
+
+
+def test_a_retry_starts_a_clean_run_but_keeps_the_history(db_session):
+    job = make_job(db_session)
+    jobs.claim_job(db_session, job.id, "w1")
+    jobs.heartbeat(db_session, job.id, attempt=1, step=2, total_steps=9, epoch=0.2)
+    jobs.add_metrics(db_session, job.id, [{"step": s, "values": {"loss": 1.0}} for s in (1, 2)])
+    jobs.add_events(db_session, job.id, [{"type": "phase", "message": "unlearning"}])
+    db_session.commit()
+
+    assert reap_and_claim_again(db_session, job.id) == 2
+    assert jobs.list_metrics(db_session, job.id).items == []
+    job = jobs.get_job(db_session, job.id)
+    db_session.refresh(job)
+    assert (job.step, job.total_steps, job.epoch) == (0, None, 0.0)
+    events = jobs.list_events(db_session, job.id).items
+    assert "unlearning" in [event.message for event in events]  # history stays
+    assert events[-1].type == "restart" and "attempt 2" in events[-1].message
+
+
+def add_final_checkpoint(session, job_id: str) -> None:
+    from core.db.artifacts import add_checkpoint
+
+    add_checkpoint(session, job_id, "final", 3, f"jobs/{job_id}/attempt-1/c", [], "0" * 64)
+    session.commit()
+
+
+def test_a_retry_after_the_result_was_published_keeps_its_metrics(db_session):
+    from core.db.model_registry import register_model
+
+    job = make_job(db_session)
+    jobs.claim_job(db_session, job.id, "w1")
+    jobs.add_metrics(db_session, job.id, [{"step": 1, "values": {"loss": 1.0}}])
+    add_final_checkpoint(db_session, job.id)
+    output = register_model(db_session, job.id, "file:///x", "job_output", job_id=job.id)
+    db_session.commit()
+
+    assert reap_and_claim_again(db_session, job.id) == 2
+    assert [m.step for m in jobs.list_metrics(db_session, job.id).items] == [1]
+    assert jobs.published_output(db_session, job.id) == output.id
+
+
+def test_finish_ends_a_cancelling_job_cancelled_unless_its_result_was_published(db_session):
+    def cancelling_job() -> str:
+        job = make_job(db_session)
+        jobs.claim_job(db_session, job.id, "w")
+        jobs.request_cancel(db_session, job.id)
+        db_session.commit()
+        return job.id
+
+    too_late = cancelling_job()
+    add_final_checkpoint(db_session, too_late)
+    assert jobs.finish_job(db_session, too_late, "succeeded", attempt=1) == "succeeded"
+    messages = [event.message for event in jobs.list_events(db_session, too_late).items]
+    assert "the cancel arrived after the checkpoint was published; the job completed" in messages
+
+    in_time = cancelling_job()
+    assert jobs.finish_job(db_session, in_time, "succeeded", attempt=1) == "cancelled"
+    assert statuses_of(db_session, in_time)[-1] == "cancelled"
+    assert jobs.get_job_status(db_session, in_time) == "cancelled"
+
+
+def test_nul_characters_are_stripped_from_events_and_errors(db_session):
+    """Postgres rejects U+0000 in text and JSONB; an exception message may carry one."""
+    job = make_job(db_session)
+    jobs.claim_job(db_session, job.id, "w")
+    jobs.add_events(
+        db_session,
+        job.id,
+        [{"type": "error", "message": "bad\x00byte", "data": {"line": "a\x00b"}}],
+    )
+    error = {"code": "internal_error", "message": "UnicodeError: \x00", "param": "f\x00"}
+    assert jobs.finish_job(db_session, job.id, "failed", error=error) == "failed"
+    job = jobs.get_job(db_session, job.id)
+    db_session.refresh(job)
+    assert (job.error_message, job.error_param) == ("UnicodeError: ", "f")
+    stored = [e for e in jobs.list_events(db_session, job.id).items if e.type == "error"]
+    assert (stored[0].message, stored[0].data) == ("badbyte", {"line": "ab"})
