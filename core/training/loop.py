@@ -372,7 +372,12 @@ def run_training(
         result.model = accelerator.unwrap_model(model)
         result.steps, result.trained_tokens = step, tokens
         result.elapsed_s = time.monotonic() - started
-        accelerator.free_memory()
+        # Evaluation and saving follow in this process: drop AdamW's moments (twice the
+        # trainable weights) now. Not accelerator.free_memory(): its full gc.collect()
+        # took 0.3 s, a tenth of a demo-sized run, to find what this frees directly.
+        getattr(optimizer, "optimizer", optimizer).state.clear()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
         return result
 
 
