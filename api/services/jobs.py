@@ -16,6 +16,7 @@ from api.schemas.common import ListObject
 from api.schemas.jobs import EventObject, JobObject, MetricList, MetricObject
 from api.services.models import vet_model_location
 from core.db import jobs as repo
+from core.db.artifacts import get_report
 from core.db.idempotency import add_idempotency_key, find_idempotency_key
 from core.db.jobs import JobRow
 from core.db.references import existing_references
@@ -133,6 +134,16 @@ def _check_oracle_job(session: Session, job_id: str) -> None:
             f"{param}: job {job_id} has no evaluation report to reuse (status {row.status})",
             param=param,
             code="oracle_not_ready",
+        )
+    # Only a job that evaluated an oracle stored its statistics; its summary then has a
+    # forget quality. Checked here so the worker does not fail minutes later.
+    report = get_report(session, job_id)
+    if report is None or (report.summary or {}).get("forget_quality") is None:
+        raise InvalidRequest(
+            f"{param}: job {job_id} evaluated no oracle, so it stored no oracle statistics; "
+            "give the oracle as a model, or a job that had one",
+            param=param,
+            code="oracle_not_found",
         )
 
 

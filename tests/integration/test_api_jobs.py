@@ -145,6 +145,16 @@ def test_oracle_job_needs_a_succeeded_job_with_a_report(client, session_factory,
         artifacts.save_report(session, earlier, 1, {}, f"jobs/{earlier}/report/report.json", None)
         session.commit()
         jobs_repo.finish_job(session, earlier, "succeeded")
+    # A report without an oracle stored no oracle statistics to reuse.
+    assert error_of(submit(client, body)) == (422, "oracle_not_found", "evaluation.oracle")
+    with_oracle = submit(client, job_body(forget_id)).json()["id"]
+    with session_factory() as session:
+        jobs_repo.claim_job(session, with_oracle, "w")
+        key = f"jobs/{with_oracle}/report/report.json"
+        artifacts.save_report(session, with_oracle, 1, {"forget_quality": 0.4}, key, None)
+        session.commit()
+        jobs_repo.finish_job(session, with_oracle, "succeeded")
+    body = job_body(forget_id, evaluation={"oracle": f"job:{with_oracle}"})
     assert submit(client, body).status_code == 201
 
 
