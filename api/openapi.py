@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
+from api.schemas.deletion_requests import DeletionRequestCreate
 from api.schemas.models import ModelCreate
 from core.spec import JobSpec
 
@@ -47,7 +48,7 @@ def install_openapi(app: FastAPI) -> None:
                 title=app.title, version=app.version, summary=app.summary, routes=app.routes
             )
             schemas = document.setdefault("components", {}).setdefault("schemas", {})
-            for model in (JobSpec, ModelCreate):
+            for model in (JobSpec, ModelCreate, DeletionRequestCreate):
                 definition = model.model_json_schema(ref_template=REF)
                 schemas.update(definition.pop("$defs", {}))
                 schemas[model.__name__] = definition

@@ -27,6 +27,17 @@ METADATA_BOUNDS = (
     "keys are 1-64 characters of A-Z a-z 0-9 _ . : - (letters, digits, underscore, dot, "
     "colon, hyphen), values at most 512 characters"
 )
+METADATA_MAX_KEYS = 16
+METADATA_DESCRIPTION = f"Free-form labels (max {METADATA_MAX_KEYS} keys)."
+
+
+def check_metadata(value: dict[str, str]) -> dict[str, str]:
+    """The bounds of every ``metadata`` field (jobs, deletion requests); a pydantic
+    validator, so it raises ValueError."""
+    for key, item in value.items():
+        if not METADATA_KEY.fullmatch(key) or len(item) > 512:
+            raise ValueError(f"key {key!r}: {METADATA_BOUNDS}")
+    return value
 
 
 class StrictModel(BaseModel):
@@ -128,7 +139,13 @@ class JobSpec(StrictModel):
     )
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed for data order and init.")
     metadata: dict[str, str] = Field(
-        default_factory=dict, description="Free-form labels (max 16 keys).", max_length=16
+        default_factory=dict, description=METADATA_DESCRIPTION, max_length=METADATA_MAX_KEYS
+    )
+    deletion_request: str | None = Field(
+        None,
+        max_length=64,
+        description="Id of the deletion request this job serves (POST /v1/deletion-requests); "
+        "the request then lists the job and its evidence.",
     )
 
     @field_validator("prompt_template")
@@ -141,10 +158,7 @@ class JobSpec(StrictModel):
     @field_validator("metadata")
     @classmethod
     def _metadata_bounds(cls, value: dict[str, str]) -> dict[str, str]:
-        for key, item in value.items():
-            if not METADATA_KEY.fullmatch(key) or len(item) > 512:
-                raise ValueError(f"key {key!r}: {METADATA_BOUNDS}")
-        return value
+        return check_metadata(value)
 
     def method_hyperparameters(self) -> UnlearningHyperparameters:
         """The method's validated hyperparameters, defaults filled in."""

@@ -46,6 +46,8 @@ def run_migrations(connection) -> None:
                 text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK_KEY}
             )
         context.run_migrations()
+        if connection.dialect.name == "sqlite":
+            _check_foreign_keys(connection)
 
 
 def run_migrations_online() -> None:
@@ -56,9 +58,31 @@ def run_migrations_online() -> None:
     engine = make_engine(database_url(), pool_size=1)
     try:
         with engine.connect() as connection:
-            run_migrations(connection)
+            sqlite = connection.dialect.name == "sqlite"
+            if sqlite:
+                # A batch migration rebuilds a table (copy, drop the old one, rename); with
+                # foreign keys enforced, dropping a table other tables' rows reference
+                # fails. The pragma only takes effect outside a transaction.
+                _set_foreign_keys(connection, enforced=False)
+            try:
+                run_migrations(connection)
+            finally:
+                if sqlite:
+                    _set_foreign_keys(connection, enforced=True)
     finally:
         engine.dispose()
+
+
+def _set_foreign_keys(connection, *, enforced: bool) -> None:
+    connection.exec_driver_sql(f"PRAGMA foreign_keys={'ON' if enforced else 'OFF'}")
+    connection.commit()
+
+
+def _check_foreign_keys(connection) -> None:
+    """What enforcement would have caught while it was off: fail the migration."""
+    violations = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+    if violations:
+        raise RuntimeError(f"the migration left rows with dangling foreign keys: {violations[:5]}")
 
 
 def run_migrations_offline() -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import DatabaseDep, ReadDatabaseDep, SettingsDep, StoreDep
+from api.deps import DatabaseDep, PrincipalDep, ReadDatabaseDep, SettingsDep, StoreDep
 from api.openapi import UPLOAD_BODY
 from api.routers.params import After, Limit
 from api.schemas.common import ListObject
@@ -16,7 +16,11 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
 @router.post("", status_code=201, response_model=DatasetObject, openapi_extra=UPLOAD_BODY)
 async def upload_dataset(
-    request: Request, db: DatabaseDep, settings: SettingsDep, store: StoreDep
+    request: Request,
+    db: DatabaseDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    principal: PrincipalDep,
 ) -> DatasetObject:
     """Multipart: ``file`` (JSONL, CSV or Parquet) and optional ``name``. Every record is
     validated; errors name the file, line and field (``forget.jsonl:12:answer``)."""
@@ -27,7 +31,7 @@ async def upload_dataset(
         )
     finally:
         upload.discard()
-    return await db.run(datasets.record_dataset, stored)
+    return await db.run(datasets.record_dataset, stored, principal=principal)
 
 
 @router.get("", response_model=ListObject[DatasetObject])

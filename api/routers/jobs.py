@@ -94,10 +94,10 @@ async def get_job(job_id: str, request: Request, db: ReadDatabaseDep) -> Respons
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobObject)
-async def cancel_job(job_id: str, db: DatabaseDep) -> JobObject:
+async def cancel_job(job_id: str, db: DatabaseDep, principal: PrincipalDep) -> JobObject:
     """A queued job is cancelled at once; a running one becomes ``cancelling`` until its
     worker stops. 409 ``job_not_cancellable`` once finished."""
-    return await db.run(jobs.cancel_job, job_id)
+    return await db.run(jobs.cancel_job, job_id, principal=principal)
 
 
 @router.get("/{job_id}/events", response_model=ListObject[EventObject])

@@ -35,6 +35,7 @@ class JobObject(BaseModel):
     prompt_template: str | None
     seed: int
     metadata: dict[str, str]
+    deletion_request: str | None
     progress: Progress
     created_at: datetime
     started_at: datetime | None
@@ -82,6 +83,7 @@ class JobObject(BaseModel):
             prompt_template=spec.get("prompt_template"),
             seed=job["seed"],
             metadata=job["metadata"],
+            deletion_request=job.get("deletion_request_id"),
             progress=Progress(
                 step=step,
                 total_steps=total_steps,

@@ -10,6 +10,7 @@ from api.uploads import Upload
 from core.datasets import StoredDataset, store_dataset_file
 from core.datasets import record_dataset as core_record_dataset
 from core.db import datasets as repo
+from core.db.audit import add_audit_entry
 from core.errors import InvalidRequest
 from core.storage import ObjectStore
 
@@ -25,9 +26,18 @@ def validate_and_store(store: ObjectStore, upload: Upload, name: str | None) -> 
     return store_dataset_file(store, upload.path, filename=filename, name=name)
 
 
-def record_dataset(session: Session, stored: StoredDataset) -> DatasetObject:
-    """Insert the row of a stored upload; a row therefore always has its file."""
+def record_dataset(session: Session, stored: StoredDataset, *, principal: str) -> DatasetObject:
+    """Insert the row of a stored upload (a row therefore always has its file) and its
+    audit entry."""
     dataset = core_record_dataset(session, stored)
+    add_audit_entry(
+        session,
+        principal=principal,
+        action="dataset.created",
+        object_type="dataset",
+        object_id=dataset.id,
+        data={"sha256": dataset.sha256, "record_count": dataset.record_count},
+    )
     session.commit()
     return DatasetObject.from_row(dataset)
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -14,18 +12,19 @@ from sqlalchemy.orm import Session
 
 from api.schemas.common import ListObject
 from api.schemas.jobs import EventObject, JobObject, MetricList, MetricObject
+from api.services.idempotency import body_digest, check_idempotency_key, earlier_result
 from api.services.models import vet_model_location
 from core.db import jobs as repo
 from core.db.artifacts import get_report
-from core.db.idempotency import add_idempotency_key, find_idempotency_key
+from core.db.audit import add_audit_entry
+from core.db.idempotency import add_idempotency_key
 from core.db.jobs import JobRow
 from core.db.references import existing_references
-from core.errors import Conflict, InvalidRequest, NotFound
+from core.errors import InvalidRequest, NotFound
 from core.queue import enqueue_job
 from core.settings import Settings
 from core.spec import JobSpec, parse_job_spec
 
-MAX_IDEMPOTENCY_KEY_LENGTH = 255
 #: The evaluation settings that name a dataset (``utility`` is a list of them; ``oracle``
 #: names a model). A test fails when EvaluationSpec grows a text field not listed here.
 EVALUATION_DATASET_FIELDS = ("forget", "retain", "holdout", "knowmem_forget", "knowmem_retain")
@@ -41,15 +40,16 @@ def submit_job(
     principal: str,
     idempotency_key: str | None = None,
 ) -> tuple[JobObject, bool]:
-    """Validate, insert the job and its first event, commit, then enqueue.
+    """Validate, insert the job, its first event and its audit entry, commit, then
+    enqueue.
 
     Returns ``(job, created)``: ``created`` is False when an earlier request with the
     same idempotency key made this job. If the broker is down the job stays ``queued``
     and the reaper publishes it later; the request still succeeds.
     """
-    request_sha256 = _body_digest(body)
+    request_sha256 = body_digest(body)
     if idempotency_key is not None:
-        _check_idempotency_key(idempotency_key)
+        check_idempotency_key(idempotency_key)
         earlier = _replay(session, principal, idempotency_key, request_sha256)
         if earlier is not None:
             return earlier, False
@@ -58,6 +58,19 @@ def submit_job(
     hyperparameters = spec.method_hyperparameters().model_dump(mode="json")
     check_references(session, settings, spec)
     job = repo.insert_job(session, spec, spec.forget, spec.retain, hyperparameters=hyperparameters)
+    add_audit_entry(
+        session,
+        principal=principal,
+        action="job.submitted",
+        object_type="job",
+        object_id=job["id"],
+        data={
+            "method": spec.method,
+            "model": spec.model,
+            "forget": spec.forget,
+            "deletion_request": spec.deletion_request,
+        },
+    )
     if idempotency_key is not None:
         try:
             add_idempotency_key(session, principal, idempotency_key, request_sha256, job["id"])
@@ -75,9 +88,9 @@ def submit_job(
 
 
 def check_references(session: Session, settings: Settings, spec: JobSpec) -> None:
-    """Every data reference must be an uploaded dataset and every model one we may load:
-    fail now with the field's name rather than minutes later on a worker. One query
-    checks all of them."""
+    """Every data reference must be an uploaded dataset, every model one we may load,
+    and the deletion request one that exists: fail now with the field's name rather
+    than minutes later on a worker. One query checks all of them."""
     evaluation = spec.evaluation
     datasets: list[tuple[str, str]] = [("forget", spec.forget)]
     if spec.retain is not None:
@@ -98,25 +111,33 @@ def check_references(session: Session, settings: Settings, spec: JobSpec) -> Non
         if location.kind == "registered":
             registered.append((param, location.value))
 
-    known_datasets, known_models = existing_references(
+    known = existing_references(
         session,
         dataset_ids=[value for _, value in datasets],
         model_names=[name for _, name in registered],
+        deletion_request_ids=[spec.deletion_request] if spec.deletion_request else [],
     )
     for param, value in datasets:
-        if value not in known_datasets:
+        if value not in known.datasets:
             raise InvalidRequest(
                 f"{param}: no dataset with id {value!r}; upload it with POST /v1/datasets",
                 param=param,
                 code="unknown_dataset",
             )
     for param, name in registered:
-        if name not in known_models:
+        if name not in known.models:
             raise InvalidRequest(
                 f"{param}: no model named {name!r}; see GET /v1/models or register one",
                 param=param,
                 code="unknown_model",
             )
+    if spec.deletion_request is not None and spec.deletion_request not in known.deletion_requests:
+        raise InvalidRequest(
+            f"deletion_request: no deletion request with id {spec.deletion_request!r}; "
+            "create one with POST /v1/deletion-requests",
+            param="deletion_request",
+            code="unknown_deletion_request",
+        )
     if oracle is not None and oracle.startswith("job:"):
         _check_oracle_job(session, oracle.removeprefix("job:"))
 
@@ -147,31 +168,9 @@ def _check_oracle_job(session: Session, job_id: str) -> None:
         )
 
 
-def _body_digest(body: dict[str, Any]) -> str:
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def _check_idempotency_key(key: str) -> None:
-    if not key or len(key) > MAX_IDEMPOTENCY_KEY_LENGTH or not key.isprintable():
-        raise InvalidRequest(
-            f"Idempotency-Key: 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} printable characters",
-            param="Idempotency-Key",
-            code="invalid_value",
-        )
-
-
 def _replay(session: Session, principal: str, key: str, request_sha256: str) -> JobObject | None:
-    row = find_idempotency_key(session, principal, key)
-    if row is None:
-        return None
-    if row.request_sha256 != request_sha256:
-        raise Conflict(
-            "this Idempotency-Key was already used with a different request body",
-            param="Idempotency-Key",
-            code="idempotency_key_reused",
-        )
-    return JobObject.from_row(repo.get_job_row(session, row.job_id))
+    job_id = earlier_result(session, principal, key, request_sha256, made="job_id")
+    return None if job_id is None else JobObject.from_row(repo.get_job_row(session, job_id))
 
 
 def get_job(session: Session, job_id: str) -> JobRow:
@@ -219,8 +218,16 @@ def list_jobs(
     )
 
 
-def cancel_job(session: Session, job_id: str) -> JobObject:
-    repo.request_cancel(session, job_id)
+def cancel_job(session: Session, job_id: str, *, principal: str) -> JobObject:
+    job = repo.request_cancel(session, job_id)
+    add_audit_entry(
+        session,
+        principal=principal,
+        action="job.cancel_requested",
+        object_type="job",
+        object_id=job_id,
+        data={"status": job.status},
+    )
     session.commit()
     return JobObject.from_row(repo.get_job_row(session, job_id))
 

@@ -58,8 +58,7 @@ def get_dataset(session: Session, dataset_id: str) -> Dataset:
 
 def existing_dataset_ids(session: Session, ids: Iterable[str]) -> set[str]:
     """Which of ``ids`` exist, in one query."""
-    found, _ = existing_references(session, dataset_ids=ids, model_names=())
-    return found
+    return existing_references(session, dataset_ids=ids, model_names=()).datasets
 
 
 def list_datasets(session: Session, *, after: str | None = None, limit: int = 20) -> Page[Dataset]:

@@ -35,6 +35,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.sql.expression import FunctionElement
 
+from core.db.audit import WORKER, add_audit_entry
 from core.db.ids import is_id, new_id
 from core.db.json_safe import finite_or_none
 from core.db.pagination import Page, paginate
@@ -180,6 +181,7 @@ def insert_job(
         "hyperparameters": hyperparameters,
         "seed": spec.seed,
         "metadata": dict(spec.metadata),
+        "deletion_request_id": spec.deletion_request,
         "created_at": now,
         "updated_at": now,
         "enqueued_at": now,
@@ -534,6 +536,14 @@ def finish_job(
                 }
             ],
         )
+    add_audit_entry(
+        session,
+        principal=WORKER,
+        action="job.finished",
+        object_type="job",
+        object_id=job_id,
+        data={"status": ended, "error_code": error.get("code")},
+    )
     session.commit()
     return ended
 

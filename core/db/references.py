@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import NamedTuple
 
 from sqlalchemy import bindparam, literal, select, union_all
 from sqlalchemy.orm import Session
 
 from core.db.ids import is_id
-from core.db.tables import Dataset, Model
+from core.db.tables import Dataset, DeletionRequest, Model
 from core.models.locations import NAME_PATTERN
 
 _datasets = Dataset.__table__.c
 _models = Model.__table__.c
+_deletion_requests = DeletionRequest.__table__.c
 
 # Built once (expanding IN parameters): constructing it costs more than running it.
 _EXISTING = union_all(
@@ -22,19 +24,36 @@ _EXISTING = union_all(
     select(literal("model").label("kind"), _models.name.label("ref")).where(
         _models.name.in_(bindparam("model_names", expanding=True))
     ),
+    select(literal("deletion_request").label("kind"), _deletion_requests.id.label("ref")).where(
+        _deletion_requests.id.in_(bindparam("deletion_request_ids", expanding=True))
+    ),
 )
 
 
+class ExistingReferences(NamedTuple):
+    datasets: set[str]
+    models: set[str]
+    deletion_requests: set[str]
+
+
 def existing_references(
-    session: Session, *, dataset_ids: Iterable[str], model_names: Iterable[str]
-) -> tuple[set[str], set[str]]:
-    """Which of the dataset ids and model names exist: ``(datasets, models)``. Values
+    session: Session,
+    *,
+    dataset_ids: Iterable[str],
+    model_names: Iterable[str],
+    deletion_request_ids: Iterable[str] = (),
+) -> ExistingReferences:
+    """Which of the dataset ids, model names and deletion request ids exist. Values
     that cannot be ids or names are not looked up (so never reach the database)."""
-    wanted_datasets = sorted({value for value in dataset_ids if is_id(value, "ds")})
-    wanted_models = sorted({value for value in model_names if NAME_PATTERN.match(value)})
-    found: dict[str, set[str]] = {"dataset": set(), "model": set()}
-    if wanted_datasets or wanted_models:
-        parameters = {"dataset_ids": wanted_datasets, "model_names": wanted_models}
+    parameters = {
+        "dataset_ids": sorted({value for value in dataset_ids if is_id(value, "ds")}),
+        "model_names": sorted({value for value in model_names if NAME_PATTERN.match(value)}),
+        "deletion_request_ids": sorted(
+            {value for value in deletion_request_ids if is_id(value, "dr")}
+        ),
+    }
+    found: dict[str, set[str]] = {"dataset": set(), "model": set(), "deletion_request": set()}
+    if any(parameters.values()):
         for kind, ref in session.connection().execute(_EXISTING, parameters):
             found[kind].add(ref)
-    return found["dataset"], found["model"]
+    return ExistingReferences(found["dataset"], found["model"], found["deletion_request"])

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     Float,
     ForeignKey,
     Index,
@@ -20,10 +21,11 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from core.db.types import IdString, JSONDoc, UTCDateTime, utcnow
+from core.db.types import BigSerial, IdString, JSONDoc, UTCDateTime, utcnow
 
 JOB_STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
 ACTIVE_STATUSES = ("running", "cancelling")
@@ -110,6 +112,9 @@ class Job(Base):
     error_param: Mapped[str | None] = mapped_column(String(512))
     cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     output_model_id: Mapped[str | None] = mapped_column(IdString, ForeignKey("models.id"))
+    deletion_request_id: Mapped[str | None] = mapped_column(
+        IdString, ForeignKey("deletion_requests.id"), index=True
+    )
 
     @property
     def error(self) -> dict[str, str | None] | None:
@@ -170,12 +175,51 @@ class Report(Base):
 
 class IdempotencyKey(Base):
     """One row per (principal, key): the primary key is what makes concurrent
-    duplicates safe, since only one insert can win."""
+    duplicates safe, since only one insert can win. A key made either a job or a
+    deletion request (one namespace per principal: reusing a job's key for a deletion
+    request is a conflict)."""
 
     __tablename__ = "idempotency_keys"
+    __table_args__ = (
+        CheckConstraint("(job_id IS NULL) <> (deletion_request_id IS NULL)", name="one_target"),
+    )
 
     principal: Mapped[str] = mapped_column(String(64), primary_key=True)
     key: Mapped[str] = mapped_column(String(256), primary_key=True)
     request_sha256: Mapped[str] = mapped_column(String(64))
-    job_id: Mapped[str] = mapped_column(IdString, ForeignKey("jobs.id"))
+    job_id: Mapped[str | None] = mapped_column(IdString, ForeignKey("jobs.id"))
+    deletion_request_id: Mapped[str | None] = mapped_column(
+        IdString, ForeignKey("deletion_requests.id")
+    )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class DeletionRequest(Base):
+    """A request to forget something ("everything about subject X"). Its status is
+    derived from the jobs that link to it (``jobs.deletion_request_id``), never stored."""
+
+    __tablename__ = "deletion_requests"
+
+    id: Mapped[str] = mapped_column(IdString, primary_key=True)
+    subject: Mapped[str] = mapped_column(String(512))
+    description: Mapped[str | None] = mapped_column(Text)
+    external_ref: Mapped[str | None] = mapped_column(String(256))
+    metadata_: Mapped[dict[str, str]] = mapped_column("metadata", JSONDoc)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AuditEntry(Base):
+    """Append-only: triggers (see migration 0002) make UPDATE and DELETE fail on both
+    databases. Written in the transaction of the action it records
+    (``core.db.audit.add_audit_entry``)."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigSerial, primary_key=True, autoincrement=True)
+    # The database's clock (CURRENT_TIMESTAMP, whole seconds, on SQLite).
+    at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+    principal: Mapped[str] = mapped_column(String(64), index=True)
+    action: Mapped[str] = mapped_column(String(64))
+    object_type: Mapped[str] = mapped_column(String(32))
+    object_id: Mapped[str] = mapped_column(IdString, index=True)
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc)

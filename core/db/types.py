@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, DateTime, String
+from sqlalchemy import JSON, BigInteger, DateTime, Integer, String
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.types import TypeDecorator
 
@@ -47,3 +47,7 @@ JSONDoc = JSON().with_variant(postgresql.JSONB(), "postgresql")
 #: Prefixed ids compare bytewise on Postgres whatever the database's collation, so
 #: ``ORDER BY id`` is creation order everywhere.
 IdString = String(40).with_variant(String(40, collation="C"), "postgresql")
+
+#: A 64-bit auto-incrementing primary key: BIGSERIAL on Postgres; on SQLite INTEGER,
+#: since only an ``INTEGER PRIMARY KEY`` becomes the (64-bit) rowid there.
+BigSerial = BigInteger().with_variant(Integer(), "sqlite")

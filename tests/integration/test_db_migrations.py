@@ -13,7 +13,7 @@ from core.db.engine import make_engine
 from core.db.migrate import current_revision, downgrade, upgrade
 from core.db.tables import Base
 
-HEAD = "0001"
+HEAD = "0002"
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -61,5 +61,48 @@ def test_migrated_schema_matches_the_orm_models(database_url):
         with engine.connect() as connection:
             context = MigrationContext.configure(connection, opts={"compare_type": True})
             assert compare_metadata(context, Base.metadata) == []
+    finally:
+        engine.dispose()
+
+
+def test_0002_keeps_existing_rows_both_ways(empty_database_url):
+    """On SQLite 0002 rebuilds the jobs table, which other tables' rows reference: it
+    must keep every row, up and down."""
+    upgrade(empty_database_url, "0001")
+    now = "2025-01-01 00:00:00"
+    rows = [
+        "INSERT INTO datasets VALUES ('ds_1', 'f', 'f.jsonl', 'jsonl', 'qa', 1, 1, :sha, 'k',"
+        " '[]', false, :now)",
+        "INSERT INTO jobs (id, status, method, model, forget_dataset_id, spec, hyperparameters,"
+        " seed, metadata, created_at, updated_at, attempts, step, epoch, trained_tokens)"
+        " VALUES ('job_1', 'queued', 'npo', 'm', 'ds_1', '{}', '{}', 0, '{}', :now, :now, 0, 0,"
+        " 0, 0)",
+        "INSERT INTO job_events (job_id, created_at, level, type, message)"
+        " VALUES ('job_1', :now, 'info', 'status', 'queued')",
+        "INSERT INTO idempotency_keys VALUES ('anonymous', 'k', :sha, 'job_1', :now)",
+    ]
+    engine = make_engine(empty_database_url, pool_size=1)
+    try:
+        with engine.begin() as connection:
+            for statement in rows:
+                connection.execute(text(statement), {"sha": "0" * 64, "now": now})
+
+        def counts() -> tuple:
+            with engine.connect() as connection:
+                return tuple(
+                    connection.execute(text(f"SELECT count(*) FROM {table}")).scalar()
+                    for table in ("datasets", "jobs", "job_events", "idempotency_keys")
+                )
+
+        upgrade(empty_database_url)
+        assert counts() == (1, 1, 1, 1)
+        with engine.connect() as connection:
+            link = connection.execute(text("SELECT deletion_request_id FROM jobs")).scalar()
+            assert link is None
+        downgrade(empty_database_url, "0001")
+        assert current_revision(empty_database_url) == "0001"
+        assert counts() == (1, 1, 1, 1)
+        upgrade(empty_database_url)
+        assert counts() == (1, 1, 1, 1)
     finally:
         engine.dispose()

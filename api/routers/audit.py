@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from api.deps import ReadDatabaseDep
+from api.schemas.audit import AuditAction, AuditEntryObject
+from api.schemas.common import ListObject
+from api.services import audit
+from core.db.ids import ID_PATTERN
+
+router = APIRouter(prefix="/v1/audit", tags=["audit"])
+
+PRINCIPAL_PATTERN = r"^[A-Za-z0-9:_-]{1,64}$"
+
+
+@router.get("", response_model=ListObject[AuditEntryObject])
+async def list_audit_entries(
+    db: ReadDatabaseDep,
+    object_id: Annotated[str | None, Query(pattern=ID_PATTERN.pattern)] = None,
+    action: AuditAction | None = None,
+    principal: Annotated[
+        str | None,
+        Query(
+            pattern=PRINCIPAL_PATTERN,
+            description="`anonymous` (no auth), `key:<digest>` (an API key), `worker`.",
+        ),
+    ] = None,
+    after: Annotated[int | None, Query(ge=0, le=2**62, description="Last entry id seen.")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> ListObject[AuditEntryObject]:
+    """The append-only audit log, oldest first (the order things happened): page on
+    with ``after`` = ``last_id``. Filters: ``object_id`` (a dataset, job or deletion
+    request), ``action``, ``principal``. Entries record who (the API key's digest,
+    ``anonymous`` without auth, ``worker`` for job endings) did what to which object,
+    written in the same transaction as the action; the database refuses to update or
+    delete them."""
+    return await db.run(
+        audit.list_audit_entries,
+        object_id=object_id,
+        action=action,
+        principal=principal,
+        after=after,
+        limit=limit,
+    )

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response
+
+from api.body import JsonObject
+from api.deps import DatabaseDep, PrincipalDep, ReadDatabaseDep
+from api.openapi import json_body
+from api.routers.params import After, Limit
+from api.schemas.common import ListObject
+from api.schemas.deletion_requests import (
+    DeletionRequestCreate,
+    DeletionRequestObject,
+    DeletionRequestStatus,
+)
+from api.services import deletion_requests
+
+router = APIRouter(prefix="/v1/deletion-requests", tags=["deletion requests"])
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=DeletionRequestObject,
+    openapi_extra=json_body(DeletionRequestCreate),
+)
+async def create_deletion_request(
+    body: JsonObject,
+    db: DatabaseDep,
+    principal: PrincipalDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> DeletionRequestObject:
+    """File a request to forget something (``{subject, description, external_ref,
+    metadata}``); jobs then serve it with ``"deletion_request": "<id>"``. 201 when
+    created; 200 with the original when an ``Idempotency-Key`` is repeated with the same
+    body."""
+    request, created = await db.run(
+        deletion_requests.create_deletion_request,
+        body,
+        principal=principal,
+        idempotency_key=idempotency_key,
+    )
+    if not created:
+        response.status_code = 200
+    response.headers["Location"] = f"/v1/deletion-requests/{request.id}"
+    return request
+
+
+@router.get("", response_model=ListObject[DeletionRequestObject])
+async def list_deletion_requests(
+    db: ReadDatabaseDep,
+    status: Annotated[list[DeletionRequestStatus] | None, Query(description="Repeatable.")] = None,
+    after: After = None,
+    limit: Limit = 20,
+) -> ListObject[DeletionRequestObject]:
+    """Newest first. Filter: ``status`` (repeatable)."""
+    return await db.run(
+        deletion_requests.list_deletion_requests,
+        statuses=status or [],
+        after=after,
+        limit=limit,
+    )
+
+
+@router.get("/{deletion_request_id}", response_model=DeletionRequestObject)
+async def get_deletion_request(
+    deletion_request_id: str, db: ReadDatabaseDep
+) -> DeletionRequestObject:
+    """With its status (derived from the linked jobs) and, for the newest 100 linked
+    jobs, their state, output model and the verification evidence of their reports
+    (``job_count`` counts them all; ``GET /v1/jobs`` lists every job)."""
+    return await db.run(deletion_requests.get_deletion_request, deletion_request_id)

@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from api.schemas.common import ErrorObject, StrictBody
+from api.schemas.jobs import JobStatus
+from core.db.deletion_requests import DeletionRequestView
+from core.spec import METADATA_DESCRIPTION, METADATA_MAX_KEYS, check_metadata
+
+DeletionRequestStatus = Literal["open", "in_progress", "fulfilled", "unfulfilled"]
+
+
+class DeletionRequestCreate(StrictBody):
+    subject: str = Field(
+        ...,
+        min_length=1,
+        max_length=512,
+        description="Who or what is to be forgotten, e.g. 'everything about Jane Roe'.",
+    )
+    description: str | None = Field(None, max_length=4096)
+    external_ref: str | None = Field(
+        None, max_length=256, description="Your reference, e.g. a ticket id."
+    )
+    metadata: dict[str, str] = Field(
+        default_factory=dict, description=METADATA_DESCRIPTION, max_length=METADATA_MAX_KEYS
+    )
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_bounds(cls, value: dict[str, str]) -> dict[str, str]:
+        return check_metadata(value)
+
+
+class Evidence(BaseModel):
+    """What the job's evaluation report measured on the unlearned model (its summary;
+    docs/report.md defines each value). Null where the report has no such measurement."""
+
+    forget_probability: float | None = None
+    forget_quality: float | None = None
+    forget_quality_before: float | None = None
+    forget_quality_reason: str | None = None
+    forget_truth_ratio: float | None = None
+    forget_rouge: float | None = None
+    extraction_strength: float | None = None
+    exact_memorization: float | None = None
+    mia_auc: dict[str, float | None] | None = None
+    privleak: float | None = None
+    privleak_before: float | None = None
+    privleak_reason: str | None = None
+    verbmem: float | None = None
+    knowmem: float | None = None
+    model_utility: float | None = None
+    model_utility_ratio: float | None = None
+
+    @classmethod
+    def from_summary(cls, summary: dict[str, Any]) -> Evidence:
+        return cls(**{key: summary.get(key) for key in cls.model_fields})
+
+
+class LinkedJob(BaseModel):
+    id: str
+    status: JobStatus
+    method: str
+    model: str
+    created_at: datetime
+    finished_at: datetime | None
+    error: ErrorObject | None
+    output_model: str | None
+    evidence: Evidence | None = Field(description="Null until the job's report is written.")
+    report_url: str | None
+
+    @classmethod
+    def from_row(cls, job) -> LinkedJob:
+        """From a row of ``core.db.deletion_requests.LINKED_JOB_COLUMNS``."""
+        error = None
+        if job.error_code is not None:
+            error = ErrorObject(
+                code=job.error_code, message=job.error_message, param=job.error_param
+            )
+        has_report = job.report_summary is not None
+        return cls(
+            id=job.id,
+            status=job.status,
+            method=job.method,
+            model=job.model,
+            created_at=job.created_at,
+            finished_at=job.finished_at,
+            error=error,
+            output_model=job.output_model,
+            evidence=Evidence.from_summary(job.report_summary) if has_report else None,
+            report_url=f"/v1/jobs/{job.id}/report.html" if has_report else None,
+        )
+
+
+class DeletionRequestObject(BaseModel):
+    id: str
+    object: Literal["deletion_request"] = "deletion_request"
+    subject: str
+    description: str | None
+    external_ref: str | None
+    metadata: dict[str, str]
+    status: DeletionRequestStatus = Field(
+        description="Derived from the linked jobs: open (none), in_progress (one is queued, "
+        "running or cancelling), fulfilled (all ended, one succeeded), unfulfilled (all "
+        "ended, none succeeded)."
+    )
+    job_count: int = Field(description="Every linked job; `jobs` lists the newest 100.")
+    jobs: list[LinkedJob]
+    created_at: datetime
+
+    @classmethod
+    def from_view(cls, view: DeletionRequestView) -> DeletionRequestObject:
+        request = view.request
+        return cls(
+            id=request.id,
+            subject=request.subject,
+            description=request.description,
+            external_ref=request.external_ref,
+            metadata=request.metadata_,
+            status=view.status,
+            job_count=view.job_count,
+            jobs=[LinkedJob.from_row(job) for job in view.jobs],
+            created_at=request.created_at,
+        )

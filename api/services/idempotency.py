@@ -1,0 +1,57 @@
+"""``Idempotency-Key`` handling shared by the POST routes that create things (jobs,
+deletion requests): a retry with the same key and body gets what the first request
+made; the same key with another body, or for the other kind of object, is a 409."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from sqlalchemy.orm import Session
+
+from core.db.idempotency import find_idempotency_key
+from core.errors import Conflict, InvalidRequest
+
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+
+
+def body_digest(body: dict[str, Any]) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def check_idempotency_key(key: str) -> None:
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY_LENGTH or not key.isprintable():
+        raise InvalidRequest(
+            f"Idempotency-Key: 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} printable characters",
+            param="Idempotency-Key",
+            code="invalid_value",
+        )
+
+
+def earlier_result(
+    session: Session,
+    principal: str,
+    key: str,
+    request_sha256: str,
+    made: Literal["job_id", "deletion_request_id"],
+) -> str | None:
+    """The id the first request with this key made, or None for a new key."""
+    row = find_idempotency_key(session, principal, key)
+    if row is None:
+        return None
+    if row.request_sha256 != request_sha256:
+        raise Conflict(
+            "this Idempotency-Key was already used with a different request body",
+            param="Idempotency-Key",
+            code="idempotency_key_reused",
+        )
+    made_id = getattr(row, made)
+    if made_id is None:
+        raise Conflict(
+            "this Idempotency-Key was already used for another kind of request",
+            param="Idempotency-Key",
+            code="idempotency_key_reused",
+        )
+    return made_id

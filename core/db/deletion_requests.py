@@ -1,0 +1,169 @@
+"""Deletion requests and the jobs that serve them.
+
+A request's status is derived from its jobs in the query that reads it, never stored,
+so it cannot disagree with them:
+
+- ``open``: no job links to it;
+- ``in_progress``: a linked job is queued, running or cancelling (even when an earlier
+  one succeeded: the request is not served until every job it asked for has ended);
+- ``fulfilled``: every linked job ended and at least one succeeded;
+- ``unfulfilled``: every linked job ended and none succeeded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import Row, case, func, select
+from sqlalchemy.orm import Session
+
+from core.db.ids import is_id, new_id
+from core.db.pagination import Page
+from core.db.tables import TERMINAL_STATUSES, DeletionRequest, Job, Model, Report
+from core.errors import NotFound
+
+DELETION_REQUEST_STATUSES = ("open", "in_progress", "fulfilled", "unfulfilled")
+#: How many linked jobs (the newest) a request shows; ``job_count`` counts them all.
+MAX_LINKED_JOBS = 100
+
+_jobs = Job.__table__
+_requests = DeletionRequest.__table__
+
+_linked = _jobs.c.deletion_request_id == _requests.c.id
+#: Correlated subqueries over the jobs index on deletion_request_id: one aggregate row
+#: per request (count() of no rows is 0, so a request without jobs is "open").
+_STATUS = (
+    select(
+        case(
+            (func.count() == 0, "open"),
+            (func.count(case((_jobs.c.status.not_in(TERMINAL_STATUSES), 1))) > 0, "in_progress"),
+            (func.count(case((_jobs.c.status == "succeeded", 1))) > 0, "fulfilled"),
+            else_="unfulfilled",
+        )
+    )
+    .where(_linked)
+    .scalar_subquery()
+)
+_JOB_COUNT = select(func.count()).where(_linked).scalar_subquery()
+_VIEW = select(DeletionRequest, _STATUS.label("status"), _JOB_COUNT.label("job_count"))
+
+#: What a request shows of each linked job: its state, output model and report summary.
+LINKED_JOB_COLUMNS = (
+    _jobs.c.id,
+    _jobs.c.deletion_request_id,
+    _jobs.c.status,
+    _jobs.c.method,
+    _jobs.c.model,
+    _jobs.c.created_at,
+    _jobs.c.finished_at,
+    _jobs.c.error_code,
+    _jobs.c.error_message,
+    _jobs.c.error_param,
+    Model.name.label("output_model"),
+    Report.summary.label("report_summary"),
+)
+
+
+@dataclass
+class DeletionRequestView:
+    """A request with what its jobs say: derived status, job count, the newest jobs."""
+
+    request: DeletionRequest
+    status: str
+    job_count: int
+    jobs: Sequence[Row] = field(default_factory=list)  # rows of LINKED_JOB_COLUMNS
+
+
+def create_deletion_request(
+    session: Session,
+    *,
+    subject: str,
+    description: str | None = None,
+    external_ref: str | None = None,
+    metadata: dict[str, str] | None = None,
+) -> DeletionRequestView:
+    """Insert a request (flushed, not committed); it is ``open``, with no jobs yet."""
+    request = DeletionRequest(
+        id=new_id("dr"),
+        subject=subject,
+        description=description,
+        external_ref=external_ref,
+        metadata_=dict(metadata or {}),
+    )
+    session.add(request)
+    session.flush()
+    return DeletionRequestView(request, status="open", job_count=0)
+
+
+def get_deletion_request(session: Session, request_id: str) -> DeletionRequestView:
+    row = None
+    if is_id(request_id, "dr"):
+        row = session.execute(_VIEW.where(DeletionRequest.id == request_id)).first()
+    if row is None:
+        raise NotFound(
+            f"no deletion request with id {request_id!r}",
+            param="deletion_request_id",
+            code="deletion_request_not_found",
+        )
+    return _with_jobs(session, [row])[0]
+
+
+def list_deletion_requests(
+    session: Session,
+    *,
+    statuses: Sequence[str] = (),
+    after: str | None = None,
+    limit: int = 20,
+) -> Page[DeletionRequestView]:
+    """Newest first; ``after`` is the last id of the previous page."""
+    statement = _VIEW
+    if statuses:
+        statement = statement.where(_STATUS.in_(list(statuses)))
+    if after is not None:
+        statement = statement.where(DeletionRequest.id < after)
+    statement = statement.order_by(DeletionRequest.id.desc()).limit(limit + 1)
+    rows = session.execute(statement).all()
+    return Page(items=_with_jobs(session, rows[:limit]), has_more=len(rows) > limit)
+
+
+def _with_jobs(session: Session, rows: Sequence[Row]) -> list[DeletionRequestView]:
+    jobs = _linked_jobs(session, [row.DeletionRequest.id for row in rows if row.job_count])
+    return [
+        DeletionRequestView(
+            row.DeletionRequest,
+            status=row.status,
+            job_count=row.job_count,
+            jobs=jobs.get(row.DeletionRequest.id, []),
+        )
+        for row in rows
+    ]
+
+
+def _linked_jobs(session: Session, request_ids: Iterable[str]) -> dict[str, list[Row]]:
+    """The newest MAX_LINKED_JOBS jobs of each request, newest first, in one query."""
+    request_ids = list(request_ids)
+    if not request_ids:
+        return {}
+    rank = func.row_number().over(
+        partition_by=_jobs.c.deletion_request_id, order_by=_jobs.c.id.desc()
+    )
+    ranked = (
+        select(*LINKED_JOB_COLUMNS, rank.label("rank"))
+        .select_from(
+            _jobs.outerjoin(Model, Model.id == _jobs.c.output_model_id).outerjoin(
+                Report, Report.job_id == _jobs.c.id
+            )
+        )
+        .where(_jobs.c.deletion_request_id.in_(request_ids))
+        .subquery()
+    )
+    statement = (
+        select(*(ranked.c[column.name] for column in LINKED_JOB_COLUMNS))
+        .where(ranked.c.rank <= MAX_LINKED_JOBS)
+        .order_by(ranked.c.deletion_request_id, ranked.c.id.desc())
+    )
+    by_request: dict[str, list[Row]] = {}
+    for job in session.connection().execute(statement):
+        by_request.setdefault(job.deletion_request_id, []).append(job)
+    return by_request
