@@ -39,12 +39,15 @@ class Evidence(BaseModel):
     docs/report.md defines each value). Null where the report has no such measurement."""
 
     forget_probability: float | None = None
+    forget_probability_before: float | None = None
     forget_quality: float | None = None
     forget_quality_before: float | None = None
     forget_quality_reason: str | None = None
     forget_truth_ratio: float | None = None
     forget_rouge: float | None = None
+    forget_rouge_before: float | None = None
     extraction_strength: float | None = None
+    extraction_strength_before: float | None = None
     exact_memorization: float | None = None
     mia_auc: dict[str, float | None] | None = None
     privleak: float | None = None

@@ -538,6 +538,11 @@ def compare(
         privleak_before=leak_before[PRIVLEAK_ATTACK] if leak_before else None,
         privleak_reason=leak_reason,
         model_utility_ratio=(mu_after / mu_before if mu_before and mu_after is not None else None),
+        # The original's values beside the unlearned model's: the evidence an auditor
+        # reads first (how likely and how extractable the answers were, and are now).
+        forget_probability_before=before.metrics.get("forget_probability"),
+        forget_rouge_before=before.metrics.get("forget_rouge"),
+        extraction_strength_before=before.metrics.get("extraction_strength"),
         models={
             "before": {"forget_quality": fq_before, **before.metrics},
             "after": {"forget_quality": fq, **after.metrics},

@@ -23,7 +23,7 @@ import numpy as np
 from core.evaluation.evaluate import HEADLINE_KEYS, EvaluationResult, _json_safe
 
 #: version of report.json; bump the major on breaking changes (docs/report.md)
-REPORT_SCHEMA_VERSION = "1.0"
+REPORT_SCHEMA_VERSION = "1.1"
 
 #: label, what it measures, which direction is good; shown in the HTML and the JSON
 GLOSSARY: dict[str, dict[str, str]] = {
@@ -627,6 +627,9 @@ def write_report(
     for key in (
         "forget_quality_reason",
         "forget_quality_before",
+        "forget_probability_before",
+        "forget_rouge_before",
+        "extraction_strength_before",
         "model_utility_ratio",
         "privleak_before",
         "privleak_reason",

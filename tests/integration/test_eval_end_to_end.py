@@ -305,7 +305,7 @@ def test_report_matches_docs_and_renders(tmp_path, results):
         assert key in documented
     for column in report["evaluations"]["after"]["sets"]["forget"]["samples"]:
         assert f"evaluations.*.sets.*.samples.{column}" in documented
-    assert report["schema_version"] == "1.0"
+    assert report["schema_version"] == "1.1"
     assert report["evaluations"]["oracle"]["sets"]["forget"]["samples"]["truth_ratio"]
     assert EvaluationResult.from_dict(report["evaluations"]["after"]).to_dict() == after.to_dict()
 
