@@ -1,8 +1,8 @@
 """Mini-TOFU: does Obliviate reproduce the SimNPO paper's findings on a model it can
 train itself?
 
-    python bench/minitofu.py --out results.json               # settled defaults, 3 seeds
-    python bench/minitofu.py --sweep --out sweep.json         # the sweep behind them
+    python bench/minitofu.py --out results.json               # settled defaults, seeds 1-3
+    python bench/minitofu.py --sweep grid,kl,push --out sweep.json  # the sweeps behind them (seed 0)
 
 Builds the demo assets (fictitious authors, ~1M-parameter target that memorized them,
 retrain oracle without the forget10 authors), evaluates target and oracle once, then
@@ -52,9 +52,9 @@ COMMON = {
     "max_length": MAX_LENGTH,
 }
 
-# Settled by `--sweep` (docs/minitofu.md has the grid and every run): per method, the
-# best forget quality among the 36 settings whose model utility stays >= 0.9x the
-# original's, on seed 0. GA is shown at a full budget instead (lr 1e-3, 10 epochs, as
+# Settled by `--sweep grid,kl,push` (docs/minitofu.md has the grids and every run): per
+# method, the best forget quality among the settings whose model utility stays >= 0.9x
+# the original's, on seed 0; reported on seeds 1, 2, 3, which took no part in choosing. GA is shown at a full budget instead (lr 1e-3, 10 epochs, as
 # the others get at most), to show that it collapses; its best above the floor is in
 # the docs.
 DEFAULTS = {
@@ -64,8 +64,9 @@ DEFAULTS = {
     "simnpo": {
         "learning_rate": 3e-4,
         "epochs": 10,
-        "retain_coeff": 1.0,
+        "retain_coeff": 5.0,
         "beta": 1.0,
+        "gamma": 3.0,
         "forget_coeff": 1.0,
     },
 }
@@ -97,6 +98,34 @@ SWEEP = {
         "forget_coeff": [1.0],
     },
 }
+# Round 2, the same 12 settings for every method with a retain term: the KL retain term
+# (to the original model, on retain answers) in place of NLL. Round 1 showed utility, not
+# forgetting, binding at the floor; NLL on retain answers keeps those answers but not the
+# original's preferences between right and wrong values (the truth-ratio part of model
+# utility), which KL to the original does keep. Each method keeps its round-1 knob.
+SWEEP_KL_AXES = {
+    "retain_loss": ["kl"],
+    "learning_rate": SWEEP_LR,
+    "epochs": [5, 10],
+    "retain_coeff": [1.0, 5.0],
+}
+SWEEP_KL = {
+    "graddiff": SWEEP_KL_AXES,
+    "npo": {**SWEEP_KL_AXES, "beta": [0.1]},
+    "simnpo": {**SWEEP_KL_AXES, "beta": [1.0], "forget_coeff": [1.0]},
+}
+# Round 3, 12 settings each for the two preference methods: the knob that decides how
+# long each keeps pushing a sample down. SimNPO's weight sigma(gamma - beta * avgNLL)
+# fades once a sample's per-token NLL passes gamma / beta; a margin gamma > 0 keeps it
+# pushing. NPO's fades with beta * (NLL - NLL_ref); a smaller beta keeps it pushing.
+SWEEP_PUSH_AXES = {"learning_rate": [3e-4, 1e-3], "epochs": [10], "retain_coeff": [1.0, 2.0, 5.0]}
+SWEEP_PUSH = {
+    "npo": {**SWEEP_PUSH_AXES, "beta": [0.05, 0.2]},
+    "simnpo": {**SWEEP_PUSH_AXES, "beta": [1.0], "gamma": [1.0, 3.0], "forget_coeff": [1.0]},
+}
+SWEEPS = {"grid": SWEEP, "kl": SWEEP_KL, "push": SWEEP_PUSH}
+#: floors of model utility (x the original's) at which sweeps are compared
+FLOORS = (0.8, 0.85, 0.9, 0.95)
 #: bump when a change to the engine or the evaluation invalidates cached runs
 RUNS_VERSION = 1
 
@@ -223,7 +252,8 @@ def summarize(rows: list[dict], original_mu: float) -> dict:
         out[key] = statistics.fmean(values)
         if len(values) > 1:
             out[f"{key}_std"] = statistics.stdev(values)
-    fq = [r["forget_quality"] for r in rows if r.get("forget_quality")]
+    # 0.0 is a result (a p-value below float range), not a missing one: clamp, don't drop.
+    fq = [r["forget_quality"] for r in rows if r.get("forget_quality") is not None]
     out["log10_forget_quality"] = (
         statistics.fmean(math.log10(max(v, 1e-300)) for v in fq) if fq else None
     )
@@ -276,14 +306,20 @@ def run_defaults(bench: Bench, methods, seeds, log) -> dict:
     return results
 
 
-def run_sweep(bench: Bench, methods, seed: int, log) -> dict:
+def run_sweep(bench: Bench, methods, seed: int, log, grids: list[dict]) -> dict:
+    """Every setting of every grid in ``grids``, per method; the best forget quality at
+    each utility floor over all of them (ties: the higher utility)."""
     original_mu = bench.reference_row(bench.original)["model_utility"]
     grid_results = {}
     for method in methods:
-        axes = SWEEP[method]
+        settings = [
+            dict(zip(grid[method], values))
+            for grid in grids
+            if method in grid
+            for values in itertools.product(*grid[method].values())
+        ]
         rows = []
-        for values in itertools.product(*axes.values()):
-            overrides = dict(zip(axes, values))
+        for overrides in settings:
             row = bench.run(method, overrides, seed)
             row["model_utility_ratio"] = (
                 row["model_utility"] / original_mu if row["model_utility"] is not None else None
@@ -293,10 +329,26 @@ def run_sweep(bench: Bench, methods, seed: int, log) -> dict:
                 f"{method} {overrides}: FQ {_num(row['forget_quality'])} "
                 f"MU ratio {_num(row['model_utility_ratio'])}"
             )
-        eligible = [r for r in rows if (r["model_utility_ratio"] or 0) >= UTILITY_FLOOR]
-        best = max(eligible, key=lambda r: r["forget_quality"] or 0) if eligible else None
-        grid_results[method] = {"runs": rows, "best_above_floor": best, "budget": len(rows)}
+        grid_results[method] = {
+            "runs": rows,
+            "budget": len(rows),
+            "best_at_floor": {str(floor): best_at_floor(rows, floor) for floor in FLOORS},
+        }
+        for floor in FLOORS:
+            best = grid_results[method]["best_at_floor"][str(floor)]
+            if best is not None:
+                log(
+                    f"{method} best at MU >= {floor}x: FQ {_num(best['forget_quality'])} "
+                    f"(MU {best['model_utility_ratio']:.2f}x) with {best['hyperparameters']}"
+                )
     return grid_results
+
+
+def best_at_floor(rows: list[dict], floor: float) -> dict | None:
+    eligible = [r for r in rows if (r.get("model_utility_ratio") or 0) >= floor]
+    if not eligible:
+        return None
+    return max(eligible, key=lambda r: (r["forget_quality"] or 0, r["model_utility_ratio"]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -307,14 +359,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--preset", default="bench", help="demo asset preset (tiny for a smoke run)"
     )
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    parser.add_argument(
+        "--seeds",
+        default="1,2,3",
+        help="comma-separated seeds (the sweep chose on seed 0; these are held out)",
+    )
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--cache", type=Path, default=REPO / ".cache" / "bench")
-    parser.add_argument("--sweep", action="store_true", help="run the hyperparameter sweep instead")
+    parser.add_argument(
+        "--sweep",
+        nargs="?",
+        const=["grid"],
+        type=lambda value: value.split(","),
+        help="run hyperparameter sweeps instead, comma-separated: grid (round 1), kl (2), "
+        "push (3); the best per utility floor is taken over all of them",
+    )
     parser.add_argument(
         "--fresh", action="store_true", help="ignore runs cached by earlier invocations"
     )
     args = parser.parse_args(argv)
+    if args.sweep and not set(args.sweep) <= set(SWEEPS):
+        parser.error(f"--sweep: choose from {', '.join(SWEEPS)}")
 
     def log(message: str) -> None:
         print(message, flush=True)
@@ -324,7 +389,16 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     bench = Bench(args.preset, args.cache, log, fresh=args.fresh)
     if args.sweep:
-        output = {"sweep": run_sweep(bench, methods, seeds[0], log), "utility_floor": UTILITY_FLOOR}
+        output = {
+            "sweep": run_sweep(
+                bench,
+                methods,
+                seeds[0],
+                log,
+                [SWEEPS[name] for name in args.sweep],
+            ),
+            "utility_floor": UTILITY_FLOOR,
+        }
     else:
         results = run_defaults(bench, methods, seeds, log)
         print_table(results, log)
