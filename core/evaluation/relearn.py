@@ -42,7 +42,9 @@ def relearn_attack(
     seed: int = 0,
     before: dict | None = None,
 ) -> dict:
-    """Attack a copy of ``model``; ``before`` holds the unlearned model's forget metrics."""
+    """Attack a copy of ``model``; ``before`` holds the unlearned model's forget metrics
+    on the whole forget set. Each part (relearned, unseen) is also measured before the
+    attack, so that every before/after pair compares the same samples."""
     from core.training.finetune import FinetuneHyperparameters, finetune
 
     attack = spec.relearn
@@ -53,6 +55,26 @@ def relearn_attack(
     train_set = _subset(forget, seen, "relearned")
     examples = encode_record_set(tokenizer, train_set, max_length=max_length, template=template)
 
+    measure = spec.model_copy(update={"relearn": None})
+    parts = {"relearned": train_set}
+    if unseen:
+        parts["unseen"] = _subset(forget, unseen, "not relearned")
+
+    def forget_metrics(net) -> dict[str, dict]:
+        measured = {}
+        for part, records in parts.items():
+            result = evaluate_model(
+                net,
+                tokenizer,
+                EvaluationSets(forget=records),
+                measure,
+                template=template,
+                max_length=max_length,
+            )
+            measured[part] = {key: result.metrics.get(key) for key in REPORTED}
+        return measured
+
+    before_parts = forget_metrics(model)
     attacked = copy.deepcopy(model)
     hparams = FinetuneHyperparameters(
         learning_rate=attack.learning_rate,
@@ -68,21 +90,7 @@ def relearn_attack(
     )
     finetune(attacked, tokenizer, examples, hparams, seed=seed)
 
-    measure = spec.model_copy(update={"relearn": None})
-    parts = {"relearned": train_set}
-    if unseen:
-        parts["unseen"] = _subset(forget, unseen, "not relearned")
-    after = {}
-    for part, records in parts.items():
-        result = evaluate_model(
-            attacked,
-            tokenizer,
-            EvaluationSets(forget=records),
-            measure,
-            template=template,
-            max_length=max_length,
-        )
-        after[part] = {key: result.metrics.get(key) for key in REPORTED}
+    after = forget_metrics(attacked)
     del attacked
     return {
         "steps": attack.steps,
@@ -91,6 +99,8 @@ def relearn_attack(
         "relearned_samples": len(seen),
         "unseen_samples": len(unseen),
         "before_attack": {key: (before or {}).get(key) for key in REPORTED},
+        "before_attack_relearned": before_parts["relearned"],
         "after_attack": after["relearned"],
+        "before_attack_unseen": before_parts.get("unseen"),
         "after_attack_unseen": after.get("unseen"),
     }

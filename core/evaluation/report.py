@@ -479,8 +479,14 @@ def _relearn_section(relearn: dict) -> str:
     """Forget metrics before and after the attack: on the relearned part of the forget
     set (``after_attack``) and, when given, on the part the attack never saw
     (``after_attack_unseen``), which is what tells hidden from removed knowledge."""
+    # Like-for-like pairs where the report has them (1.1); 1.0 reports had one "before"
+    # over the whole forget set.
     columns = {"before attack": relearn.get("before_attack") or {}}
+    if relearn.get("before_attack_relearned"):
+        columns = {"before attack (relearned samples)": relearn["before_attack_relearned"]}
     columns["after attack (relearned samples)"] = relearn.get("after_attack") or {}
+    if relearn.get("before_attack_unseen"):
+        columns["before attack (unseen samples)"] = relearn["before_attack_unseen"]
     if relearn.get("after_attack_unseen"):
         columns["after attack (unseen samples)"] = relearn["after_attack_unseen"]
     keys = {k for values in columns.values() for k, v in values.items() if _is_number(v)}

@@ -390,3 +390,26 @@ def test_demo_target_vs_retrain_oracle(tiny_demo):
     # Membership inference tells the memorized forget set from unseen holdout authors.
     assert original["mia_auc"]["loss"] > 0.9
     assert original["privleak"] > 0
+
+
+def test_relearning_attack_brings_back_what_it_trains_on(tiny_demo):
+    """The retrain oracle never saw forget10: a relearning attack on half of it raises
+    the likelihood of that half, and each before/after pair covers the same samples."""
+    from core.data.records import read_records
+    from core.evaluation.relearn import relearn_attack
+    from core.models.loading import load_model
+    from core.spec import DEFAULT_PROMPT_TEMPLATE, EvaluationSpec, RelearnSpec
+
+    model, tokenizer = load_model(str(tiny_demo.retrain), dtype="fp32")
+    forget = read_records(tiny_demo.data["forget10"])
+    spec = EvaluationSpec(
+        generate=False,
+        relearn=RelearnSpec(steps=20, fraction=0.5, learning_rate=3e-3, batch_size=4),
+    )
+    result = relearn_attack(
+        model, tokenizer, forget, spec, template=DEFAULT_PROMPT_TEMPLATE, max_length=64
+    )
+    assert result["relearned_samples"] == result["unseen_samples"] == 8
+    before, after = result["before_attack_relearned"], result["after_attack"]
+    assert after["forget_probability"] > before["forget_probability"] + 0.2
+    assert result["before_attack_unseen"]["forget_probability"] is not None
