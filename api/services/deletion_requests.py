@@ -6,15 +6,18 @@ from collections.abc import Sequence
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.schemas.common import ListObject
 from api.schemas.deletion_requests import DeletionRequestCreate, DeletionRequestObject
-from api.services.idempotency import body_digest, check_idempotency_key, earlier_result
+from api.services.idempotency import (
+    body_digest,
+    check_idempotency_key,
+    earlier_result,
+    store_idempotency_key,
+)
 from core.db import deletion_requests as repo
 from core.db.audit import add_audit_entry
-from core.db.idempotency import add_idempotency_key
 from core.spec import invalid_request_from
 
 
@@ -56,18 +59,10 @@ def create_deletion_request(
         object_id=request_id,
         data={"external_ref": fields.external_ref},
     )
-    if idempotency_key is not None:
-        try:
-            add_idempotency_key(
-                session, principal, idempotency_key, request_sha256, deletion_request_id=request_id
-            )
-        except IntegrityError:
-            # A concurrent request with the same key committed first: ours never happened.
-            session.rollback()
-            earlier = _replay(session, principal, idempotency_key, request_sha256)
-            if earlier is None:  # pragma: no cover - the winner's row is committed
-                raise
-            return earlier, False
+    if idempotency_key is not None and not store_idempotency_key(
+        session, principal, idempotency_key, request_sha256, deletion_request_id=request_id
+    ):
+        return _replay(session, principal, idempotency_key, request_sha256), False
     session.commit()
     return DeletionRequestObject.from_view(view), True
 

@@ -8,9 +8,10 @@ import hashlib
 import json
 from typing import Any, Literal
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from core.db.idempotency import find_idempotency_key
+from core.db.idempotency import add_idempotency_key, find_idempotency_key
 from core.errors import Conflict, InvalidRequest
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
@@ -55,3 +56,18 @@ def earlier_result(
             code="idempotency_key_reused",
         )
     return made_id
+
+
+def store_idempotency_key(
+    session: Session, principal: str, key: str, request_sha256: str, **made: str
+) -> bool:
+    """Record ``key`` for what this request made (``job_id=`` or
+    ``deletion_request_id=``), in the caller's transaction. False when a concurrent
+    request with the same key committed first: this transaction is rolled back (ours
+    never happened) and the caller replays the winner's result."""
+    try:
+        add_idempotency_key(session, principal, key, request_sha256, **made)
+    except IntegrityError:
+        session.rollback()
+        return False
+    return True

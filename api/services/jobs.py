@@ -7,17 +7,20 @@ from datetime import datetime
 from typing import Any
 
 from celery import Celery
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.schemas.common import ListObject
 from api.schemas.jobs import EventObject, JobObject, MetricList, MetricObject
-from api.services.idempotency import body_digest, check_idempotency_key, earlier_result
+from api.services.idempotency import (
+    body_digest,
+    check_idempotency_key,
+    earlier_result,
+    store_idempotency_key,
+)
 from api.services.models import vet_model_location
 from core.db import jobs as repo
 from core.db.artifacts import get_report
 from core.db.audit import add_audit_entry
-from core.db.idempotency import add_idempotency_key
 from core.db.jobs import JobRow
 from core.db.references import existing_references
 from core.errors import InvalidRequest, NotFound
@@ -71,16 +74,10 @@ def submit_job(
             "deletion_request": spec.deletion_request,
         },
     )
-    if idempotency_key is not None:
-        try:
-            add_idempotency_key(session, principal, idempotency_key, request_sha256, job["id"])
-        except IntegrityError:
-            # A concurrent request with the same key committed first: ours never happened.
-            session.rollback()
-            earlier = _replay(session, principal, idempotency_key, request_sha256)
-            if earlier is None:  # pragma: no cover - the winner's row is committed
-                raise
-            return earlier, False
+    if idempotency_key is not None and not store_idempotency_key(
+        session, principal, idempotency_key, request_sha256, job_id=job["id"]
+    ):
+        return _replay(session, principal, idempotency_key, request_sha256), False
     session.commit()
     if not enqueue_job(celery, job["id"]):
         repo.mark_enqueue_failed(session, job["id"])
