@@ -80,6 +80,7 @@ from core.training.loop import (  # noqa: E402
     Callbacks,
     answer_kl,
     apply_lora,
+    make_optimizer,
     run_training,
     total_optimizer_steps,
 )
@@ -331,7 +332,6 @@ def baseline_training(
     ``run_training`` (batches, pairing, AdamW groups, schedule, clipping, precision), so
     that the comparison isolates the reference handling. Gradient accumulation 1."""
     from accelerate.utils import set_seed
-    from transformers import get_scheduler
 
     set_seed(seed)
     use_retain = hparams.retain_loss != "none" and hparams.retain_coeff > 0 and bool(retain)
@@ -346,22 +346,8 @@ def baseline_training(
     model.train()
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": [p for p in params if p.ndim >= 2], "weight_decay": hparams.weight_decay},
-            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-        ],
-        lr=hparams.learning_rate,
-    )
     total_steps = total_optimizer_steps(len(forget), hparams)
-    scheduler = get_scheduler(
-        {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[
-            hparams.lr_scheduler
-        ],
-        optimizer,
-        num_warmup_steps=int(round(hparams.warmup_ratio * total_steps)),
-        num_training_steps=total_steps,
-    )
+    optimizer, scheduler = make_optimizer(params, hparams, total_steps)
     autocast = torch.autocast(
         device_type=torch.device(device).type,
         dtype=torch.bfloat16,

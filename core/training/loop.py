@@ -120,6 +120,29 @@ def total_optimizer_steps(n_forget: int, hparams, num_processes: int = 1) -> int
     return min(steps, hparams.max_steps) if hparams.max_steps else steps
 
 
+def make_optimizer(params, hparams, total_steps: int):
+    """AdamW without weight decay on biases and norms, and the warm-up + decay schedule."""
+    import torch
+    from transformers import get_scheduler
+
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": hparams.weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ],
+        lr=hparams.learning_rate,
+    )
+    scheduler = get_scheduler(
+        {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[
+            hparams.lr_scheduler
+        ],
+        optimizer,
+        num_warmup_steps=int(round(hparams.warmup_ratio * total_steps)),
+        num_training_steps=total_steps,
+    )
+    return optimizer, scheduler
+
+
 def apply_lora(model, lora: LoraSpec, gradient_checkpointing: bool):
     from peft import LoraConfig, get_peft_model
 
@@ -203,7 +226,6 @@ def run_training(
     """
     import torch
     from accelerate.utils import set_seed
-    from transformers import get_scheduler
 
     from core.runtime import cpu_threads_for
 
@@ -243,24 +265,8 @@ def run_training(
         model.train()
 
         params = [p for p in model.parameters() if p.requires_grad]
-        decay = [p for p in params if p.ndim >= 2]
-        no_decay = [p for p in params if p.ndim < 2]
-        optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": hparams.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=hparams.learning_rate,
-        )
         total_steps = total_optimizer_steps(len(forget), hparams, accelerator.num_processes)
-        scheduler = get_scheduler(
-            {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[
-                hparams.lr_scheduler
-            ],
-            optimizer,
-            num_warmup_steps=int(round(hparams.warmup_ratio * total_steps)),
-            num_training_steps=total_steps,
-        )
+        optimizer, scheduler = make_optimizer(params, hparams, total_steps)
         model, optimizer = accelerator.prepare(model, optimizer)
         if ref_model is not None:
             ref_model.to(device)
