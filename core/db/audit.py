@@ -20,6 +20,8 @@ from core.db.tables import AuditEntry
 #: The principal of writes the worker makes (the API's are ``anonymous`` or
 #: ``key:<digest>``, see ``api.auth``).
 WORKER = "worker"
+#: jobs the reaper ends (worker_lost, time_limit, a cancel nobody finished)
+REAPER = "reaper"
 AUDIT_ACTIONS = (
     "dataset.created",
     "deletion_request.created",

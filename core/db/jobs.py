@@ -35,7 +35,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.sql.expression import FunctionElement
 
-from core.db.audit import WORKER, add_audit_entry
+from core.db.audit import REAPER, WORKER, add_audit_entry
 from core.db.ids import is_id, new_id
 from core.db.json_safe import finite_or_none
 from core.db.pagination import Page, paginate
@@ -668,6 +668,15 @@ def reap_stale_jobs(
         _status_event(session, job_id, values["status"], message, now=now, level=level)
         if values["status"] == "queued":
             to_enqueue.append(job_id)
+        else:  # the reaper ended it: as much an ending for the auditor as a worker's
+            add_audit_entry(
+                session,
+                principal=REAPER,
+                action="job.finished",
+                object_type="job",
+                object_id=job_id,
+                data={"status": values["status"], "error_code": values.get("error_code")},
+            )
 
     queued_cutoff = now - timedelta(seconds=requeue_queued_after_s)
     is_lost = or_(Job.enqueued_at < queued_cutoff, Job.enqueued_at.is_(None))

@@ -170,3 +170,33 @@ def test_unknown_actions_are_a_programming_error(db_session):
 
 def test_action_names_match_the_api_schema():
     assert set(get_args(AuditAction)) == set(AUDIT_ACTIONS)
+
+
+def test_jobs_the_reaper_ends_are_audited_as_finished_by_the_reaper(db_session):
+    from core.db.audit import REAPER
+    from core.db.tables import Job
+
+    now = utcnow()
+    job = make_job(db_session)
+    jobs_repo.claim_job(db_session, job.id, "w")
+    db_session.execute(
+        Job.__table__.update()
+        .where(Job.id == job.id)
+        .values(started_at=now - timedelta(hours=25), heartbeat_at=now - timedelta(minutes=10))
+    )
+    db_session.commit()
+    jobs_repo.reap_stale_jobs(
+        db_session,
+        now=now,
+        stale_after_s=120,
+        requeue_queued_after_s=300,
+        max_attempts=3,
+        time_limit_s=24 * 3600,
+    )
+    db_session.commit()
+    rows = db_session.scalars(select(AuditEntry).where(AuditEntry.object_id == job.id)).all()
+    assert [(r.action, r.principal, r.data) for r in rows][-1] == (
+        "job.finished",
+        REAPER,
+        {"status": "failed", "error_code": "time_limit"},
+    )
