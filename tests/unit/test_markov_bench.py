@@ -3,25 +3,18 @@ smoke run writes its JSON and plot."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "markov.py"
+from tests.fixtures.bench import bench_module
 
 
 @pytest.fixture(scope="module")
 def markov():
-    spec = importlib.util.spec_from_file_location("bench_markov", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    with bench_module("markov.py") as module:
+        yield module
 
 
 @pytest.mark.parametrize(

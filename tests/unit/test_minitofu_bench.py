@@ -3,26 +3,19 @@ summary over seeds keeps a forget quality of 0.0 (it is a result, not a gap)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "minitofu.py"
+from tests.fixtures.bench import bench_module
 
 
 @pytest.fixture(scope="module")
 def minitofu():
-    spec = importlib.util.spec_from_file_location("bench_minitofu", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    with bench_module("minitofu.py") as module:
+        yield module
 
 
 def test_log10_forget_quality_counts_a_zero_p_value(minitofu):
