@@ -211,9 +211,7 @@ def finetune(
         "hyperparameters": hparams.model_dump(),
         "seed": seed,
         "prompt_template": template,
-        "data": {
-            "train": {"name": records.name, "sha256": records.sha256, "records": len(records)}
-        },
+        "data": {"train": records.provenance()},
         "training": {"steps": result.steps, "trained_tokens": result.trained_tokens},
     }
     save_checkpoint(result.model, tokenizer, out / "checkpoint", info=info)

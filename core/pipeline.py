@@ -164,12 +164,7 @@ def run_job(
         "seed": spec.seed,
         "prompt_template": template,
         "data": {
-            role: {
-                "name": records.name,
-                "sha256": records.sha256,
-                "records": len(records),
-                "kind": records.kind,
-            }
+            role: records.provenance()
             for role, records in (("forget", forget_set), ("retain", retain_set))
             if records is not None
         },

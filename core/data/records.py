@@ -75,6 +75,10 @@ class RecordSet:
     def __len__(self) -> int:
         return len(self.records)
 
+    def provenance(self) -> dict:
+        """What a checkpoint manifest records about the data it was trained on."""
+        return {"name": self.name, "sha256": self.sha256, "records": len(self), "kind": self.kind}
+
     @property
     def has_truth_ratio_fields(self) -> bool:
         return all(r.paraphrased_answer and r.perturbed_answers for r in self.records)
