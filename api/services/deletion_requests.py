@@ -12,7 +12,6 @@ from api.schemas.common import ListObject
 from api.schemas.deletion_requests import DeletionRequestCreate, DeletionRequestObject
 from api.services.idempotency import (
     body_digest,
-    check_idempotency_key,
     earlier_result,
     store_idempotency_key,
 )
@@ -33,7 +32,6 @@ def create_deletion_request(
     ``Idempotency-Key`` (and body) made it."""
     request_sha256 = body_digest(body)
     if idempotency_key is not None:
-        check_idempotency_key(idempotency_key)
         earlier = _replay(session, principal, idempotency_key, request_sha256)
         if earlier is not None:
             return earlier, False

@@ -38,7 +38,9 @@ def earlier_result(
     request_sha256: str,
     made: Literal["job_id", "deletion_request_id"],
 ) -> str | None:
-    """The id the first request with this key made, or None for a new key."""
+    """The id the first request with this key made, or None for a new key (after
+    checking the key itself)."""
+    check_idempotency_key(key)
     row = find_idempotency_key(session, principal, key)
     if row is None:
         return None

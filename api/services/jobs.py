@@ -13,7 +13,6 @@ from api.schemas.common import ListObject
 from api.schemas.jobs import EventObject, JobObject, MetricList, MetricObject
 from api.services.idempotency import (
     body_digest,
-    check_idempotency_key,
     earlier_result,
     store_idempotency_key,
 )
@@ -52,7 +51,6 @@ def submit_job(
     """
     request_sha256 = body_digest(body)
     if idempotency_key is not None:
-        check_idempotency_key(idempotency_key)
         earlier = _replay(session, principal, idempotency_key, request_sha256)
         if earlier is not None:
             return earlier, False
