@@ -13,7 +13,17 @@ from core.db.engine import make_engine
 from core.db.migrate import current_revision, downgrade, upgrade
 from core.db.tables import Base
 
-HEAD = "0002"
+
+
+def _head() -> str:
+    from alembic.script import ScriptDirectory
+
+    from core.db.migrate import alembic_config
+
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
+HEAD = _head()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
