@@ -144,7 +144,17 @@ def test_batch_8_x_1_equals_batch_2_x_4(tiny_demo, tiny_data, method, retain_los
     for a, b in zip(big.history, small.history):
         assert a.loss == pytest.approx(b.loss, rel=1e-4, abs=1e-6)
         assert a.grad_norm == pytest.approx(b.grad_norm, rel=1e-3)
-    torch.testing.assert_close(_params(big.model), _params(small.model), rtol=1e-4, atol=1e-6)
+    if retain_loss == "kl":
+        # At step 1 the model is its own KL reference: the KL gradient is zero but for
+        # kernel noise (SDPA's training and inference paths differ by ~1e-7), and AdamW's
+        # g / sqrt(v) turns that noise into updates of ~lr whose sign depends on the batch
+        # shape. The loss and gradient-norm traces above are the check here.
+        return
+    # AdamW divides by sqrt(v): where a gradient is ~1e-9, float noise in the summation
+    # order moves that element's update by a visible share of lr (seen: 1e-5 with
+    # transformers 5.x kernels). A pairing or normalization error moves every element by
+    # ~lr, so a tolerance of a tenth of lr still catches those.
+    torch.testing.assert_close(_params(big.model), _params(small.model), rtol=1e-4, atol=1e-4)
 
 
 def test_step_metrics_carry_losses_lr_and_gradient_weights(tiny_demo, tiny_data):
@@ -229,14 +239,16 @@ def test_weights_load_in_fp32_for_mixed_precision(precision, lora, expected):
 
 
 def test_npo_reference_pass_runs_under_the_training_autocast(tiny_demo, tiny_data):
-    """At step 1 the model is the reference, so every NPO weight is exactly 1, in bf16 too
-    (a reference computed in fp32 against bf16 training forwards is off by ~1e-4)."""
+    """At step 1 the model is the reference, so every NPO weight is 1, in bf16 too (a
+    reference computed in fp32 against bf16 training forwards is off by ~1e-4). Not
+    exactly 1: the reference pass pads to other lengths than the training micro-batches,
+    which moves bf16 kernels by ~1e-5 (transformers 5.x)."""
     result = _train(
         tiny_demo, tiny_data, "npo", {"batch_size": 4, "precision": "bf16", "retain_loss": "none"}
     )
     first = result.history[0]
-    assert first.weight_min == pytest.approx(1.0, abs=1e-6)
-    assert first.weight_max == pytest.approx(1.0, abs=1e-6)
+    assert first.weight_min == pytest.approx(1.0, abs=3e-5)
+    assert first.weight_max == pytest.approx(1.0, abs=3e-5)
 
 
 def test_lora_checkpoint_holds_the_adapter_and_a_merged_model_that_load_alike(
