@@ -86,3 +86,14 @@ class Cancelled(ObliviateError):
     """Raised inside the training loop when the job was cancelled."""
 
     code = "cancelled"
+
+
+class Paused(ObliviateError):
+    """Raised inside the training loop when a pause was asked for; carries the training
+    state at the step boundary where it stopped, so that the run can go on later."""
+
+    code = "paused"
+
+    def __init__(self, message: str, state=None):
+        super().__init__(message)
+        self.state = state

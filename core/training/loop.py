@@ -20,9 +20,16 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 from core.data.encoding import IGNORE_INDEX, EncodedExample, collate
-from core.errors import Cancelled, NonFiniteLoss
+from core.errors import Cancelled, NonFiniteLoss, Paused
 from core.methods.base import ForgetInputs, LossTerm, Method, UnlearningHyperparameters
 from core.models.scoring import sequence_nll
+from core.training.state import (
+    TrainingState,
+    capture_rng,
+    load_trainable_weights,
+    restore_rng,
+    trainable_weights,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -57,12 +64,32 @@ class StepMetrics:
 
 
 @dataclass
+class EvaluationPoint:
+    """Handed to ``Callbacks.on_evaluation`` at each evaluation point."""
+
+    step: int
+    epoch: float
+    total_steps: int
+    #: the unwrapped model being trained (a peft model under LoRA); the callback may
+    #: score it but must leave its weights and train/eval mode as it found them
+    model: torch.nn.Module
+    #: True at the last step of the budget
+    final: bool
+    #: the full training state at this step, for a resumable checkpoint
+    capture_state: Callable[[], TrainingState]
+
+
+@dataclass
 class Callbacks:
     on_step: Callable[[StepMetrics], None] | None = None
     #: ``on_event(type, message, data)`` for phases: reference pass, training, ...
     on_event: Callable[[str, str, dict], None] | None = None
     #: polled every step; True stops the run with :class:`Cancelled`
     should_cancel: Callable[[], bool] | None = None
+    #: polled every step; True stops the run with :class:`Paused`, carrying the state
+    should_pause: Callable[[], bool] | None = None
+    #: called at every evaluation point; returning True ends training there
+    on_evaluation: Callable[[EvaluationPoint], bool] | None = None
 
     def event(self, kind: str, message: str, **data) -> None:
         if self.on_event:
@@ -76,6 +103,9 @@ class TrainResult:
     steps: int = 0
     trained_tokens: int = 0
     elapsed_s: float = 0.0
+    #: True when an evaluation point ended training before the budget was spent
+    stopped_early: bool = False
+    total_steps: int = 0
 
 
 def resolve_mixed_precision(precision: str) -> str:
@@ -218,11 +248,18 @@ def run_training(
     seed: int = 0,
     lora: LoraSpec | None = None,
     callbacks: Callbacks | None = None,
+    evaluate_every_steps: int | None = None,
+    resume: TrainingState | None = None,
 ) -> TrainResult:
     """Train ``model`` in place with ``method`` and return it with the step history.
 
     ``forget`` is the set whose likelihood the method's forget term acts on (for plain
-    fine-tuning, the training set with a descent objective).
+    fine-tuning, the training set with a descent objective). With
+    ``callbacks.on_evaluation`` the loop stops at evaluation points: every
+    ``evaluate_every_steps`` optimizer steps, or at the end of every epoch when that is
+    None, and always at the last step. ``resume`` continues a run from the state one of
+    its evaluation points (or a pause) captured; ``model`` must then hold the original
+    weights, from which references (NPO's NLLs, a KL copy) are rebuilt as at the start.
     """
     import torch
     from accelerate.utils import set_seed
@@ -242,13 +279,16 @@ def run_training(
         model.to(device)
         ref_nll = None
         if method.needs_reference_nll:
-            callbacks.event(
-                "phase", "computing reference log-likelihoods of the forget set", n=len(forget)
-            )
-            # Under the same autocast as training, so that the log-ratio starts at 0 and
-            # NPO's weights at 1 in bf16 too.
-            with accelerator.autocast():
-                ref_nll = reference_nll(model, forget, pad_id, hparams.batch_size * 2, device)
+            if resume is not None and resume.ref_nll is not None:
+                ref_nll = resume.ref_nll
+            else:
+                callbacks.event(
+                    "phase", "computing reference log-likelihoods of the forget set", n=len(forget)
+                )
+                # Under the same autocast as training, so that the log-ratio starts at 0
+                # and NPO's weights at 1 in bf16 too.
+                with accelerator.autocast():
+                    ref_nll = reference_nll(model, forget, pad_id, hparams.batch_size * 2, device)
 
         ref_model = None
         if use_retain and hparams.retain_loss == "kl" and lora is None:
@@ -262,6 +302,8 @@ def run_training(
             )
         if lora is not None:
             model = apply_lora(model, lora, hparams.gradient_checkpointing)
+        if resume is not None:
+            load_trainable_weights(model, resume.weights)
         model.train()
 
         params = [p for p in model.parameters() if p.requires_grad]
@@ -274,12 +316,55 @@ def run_training(
         world, rank = accelerator.num_processes, accelerator.process_index
         block_size = hparams.effective_batch_size * world
         generator = torch.Generator().manual_seed(seed)
-        result = TrainResult(model=None)
-        started = time.monotonic()
-        step, tokens = 0, 0
-        callbacks.event("phase", "training", total_steps=total_steps, method=method.name)
+        result = TrainResult(model=None, total_steps=total_steps)
+        step, tokens, elapsed_before, first_epoch, first_block = 0, 0, 0.0, 0, 0
+        if resume is not None:
+            if resume.total_steps != total_steps:
+                raise ValueError(
+                    f"the saved training state planned {resume.total_steps} steps, this run "
+                    f"{total_steps}: resume with the same data and hyperparameters"
+                )
+            optimizer.load_state_dict(resume.optimizer)
+            scheduler.load_state_dict(resume.scheduler)
+            generator.set_state(resume.order_generator)
+            restore_rng(resume)
+            step, tokens, elapsed_before = resume.step, resume.tokens, resume.elapsed_s
+            first_epoch, first_block = resume.epoch, resume.block_start
+            result.history = [StepMetrics(**h) for h in resume.history]
+        started = time.monotonic() - elapsed_before
+        callbacks.event(
+            "phase",
+            "training" if resume is None else f"training, resumed at step {step}",
+            total_steps=total_steps,
+            method=method.name,
+        )
 
-        for epoch in range(hparams.epochs):
+        def capture(epoch_index: int, next_block: int, epoch_generator) -> TrainingState:
+            """The state after the current step, continuing at ``next_block``."""
+            if next_block >= len(forget):
+                epoch_index, next_block, epoch_generator = epoch_index + 1, 0, generator
+            return TrainingState(
+                step=step,
+                epoch=epoch_index,
+                block_start=next_block,
+                tokens=tokens,
+                elapsed_s=time.monotonic() - started,
+                total_steps=total_steps,
+                history=[asdict(m) for m in result.history],
+                order_generator=epoch_generator.get_state(),
+                weights=trainable_weights(accelerator.unwrap_model(model)),
+                optimizer=optimizer.state_dict(),
+                scheduler=scheduler.state_dict(),
+                ref_nll=ref_nll,
+                **capture_rng(),
+            )
+
+        for epoch in range(first_epoch, hparams.epochs):
+            if step >= total_steps:
+                break
+            # The epoch's draws come from this state; a resume mid-epoch draws them again.
+            epoch_start_generator = torch.Generator()
+            epoch_start_generator.set_state(generator.get_state())
             order = torch.randperm(len(forget), generator=generator).tolist()
             # One retain partner per forget example, drawn in forget order, so pairing does
             # not depend on how the block is cut into micro-batches.
@@ -288,9 +373,15 @@ def run_training(
                 if use_retain
                 else None
             )
-            for block_start in range(0, len(order), block_size):
+            start_block = first_block if epoch == first_epoch else 0
+            for block_start in range(start_block, len(order), block_size):
                 if step >= total_steps:
                     break
+                if callbacks.should_pause and callbacks.should_pause():
+                    raise Paused(
+                        f"paused at step {step}",
+                        state=capture(epoch, block_start, epoch_start_generator),
+                    )
                 block = list(range(block_start, min(block_start + block_size, len(order))))
                 forget_block = [forget[order[i]] for i in block]
                 retain_block = [retain[partners[i]] for i in block] if use_retain else []
@@ -372,7 +463,26 @@ def run_training(
                 result.history.append(metrics)
                 if callbacks.on_step:
                     callbacks.on_step(metrics)
-            if step >= total_steps:
+                next_block = block_start + block_size
+                epoch_end = next_block >= len(order)
+                due = (
+                    step % evaluate_every_steps == 0 if evaluate_every_steps else epoch_end
+                ) or step >= total_steps
+                if callbacks.on_evaluation and due:
+                    point = EvaluationPoint(
+                        step=step,
+                        epoch=metrics.epoch,
+                        total_steps=total_steps,
+                        model=accelerator.unwrap_model(model),
+                        final=step >= total_steps,
+                        capture_state=lambda e=epoch, b=next_block, g=epoch_start_generator: (
+                            capture(e, b, g)
+                        ),
+                    )
+                    if callbacks.on_evaluation(point):
+                        result.stopped_early = step < total_steps
+                        break
+            if result.stopped_early or step >= total_steps:
                 break
 
         result.model = accelerator.unwrap_model(model)

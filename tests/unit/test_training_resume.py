@@ -1,0 +1,157 @@
+"""Evaluation points and resumable state: a run stopped at a point (or paused between
+steps) and resumed from its saved state ends with the weights of a run never stopped."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.data.encoding import encode_record_set
+from core.data.records import read_records
+from core.errors import Paused
+from core.methods import get_method
+from core.spec import DEFAULT_PROMPT_TEMPLATE, LoraSpec
+from core.training.loop import Callbacks, run_training
+from core.training.state import TrainingState
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tiny_demo):
+    from core.models.loading import load_model
+
+    _, tokenizer = load_model(str(tiny_demo.target))
+
+    def encode(name):
+        return encode_record_set(
+            tokenizer,
+            read_records(tiny_demo.data[name]),
+            max_length=64,
+            template=DEFAULT_PROMPT_TEMPLATE,
+        )
+
+    return tokenizer, encode("forget10"), encode("retain90")
+
+
+def _weights(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _run(tiny_demo, tiny_data, method, *, lora=None, callbacks=None, resume=None, every=None):
+    from core.models.loading import load_model
+
+    tokenizer, forget, retain = tiny_data
+    model, _ = load_model(str(tiny_demo.target), dtype="fp32")
+    hparams = get_method(method).parse_hyperparameters(
+        {
+            "learning_rate": 1e-3,
+            "epochs": 3,
+            "batch_size": 4,
+            "gradient_accumulation_steps": 1,
+            "precision": "fp32",
+            **({"retain_loss": "kl"} if method == "simnpo" else {}),
+        }
+    )
+    return run_training(
+        model,
+        tokenizer,
+        forget,
+        retain,
+        get_method(method),
+        hparams,
+        seed=3,
+        lora=lora,
+        callbacks=callbacks,
+        evaluate_every_steps=every,
+        resume=resume,
+    )
+
+
+def test_evaluation_points_fall_at_epoch_ends_and_the_last_step(tiny_demo, tiny_data):
+    seen = []
+
+    def on_evaluation(point):
+        seen.append((point.step, round(point.epoch, 6), point.final))
+        return False
+
+    result = _run(tiny_demo, tiny_data, "npo", callbacks=Callbacks(on_evaluation=on_evaluation))
+    # 16 forget examples, blocks of 4: 4 steps per epoch, 3 epochs.
+    assert seen == [(4, 1.0, False), (8, 2.0, False), (12, 3.0, True)]
+    assert result.steps == 12 and not result.stopped_early
+
+
+def test_every_n_steps_and_stopping_at_a_point(tiny_demo, tiny_data):
+    seen = []
+
+    def on_evaluation(point):
+        seen.append(point.step)
+        return point.step == 6
+
+    result = _run(
+        tiny_demo, tiny_data, "simnpo", callbacks=Callbacks(on_evaluation=on_evaluation), every=3
+    )
+    assert seen == [3, 6]
+    assert result.steps == 6 and result.stopped_early
+    assert len(result.history) == 6
+
+
+@pytest.mark.parametrize(
+    "method,lora,stop_at",
+    [
+        ("npo", None, 4),  # at an epoch end
+        ("simnpo", None, 6),  # mid-epoch, with KL retain and dropout
+        # LoRA dropout draws from torch's global generator: resuming restores it too
+        ("graddiff", LoraSpec(r=4, alpha=8, dropout=0.1), 5),
+    ],
+)
+def test_resuming_from_a_saved_state_gives_the_uninterrupted_weights(
+    tiny_demo, tiny_data, tmp_path, method, lora, stop_at
+):
+    uninterrupted = _run(tiny_demo, tiny_data, method, lora=lora)
+
+    saved = {}
+
+    def on_evaluation(point):
+        if point.step == stop_at:
+            point.capture_state().save(tmp_path / "state")
+            saved["step"] = point.step
+            return True
+        return False
+
+    first = _run(
+        tiny_demo,
+        tiny_data,
+        method,
+        lora=lora,
+        callbacks=Callbacks(on_evaluation=on_evaluation),
+        every=1,
+    )
+    assert first.stopped_early and saved["step"] == stop_at
+    state = TrainingState.load(tmp_path / "state")
+    resumed = _run(tiny_demo, tiny_data, method, lora=lora, resume=state)
+
+    assert resumed.steps == uninterrupted.steps
+    assert [m.loss for m in resumed.history] == pytest.approx(
+        [m.loss for m in uninterrupted.history], rel=1e-6
+    )
+    want, got = _weights(uninterrupted.model), _weights(resumed.model)
+    assert want.keys() == got.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_a_pause_carries_the_state_to_resume_from(tiny_demo, tiny_data, tmp_path):
+    uninterrupted = _run(tiny_demo, tiny_data, "npo")
+    polls = []
+
+    def should_pause():
+        polls.append(1)
+        return len(polls) == 7  # before the 7th step
+
+    with pytest.raises(Paused) as paused:
+        _run(tiny_demo, tiny_data, "npo", callbacks=Callbacks(should_pause=should_pause))
+    state = paused.value.state
+    assert state.step == 6 and state.epoch == 1 and state.block_start == 8
+    state.save(tmp_path / "paused")
+    resumed = _run(tiny_demo, tiny_data, "npo", resume=TrainingState.load(tmp_path / "paused"))
+    for name, value in _weights(uninterrupted.model).items():
+        torch.testing.assert_close(_weights(resumed.model)[name], value, rtol=1e-6, atol=1e-7)
