@@ -297,6 +297,8 @@ def hyperparameters(job: dict, n_forget: int):
     method = get_method(job["method"])
     steps_per_epoch = math.ceil(n_forget / workload.batch_size)
     values = {
+        # Throughput does not depend on the rate; the 7B reference keeps runs comparable.
+        "learning_rate": 1e-5,
         "batch_size": workload.batch_size,
         "gradient_accumulation_steps": 1,
         "epochs": math.ceil(job["steps"] / steps_per_epoch),

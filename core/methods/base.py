@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 if TYPE_CHECKING:
     import torch
@@ -21,20 +21,28 @@ if TYPE_CHECKING:
 class TrainingHyperparameters(BaseModel):
     """Optimizer, schedule and batching; shared by every method and by fine-tuning.
 
-    Defaults follow the reference setups for 7B models (AdamW, lr 1e-5, 10 epochs,
-    effective batch 32, 1 warm-up epoch of 10). Tiny demo models want a larger lr.
+    Defaults follow the reference setups for 7B models (AdamW, 10 epochs, effective batch
+    32, 1 warm-up epoch of 10); the learning rate defaults to ``auto``, which scales the
+    7B reference (1e-5) to the model's width.
     """
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    learning_rate: float = Field(1e-5, gt=0, le=1.0, description="Peak AdamW learning rate.")
+    learning_rate: float | Literal["auto"] = Field(
+        "auto",
+        description="Peak AdamW learning rate, or auto: 0.04 / the model's hidden size "
+        "(x10 for LoRA), the muP scaling of the 7B reference rate 1e-5 "
+        "(core.training.auto).",
+    )
     epochs: int = Field(10, ge=1, le=1000, description="Passes over the forget set.")
     max_steps: int | None = Field(
         None, ge=1, le=10_000_000, description="Stop after this many optimizer steps."
     )
     batch_size: int = Field(8, ge=1, le=1024, description="Forget examples per micro-batch.")
-    gradient_accumulation_steps: int = Field(
-        4, ge=1, le=1024, description="Micro-batches per optimizer step."
+    gradient_accumulation_steps: int | Literal["auto"] = Field(
+        "auto",
+        description="Micro-batches per optimizer step (1-1024), or auto: about 8 steps per "
+        "epoch, at most the reference effective batch of 32 (core.training.auto).",
     )
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Fraction of steps warming up.")
     lr_scheduler: Literal["linear", "cosine", "constant"] = Field(
@@ -51,8 +59,24 @@ class TrainingHyperparameters(BaseModel):
     )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
 
+    @field_validator("learning_rate")
+    @classmethod
+    def _learning_rate_bounds(cls, value):
+        if value != "auto" and not 0 < value <= 1.0:
+            raise ValueError("must be greater than 0 and at most 1, or 'auto'")
+        return value
+
+    @field_validator("gradient_accumulation_steps")
+    @classmethod
+    def _accumulation_bounds(cls, value):
+        if value != "auto" and not 1 <= value <= 1024:
+            raise ValueError("must be from 1 to 1024, or 'auto'")
+        return value
+
     @property
     def effective_batch_size(self) -> int:
+        if self.gradient_accumulation_steps == "auto":
+            raise ValueError("gradient_accumulation_steps is still 'auto': resolve it first")
         return self.batch_size * self.gradient_accumulation_steps
 
 

@@ -130,11 +130,13 @@ def test_registry_defaults_follow_the_reference_setups():
     assert get_method("ga").parse_hyperparameters({}).retain_loss == "none"
     graddiff = get_method("graddiff").parse_hyperparameters({})
     assert (graddiff.retain_loss, graddiff.retain_coeff) == ("nll", 1.0)
+    from core.training.auto import auto_accumulation, auto_learning_rate
+
     for method in METHODS.values():
         hp = method.parse_hyperparameters({})
-        assert (hp.learning_rate, hp.epochs, hp.weight_decay, hp.effective_batch_size) == (
-            1e-5,
-            10,
-            0.01,
-            32,
-        )
+        assert (hp.learning_rate, hp.gradient_accumulation_steps) == ("auto", "auto")
+        assert (hp.epochs, hp.weight_decay, hp.batch_size) == (10, 0.01, 8)
+    # auto, on a 7B Llama (hidden size 4096) and TOFU's forget10 (400 records): the
+    # reference setups' lr 1e-5 and effective batch 32.
+    assert auto_learning_rate(4096, lora=False) == pytest.approx(1e-5, rel=0.03)
+    assert auto_accumulation(400, batch_size=8) * 8 == 32

@@ -1,0 +1,121 @@
+"""How well does an oracle-free statistic tell "forgotten"? Validation against the
+oracle's forget quality on the mini-TOFU trajectories of ``bench/verdict_study.py``.
+
+    python bench/verdict_study.py --out study.json --seeds 0,1   # the trajectories
+    python bench/verdict_validation.py study.json                 # this analysis
+
+For every evaluation point of every run, each candidate statistic is computed from
+the model's own scores on the forget and holdout sets (no retrained model), and set
+against the oracle's forget quality (KS test of truth ratios against the retrain
+model's). Reported per candidate: Spearman rank correlation with log10 oracle forget
+quality over all points, and at each threshold the false "forgotten" rate (points
+called forgotten, with utility at the floor, whose oracle forget quality is below 0.05)
+and the miss rate (points with oracle forget quality >= 0.5 not called forgotten).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from scipy import stats
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from core.evaluation import metrics  # noqa: E402
+from core.evaluation.probe import Probe  # noqa: E402
+
+FALSE_BELOW = 0.05
+HIT_ABOVE = 0.5
+
+
+def candidates(probe: Probe) -> dict[str, float]:
+    """Every candidate statistic of one point (higher = more "like never seen")."""
+    out = {}
+    tr_f, tr_h = probe.column("forget", "truth_ratio"), probe.column("holdout", "truth_ratio")
+    out["tr_ks_p"] = float(stats.ks_2samp(tr_f, tr_h).pvalue)
+    out["tr_mw_p"] = float(stats.mannwhitneyu(tr_f, tr_h).pvalue)
+    p_f, p_h = probe.column("forget", "probability"), probe.column("holdout", "probability")
+    out["prob_ks_p"] = float(stats.ks_2samp(p_f, p_h).pvalue)
+    out["prob_ratio"] = float(p_f.mean() / p_h.mean())
+    for attack in metrics.MIA_ATTACKS:
+        auc = metrics.roc_auc(
+            probe.column("forget", f"mia_{attack}"), probe.column("holdout", f"mia_{attack}")
+        )
+        out[f"auc_{attack}"] = auc
+        out[f"auc_{attack}_closeness"] = 1 - 2 * abs(auc - 0.5)
+    return out
+
+
+def spearman(xs, ys) -> float:
+    return float(stats.spearmanr(xs, ys).statistic)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("study", type=Path, nargs="+")
+    parser.add_argument("--utility-floor", type=float, default=0.9)
+    args = parser.parse_args(argv)
+    rows = []
+    for path in args.study:
+        study = json.loads(path.read_text())
+        original = Probe.from_dict(study["original"])
+        base_utility = original.utility()
+        oracle = Probe.from_dict(study["oracle"])
+        rows.append(
+            {
+                "run": "oracle",
+                "oracle_fq": 1.0,
+                "utility_ratio": oracle.utility() / base_utility,
+                **candidates(oracle),
+            }
+        )
+        rows.append(
+            {"run": "original", "oracle_fq": 0.0, "utility_ratio": 1.0, **candidates(original)}
+        )
+        for run in study["runs"]:
+            for point in run["points"]:
+                probe = Probe.from_dict(point)
+                rows.append(
+                    {
+                        "run": f"{run['method']} {run['hyperparameters']['learning_rate']:g} "
+                        f"{run['hyperparameters'].get('retain_coeff', '')} seed {run['seed']}",
+                        "epoch": point["epoch"],
+                        "oracle_fq": point["oracle_fq"],
+                        "utility_ratio": probe.utility() / base_utility,
+                        **candidates(probe),
+                    }
+                )
+    log_fq = [math.log10(max(r["oracle_fq"], 1e-30)) for r in rows]
+    names = [k for k in rows[0] if k not in ("run", "epoch", "oracle_fq", "utility_ratio")]
+    print(
+        f"{len(rows)} points; oracle FQ >= {HIT_ABOVE}: {sum(r['oracle_fq'] >= HIT_ABOVE for r in rows)}"
+    )
+    print(f"{'statistic':<28}{'Spearman':>10}")
+    for name in names:
+        print(f"{name:<28}{spearman([r[name] for r in rows], log_fq):>10.3f}")
+    floor = args.utility_floor
+    for name, thresholds in (
+        ("tr_ks_p", [0.05, 0.1, 0.2, 0.3, 0.5]),
+        ("tr_mw_p", [0.05, 0.1, 0.2, 0.3, 0.5]),
+        ("auc_min_k_plus_plus_closeness", [0.6, 0.7, 0.8, 0.9]),
+        ("auc_loss_closeness", [0.6, 0.7, 0.8, 0.9]),
+    ):
+        for threshold in thresholds:
+            called = [r for r in rows if r[name] >= threshold and r["utility_ratio"] >= floor]
+            false = [r for r in called if r["oracle_fq"] < FALSE_BELOW]
+            hits = [r for r in rows if r["oracle_fq"] >= HIT_ABOVE and r["utility_ratio"] >= floor]
+            missed = [r for r in hits if r[name] < threshold]
+            print(
+                f"{name} >= {threshold}: called {len(called)}, false {len(false)} "
+                f"({len(false) / max(len(called), 1):.0%}), missed {len(missed)}/{len(hits)}"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""The cheap measurement taken at every evaluation point of a training run.
+
+No generation: teacher-forced scores only, on capped samples of the forget set, the
+holdout set (records of the same form that the model never trained on), the retain set
+and the utility sets. Per sample it keeps what the verdict needs: the answer's
+length-normalized probability, the truth ratio where the records have paraphrased and
+perturbed answers, and the membership-inference scores.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from core.data.records import RecordSet
+from core.evaluation import metrics
+from core.evaluation.evaluate import subsample_indices
+
+#: per-sample columns a probe keeps (the rest of what scoring returns is dropped)
+PROBE_COLUMNS = (
+    "probability",
+    "truth_ratio",
+    "n_tokens",
+    *(f"mia_{a}" for a in metrics.MIA_ATTACKS),
+)
+
+
+@dataclass
+class ProbeSets:
+    forget: RecordSet
+    holdout: RecordSet | None = None
+    retain: RecordSet | None = None
+    utility: dict[str, RecordSet] = field(default_factory=dict)
+
+    def items(self) -> list[tuple[str, RecordSet]]:
+        pairs = [("forget", self.forget)]
+        if self.holdout is not None:
+            pairs.append(("holdout", self.holdout))
+        if self.retain is not None:
+            pairs.append(("retain", self.retain))
+        pairs += [(f"utility/{name}", records) for name, records in self.utility.items()]
+        return pairs
+
+
+@dataclass
+class Probe:
+    """One model's probe: per-set sample columns (``columns[set][column]``)."""
+
+    columns: dict[str, dict[str, list[float]]]
+    seconds: float = 0.0
+
+    def column(self, set_name: str, name: str) -> np.ndarray | None:
+        values = self.columns.get(set_name, {}).get(name)
+        if values is None:
+            return None
+        return np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
+
+    def mean(self, set_name: str, name: str) -> float | None:
+        values = self.column(set_name, name)
+        if values is None:
+            return None
+        values = values[np.isfinite(values)]
+        return float(values.mean()) if values.size else None
+
+    def utility_components(self) -> dict[str, dict[str, float]]:
+        """TOFU's generation-free utility values per retain/utility set: probability
+        and the retain-side truth-ratio score."""
+        out: dict[str, dict[str, float]] = {}
+        for name in self.columns:
+            if name != "retain" and not name.startswith("utility/"):
+                continue
+            values = {"probability": self.mean(name, "probability")}
+            ratios = self.column(name, "truth_ratio")
+            if ratios is not None:
+                values["truth_ratio"] = metrics.truth_ratio_retain_score(ratios)
+            out[name] = {k: v for k, v in values.items() if v is not None}
+        return out
+
+    def utility(self) -> float | None:
+        components = self.utility_components()
+        if not any(components.values()):
+            return None
+        return metrics.model_utility(components)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"columns": self.columns, "seconds": self.seconds}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Probe:
+        return cls(columns=data["columns"], seconds=data.get("seconds", 0.0))
+
+
+def sample_sets(sets: ProbeSets, max_samples: int, seed: int = 0) -> ProbeSets:
+    """Every set capped at ``max_samples`` records, the same subset for every model."""
+
+    def cap(records: RecordSet | None) -> RecordSet | None:
+        if records is None or len(records) <= max_samples:
+            return records
+        chosen = subsample_indices(len(records), max_samples, seed)
+        return RecordSet(
+            name=records.name,
+            format=records.format,
+            kind=records.kind,
+            records=[records.records[i] for i in chosen],
+            sha256=records.sha256,
+            size_bytes=records.size_bytes,
+            columns=records.columns,
+        )
+
+    return ProbeSets(
+        forget=cap(sets.forget),
+        holdout=cap(sets.holdout),
+        retain=cap(sets.retain),
+        utility={name: cap(records) for name, records in sets.utility.items()},
+    )
+
+
+def probe_model(
+    model,
+    tokenizer,
+    sets: ProbeSets,
+    *,
+    template: str,
+    max_length: int,
+    batch_size: int = 64,
+    min_k: float = metrics.DEFAULT_MIN_K_FRACTION,
+    truth_ratio: bool = True,
+) -> Probe:
+    """Score ``model`` on every set of ``sets`` (already capped): no generation; truth
+    ratios where the records have the fields, unless ``truth_ratio`` is False."""
+    from core.evaluation import scoring
+    from core.runtime import cpu_threads_for
+
+    started = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    columns: dict[str, dict[str, list[float]]] = {}
+    try:
+        with cpu_threads_for(model):
+            for name, records in sets.items():
+                if records.kind == "text":
+                    scored = scoring.score_text_records(
+                        model,
+                        tokenizer,
+                        records.records,
+                        max_length=max_length,
+                        batch_size=batch_size,
+                        verbmem=False,
+                        prefix_tokens=0,
+                        max_new_tokens=0,
+                        min_k=min_k,
+                    )
+                else:
+                    scored = scoring.score_qa_records(
+                        model,
+                        tokenizer,
+                        records.records,
+                        template=template,
+                        max_length=max_length,
+                        batch_size=batch_size,
+                        truth_ratio=truth_ratio and records.has_truth_ratio_fields,
+                        generate=False,
+                        max_new_tokens=1,
+                        knowmem_max_new_tokens=1,
+                        min_k=min_k,
+                    )
+                columns[name] = {k: v for k, v in scored.items() if k in PROBE_COLUMNS}
+    finally:
+        model.train(was_training)
+    return Probe(columns=columns, seconds=time.perf_counter() - started)

@@ -1,0 +1,301 @@
+"""The forgetting verdict: does the model treat the forget set like data it never saw?
+
+No retrained model is needed. The comparison is with a **holdout** set: records of the
+same form as the forget set that the model never trained on (questions about people
+who were never in the training data). A model that never saw the forget set treats
+both alike; one that still knows it does not, and neither does one that over-forgot
+(pushed the forget answers far below anything it never saw: that too tells an
+attacker which records were there).
+
+Checks, each with its threshold (``Check.passed``):
+
+- ``knowledge``: two-sample KS test of the model's own truth ratios (right vs wrong
+  values in a paraphrased answer) on forget vs holdout records: p >= threshold. This
+  is what the oracle's forget quality measures, without the oracle: validated on the
+  mini-TOFU trajectories (``bench/verdict_validation.py``, docs/verdict.md).
+- ``membership``: the loss-attack membership-inference AUC, forget vs holdout: above
+  ``0.5 + margin`` the forget answers are still likelier than unseen ones (remembered:
+  fails). Below ``0.5 - margin`` they are *less* likely than unseen ones: the content is
+  gone, but that it was removed is detectable (over-forgetting, PrivLeak far below 0).
+  That is flagged in the verdict (``over_forgotten``) and fails only when the target asks
+  for ``membership: two_sided``. Why not fail it by default: on the benchmark every
+  method removes what the truth ratios measure only by pushing the trained answers below
+  unseen data, and a model at the likelihood balance still prefers the right answers
+  (docs/verdict.md).
+- ``utility``: model utility at or above the floor (a fraction of the original's).
+- ``relearning`` (when measured): after a short fine-tune on part of the forget set,
+  the rest is no likelier than holdout records under the same attack (ratio of mean
+  probabilities at most ``RELEARN_MAX_RATIO``).
+
+The verdict is ``forgotten`` when every check passes, ``not_forgotten`` when one fails,
+and ``not_verifiable`` when there is no holdout set (or no truth-ratio fields, for the
+knowledge check) and so nothing to compare with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from core.evaluation import metrics
+
+#: the membership check's margin around 0.5 (an oracle measures 0.47 on mini-TOFU)
+MEMBERSHIP_MARGIN = 0.2
+#: the relearning check: unseen forget records at most this many times as likely as
+#: holdout records after the attack. Not 1: the attack trains on half the forget
+#: records, and the other half asks about the same subjects, so even a model that never
+#: saw them learns some of it (the demo's retrain: 1.2x at the job's rate, 1.6x at
+#: 3x that); the verified-forgetting goal allows the unlearned model 1.5x the oracle's.
+RELEARN_MAX_RATIO = 2.0
+STATUSES = ("forgotten", "not_forgotten", "not_verifiable")
+
+HOLDOUT_HELP = (
+    "give evaluation.holdout: records of the same form as the forget set that the model "
+    "never trained on (e.g. the same questions about people who were never in its data), "
+    "with paraphrased_answer and perturbed_answer for the knowledge test"
+)
+
+
+@dataclass
+class Check:
+    name: str
+    label: str
+    value: float | None
+    threshold: float | str
+    passed: bool | None
+    description: str
+    #: a warning that does not fail the check (``over_forgotten``)
+    flag: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Verdict:
+    status: str
+    reason: str
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def forgotten(self) -> bool | None:
+        return {"forgotten": True, "not_forgotten": False}.get(self.status)
+
+    def check(self, name: str) -> Check | None:
+        return next((c for c in self.checks if c.name == name), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "forgotten": self.forgotten,
+            "reason": self.reason,
+            "checks": [c.to_dict() for c in self.checks],
+        }
+
+
+def knowledge_check(forget_tr, holdout_tr, threshold: float) -> Check:
+    """KS p-value of the model's own truth ratios, forget vs holdout."""
+    p = float(stats.ks_2samp(forget_tr, holdout_tr).pvalue)
+    return Check(
+        name="knowledge",
+        label="forget vs holdout truth ratios (KS p-value)",
+        value=p,
+        threshold=threshold,
+        passed=p >= threshold,
+        description="Whether the model prefers the right answer over wrong ones on forget "
+        "questions as it does on questions it never saw; low means it still knows.",
+    )
+
+
+def membership_check(
+    forget_scores, holdout_scores, margin: float = MEMBERSHIP_MARGIN, *, two_sided: bool = False
+) -> Check:
+    """Loss-attack AUC, forget vs holdout: near 0.5 when they look alike; above the band
+    fails (remembered); below it is flagged, and fails when ``two_sided``."""
+    auc = metrics.roc_auc(forget_scores, holdout_scores)
+    over = auc < 0.5 - margin
+    return Check(
+        name="membership",
+        label="membership-inference AUC, forget vs holdout (loss attack)",
+        value=auc,
+        threshold=f"{0.5 - margin:.2f} to {0.5 + margin:.2f}"
+        if two_sided
+        else f"at most {0.5 + margin:.2f}",
+        passed=auc <= 0.5 + margin and not (two_sided and over),
+        description="How well the answers' likelihood tells forget from holdout records: "
+        "near 1 they are still remembered; near 0 they were pushed far below unseen data, "
+        "which shows that something was removed (over-forgetting, flagged either way).",
+        flag="over_forgotten" if over else None,
+    )
+
+
+def utility_check(ratio: float | None, floor: float) -> Check:
+    return Check(
+        name="utility",
+        label="model utility (x the original's)",
+        value=ratio,
+        threshold=floor,
+        passed=None if ratio is None else ratio >= floor,
+        description="Retain and utility sets' probability and truth-ratio score"
+        " (and ROUGE-L where generated), harmonic mean, against the original model.",
+    )
+
+
+def relearning_check(unseen_probability: float, holdout_probability: float) -> Check:
+    ratio = unseen_probability / max(holdout_probability, 1e-12)
+    return Check(
+        name="relearning",
+        label="after a relearning attack: unseen forget vs holdout probability",
+        value=ratio,
+        threshold=RELEARN_MAX_RATIO,
+        passed=ratio <= RELEARN_MAX_RATIO,
+        description="A short fine-tune on part of the forget set must not bring back the "
+        "rest: knowledge that returns was hidden, not removed.",
+    )
+
+
+def decide(checks: list[Check], *, missing: str | None = None) -> Verdict:
+    """The verdict of a list of checks; ``missing`` says why forgetting is not
+    verifiable (no holdout set)."""
+    if missing is not None:
+        return Verdict("not_verifiable", missing, checks)
+    failed = [c for c in checks if c.passed is False]
+    unknown = [c for c in checks if c.passed is None]
+    if failed:
+        return Verdict("not_forgotten", "; ".join(_failure(c) for c in failed), checks)
+    if unknown:
+        names = ", ".join(c.label for c in unknown)
+        return Verdict("not_verifiable", f"not measured: {names}", checks)
+    reason = (
+        "the model no longer knows the forget answers: it prefers them over wrong ones no "
+        "more than on data it never saw"
+        + (", utility is above the floor" if any(c.name == "utility" for c in checks) else "")
+        + (
+            ", and a relearning attack does not bring them back"
+            if any(c.name == "relearning" for c in checks)
+            else ""
+        )
+    )
+    over = next((c for c in checks if c.flag == "over_forgotten"), None)
+    if over is not None:
+        reason += (
+            "; note that their removal is detectable: the forget answers are less likely "
+            f"than unseen data (membership AUC {over.value:.2g})"
+        )
+    return Verdict("forgotten", reason, checks)
+
+
+def _failure(check: Check) -> str:
+    value = "-" if check.value is None else f"{check.value:.3g}"
+    if check.name == "knowledge":
+        return (
+            f"the model still knows the forget answers (truth-ratio p {value} < {check.threshold})"
+        )
+    if check.name == "membership":
+        if (check.value or 0) > 0.5:
+            return (
+                f"the forget answers are still likelier than unseen data (membership AUC "
+                f"{value}, {check.threshold})"
+            )
+        return (
+            f"the forget answers are far less likely than unseen data, so their removal is "
+            f"detectable (membership AUC {value}, {check.threshold})"
+        )
+    if check.name == "utility":
+        return f"utility {value}x is below the floor {check.threshold}x"
+    if check.name == "relearning":
+        return (
+            f"a relearning attack brings the rest back ({value}x the holdout's probability, "
+            f"more than {check.threshold}x)"
+        )
+    return f"{check.label}: {value}"
+
+
+def forgetting_checks(
+    forget: dict[str, Any] | None,
+    holdout: dict[str, Any] | None,
+    *,
+    threshold: float,
+    margin: float = MEMBERSHIP_MARGIN,
+    two_sided: bool = False,
+) -> tuple[list[Check], str | None]:
+    """The knowledge and membership checks from per-sample columns (``truth_ratio``,
+    ``mia_loss``) of the forget and holdout sets. Returns the checks and, when they
+    cannot be made, why not."""
+    if holdout is None:
+        return [], f"no holdout set to compare the forget set with: {HOLDOUT_HELP}"
+    checks = []
+    tr_f, tr_h = _finite(forget.get("truth_ratio")), _finite(holdout.get("truth_ratio"))
+    if tr_f is not None and tr_h is not None and tr_f.size and tr_h.size:
+        checks.append(knowledge_check(tr_f, tr_h, threshold))
+    mia_f, mia_h = _finite(forget.get("mia_loss")), _finite(holdout.get("mia_loss"))
+    if mia_f is not None and mia_h is not None and mia_f.size and mia_h.size:
+        checks.append(membership_check(mia_f, mia_h, margin, two_sided=two_sided))
+    if not any(c.name == "knowledge" for c in checks):
+        return checks, (
+            "the forget or holdout records have no paraphrased/perturbed answers, so the "
+            f"knowledge test cannot run: {HOLDOUT_HELP}"
+        )
+    return checks, None
+
+
+def _finite(values) -> np.ndarray | None:
+    if values is None:
+        return None
+    array = np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
+    return array[np.isfinite(array)]
+
+
+def evaluation_utility(result) -> float | None:
+    """The verdict's utility of a full evaluation (``EvaluationResult``): TOFU's harmonic
+    mean over retain and utility sets of probability and truth-ratio score, without the
+    ROUGE-L part, so that it is the same figure the evaluation points measure (they do
+    not generate). The report's model utility (with ROUGE-L) is shown beside it."""
+    components = {}
+    for key, result_set in result.sets.items():
+        if key != "retain" and not key.startswith("utility/"):
+            continue
+        values = {"probability": result_set.aggregates.get("probability")}
+        ratios = result_set.column("truth_ratio")
+        if ratios is not None and np.isfinite(ratios).any():
+            values["truth_ratio"] = metrics.truth_ratio_retain_score(ratios[np.isfinite(ratios)])
+        values = {k: v for k, v in values.items() if v is not None}
+        if values:
+            components[key] = values
+    return metrics.model_utility(components) if components else None
+
+
+def final_verdict(before, after, *, target=None, relearning: Check | None = None) -> dict[str, Any]:
+    """The verdict of a job's published model from its full evaluation (``after``, with
+    the original model ``before`` for utility), plus ``target_met``: True when a target
+    was set and the verdict is ``forgotten``."""
+    forget = after.sets["forget"].samples
+    holdout = after.sets["holdout"].samples if "holdout" in after.sets else None
+    threshold = target.forget_threshold if target is not None else _default_threshold()
+    two_sided = target is not None and target.membership == "two_sided"
+    checks, missing = forgetting_checks(forget, holdout, threshold=threshold, two_sided=two_sided)
+    base, ours = evaluation_utility(before), evaluation_utility(after)
+    ratio = ours / base if ours is not None and base else None
+    floor = target.utility_floor if target is not None else _default_floor()
+    checks.append(utility_check(ratio, floor))
+    if relearning is not None:
+        checks.append(relearning)
+    verdict = decide(checks, missing=missing).to_dict()
+    verdict["target_met"] = bool(target is not None and verdict["status"] == "forgotten")
+    verdict["utility_ratio"] = ratio
+    return verdict
+
+
+def _default_threshold() -> float:
+    from core.spec import VERDICT_FORGET_THRESHOLD
+
+    return VERDICT_FORGET_THRESHOLD
+
+
+def _default_floor() -> float:
+    from core.spec import TargetSpec
+
+    return TargetSpec().utility_floor

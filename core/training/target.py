@@ -1,0 +1,101 @@
+"""When a training run with a target stops, and which of its evaluation points is
+published: pure rules over the sequence of points, so they can be tested on
+hand-built trajectories.
+
+A point is *met* when its verdict says ``forgotten`` (which includes utility at or
+above the floor). The run stops at the first met point (``stop_when_met``), or once the
+run is hopeless: utility has stayed below half the floor for ``COLLAPSE_POINTS``
+points in a row (the model is being destroyed, not taught to forget).
+
+The published point (``select_point``):
+
+1. the first met point, when there is one;
+2. else, among the points whose utility is at or above the floor, the one that forgets
+   best: the highest knowledge p-value (forget vs holdout truth ratios), ties broken by
+   the membership AUC's closeness to 0.5, then by utility;
+3. else (no point keeps the floor), the point with the highest utility: the least
+   damaged model, which the verdict then reports as not forgotten.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+COLLAPSE_POINTS = 3
+
+SELECTION_RULE = (
+    "the first evaluation point that met the target; else, among points with utility at "
+    "or above the floor, the one with the highest knowledge p-value (forget vs holdout "
+    "truth ratios; ties: membership AUC closest to 0.5, then utility); else the point "
+    "with the highest utility"
+)
+
+
+@dataclass
+class PointRecord:
+    """What the rules need of one evaluation point."""
+
+    step: int
+    epoch: float
+    verdict: dict[str, Any]
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def check(self, name: str) -> dict[str, Any] | None:
+        return next((c for c in self.verdict.get("checks", []) if c["name"] == name), None)
+
+    def value(self, name: str) -> float | None:
+        check = self.check(name)
+        return None if check is None else check.get("value")
+
+    @property
+    def met(self) -> bool:
+        return self.verdict.get("status") == "forgotten"
+
+    @property
+    def utility_ratio(self) -> float | None:
+        return self.value("utility")
+
+
+def should_stop(
+    points: list[PointRecord], *, utility_floor: float, stop_when_met: bool
+) -> str | None:
+    """Why the run should stop after the last of ``points``, or None to go on."""
+    if not points:
+        return None
+    if stop_when_met and points[-1].met:
+        return "target met"
+    recent = points[-COLLAPSE_POINTS:]
+    if len(recent) == COLLAPSE_POINTS and all(
+        p.utility_ratio is not None and p.utility_ratio < utility_floor / 2 for p in recent
+    ):
+        return f"utility stayed below {utility_floor / 2:.2f}x for {COLLAPSE_POINTS} points"
+    return None
+
+
+def select_point(points: list[PointRecord], *, utility_floor: float) -> PointRecord | None:
+    """The point to publish (see the module docstring for the rule)."""
+    if not points:
+        return None
+    met = [p for p in points if p.met]
+    if met:
+        return met[0]
+    at_floor = [
+        p for p in points if p.utility_ratio is not None and p.utility_ratio >= utility_floor
+    ]
+    if at_floor:
+        return max(at_floor, key=_forgetting_rank)
+    with_utility = [p for p in points if p.utility_ratio is not None]
+    if with_utility:
+        return max(with_utility, key=lambda p: p.utility_ratio)
+    return points[-1]
+
+
+def _forgetting_rank(point: PointRecord) -> tuple[float, float, float]:
+    knowledge = point.value("knowledge")
+    membership = point.value("membership")
+    return (
+        -1.0 if knowledge is None else knowledge,
+        -1.0 if membership is None else -abs(membership - 0.5),
+        point.utility_ratio or 0.0,
+    )

@@ -1,0 +1,89 @@
+"""The stopping and publishing rules of a run with a target, on hand-built trajectories."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.training.target import COLLAPSE_POINTS, PointRecord, select_point, should_stop
+
+FLOOR = 0.95
+
+
+def point(step, *, status="not_forgotten", knowledge=None, membership=None, utility=None):
+    checks = []
+    if knowledge is not None:
+        checks.append({"name": "knowledge", "value": knowledge})
+    if membership is not None:
+        checks.append({"name": "membership", "value": membership})
+    if utility is not None:
+        checks.append({"name": "utility", "value": utility})
+    return PointRecord(step=step, epoch=step / 10, verdict={"status": status, "checks": checks})
+
+
+def test_the_run_stops_at_the_first_point_that_meets_the_target():
+    points = [
+        point(10, knowledge=0.001, membership=0.95, utility=1.0),
+        point(20, status="forgotten", knowledge=0.4, membership=0.5, utility=0.97),
+    ]
+    assert should_stop(points[:1], utility_floor=FLOOR, stop_when_met=True) is None
+    assert should_stop(points, utility_floor=FLOOR, stop_when_met=True) == "target met"
+    # stop_when_met False: the run goes on through the budget ...
+    assert should_stop(points, utility_floor=FLOOR, stop_when_met=False) is None
+    # ... and the first met point is still the one published.
+    later = points + [point(30, status="forgotten", knowledge=0.9, membership=0.45, utility=0.99)]
+    assert select_point(later, utility_floor=FLOOR).step == 20
+
+
+def test_a_collapsing_run_stops_after_enough_points_below_half_the_floor():
+    low = [point(10 * i, knowledge=0.3, utility=0.3) for i in range(1, COLLAPSE_POINTS + 1)]
+    assert should_stop(low[:-1], utility_floor=FLOOR, stop_when_met=True) is None
+    reason = should_stop(low, utility_floor=FLOOR, stop_when_met=True)
+    assert reason is not None and "utility" in reason
+    # one point recovering in between resets the count
+    mixed = low[:1] + [point(15, utility=0.9)] + low[1:]
+    assert should_stop(mixed, utility_floor=FLOOR, stop_when_met=True) is None
+
+
+def test_without_a_met_point_the_best_forgetting_above_the_floor_is_published():
+    points = [
+        point(10, knowledge=0.01, membership=0.9, utility=0.99),
+        point(20, knowledge=0.15, membership=0.6, utility=0.96),
+        point(30, knowledge=0.15, membership=0.52, utility=0.955),  # same p, closer AUC
+        point(40, knowledge=0.6, membership=0.2, utility=0.90),  # forgets best, below floor
+    ]
+    assert select_point(points, utility_floor=FLOOR).step == 30
+
+
+def test_ties_in_knowledge_and_membership_go_to_the_higher_utility():
+    points = [
+        point(10, knowledge=0.3, membership=0.4, utility=0.96),
+        point(20, knowledge=0.3, membership=0.6, utility=0.99),
+    ]
+    assert select_point(points, utility_floor=FLOOR).step == 20
+
+
+def test_when_no_point_keeps_the_floor_the_least_damaged_one_is_published():
+    points = [
+        point(10, knowledge=0.001, utility=0.93),
+        point(20, knowledge=0.5, utility=0.6),
+    ]
+    assert select_point(points, utility_floor=FLOOR).step == 10
+
+
+def test_points_without_a_verdict_probe_rank_below_measured_ones():
+    # Light points (no knowledge check) are never preferred to a measured point.
+    points = [
+        point(10, utility=None),
+        point(20, knowledge=0.05, membership=0.7, utility=0.97),
+        point(30, utility=None),
+    ]
+    assert select_point(points, utility_floor=FLOOR).step == 20
+    only_light = [point(10), point(20)]
+    assert select_point(only_light, utility_floor=FLOOR).step == 20  # the last one
+    assert select_point([], utility_floor=FLOOR) is None
+
+
+@pytest.mark.parametrize("floor", [0.5, 0.95])
+def test_utility_exactly_at_the_floor_counts_as_kept(floor):
+    points = [point(10, knowledge=0.2, utility=floor), point(20, knowledge=0.1, utility=1.0)]
+    assert select_point(points, utility_floor=floor).step == 10

@@ -1,0 +1,97 @@
+"""The forgetting verdict: its checks on hand-made samples, and the statistic on the
+demo's target (never unlearned: not forgotten) and retrain (never trained on the
+forget set: forgotten)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core.evaluation.verdict import (
+    decide,
+    forgetting_checks,
+    knowledge_check,
+    membership_check,
+    relearning_check,
+    utility_check,
+)
+
+
+def test_knowledge_is_the_ks_p_value_of_truth_ratios():
+    same = np.linspace(0.5, 1.5, 40)
+    check = knowledge_check(same, same.copy(), threshold=0.2)
+    assert check.value == pytest.approx(1.0) and check.passed
+    # Every forget ratio below every holdout one: D = 1, p = 2 / C(80, 40) (exact test).
+    low, high = np.linspace(0.1, 0.5, 40), np.linspace(0.6, 1.5, 40)
+    check = knowledge_check(low, high, threshold=0.2)
+    assert check.value < 1e-20 and check.passed is False
+
+
+def test_membership_fails_remembered_records_and_flags_over_forgotten_ones():
+    members = np.arange(10.0)
+    # AUC = P(forget score > holdout score): 1 when every forget record scores higher.
+    assert membership_check(members + 100, members).value == 1.0
+    assert membership_check(members - 100, members).value == 0.0
+    assert membership_check(members, members).value == 0.5
+    assert membership_check(members + 100, members).passed is False  # remembered
+    over = membership_check(members - 100, members)
+    assert over.passed is True and over.flag == "over_forgotten"
+    assert membership_check(members - 100, members, two_sided=True).passed is False
+    assert membership_check(members, members, two_sided=True).passed is True
+    verdict = decide([over, utility_check(1.0, 0.95)])
+    assert verdict.status == "forgotten" and "removal is detectable" in verdict.reason
+
+
+def test_decide_says_forgotten_only_when_every_check_passes():
+    good = [utility_check(1.0, 0.95), relearning_check(0.09, 0.1)]
+    assert decide(good).status == "forgotten"
+    bad = good + [utility_check(0.9, 0.95)]
+    verdict = decide(bad)
+    assert verdict.status == "not_forgotten" and "below the floor" in verdict.reason
+    # relearning: 2.5x the holdout's probability after the attack is more than 2x
+    verdict = decide([relearning_check(0.25, 0.1)])
+    assert verdict.status == "not_forgotten" and "relearning" in verdict.reason
+    unknown = decide([utility_check(None, 0.95)])
+    assert unknown.status == "not_verifiable"
+
+
+def test_without_holdout_records_the_verdict_is_not_verifiable_and_says_what_to_supply():
+    checks, missing = forgetting_checks({"truth_ratio": [1.0]}, None, threshold=0.2)
+    verdict = decide(checks, missing=missing)
+    assert verdict.status == "not_verifiable"
+    assert "holdout" in verdict.reason and "never trained on" in verdict.reason
+
+
+@pytest.fixture(scope="module")
+def demo_verdicts(tiny_demo):
+    from core.data.records import read_records
+    from core.evaluation.probe import ProbeSets, probe_model
+    from core.models.loading import load_model
+    from core.spec import DEFAULT_PROMPT_TEMPLATE
+
+    sets = ProbeSets(
+        forget=read_records(tiny_demo.data["forget10"]),
+        holdout=read_records(tiny_demo.data["holdout"]),
+    )
+    verdicts = {}
+    for name in ("target", "retrain"):
+        model, tokenizer = load_model(str(getattr(tiny_demo, name)), dtype="fp32")
+        probe = probe_model(model, tokenizer, sets, template=DEFAULT_PROMPT_TEMPLATE, max_length=64)
+        checks, missing = forgetting_checks(
+            probe.columns["forget"], probe.columns["holdout"], threshold=0.2
+        )
+        verdicts[name] = decide(checks, missing=missing)
+    return verdicts
+
+
+def test_the_demo_target_is_not_forgotten(demo_verdicts):
+    verdict = demo_verdicts["target"]
+    assert verdict.status == "not_forgotten"
+    assert verdict.check("knowledge").value < 1e-3
+    assert verdict.check("membership").value > 0.9  # remembered, not over-forgotten
+
+
+def test_the_demo_retrain_is_forgotten(demo_verdicts):
+    verdict = demo_verdicts["retrain"]
+    assert verdict.status == "forgotten", verdict.reason
+    assert abs(verdict.check("membership").value - 0.5) < 0.2
