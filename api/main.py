@@ -17,7 +17,16 @@ from api.auth import BearerAuthMiddleware
 from api.errors import install_error_handlers
 from api.metrics import MetricsMiddleware, RequestMetrics
 from api.openapi import install_openapi
-from api.routers import audit, datasets, deletion_requests, health, jobs, methods, models
+from api.routers import (
+    audit,
+    datasets,
+    deletion_requests,
+    health,
+    job_spec,
+    jobs,
+    methods,
+    models,
+)
 from api.schemas.common import ErrorResponse
 from api.state import Resources
 from core.reaper import ReaperThread
@@ -61,6 +70,6 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
 
     app.include_router(health.router)
-    for module in (datasets, jobs, methods, models, deletion_requests, audit):
+    for module in (datasets, jobs, methods, job_spec, models, deletion_requests, audit):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     return app

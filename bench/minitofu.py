@@ -1,8 +1,16 @@
 """Mini-TOFU: does Obliviate reproduce the SimNPO paper's findings on a model it can
 train itself?
 
+    python bench/minitofu.py --target --out results.json      # the default job, verified
     python bench/minitofu.py --out results.json               # settled defaults, seeds 1-3
     python bench/minitofu.py --sweep grid,kl,push --out sweep.json  # the sweeps behind them (seed 0)
+
+``--target`` runs what a user gets from a job spec with no hyperparameters at all: the
+whole job pipeline (``core.pipeline.run_job``), training until the verdict says
+forgotten with utility at the floor (or the budget ends), then the full evaluation
+against the oracle, the relearning attack on the unlearned model and on the oracle, and
+the final verdict. Per method it reports the oracle's forget quality, the utility
+ratio, ``target_met``, the steps to the published point and the relearning figure.
 
 Builds the demo assets (fictitious authors, ~1M-parameter target that memorized them,
 retrain oracle without the forget10 authors), evaluates target and oracle once, then
@@ -351,6 +359,135 @@ def best_at_floor(rows: list[dict], floor: float) -> dict | None:
     return max(eligible, key=lambda r: (r["forget_quality"] or 0, r["model_utility_ratio"]))
 
 
+#: the relearning attack of the target runs: the README demo's (5 steps at lr 1e-3)
+TARGET_RELEARN = {"steps": 5, "learning_rate": 1e-3, "batch_size": 8}
+TARGET_KEYS = HEADLINE + ("model_utility_ratio",)
+
+
+def run_target_job(bench: Bench, method: str, seed: int, workdir: Path) -> dict:
+    """One default job of ``method`` through the service's pipeline; its figures."""
+    import shutil
+
+    from core.pipeline import JobInputs, run_job
+    from core.spec import parse_job_spec
+
+    data = bench.assets.data
+    key = json.dumps([RUNS_VERSION, bench.preset, "target", method, seed], sort_keys=True)
+    if key in bench.cache:
+        return dict(bench.cache[key])
+    spec = parse_job_spec(
+        {
+            "model": str(bench.assets.target),
+            "forget": str(data["forget10"]),
+            "retain": str(data["retain90"]),
+            "method": method,
+            "evaluation": {
+                "holdout": str(data["holdout"]),
+                "utility": [str(data["world_facts"])],
+                "oracle": str(bench.assets.retrain),
+                "relearn": TARGET_RELEARN,
+                **bench.spec.model_dump(include={"max_samples", "max_new_tokens", "batch_size"}),
+            },
+            "seed": seed,
+        }
+    )
+    inputs = JobInputs(
+        model=str(bench.assets.target),
+        forget=data["forget10"],
+        retain=data["retain90"],
+        holdout=data["holdout"],
+        utility={"world_facts": data["world_facts"]},
+        oracle_model=str(bench.assets.retrain),
+    )
+    folder = workdir / f"{method}-{seed}"
+    shutil.rmtree(folder, ignore_errors=True)
+    started = time.monotonic()
+    outcome = run_job(spec, inputs, folder)
+    summary = outcome.report["summary"]
+    relearn = outcome.report.get("relearn") or {}
+    row = {key: summary.get(key) for key in TARGET_KEYS}
+    row.update(
+        seed=seed,
+        target_met=bool(summary.get("target_met")),
+        verdict=(summary.get("verdict") or {}).get("status"),
+        verdict_reason=(summary.get("verdict") or {}).get("reason"),
+        selected_step=summary.get("selected_step"),
+        steps=outcome.steps,
+        stopped=summary.get("stopped"),
+        learning_rate=outcome.learning_rate,
+        relearn_unseen_vs_oracle=relearn.get("unseen_probability_vs_oracle"),
+        relearn_unseen_after=(relearn.get("after_attack_unseen") or {}).get("forget_probability"),
+        relearn_oracle_unseen_after=(
+            ((relearn.get("oracle") or {}).get("after_attack_unseen") or {}).get(
+                "forget_probability"
+            )
+        ),
+        evaluation_share=(outcome.report.get("training") or {})
+        .get("evaluation_cost", {})
+        .get("share_of_training"),
+        seconds=round(time.monotonic() - started, 1),
+        hyperparameters=outcome.manifest.get("hyperparameters"),
+    )
+    shutil.rmtree(folder, ignore_errors=True)
+    bench._save(key, row)
+    return row
+
+
+def summarize_target(rows: list[dict], original_mu: float) -> dict:
+    out = summarize(rows, original_mu)
+    out["target_met"] = all(r["target_met"] for r in rows)
+    out["target_met_runs"] = sum(r["target_met"] for r in rows)
+    out["forget_quality_min"] = min((r["forget_quality"] or 0.0) for r in rows)
+    out["model_utility_ratio"] = statistics.fmean(
+        r["model_utility_ratio"] for r in rows if r.get("model_utility_ratio") is not None
+    )
+    for key in ("selected_step", "relearn_unseen_vs_oracle", "evaluation_share"):
+        values = [r[key] for r in rows if r.get(key) is not None]
+        out[key] = statistics.fmean(values) if values else None
+    return out
+
+
+def run_targets(bench: Bench, methods, seeds, log, workdir: Path) -> dict:
+    original = bench.reference_row(bench.original)
+    retrain = bench.reference_row(bench.oracle)
+    original_mu = original["model_utility"]
+    results = {
+        "original": {**original, "model_utility_ratio": 1.0},
+        "retrain": {**retrain, "model_utility_ratio": retrain["model_utility"] / original_mu},
+    }
+    for method in methods:
+        rows = []
+        for seed in seeds:
+            row = run_target_job(bench, method, seed, workdir)
+            rows.append(row)
+            log(
+                f"{method} seed {seed}: {row['verdict']} (target met: {row['target_met']}) at "
+                f"step {row['selected_step']}, FQ {_num(row['forget_quality'])}, MU ratio "
+                f"{_num(row['model_utility_ratio'])}, relearn vs oracle "
+                f"{_num(row['relearn_unseen_vs_oracle'])}"
+            )
+        results[method] = summarize_target(rows, original_mu)
+    return results
+
+
+def print_target_table(methods: dict, log) -> None:
+    header = (
+        f"{'model':<10}{'FQ':>9}{'FQ min':>9}{'MU/orig':>9}{'met':>6}{'step':>7}"
+        f"{'relearn/oracle':>16}{'P(forget)':>11}{'PrivLeak':>10}"
+    )
+    log(header)
+    log("-" * len(header))
+    for name, row in methods.items():
+        met = row.get("target_met_runs")
+        log(
+            f"{name:<10}{_num(row.get('forget_quality')):>9}{_num(row.get('forget_quality_min')):>9}"
+            f"{_num(row.get('model_utility_ratio')):>9}"
+            f"{(str(met) + '/' + str(len(row.get('seeds', [])))) if met is not None else '-':>6}"
+            f"{_num(row.get('selected_step')):>7}{_num(row.get('relearn_unseen_vs_oracle')):>16}"
+            f"{_num(row.get('forget_probability')):>11}{_num(row.get('privleak')):>10}"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -377,6 +514,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--fresh", action="store_true", help="ignore runs cached by earlier invocations"
     )
+    parser.add_argument(
+        "--target",
+        action="store_true",
+        help="run the default job of each method (no hand-set hyperparameters) with its "
+        "target, through the job pipeline",
+    )
     args = parser.parse_args(argv)
     if args.sweep and not set(args.sweep) <= set(SWEEPS):
         parser.error(f"--sweep: choose from {', '.join(SWEEPS)}")
@@ -388,7 +531,11 @@ def main(argv: list[str] | None = None) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     seeds = [int(s) for s in args.seeds.split(",")]
     bench = Bench(args.preset, args.cache, log, fresh=args.fresh)
-    if args.sweep:
+    if args.target:
+        results = run_targets(bench, methods, seeds, log, args.cache / "target-runs")
+        print_target_table(results, log)
+        output = {"methods": results, "seeds": seeds, "mode": "target"}
+    elif args.sweep:
         output = {
             "sweep": run_sweep(
                 bench,

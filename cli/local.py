@@ -110,7 +110,7 @@ def resolve_job_inputs(spec: JobSpec, settings: Settings, base: Path) -> JobInpu
 
     return JobInputs(
         model=resolve_model(spec.model, settings, base),
-        forget=resolve_data(spec.forget, settings, base, "forget"),
+        forget=resolve_data(spec.primary_data, settings, base, spec_data_param(spec)),
         retain=resolve_data(spec.retain, settings, base, "retain"),
         eval_forget=data("forget"),
         eval_retain=data("retain"),
@@ -120,3 +120,8 @@ def resolve_job_inputs(spec: JobSpec, settings: Settings, base: Path) -> JobInpu
         knowmem_retain=data("knowmem_retain"),
         oracle_model=oracle_model,
     )
+
+
+def spec_data_param(spec) -> str:
+    """The field that names the set a job trains on."""
+    return "forget" if spec.kind == "unlearn" else "train"

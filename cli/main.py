@@ -135,8 +135,28 @@ def unlearn(
     if outcome.report_dir:
         console.print(f"report: [bold]{outcome.report_dir / 'report.html'}[/]")
         summary = (outcome.report or {}).get("summary") or {}
+        _print_verdict(summary)
         for key, value in summary.items():
-            console.print(f"  {key}: {value}")
+            if key not in ("verdict", "selection_rule"):
+                console.print(f"  {key}: {value}")
+
+
+def _print_verdict(summary: dict) -> None:
+    verdict = summary.get("verdict")
+    if not verdict:
+        return
+    colour = {"forgotten": "green", "not_forgotten": "red"}.get(verdict["status"], "yellow")
+    console.print(
+        f"verdict: [bold {colour}]{verdict['status'].replace('_', ' ')}[/] ({verdict['reason']})"
+    )
+    if summary.get("selected_step") is not None:
+        met = "met" if summary.get("target_met") else "not met"
+        console.print(f"target {met}; published the model of step {summary['selected_step']}")
+    for check in verdict.get("checks", []):
+        mark = {True: "pass", False: "FAIL", None: "n/a"}[check.get("passed")]
+        value = check.get("value")
+        shown = f"{value:.3g}" if isinstance(value, (int, float)) else "-"
+        console.print(f"  [{mark}] {check['label']}: {shown} (threshold {check['threshold']})")
 
 
 @app.command()
@@ -146,7 +166,9 @@ def finetune(
         ..., exists=True, dir_okay=False, help="Training set: JSONL, CSV or Parquet."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for the checkpoint."),
-    learning_rate: float = typer.Option(1e-5, help="Peak AdamW learning rate."),
+    learning_rate: str = typer.Option(
+        "auto", help="Peak AdamW learning rate, or auto (scaled to the model's width)."
+    ),
     epochs: int = typer.Option(3, help="Passes over the data."),
     batch_size: int = typer.Option(8, help="Examples per micro-batch."),
     gradient_accumulation_steps: int = typer.Option(1, help="Micro-batches per step."),
@@ -156,68 +178,53 @@ def finetune(
     seed: int = typer.Option(0, help="Seed for data order."),
 ):
     """Fine-tune a model on a data set (answer-token NLL), e.g. to build your own target
-    model that memorized a forget set before unlearning it; writes a checkpoint with a
-    manifest and metrics.jsonl."""
-    from pydantic import ValidationError
-
-    from cli.local import resolve_model
-    from core.data.encoding import encode_record_set
-    from core.data.records import read_records
+    model, or the retrain oracle (the same base and recipe without the forget set); a
+    job of kind finetune, run locally: checkpoint with a manifest, and metrics.jsonl.
+    The same job runs on the service with POST /v1/jobs {"kind": "finetune", ...}."""
+    from cli.local import resolve_job_inputs
     from core.errors import ObliviateError
-    from core.models.checkpoint import save_checkpoint
-    from core.models.loading import load_model
+    from core.pipeline import run_job
     from core.settings import get_settings
-    from core.spec import DEFAULT_PROMPT_TEMPLATE, invalid_request_from
-    from core.training.finetune import FinetuneHyperparameters
-    from core.training.finetune import finetune as run_finetune
-    from core.training.loop import Callbacks, weights_dtype
+    from core.spec import DEFAULT_PROMPT_TEMPLATE, parse_job_spec
 
     settings = get_settings()
-    template = prompt_template or DEFAULT_PROMPT_TEMPLATE
     try:
-        try:
-            hparams = FinetuneHyperparameters(
-                learning_rate=learning_rate,
-                epochs=epochs,
-                batch_size=batch_size,
-                gradient_accumulation_steps=gradient_accumulation_steps,
-                max_length=max_length,
-                precision=precision,
-            )
-        except ValidationError as exc:
-            raise invalid_request_from(exc) from None
-        records = read_records(data)
-        local_model = resolve_model(model, settings, Path.cwd())
-        net, tokenizer = load_model(local_model, dtype=weights_dtype(hparams.precision, lora=False))
-        examples = encode_record_set(tokenizer, records, max_length=max_length, template=template)
+        rate = learning_rate if learning_rate == "auto" else float(learning_rate)
+    except ValueError:
+        _fail(ValueError(f"--learning-rate: {learning_rate!r} is neither a number nor auto"))
+    try:
+        spec = parse_job_spec(
+            {
+                "kind": "finetune",
+                "model": model,
+                "train": str(data.resolve()),
+                "hyperparameters": {
+                    "learning_rate": rate,
+                    "epochs": epochs,
+                    "batch_size": batch_size,
+                    "gradient_accumulation_steps": gradient_accumulation_steps,
+                    "max_length": max_length,
+                    "precision": precision,
+                },
+                "evaluation": {"enabled": False},
+                "target": None,
+                "prompt_template": prompt_template or DEFAULT_PROMPT_TEMPLATE,
+                "seed": seed,
+            }
+        )
+        inputs = resolve_job_inputs(spec, settings, Path.cwd())
         with make_progress() as progress:
             reporter = CliReporter(progress, out)
             try:
-                result = run_finetune(
-                    net,
-                    tokenizer,
-                    examples,
-                    hparams,
-                    seed=seed,
-                    callbacks=Callbacks(on_step=reporter.step),
-                )
+                outcome = run_job(spec, inputs, out, reporter=reporter, settings=settings)
             finally:
                 reporter.close()
     except ObliviateError as error:
         _fail(error)
-    info = {
-        "base_model": model,
-        "method": "finetune",
-        "hyperparameters": hparams.model_dump(),
-        "seed": seed,
-        "prompt_template": template,
-        "data": {"train": records.provenance()},
-        "training": {"steps": result.steps, "trained_tokens": result.trained_tokens},
-    }
-    save_checkpoint(result.model, tokenizer, out / "checkpoint", info=info)
-    final = result.history[-1].loss if result.history else float("nan")
+    final = outcome.history[-1].loss if outcome.history else float("nan")
     console.print(
-        f"checkpoint: [bold]{out / 'checkpoint'}[/] ({result.steps} steps, final loss {final:.4f})"
+        f"checkpoint: [bold]{outcome.checkpoint_dir}[/] ({outcome.steps} steps, final loss "
+        f"{final:.4f}, learning rate {outcome.learning_rate:.3g})"
     )
 
 

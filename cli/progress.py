@@ -60,6 +60,28 @@ class CliReporter:
     def should_cancel(self) -> bool:
         return False
 
+    def should_pause(self) -> bool:
+        return False
+
+    def evaluation(self, point: dict) -> None:
+        """An evaluation point: one line on the console, one row in metrics.jsonl."""
+        verdict = point.get("verdict") or {}
+        figures = point.get("metrics") or {}
+        shown = ", ".join(
+            f"{key} {figures[key]:.3g}"
+            for key in ("forget_probability", "holdout_probability", "knowledge_p", "utility_ratio")
+            if isinstance(figures.get(key), (int, float))
+        )
+        self.progress.console.log(
+            f"[magenta]step {point['step']}[/] {verdict.get('status', '?')}: {shown}"
+        )
+        row = {"type": "evaluation", **point}
+        self.metrics.write(json.dumps(row, default=str) + "\n")
+        self.metrics.flush()
+
+    def state_saved(self, folder, step: int) -> None:
+        pass
+
     def close(self) -> None:
         self.metrics.close()
         self.events.close()

@@ -1,9 +1,17 @@
-"""One unlearning job from start to finish, on local inputs: the CLI and the worker
-both call :func:`run_job`; they differ only in how references become local files and
-where progress goes.
+"""One job from start to finish, on local inputs: the CLI and the worker both call
+:func:`run_job`; they differ only in how references become local files and where
+progress goes.
 
-load data + model -> evaluate before -> train -> save checkpoint (manifest last)
--> evaluate after -> report
+unlearn: load data + model -> evaluate before -> train with evaluation points until the
+target is met or the budget spent (``core.verification``) -> publish the chosen point
+(manifest last) -> evaluate after -> final verdict and report.
+
+finetune (``core.pipeline_finetune``): train on ``train`` -> checkpoint -> evaluate the
+result (reusable as another job's oracle, ``job:<id>``).
+
+A run can stop and go on: at every evaluation point (and when paused) the full training
+state is saved under ``<workdir>/run`` (``core.run_folder``); ``run_job(...,
+resume=True)`` with that folder in place continues where it stopped.
 """
 
 from __future__ import annotations
@@ -15,9 +23,14 @@ from pathlib import Path
 from typing import Protocol
 
 from core.data.records import RecordSet, read_records
+from core.run_folder import RunFolder
 from core.spec import JobSpec
 
 log = logging.getLogger(__name__)
+
+#: the learning-rate rule of ``learning_rate: "auto"`` (core.training.auto)
+BEFORE_FILE = "before.json"
+INFO_FILE = "info.json"
 
 
 @dataclass
@@ -25,6 +38,7 @@ class JobInputs:
     """A job's references, resolved to local files (or a hub id for the model)."""
 
     model: str
+    #: the set the job trains on: the forget set (unlearn) or the training set (finetune)
     forget: Path
     retain: Path | None = None
     eval_forget: Path | None = None
@@ -46,6 +60,9 @@ class Reporter(Protocol):
     def event(self, kind: str, message: str, **data) -> None: ...
     def step(self, metrics) -> None: ...
     def should_cancel(self) -> bool: ...
+    def should_pause(self) -> bool: ...
+    def evaluation(self, point: dict) -> None: ...
+    def state_saved(self, folder: Path, step: int) -> None: ...
 
 
 class NullReporter:
@@ -57,6 +74,20 @@ class NullReporter:
 
     def should_cancel(self) -> bool:
         return False
+
+    def should_pause(self) -> bool:
+        return False
+
+    def evaluation(self, point: dict) -> None:
+        pass
+
+    def state_saved(self, folder: Path, step: int) -> None:
+        pass
+
+
+def _hook(reporter, name: str, default):
+    """A reporter method, or ``default`` for reporters written before it existed."""
+    return getattr(reporter, name, None) or default
 
 
 @dataclass
@@ -71,6 +102,14 @@ class JobOutcome:
     report: dict | None = None
     #: the after-model evaluation, reusable as an oracle's stored statistics
     evaluation: dict | None = None
+    #: the last evaluation point's model, when another point was published
+    last_checkpoint_dir: Path | None = None
+    last_step: int | None = None
+    #: the step the published model comes from
+    selected_step: int | None = None
+    #: the final verdict with ``target_met`` (None without a verdict)
+    verdict: dict | None = None
+    learning_rate: float | None = None
 
 
 def _read(path: Path | None, name: str | None) -> RecordSet | None:
@@ -85,17 +124,43 @@ def run_job(
     reporter: Reporter | None = None,
     lookup=None,
     settings=None,
+    resume: bool = False,
 ) -> JobOutcome:
-    from core.data.encoding import encode_record_set
-    from core.methods import get_method
-    from core.models.checkpoint import save_checkpoint
-    from core.models.loading import load_model
-    from core.training.loop import Callbacks, run_training, weights_dtype
-
+    """Run the job in ``workdir``; with ``resume`` continue from the state saved under
+    ``workdir/run`` (by an earlier attempt, a pause, or the job ``continue_from``
+    names)."""
     reporter = reporter or NullReporter()
+    if spec.kind == "finetune":
+        from core.pipeline_finetune import run_finetune_job
+
+        return run_finetune_job(
+            spec,
+            inputs,
+            workdir,
+            reporter=reporter,
+            lookup=lookup,
+            settings=settings,
+            resume=resume,
+        )
+    return _run_unlearning(spec, inputs, workdir, reporter, lookup, settings, resume)
+
+
+def _run_unlearning(spec, inputs, workdir, reporter, lookup, settings, resume) -> JobOutcome:
+    from core.data.encoding import encode_record_set
+    from core.errors import Paused
+    from core.methods import get_method
+    from core.models.loading import load_model
+    from core.runtime import default_device
+    from core.training.auto import resolve_hyperparameters
+    from core.training.loop import Callbacks, run_training, weights_dtype
+    from core.training.state import TrainingState, load_trainable_weights
+
     method = get_method(spec.method)
     hparams = spec.method_hyperparameters()
     names = inputs.names
+    run = RunFolder(workdir)
+    resume = resume and run.has_state()
+    saved_info = run.read_json(INFO_FILE) if resume else None
 
     reporter.event("phase", "reading data")
     forget_set = _read(inputs.forget, names.get("forget"))
@@ -108,10 +173,63 @@ def run_job(
         settings=settings,
         dtype=weights_dtype(hparams.precision, lora=spec.lora is not None),
     )
-    from core.runtime import default_device
-
     model.to(default_device())  # evaluate before training where training will run
     template = spec.prompt_template
+
+    if saved_info is not None:
+        decided = saved_info["decided"]
+        hparams = hparams.model_copy(update=saved_info["resolved"])
+    else:
+        hparams, decided = resolve_hyperparameters(
+            hparams, model, n_examples=len(forget_set), lora=spec.lora is not None
+        )
+    learning_rate = hparams.learning_rate
+    for name, how in decided.items():
+        reporter.event("hyperparameter", f"{name} {getattr(hparams, name)} ({how})", name=name)
+
+    evaluator = None
+    before = None
+    if spec.evaluation.enabled:
+        from core.evaluation import EvaluationResult
+        from core.pipeline_eval import JobEvaluator
+
+        evaluator = JobEvaluator(
+            spec, inputs, forget_set, retain_set, tokenizer, hparams.max_length, reporter
+        )
+        stored = run.read_json(BEFORE_FILE) if resume else None
+        if stored is not None:
+            before = EvaluationResult.from_dict(stored)
+        else:
+            reporter.event("phase", "evaluating the model before unlearning")
+            before = evaluator.evaluate(model, "before")
+            run.write_json(BEFORE_FILE, before.to_dict())
+
+    holdout_set = (
+        evaluator.sets.holdout if evaluator else _read(inputs.holdout, names.get("holdout"))
+    )
+    target = spec.target
+    if target is not None and holdout_set is None:
+        reporter.event(
+            "warning",
+            "no holdout set: forgetting cannot be verified, so the job runs the fixed recipe "
+            f"({hparams.epochs} epochs) with the utility guard only",
+            level="warning",
+        )
+    epochs = target.max_epochs if target is not None and holdout_set is not None else hparams.epochs
+    hparams = hparams.model_copy(update={"epochs": epochs})
+    run.write_json(
+        INFO_FILE,
+        {
+            "resolved": {
+                "learning_rate": hparams.learning_rate,
+                "gradient_accumulation_steps": hparams.gradient_accumulation_steps,
+            },
+            "decided": decided,
+            "epochs": epochs,
+            "method": method.name,
+        },
+    )
+
     forget_examples = encode_record_set(
         tokenizer, forget_set, max_length=hparams.max_length, template=template
     )
@@ -121,16 +239,26 @@ def run_job(
         else None
     )
 
-    evaluator = None
-    before = None
-    if spec.evaluation.enabled:
-        from core.pipeline_eval import JobEvaluator
-
-        evaluator = JobEvaluator(
-            spec, inputs, forget_set, retain_set, tokenizer, hparams.max_length, reporter
+    training_state = TrainingState.load(run.state_dir) if resume else None
+    monitor = None
+    if target is not None:
+        monitor = _make_monitor(
+            spec,
+            target,
+            inputs,
+            evaluator,
+            forget_set,
+            retain_set,
+            holdout_set,
+            forget_examples,
+            tokenizer,
+            model,
+            hparams,
+            learning_rate,
+            run,
+            reporter,
+            training_state,
         )
-        reporter.event("phase", "evaluating the model before unlearning")
-        before = evaluator.evaluate(model, "before")
 
     reporter.event(
         "phase",
@@ -138,50 +266,75 @@ def run_job(
         method=method.name,
         forget_examples=len(forget_examples),
         retain_examples=len(retain_examples or []),
+        max_epochs=epochs,
     )
-    result = run_training(
-        model,
-        tokenizer,
-        forget_examples,
-        retain_examples,
-        method,
-        hparams,
-        seed=spec.seed,
-        lora=spec.lora,
-        callbacks=Callbacks(
-            on_step=reporter.step,
-            on_event=lambda kind, message, data: reporter.event(kind, message, **data),
-            should_cancel=reporter.should_cancel,
-        ),
-    )
+    try:
+        result = run_training(
+            model,
+            tokenizer,
+            forget_examples,
+            retain_examples,
+            method,
+            hparams,
+            seed=spec.seed,
+            lora=spec.lora,
+            callbacks=Callbacks(
+                on_step=reporter.step,
+                on_event=lambda kind, message, data: reporter.event(kind, message, **data),
+                should_cancel=reporter.should_cancel,
+                should_pause=_hook(reporter, "should_pause", lambda: False),
+                on_evaluation=monitor,
+            ),
+            evaluate_every_steps=target.eval_every_steps if target else None,
+            resume=training_state,
+            new_schedule=bool(resume and spec.continue_from),
+        )
+    except Paused as paused:
+        paused.state.extra = {"monitor": _monitor_extra(monitor)}
+        paused.state.save(run.state_dir)
+        reporter.state_saved(run.root, paused.state.step)
+        raise
+
+    model = result.model
+    last_step = result.steps
+    selected = None
+    last_checkpoint_dir = None
+    info = _manifest_info(spec, method, hparams, decided, forget_set, retain_set, result)
+    if monitor is not None:
+        from core.training.target import SELECTION_RULE, select_point
+
+        selected = select_point(monitor.state.records(), utility_floor=target.utility_floor)
+        if selected is not None and selected.step != last_step:
+            from core.models.checkpoint import save_checkpoint
+
+            reporter.event(
+                "phase",
+                f"saving the last point (step {last_step}), then publishing step {selected.step}",
+            )
+            last_checkpoint_dir = workdir / "checkpoint-last"
+            save_checkpoint(
+                model,
+                tokenizer,
+                last_checkpoint_dir,
+                info={**info, "evaluation_point": {"step": last_step, "role": "last"}},
+                merge_lora=False,
+            )
+            load_trainable_weights(model, monitor.best_weights())
+        if selected is not None:
+            info["evaluation_point"] = {
+                "step": selected.step,
+                "epoch": selected.epoch,
+                "role": "published",
+                "selection_rule": SELECTION_RULE,
+                "verdict": selected.verdict.get("status"),
+            }
 
     reporter.event("phase", "saving checkpoint")
-    info = {
-        "base_model": spec.model,
-        "method": method.name,
-        "hyperparameters": hparams.model_dump(),
-        "lora": spec.lora.model_dump() if spec.lora else None,
-        "seed": spec.seed,
-        "prompt_template": template,
-        "data": {
-            role: records.provenance()
-            for role, records in (("forget", forget_set), ("retain", retain_set))
-            if records is not None
-        },
-        "training": {
-            "steps": result.steps,
-            "trained_tokens": result.trained_tokens,
-            "seconds": round(result.elapsed_s, 2),
-        },
-        "metadata": spec.metadata,
-    }
+    from core.models.checkpoint import save_checkpoint
+
     checkpoint_dir = workdir / "checkpoint"
     manifest = save_checkpoint(
-        result.model,
-        tokenizer,
-        checkpoint_dir,
-        info=info,
-        merge_lora=bool(spec.lora and spec.lora.merge),
+        model, tokenizer, checkpoint_dir, info=info, merge_lora=bool(spec.lora and spec.lora.merge)
     )
     outcome = JobOutcome(
         checkpoint_dir=checkpoint_dir,
@@ -190,11 +343,14 @@ def run_job(
         steps=result.steps,
         trained_tokens=result.trained_tokens,
         train_seconds=result.elapsed_s,
+        last_checkpoint_dir=last_checkpoint_dir,
+        last_step=last_step,
+        selected_step=selected.step if selected else last_step,
+        learning_rate=learning_rate,
     )
 
     if evaluator is not None:
         reporter.event("phase", "evaluating the model after unlearning")
-        model = result.model
         if hasattr(model, "merge_and_unload"):
             model = model.merge_and_unload()
         after = evaluator.evaluate(model, "after")
@@ -208,7 +364,121 @@ def run_job(
             model=model,
             tokenizer=tokenizer,
             forget_examples=forget_examples,
+            target=target,
+            points=monitor.state.points if monitor else [],
+            selected_step=outcome.selected_step,
+            stopped=monitor.stop_reason if monitor else None,
+            eval_seconds=monitor.state.eval_seconds if monitor else 0.0,
+            learning_rate=learning_rate,
         )
         outcome.evaluation = after.to_dict()
+        outcome.verdict = (outcome.report or {}).get("summary", {}).get("verdict")
         log.info("report written in %.1fs", time.monotonic() - started)
+    elif selected is not None:
+        # No final evaluation: the published point's own verdict is the job's.
+        outcome.verdict = {**selected.verdict, "target_met": selected.met}
     return outcome
+
+
+def _monitor_extra(monitor) -> dict:
+    from dataclasses import asdict
+
+    return asdict(monitor.state) if monitor is not None else {}
+
+
+def _make_monitor(
+    spec,
+    target,
+    inputs,
+    evaluator,
+    forget_set,
+    retain_set,
+    holdout_set,
+    forget_examples,
+    tokenizer,
+    model,
+    hparams,
+    learning_rate,
+    run,
+    reporter,
+    training_state,
+):
+    from core.evaluation.probe import ProbeSets, probe_model, sample_sets
+    from core.verification import MonitorState, RelearnSettings, TargetMonitor
+
+    sets = evaluator.sets if evaluator else None
+    probe_sets = sample_sets(
+        ProbeSets(
+            forget=sets.forget if sets else forget_set,
+            holdout=holdout_set,
+            retain=sets.retain if sets else retain_set,
+            utility=dict(sets.utility) if sets else {},
+        ),
+        spec.evaluation.max_samples,
+        spec.evaluation.sample_seed,
+    )
+    # Retain and utility sets only serve the utility estimate: a sample does.
+    capped = sample_sets(
+        ProbeSets(forget=probe_sets.forget, retain=probe_sets.retain, utility=probe_sets.utility),
+        UTILITY_PROBE_SAMPLES,
+        spec.evaluation.sample_seed,
+    )
+    probe_sets.retain, probe_sets.utility = capped.retain, capped.utility
+    reporter.event("phase", "measuring the original model's probe")
+    original = probe_model(
+        model, tokenizer, probe_sets, template=spec.prompt_template, max_length=hparams.max_length
+    )
+    attack = spec.evaluation.relearn
+    relearn = RelearnSettings(
+        steps=attack.steps if attack else 5,
+        fraction=attack.fraction if attack else 0.5,
+        batch_size=attack.batch_size if attack else 8,
+        learning_rate=attack.learning_rate if attack else learning_rate,
+    )
+    state = (
+        MonitorState(**training_state.extra.get("monitor", {}))
+        if training_state is not None
+        else None
+    )
+    return TargetMonitor(
+        target=target,
+        tokenizer=tokenizer,
+        sets=probe_sets,
+        original=original,
+        forget_examples=forget_examples,
+        template=spec.prompt_template,
+        max_length=hparams.max_length,
+        run=run,
+        reporter=reporter,
+        relearn=relearn,
+        state=state,
+    )
+
+
+#: retain and utility records scored at a verdict probe (per set)
+UTILITY_PROBE_SAMPLES = 64
+
+
+def _manifest_info(spec, method, hparams, decided, forget_set, retain_set, result) -> dict:
+    return {
+        "base_model": spec.model,
+        "method": method.name,
+        "hyperparameters": hparams.model_dump(),
+        "hyperparameters_decided": decided,
+        "lora": spec.lora.model_dump() if spec.lora else None,
+        "seed": spec.seed,
+        "prompt_template": spec.prompt_template,
+        "target": spec.target.model_dump() if spec.target else None,
+        "data": {
+            role: records.provenance()
+            for role, records in (("forget", forget_set), ("retain", retain_set))
+            if records is not None
+        },
+        "training": {
+            "steps": result.steps,
+            "trained_tokens": result.trained_tokens,
+            "seconds": round(result.elapsed_s, 2),
+            "stopped_early": result.stopped_early,
+        },
+        "metadata": spec.metadata,
+    }

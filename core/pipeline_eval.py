@@ -60,7 +60,9 @@ class JobEvaluator:
         )
         return result
 
-    def _oracle(self) -> EvaluationResult | None:
+    def _oracle(self) -> tuple[EvaluationResult | None, object | None]:
+        """The oracle's evaluation, and its model when this job loaded one (for the
+        relearning attack); a stored evaluation comes without a model."""
         if self.inputs.oracle_result is not None:
             oracle = EvaluationResult.from_dict(self.inputs.oracle_result)
             stored = oracle.sets["forget"].sha256
@@ -71,49 +73,86 @@ class JobEvaluator:
                     "forget quality compares unlike samples",
                     level="warning",
                 )
-            return oracle
+            return oracle, None
         if self.inputs.oracle_model is None:
-            return None
+            return None, None
         from core.models.loading import load_model
+        from core.runtime import default_device
 
         self.reporter.event(
             "phase", "evaluating the oracle model", oracle=self.spec.evaluation.oracle
         )
-        from core.runtime import default_device
-
         oracle_model, _ = load_model(self.inputs.oracle_model, dtype="fp32")
         oracle_model.to(default_device())
-        result = self.evaluate(oracle_model, "oracle")
-        del oracle_model
-        return result
+        return self.evaluate(oracle_model, "oracle"), oracle_model
+
+    def _relearn(self, model, tokenizer, before: dict) -> dict:
+        from core.evaluation.relearn import relearn_attack
+
+        return relearn_attack(
+            model,
+            tokenizer,
+            self.sets.forget,
+            self.spec.evaluation,
+            template=self.spec.prompt_template,
+            max_length=self.max_length,
+            seed=self.spec.seed,
+            before=before,
+        )
 
     def write_report(
-        self, out_dir: Path, before, after, *, history, job_info, model, tokenizer, forget_examples
+        self,
+        out_dir: Path,
+        before,
+        after,
+        *,
+        history,
+        job_info,
+        model,
+        tokenizer,
+        forget_examples,
+        target=None,
+        points=(),
+        selected_step=None,
+        stopped=None,
+        eval_seconds=0.0,
+        learning_rate=None,
     ) -> tuple[Path, dict]:
-        oracle = self._oracle()
+        from core.evaluation.verdict import final_verdict
+
+        oracle, oracle_model = self._oracle()
         out_dir.mkdir(parents=True, exist_ok=True)
-        if oracle is not None:
-            (out_dir / ORACLE_STATS).write_text(json.dumps(oracle.to_dict()))
         relearn = None
         if self.spec.evaluation.relearn is not None:
-            from core.evaluation.relearn import relearn_attack
-
             self.reporter.event(
                 "phase", "relearning attack", steps=self.spec.evaluation.relearn.steps
             )
-            relearn = relearn_attack(
-                model,
-                tokenizer,
-                self.sets.forget,
-                self.spec.evaluation,
-                template=self.spec.prompt_template,
-                max_length=self.max_length,
-                seed=self.spec.seed,
-                before=after.metrics,
-            )
+            relearn = self._relearn(model, tokenizer, after.metrics)
+            oracle_relearn = None
+            if oracle_model is not None:
+                self.reporter.event("phase", "relearning attack on the oracle")
+                oracle_relearn = self._relearn(oracle_model, tokenizer, oracle.metrics)
+            elif oracle is not None:
+                oracle_relearn = (oracle.model_info or {}).get("relearn")
+            relearn = _with_oracle(relearn, oracle_relearn)
+            if oracle is not None and oracle_model is not None and oracle_relearn is not None:
+                oracle.model_info = {**oracle.model_info, "relearn": oracle_relearn}
+        if oracle is not None:
+            (out_dir / ORACLE_STATS).write_text(json.dumps(oracle.to_dict()))
+        del oracle_model
+        relearning = None
+        if target is not None and target.relearning and self.sets.holdout is not None:
+            relearning = self._relearning_check(model, tokenizer, forget_examples, learning_rate)
+        verdict = final_verdict(
+            before,
+            after,
+            target=target,
+            relearning=relearning,
+        )
         comparison = compare(before, after, oracle)
         training = [{"step": m.step, "epoch": m.epoch, "values": m.values()} for m in history]
         (out_dir / "evaluation.json").write_text(json.dumps(after.to_dict()))
+        train_seconds = history[-1].elapsed_s if history else 0.0
         write_report(
             out_dir,
             job=job_info,
@@ -123,5 +162,46 @@ class JobEvaluator:
             comparison=comparison,
             training_metrics=training,
             relearn=relearn,
+            verdict=verdict,
+            target=target.model_dump() if target is not None else None,
+            trajectory=list(points),
+            selected_step=selected_step,
+            stopped=stopped,
+            evaluation_cost={
+                "seconds": round(eval_seconds, 2),
+                "training_seconds": round(train_seconds, 2),
+                "share_of_training": (eval_seconds / train_seconds) if train_seconds else None,
+            },
         )
         return out_dir, json.loads((out_dir / "report.json").read_text())
+
+    def _relearning_check(self, model, tokenizer, forget_examples, learning_rate):
+        from core.evaluation.relearn import relearn_probability
+        from core.evaluation.verdict import relearning_check
+
+        attack = self.spec.evaluation.relearn
+        self.reporter.event("phase", "relearning check of the verdict")
+        unseen, holdout = relearn_probability(
+            model,
+            tokenizer,
+            forget_examples,
+            self.sets.holdout,
+            template=self.spec.prompt_template,
+            max_length=self.max_length,
+            steps=attack.steps if attack else 5,
+            fraction=attack.fraction if attack else 0.5,
+            batch_size=attack.batch_size if attack else 8,
+            learning_rate=attack.learning_rate if attack else (learning_rate or 1e-5),
+        )
+        return relearning_check(unseen, holdout)
+
+
+def _with_oracle(relearn: dict, oracle_relearn: dict | None) -> dict:
+    """The oracle under the same attack beside the unlearned model, and the ratio the
+    verified-forgetting goal is stated in: the unlearned model's forget probability on
+    the part the attack did not train on, over the oracle's."""
+    relearn = {**relearn, "oracle": oracle_relearn}
+    ours = (relearn.get("after_attack_unseen") or {}).get("forget_probability")
+    theirs = ((oracle_relearn or {}).get("after_attack_unseen") or {}).get("forget_probability")
+    relearn["unseen_probability_vs_oracle"] = ours / theirs if ours is not None and theirs else None
+    return relearn

@@ -13,13 +13,21 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from core.errors import InvalidRequest
 from core.methods import DEFAULT_METHOD, get_method
 from core.methods.base import UnlearningHyperparameters
 
 DEFAULT_PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
+#: the truth-ratio KS p-value at or above which forget and holdout count as alike
+VERDICT_FORGET_THRESHOLD = 0.2
 # Keys are matched as JSON paths by the job list's metadata filter: no quotes, brackets,
 # spaces or other path syntax.
 METADATA_KEY = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
@@ -122,9 +130,70 @@ class EvaluationSpec(StrictModel):
     )
 
 
+class TargetSpec(StrictModel):
+    """Train until the forget set is verifiably forgotten, with utility above a floor.
+
+    At every evaluation point the job measures a cheap probe (no generation) and asks
+    the verdict (``core.evaluation.verdict``): does the model treat the forget set like
+    the holdout set, data of the same form it never trained on? The job stops at the
+    first point where it does with utility at or above ``utility_floor`` x the
+    original's; if the budget runs out first it publishes the best point (the rule is
+    ``core.training.target.select_point``) and says ``target_met: false``.
+    """
+
+    utility_floor: float = Field(
+        0.95,
+        ge=0,
+        le=2,
+        description="Lowest acceptable model utility, as a fraction of the original model's.",
+    )
+    max_epochs: int = Field(
+        20, ge=1, le=1000, description="Budget: passes over the forget set at most."
+    )
+    eval_every_steps: int | None = Field(
+        None,
+        ge=1,
+        le=10_000_000,
+        description="Evaluation points every N optimizer steps; default: every epoch.",
+    )
+    forget_threshold: float = Field(
+        VERDICT_FORGET_THRESHOLD,
+        gt=0,
+        lt=1,
+        description="p-value at or above which the forget and holdout sets count as alike "
+        "(two-sample KS test of the model's own truth ratios).",
+    )
+    membership: Literal["one_sided", "two_sided"] = Field(
+        "one_sided",
+        description="one_sided: forget answers still likelier than unseen data fail the "
+        "verdict, and far less likely ones (over-forgetting: their removal is detectable) are "
+        "flagged; two_sided: both fail.",
+    )
+    relearning: bool = Field(
+        True,
+        description="Include the relearning check: after a short fine-tune on part of the "
+        "forget set, the rest must stay as unlikely as holdout data.",
+    )
+    stop_when_met: bool = Field(
+        True,
+        description="End at the first point that meets the target; false: spend the whole "
+        "budget and publish the best point.",
+    )
+
+
 class JobSpec(StrictModel):
+    kind: Literal["unlearn", "finetune"] = Field(
+        "unlearn",
+        description="unlearn: make the model forget `forget`; finetune: train on `train` "
+        "(e.g. a retrain oracle without the forget set, from the same base and recipe).",
+    )
     model: str = Field(..., min_length=1, max_length=2048, description="Base model reference.")
-    forget: str = Field(..., min_length=1, max_length=2048, description="Forget set reference.")
+    forget: str | None = Field(
+        None, min_length=1, max_length=2048, description="Forget set reference (unlearn)."
+    )
+    train: str | None = Field(
+        None, min_length=1, max_length=2048, description="Training set reference (finetune)."
+    )
     retain: str | None = Field(None, max_length=2048, description="Retain set reference.")
     method: str = Field(DEFAULT_METHOD, description="Unlearning method (GET /v1/methods).")
     hyperparameters: dict[str, Any] = Field(
@@ -147,6 +216,17 @@ class JobSpec(StrictModel):
         description="Id of the deletion request this job serves (POST /v1/deletion-requests); "
         "the request then lists the job and its evidence.",
     )
+    target: TargetSpec | None = Field(
+        default_factory=TargetSpec,
+        description="Train until verifiably forgotten (the default); null: run the "
+        "hyperparameters' fixed recipe and only report.",
+    )
+    continue_from: str | None = Field(
+        None,
+        max_length=64,
+        description="Id of an earlier job of the same kind, data and method to continue "
+        "from its last evaluation point (e.g. with a larger target.max_epochs).",
+    )
 
     @field_validator("prompt_template")
     @classmethod
@@ -160,8 +240,20 @@ class JobSpec(StrictModel):
     def _metadata_bounds(cls, value: dict[str, str]) -> dict[str, str]:
         return check_metadata(value)
 
+    @property
+    def primary_data(self) -> str:
+        """The set the job trains on: the forget set, or the fine-tuning set."""
+        return self.forget if self.kind == "unlearn" else self.train
+
     def method_hyperparameters(self) -> UnlearningHyperparameters:
         """The method's validated hyperparameters, defaults filled in."""
+        if self.kind == "finetune":
+            from core.training.finetune import FinetuneHyperparameters
+
+            try:
+                return FinetuneHyperparameters.model_validate(self.hyperparameters)
+            except ValidationError as exc:
+                raise invalid_request_from(exc, prefix="hyperparameters") from None
         method = get_method(self.method)
         try:
             hparams = method.parse_hyperparameters(self.hyperparameters)
@@ -178,8 +270,32 @@ class JobSpec(StrictModel):
 
     def validated(self) -> JobSpec:
         """Check everything that can be checked without loading data or models."""
+        self._check_kind()
         self.method_hyperparameters()
         return self
+
+    def _check_kind(self) -> None:
+        def refuse(param: str, message: str) -> None:
+            raise InvalidRequest(f"{param}: {message}", param=param, code="invalid_value")
+
+        if self.kind == "unlearn":
+            if self.forget is None:
+                raise InvalidRequest(
+                    "forget: an unlearning job needs a forget set",
+                    param="forget",
+                    code="missing_field",
+                )
+            if self.train is not None:
+                refuse("train", "only a fine-tuning job (kind finetune) takes a training set")
+            return
+        if self.train is None:
+            raise InvalidRequest(
+                "train: a fine-tuning job needs a training set", param="train", code="missing_field"
+            )
+        if self.forget is not None:
+            refuse("forget", "a fine-tuning job has no forget set; give its data as train")
+        if self.deletion_request is not None:
+            refuse("deletion_request", "a fine-tuning job cannot serve a deletion request")
 
 
 def parse_job_spec(data: dict[str, Any]) -> JobSpec:

@@ -1,11 +1,12 @@
 """Progress from a running job to the database, in batches, off the training thread.
 
 The training loop calls ``step``/``event`` (cheap: append to a buffer) and
-``should_cancel`` (read a flag) every step. A background thread wakes every
-``OBLIVIATE_HEARTBEAT_INTERVAL_S`` (2 s), records a heartbeat with the job's progress
-and estimated finish, and reads back the job's status: ``cancelling`` (or anything but
+``should_cancel``/``should_pause`` (read a flag) every step, and ``evaluation`` at
+evaluation points. A background thread wakes every ``OBLIVIATE_HEARTBEAT_INTERVAL_S``
+(2 s), records a heartbeat with the job's progress and estimated finish, and reads back
+the job's status: ``pausing`` raises the pause flag; ``cancelling`` (or anything but
 ``running``, e.g. reaped, or claimed again by another attempt) raises the cancel flag.
-Then it writes the buffered metrics and events.
+Then it writes the buffered metrics, events and evaluation points.
 
 The heartbeat has a transaction of its own: liveness must not depend on a batch of
 metrics being insertable, or one bad row would get a healthy job reaped. A batch that
@@ -20,6 +21,7 @@ import logging
 import threading
 from datetime import datetime, timedelta, timezone
 
+from core.db.evaluations import add_evaluation
 from core.db.jobs import add_events, add_metrics, heartbeat, hold_job
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,7 @@ class DbReporter:
         self._lock = threading.Lock()
         self._events: list[dict] = []
         self._metrics: list[dict] = []
+        self._evaluations: list[dict] = []
         self._failed_tries = 0
         self._progress = {
             "step": 0,
@@ -49,7 +52,10 @@ class DbReporter:
             "estimated_finish": None,
         }
         self._cancel = threading.Event()
+        self._pause = threading.Event()
         self._stop = threading.Event()
+        #: called with (folder, step) when the pipeline saved a resumable state
+        self.on_state_saved = None
         self._thread = threading.Thread(target=self._loop, name=f"reporter-{job_id}", daemon=True)
         #: the status last read back; None once another attempt holds the job
         self.status: str | None = "running"
@@ -92,6 +98,22 @@ class DbReporter:
     def should_cancel(self) -> bool:
         return self._cancel.is_set()
 
+    def should_pause(self) -> bool:
+        return self._pause.is_set()
+
+    def evaluation(self, point: dict) -> None:
+        with self._lock:
+            self._evaluations.append(point)
+
+    def state_saved(self, folder, step: int) -> None:
+        """The evaluation point's rows go first (the state refers to them), then the
+        state is copied to the object store, on the training thread: the next point
+        must not start before this one is safe."""
+        self.flush()
+        # A reaped attempt keeps no state: the attempt that replaced it owns the job.
+        if self.on_state_saved is not None and self.status in ("running", "pausing"):
+            self.on_state_saved(folder, step)
+
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> DbReporter:
         self._thread.start()
@@ -107,7 +129,7 @@ class DbReporter:
             except Exception:  # noqa: BLE001 - the job must still be finished
                 log.exception("could not record the last progress of %s", self.job_id)
             with self._lock:
-                if not (self._events or self._metrics):
+                if not (self._events or self._metrics or self._evaluations):
                     return
 
     def _loop(self) -> None:
@@ -123,7 +145,9 @@ class DbReporter:
             progress = dict(self._progress)
         with self.sessions() as session:
             self.status = heartbeat(session, self.job_id, attempt=self.attempt, **progress)
-        if self.status != "running":
+        if self.status == "pausing":
+            self._pause.set()
+        elif self.status != "running":
             self._cancel.set()
         self._write_batch()
 
@@ -131,7 +155,8 @@ class DbReporter:
         with self._lock:
             events, self._events = self._events, []
             metrics, self._metrics = self._metrics, []
-        if not (events or metrics):
+            evaluations, self._evaluations = self._evaluations, []
+        if not (events or metrics or evaluations):
             return
         with self.sessions() as session:
             try:
@@ -139,6 +164,8 @@ class DbReporter:
                 if held:
                     add_metrics(session, self.job_id, metrics)
                     add_events(session, self.job_id, events)
+                    for point in evaluations:
+                        add_evaluation(session, self.job_id, attempt=self.attempt, **point)
                     session.commit()
             except Exception:
                 session.rollback()
@@ -155,6 +182,7 @@ class DbReporter:
                     )
                     with self._lock:  # keep them for the next flush, in order
                         self._events[:0], self._metrics[:0] = events, metrics
+                        self._evaluations[:0] = evaluations
                 else:
                     log.exception(
                         "dropping %d metric rows and %d events of %s after %d failed tries",

@@ -11,6 +11,7 @@ stored.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -18,15 +19,26 @@ import socket
 import traceback
 
 from core.db.artifacts import add_checkpoint, save_report
-from core.db.jobs import add_events, claim_job, finish_job, hold_job, published_output
+from core.db.evaluations import mark_checkpoints
+from core.db.jobs import (
+    add_events,
+    claim_job,
+    finish_job,
+    hold_job,
+    mark_paused,
+    published_output,
+    rewind_progress,
+)
 from core.db.model_registry import register_model
-from core.errors import Cancelled, ObliviateError
+from core.errors import Cancelled, ObliviateError, Paused
 from core.models.checkpoint import MANIFEST, sha256_file
+from core.run_folder import RUN
 from core.settings import Settings, get_settings
 from core.spec import JobSpec
 from core.storage import ObjectStore
 from worker.inputs import InputResolver, checkpoint_prefix, report_prefix
 from worker.reporter import DbReporter
+from worker.run_mirror import RunMirror
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +76,19 @@ class JobRunner:
         reporter = DbReporter(
             self.sessions, job_id, attempt=attempt, interval_s=self.settings.heartbeat_interval_s
         ).start()
-        status, error, output_model_id = "failed", None, None
+        status, error, output_model_id, verdict = "failed", None, None, None
         try:
-            output_model_id = self._execute(job, attempt, workdir, reporter)
+            output_model_id, verdict = self._execute(job, attempt, workdir, reporter)
             status = "succeeded"
+        except Paused as paused:
+            reporter.stop()
+            with self.sessions() as session:
+                step = paused.state.step if paused.state is not None else 0
+                ended = (
+                    "paused" if mark_paused(session, job_id, attempt=attempt, step=step) else None
+                )
+            shutil.rmtree(workdir, ignore_errors=True)
+            return ended
         except Cancelled:
             status = "cancelled"
         except ObliviateError as exc:
@@ -104,7 +125,11 @@ class JobRunner:
                 error=error,
                 output_model_id=output_model_id,
                 attempt=attempt,
+                verdict=verdict,
             )
+        if ended in ("cancelled", "failed"):
+            # Nothing will resume it (only a succeeded job can be continued).
+            RunMirror(self.store, job_id).delete()
         if ended is None:
             log.warning(
                 "attempt %d no longer holds job %s (reaped, or finished elsewhere); "
@@ -135,12 +160,15 @@ class JobRunner:
                 session, job_id, "succeeded", output_model_id=output_model_id, attempt=attempt
             )
 
-    def _execute(self, job, attempt: int, workdir, reporter) -> str:
+    def _execute(self, job, attempt: int, workdir, reporter) -> tuple[str, dict | None]:
         from core.pipeline import run_job
 
         spec = JobSpec.model_validate(job.spec)
         resolver = InputResolver(self.sessions, self.settings, self.store)
         inputs = resolver.resolve(spec, job)
+        resumed_at = self._fetch_run(job, spec, attempt, workdir, reporter)
+        mirror = RunMirror(self.store, job.id)
+        reporter.on_state_saved = lambda folder, step: mirror.upload(folder, step)
         outcome = run_job(
             spec,
             inputs,
@@ -148,29 +176,61 @@ class JobRunner:
             reporter=CancelBetweenPhases(reporter),
             lookup=resolver.registry_lookup,
             settings=self.settings,
+            resume=resumed_at is not None,
         )
         if reporter.should_cancel():
             raise Cancelled("cancelled after training")
         reporter.event("phase", "uploading checkpoint")
-        return self._publish(job, attempt, spec, outcome)
+        return self._publish(job, attempt, spec, outcome), outcome.verdict
+
+    def _fetch_run(self, job, spec: JobSpec, attempt: int, workdir, reporter) -> int | None:
+        """The saved run to resume from: this job's own (an earlier attempt, a pause), or
+        the one ``continue_from`` names. Progress recorded after it is rewound."""
+        step = RunMirror(self.store, job.id).download(workdir / RUN)
+        source = job.id
+        if step is None and spec.continue_from:
+            step = RunMirror(self.store, spec.continue_from).download(workdir / RUN)
+            source = spec.continue_from
+            if step is None:
+                raise ObliviateError(
+                    f"continue_from: job {spec.continue_from} has no saved run to continue",
+                    param="continue_from",
+                    code="nothing_to_continue",
+                )
+        with self.sessions() as session:
+            if not rewind_progress(session, job.id, attempt=attempt, step=step or 0):
+                raise Cancelled("this attempt no longer holds the job")
+        if step is not None:
+            how = "continues job " + source if source != job.id else "resumes"
+            reporter.event(
+                "restart" if source == job.id else "continue",
+                f"attempt {attempt} {how} from step {step}",
+                step=step,
+                source=source,
+            )
+        elif attempt > 1:
+            reporter.event(
+                "restart",
+                f"attempt {attempt} starts over: no earlier evaluation point was saved",
+                level="warning",
+            )
+        return step
 
     def _publish(self, job, attempt: int, spec: JobSpec, outcome) -> str:
         prefix = checkpoint_prefix(job.id, attempt)
+        last_prefix = checkpoint_prefix(job.id, attempt, "last")
         reports = report_prefix(job.id, attempt)
         # Every upload first: the rows' transaction below holds SQLite's write lock (and
         # the job row's lock on Postgres), which must not wait on the object store.
         self.store.upload_folder(outcome.checkpoint_dir, prefix, last=MANIFEST)
+        if outcome.last_checkpoint_dir is not None:
+            self.store.upload_folder(outcome.last_checkpoint_dir, last_prefix, last=MANIFEST)
         if outcome.report_dir is not None:
             self.store.upload_folder(outcome.report_dir, reports, last="report.json")
-        files = outcome.manifest["files"] + [
-            {
-                "path": MANIFEST,
-                "size": (outcome.checkpoint_dir / MANIFEST).stat().st_size,
-                "sha256": sha256_file(outcome.checkpoint_dir / MANIFEST),
-            }
-        ]
+        files = _checkpoint_files(outcome.checkpoint_dir, outcome.manifest)
         summary = (outcome.report or {}).get("summary") or {}
         last = outcome.history[-1].values() if outcome.history else {}
+        html = outcome.report_dir is not None and (outcome.report_dir / "report.html").exists()
         with self.sessions() as session:
             # Only a job still running on this attempt publishes: a cancel that arrived
             # meanwhile wins, and a reaped attempt writes nothing into the next one.
@@ -179,12 +239,30 @@ class JobRunner:
                     session,
                     job.id,
                     "final",
-                    outcome.steps,
+                    outcome.selected_step or outcome.steps,
                     prefix,
                     files,
                     manifest_sha256=files[-1]["sha256"],
                     metrics={**last, **summary},
                 )
+                names = {outcome.selected_step or outcome.steps: "final"}
+                if outcome.last_checkpoint_dir is not None:
+                    last_files = _checkpoint_files(
+                        outcome.last_checkpoint_dir,
+                        json.loads((outcome.last_checkpoint_dir / MANIFEST).read_text()),
+                    )
+                    add_checkpoint(
+                        session,
+                        job.id,
+                        "last",
+                        outcome.last_step,
+                        last_prefix,
+                        last_files,
+                        manifest_sha256=last_files[-1]["sha256"],
+                        metrics=last,
+                    )
+                    names[outcome.last_step] = "last"
+                mark_checkpoints(session, job.id, names)
                 if outcome.report_dir is not None:
                     save_report(
                         session,
@@ -192,7 +270,7 @@ class JobRunner:
                         (outcome.report or {}).get("schema_version", 1),
                         summary,
                         json_key=f"{reports}/report.json",
-                        html_key=f"{reports}/report.html",
+                        html_key=f"{reports}/report.html" if html else None,
                     )
                 source = prefix + "/merged" if outcome.manifest.get("merged") else prefix
                 model = register_model(
@@ -201,14 +279,29 @@ class JobRunner:
                     self.store.uri(source),
                     "job_output",
                     job_id=job.id,
-                    description=f"{spec.method} unlearning of {spec.model}",
+                    description=(
+                        f"{spec.method} unlearning of {spec.model}"
+                        if spec.kind == "unlearn"
+                        else f"{spec.model} fine-tuned on {spec.train}"
+                    ),
                 )
                 session.commit()
                 return model.id
         # Outside the transaction: no row points at these files, and none ever will.
-        for folder in (prefix, reports):
+        for folder in (prefix, last_prefix, reports):
             self.store.delete_prefix(f"{folder}/")
         raise Cancelled("cancelled before the checkpoint was published")
+
+
+def _checkpoint_files(folder, manifest: dict) -> list[dict]:
+    """The manifest's files and the manifest itself, last."""
+    return manifest["files"] + [
+        {
+            "path": MANIFEST,
+            "size": (folder / MANIFEST).stat().st_size,
+            "sha256": sha256_file(folder / MANIFEST),
+        }
+    ]
 
 
 class CancelBetweenPhases:
@@ -230,6 +323,15 @@ class CancelBetweenPhases:
 
     def should_cancel(self) -> bool:
         return self.reporter.should_cancel()
+
+    def should_pause(self) -> bool:
+        return self.reporter.should_pause()
+
+    def evaluation(self, point: dict) -> None:
+        self.reporter.evaluation(point)
+
+    def state_saved(self, folder, step: int) -> None:
+        self.reporter.state_saved(folder, step)
 
 
 __all__ = ["CancelBetweenPhases", "JobRunner"]

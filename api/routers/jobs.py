@@ -19,7 +19,14 @@ from api.deps import (
 from api.openapi import json_body
 from api.routers.params import After, Limit
 from api.schemas.common import ListObject
-from api.schemas.jobs import CheckpointList, EventObject, JobObject, JobStatus, MetricList
+from api.schemas.jobs import (
+    CheckpointList,
+    EvaluationObject,
+    EventObject,
+    JobObject,
+    JobStatus,
+    MetricList,
+)
 from api.services import artifacts, jobs
 from core.errors import InvalidRequest, NotFound
 from core.methods import get_method
@@ -98,6 +105,38 @@ async def cancel_job(job_id: str, db: DatabaseDep, principal: PrincipalDep) -> J
     """A queued job is cancelled at once; a running one becomes ``cancelling`` until its
     worker stops. 409 ``job_not_cancellable`` once finished."""
     return await db.run(jobs.cancel_job, job_id, principal=principal)
+
+
+@router.post("/{job_id}/pause", status_code=202, response_model=JobObject)
+async def pause_job(job_id: str, db: DatabaseDep, principal: PrincipalDep) -> JobObject:
+    """A running job becomes ``pausing`` and then ``paused`` once its worker saved the
+    full training state at its next step; a queued job is ``paused`` at once. 409
+    ``job_not_pausable`` for jobs in other states."""
+    return await db.run(jobs.pause_job, job_id, principal=principal)
+
+
+@router.post("/{job_id}/resume", status_code=202, response_model=JobObject)
+async def resume_job(
+    job_id: str, db: DatabaseDep, celery: CeleryDep, principal: PrincipalDep
+) -> JobObject:
+    """A paused job is queued again and continues from its saved state (the same weights
+    as if it had never stopped). 409 ``job_not_paused`` otherwise."""
+    return await db.run(jobs.resume_job, celery, job_id, principal=principal)
+
+
+@router.get("/{job_id}/evaluations", response_model=ListObject[EvaluationObject])
+async def list_evaluations(
+    job_id: str,
+    db: ReadDatabaseDep,
+    after: Annotated[
+        int | None, Query(ge=0, le=2**62, description="Last evaluation id seen.")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> ListObject[EvaluationObject]:
+    """The evaluation points of the job's training run, oldest first: the probe's
+    figures (forget vs holdout likelihood, knowledge p-value, utility) and the verdict
+    at each; ``checkpoint`` names the checkpoint that kept a point's weights."""
+    return await db.run(jobs.list_evaluations, job_id, after=after, limit=limit)
 
 
 @router.get("/{job_id}/events", response_model=ListObject[EventObject])

@@ -8,9 +8,34 @@ from pydantic import BaseModel
 
 from api.schemas.common import ErrorObject
 from core.db.jobs import JobRow
-from core.db.tables import Checkpoint, JobEvent, JobMetric
+from core.db.tables import Checkpoint, JobEvaluation, JobEvent, JobMetric
 
-JobStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+JobStatus = Literal[
+    "queued", "running", "pausing", "paused", "cancelling", "succeeded", "failed", "cancelled"
+]
+
+
+class CheckObject(BaseModel):
+    """One figure of a verdict, with its threshold."""
+
+    name: str
+    label: str
+    value: float | None
+    threshold: float | str
+    passed: bool | None
+    description: str
+
+
+class VerdictObject(BaseModel):
+    """Was the forget set forgotten? ``forgotten`` only when every check passed."""
+
+    status: Literal["forgotten", "not_forgotten", "not_verifiable"]
+    forgotten: bool | None
+    reason: str
+    checks: list[CheckObject]
+    #: on a finished job: the published model's verdict met the job's target
+    target_met: bool | None = None
+    utility_ratio: float | None = None
 
 
 class Progress(BaseModel):
@@ -24,10 +49,12 @@ class Progress(BaseModel):
 class JobObject(BaseModel):
     id: str
     object: Literal["job"] = "job"
+    kind: Literal["unlearn", "finetune"] = "unlearn"
     status: JobStatus
     method: str
     model: str
-    forget: str
+    forget: str | None
+    train: str | None = None
     retain: str | None
     hyperparameters: dict[str, Any]
     lora: dict[str, Any] | None
@@ -46,6 +73,10 @@ class JobObject(BaseModel):
     error: ErrorObject | None
     output_model: str | None
     report_available: bool
+    target: dict[str, Any] | None = None
+    continue_from: str | None = None
+    #: the published model's verdict, once the job succeeded
+    verdict: VerdictObject | None = None
 
     @classmethod
     def from_row(cls, row: JobRow) -> JobObject:
@@ -70,12 +101,15 @@ class JobObject(BaseModel):
                 message=job.get("error_message"),
                 param=job.get("error_param"),
             )
+        kind = job.get("kind") or spec.get("kind") or "unlearn"
         return cls(
             id=job["id"],
+            kind=kind,
             status=job["status"],
             method=job["method"],
             model=job["model"],
-            forget=spec.get("forget", job["forget_dataset_id"]),
+            forget=spec.get("forget") if kind == "unlearn" else None,
+            train=spec.get("train"),
             retain=spec.get("retain"),
             hyperparameters=job["hyperparameters"],
             lora=spec.get("lora"),
@@ -100,6 +134,9 @@ class JobObject(BaseModel):
             error=error,
             output_model=job.get("output_model"),
             report_available=bool(job.get("report_available")),
+            target=spec.get("target"),
+            continue_from=spec.get("continue_from"),
+            verdict=job.get("verdict"),
         )
 
 
@@ -191,3 +228,35 @@ class CheckpointList(BaseModel):
     object: Literal["list"] = "list"
     data: list[CheckpointObject]
     has_more: bool = False
+
+
+class EvaluationObject(BaseModel):
+    """One evaluation point of a training run: the probe's figures and the verdict."""
+
+    id: int
+    object: Literal["job.evaluation"] = "job.evaluation"
+    job_id: str
+    attempt: int
+    step: int
+    epoch: float | None
+    created_at: datetime
+    seconds: float | None
+    metrics: dict[str, Any]
+    verdict: VerdictObject | None
+    #: the checkpoint holding this point's weights (``final``, ``last``), if kept
+    checkpoint: str | None
+
+    @classmethod
+    def from_row(cls, row: JobEvaluation) -> EvaluationObject:
+        return cls(
+            id=row.id,
+            job_id=row.job_id,
+            attempt=row.attempt,
+            step=row.step,
+            epoch=row.epoch,
+            created_at=row.created_at,
+            seconds=row.seconds,
+            metrics=row.metrics,
+            verdict=row.verdict,
+            checkpoint=row.checkpoint,
+        )

@@ -10,7 +10,7 @@ from celery import Celery
 from sqlalchemy.orm import Session
 
 from api.schemas.common import ListObject
-from api.schemas.jobs import EventObject, JobObject, MetricList, MetricObject
+from api.schemas.jobs import EvaluationObject, EventObject, JobObject, MetricList, MetricObject
 from api.services.idempotency import (
     body_digest,
     earlier_result,
@@ -58,7 +58,9 @@ def submit_job(
     spec = parse_job_spec(body)
     hyperparameters = spec.method_hyperparameters().model_dump(mode="json")
     check_references(session, settings, spec)
-    job = repo.insert_job(session, spec, spec.forget, spec.retain, hyperparameters=hyperparameters)
+    job = repo.insert_job(
+        session, spec, spec.primary_data, spec.retain, hyperparameters=hyperparameters
+    )
     add_audit_entry(
         session,
         principal=principal,
@@ -68,7 +70,9 @@ def submit_job(
         data={
             "method": spec.method,
             "model": spec.model,
+            "kind": spec.kind,
             "forget": spec.forget,
+            "train": spec.train,
             "deletion_request": spec.deletion_request,
         },
     )
@@ -87,7 +91,9 @@ def check_references(session: Session, settings: Settings, spec: JobSpec) -> Non
     and the deletion request one that exists: fail now with the field's name rather
     than minutes later on a worker. One query checks all of them."""
     evaluation = spec.evaluation
-    datasets: list[tuple[str, str]] = [("forget", spec.forget)]
+    datasets: list[tuple[str, str]] = [
+        ("forget" if spec.kind == "unlearn" else "train", spec.primary_data)
+    ]
     if spec.retain is not None:
         datasets.append(("retain", spec.retain))
     for field in EVALUATION_DATASET_FIELDS:
@@ -135,6 +141,39 @@ def check_references(session: Session, settings: Settings, spec: JobSpec) -> Non
         )
     if oracle is not None and oracle.startswith("job:"):
         _check_oracle_job(session, oracle.removeprefix("job:"))
+    if spec.continue_from is not None:
+        _check_continued_job(session, spec)
+
+
+def _check_continued_job(session: Session, spec: JobSpec) -> None:
+    """A job continues one of the same kind, method and data that saved a run."""
+    param = "continue_from"
+    try:
+        row = repo.get_job_row(session, spec.continue_from)
+    except NotFound:
+        raise InvalidRequest(
+            f"{param}: no job with id {spec.continue_from!r}", param=param, code="unknown_job"
+        ) from None
+    earlier = row.spec
+    differs = [
+        field
+        for field in ("kind", "model", "forget", "train", "retain", "method", "lora")
+        if earlier.get(field) != spec.model_dump(mode="json").get(field)
+    ]
+    if differs:
+        raise InvalidRequest(
+            f"{param}: job {spec.continue_from} differs in {', '.join(differs)}; a job can only "
+            "continue one with the same kind, model, data, method and LoRA settings",
+            param=param,
+            code="not_continuable",
+        )
+    if row.status != "succeeded":
+        raise InvalidRequest(
+            f"{param}: job {spec.continue_from} is {row.status}; only a succeeded job can be "
+            "continued (a paused one is resumed: POST /v1/jobs/{id}/resume)",
+            param=param,
+            code="not_continuable",
+        )
 
 
 def _check_oracle_job(session: Session, job_id: str) -> None:
@@ -245,3 +284,46 @@ def list_metrics(
     page = repo.list_metrics(session, job_id, after_step=after_step, limit=limit)
     data = [MetricObject.from_row(row) for row in page.items]
     return MetricList(data=data, has_more=page.has_more, last_step=data[-1].step if data else None)
+
+
+def pause_job(session: Session, job_id: str, *, principal: str) -> JobObject:
+    job = repo.request_pause(session, job_id)
+    add_audit_entry(
+        session,
+        principal=principal,
+        action="job.pause_requested",
+        object_type="job",
+        object_id=job_id,
+        data={"status": job.status},
+    )
+    session.commit()
+    return JobObject.from_row(repo.get_job_row(session, job_id))
+
+
+def resume_job(session: Session, celery: Celery, job_id: str, *, principal: str) -> JobObject:
+    job = repo.resume_job(session, job_id)
+    add_audit_entry(
+        session,
+        principal=principal,
+        action="job.resumed",
+        object_type="job",
+        object_id=job_id,
+        data={"status": job.status},
+    )
+    session.commit()
+    if job.status == "queued" and not enqueue_job(celery, job_id):
+        repo.mark_enqueue_failed(session, job_id)
+    return JobObject.from_row(repo.get_job_row(session, job_id))
+
+
+def list_evaluations(
+    session: Session, job_id: str, *, after: int | None, limit: int
+) -> ListObject[EvaluationObject]:
+    from core.db.evaluations import list_evaluations as list_points
+
+    repo.get_job(session, job_id)
+    page = list_points(session, job_id, after=after, limit=limit)
+    data = [EvaluationObject.from_row(row) for row in page.items]
+    return ListObject[EvaluationObject](
+        data=data, has_more=page.has_more, last_id=data[-1].id if data else None
+    )

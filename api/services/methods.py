@@ -21,3 +21,21 @@ def get_method_object(name: str) -> MethodObject:
             code="method_not_found",
         )
     return MethodObject.from_method(get_method(name))
+
+
+@cache
+def job_spec():
+    from api.routers.job_spec import JobSpecObject
+    from core.spec import JobSpec, TargetSpec
+    from core.training import auto
+
+    return JobSpecObject(
+        json_schema=JobSpec.model_json_schema(),
+        target_defaults=TargetSpec().model_dump(mode="json"),
+        auto_rules={
+            "learning_rate": f"{auto.FULL_RATE_TIMES_WIDTH} / the model's hidden size "
+            f"(x{auto.LORA_FACTOR:g} for LoRA), within {auto.BOUNDS}",
+            "gradient_accumulation_steps": f"about {auto.STEPS_PER_EPOCH} optimizer steps per "
+            f"epoch, effective batch at most {auto.REFERENCE_EFFECTIVE_BATCH}",
+        },
+    )

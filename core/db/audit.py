@@ -27,6 +27,8 @@ AUDIT_ACTIONS = (
     "deletion_request.created",
     "job.submitted",
     "job.cancel_requested",
+    "job.pause_requested",
+    "job.resumed",
     "job.finished",
 )
 

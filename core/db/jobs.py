@@ -173,7 +173,8 @@ def insert_job(
     row = {
         "id": new_id("job"),
         "status": "queued",
-        "method": spec.method,
+        "kind": spec.kind,
+        "method": spec.method if spec.kind == "unlearn" else "finetune",
         "model": spec.model,
         "forget_dataset_id": forget_dataset_id,
         "retain_dataset_id": retain_dataset_id,
@@ -285,11 +286,9 @@ def claim_job(
     ``attempts`` is this claim's fencing token: pass it as ``attempt`` to every later
     write of the run.
 
-    A retry (attempt 2 and on) starts the run over, so the metrics and progress of
-    earlier attempts are cleared in the same transaction (``/metrics`` then pages one
-    clean run; events stay, they are the job's history). Not when an earlier attempt
-    already published the result: those describe it, and the worker finishes without
-    retraining.
+    A retry (attempt 2 and on) or a resume continues from the last saved training
+    state, if any: the worker then calls :func:`rewind_progress` to drop the metrics and
+    evaluation points after the step it resumes at.
     """
     now = now or utcnow()
     claimed = session.execute(
@@ -309,6 +308,9 @@ def claim_job(
         session.rollback()
         return None
     attempt = claimed.attempts
+    if attempt > 1 and not session.scalar(select(_is_published(job_id))):
+        # Until the runner rewinds to the point it resumes from, the job shows no progress.
+        session.execute(update(Job).where(Job.id == job_id).values(**_NO_PROGRESS))
     _status_event(
         session,
         job_id,
@@ -317,23 +319,6 @@ def claim_job(
         now=now,
         data={"worker_id": worker_id, "attempt": attempt},
     )
-    if attempt > 1 and not session.scalar(select(_is_published(job_id))):
-        session.execute(delete(JobMetric).where(JobMetric.job_id == job_id))
-        session.execute(update(Job).where(Job.id == job_id).values(**_NO_PROGRESS))
-        add_events(
-            session,
-            job_id,
-            [
-                {
-                    "level": "warning",
-                    "type": "restart",
-                    "message": f"attempt {attempt} starts the run over; the metrics of "
-                    "earlier attempts were discarded (their events stay)",
-                    "data": {"attempt": attempt},
-                    "created_at": now,
-                }
-            ],
-        )
     session.commit()
     return _fresh(session, job_id)
 
@@ -403,6 +388,26 @@ def hold_job(
     return result.rowcount == 1
 
 
+def rewind_progress(
+    session: Session, job_id: str, *, attempt: int, step: int, epoch: float = 0.0, tokens: int = 0
+) -> bool:
+    """A run (re)starting at ``step`` (0: from scratch) drops the metrics and evaluation
+    points of later steps, which it will measure again, and sets its progress there.
+    Events stay: they are the job's history. False when ``attempt`` no longer holds the
+    job. Commits."""
+    from core.db.evaluations import drop_evaluations_after
+
+    if not hold_job(session, job_id, attempt):
+        session.rollback()
+        return False
+    session.execute(delete(JobMetric).where(JobMetric.job_id == job_id, JobMetric.step > step))
+    drop_evaluations_after(session, job_id, step)
+    progress = {**_NO_PROGRESS, "step": step, "epoch": epoch, "trained_tokens": tokens}
+    session.execute(update(Job).where(Job.id == job_id).values(**progress))
+    session.commit()
+    return True
+
+
 def add_events(session: Session, job_id: str, events: Iterable[dict[str, Any]]) -> None:
     """Insert events in one statement. Each: ``level`` (info|warning|error, default
     info), ``type``, ``message``, optional ``data`` and ``created_at``. NUL characters
@@ -465,9 +470,11 @@ def finish_job(
     output_model_id: str | None = None,
     *,
     attempt: int | None = None,
+    verdict: dict[str, Any] | None = None,
     now: datetime | None = None,
 ) -> str | None:
-    """End an active (running or cancelling) job as succeeded, failed or cancelled;
+    """End an active (running, pausing or cancelling) job as succeeded, failed or
+    cancelled, with the published point's ``verdict`` when it has one;
     returns the status it ended in. None when it was not active any more (reaped,
     already finished) or ``attempt`` no longer holds it. Commits.
 
@@ -497,6 +504,7 @@ def finish_job(
             error_message=error.get("message"),
             error_param=error.get("param"),
             output_model_id=output_model_id,
+            verdict=finite_or_none(_without_nul(verdict)) if verdict is not None else None,
         )
         .returning(Job.status, Job.cancel_requested_at)
     ).first()
@@ -542,7 +550,12 @@ def finish_job(
         action="job.finished",
         object_type="job",
         object_id=job_id,
-        data={"status": ended, "error_code": error.get("code")},
+        data={
+            "status": ended,
+            "error_code": error.get("code"),
+            **({"verdict": verdict.get("status")} if verdict else {}),
+            **({"target_met": verdict.get("target_met")} if verdict else {}),
+        },
     )
     session.commit()
     return ended
@@ -552,10 +565,10 @@ def finish_job(
 
 
 def request_cancel(session: Session, job_id: str, *, now: datetime | None = None) -> Job:
-    """``queued -> cancelled`` at once (the worker's claim will then fail);
-    ``running -> cancelling`` (the worker sees it at its next heartbeat and ends the job
-    ``cancelled``); ``cancelling`` stays. Terminal jobs raise Conflict
-    ``job_not_cancellable``. The caller commits."""
+    """``queued`` and ``paused`` become ``cancelled`` at once (a queued job's claim will
+    then fail); ``running`` and ``pausing`` become ``cancelling`` (the worker sees it at
+    its next heartbeat and ends the job ``cancelled``); ``cancelling`` stays. Terminal
+    jobs raise Conflict ``job_not_cancellable``. The caller commits."""
     now = now or utcnow()
     # A worker may move the job between our read and our write: retry on the new status.
     for _ in range(5):
@@ -568,7 +581,12 @@ def request_cancel(session: Session, job_id: str, *, now: datetime | None = None
                 param="job_id",
                 code="job_not_cancellable",
             )
-        target = {"queued": "cancelled", "running": "cancelling"}[status]
+        target = {
+            "queued": "cancelled",
+            "paused": "cancelled",
+            "running": "cancelling",
+            "pausing": "cancelling",
+        }[status]
         values: dict[str, Any] = {"status": target, "updated_at": now, "cancel_requested_at": now}
         if target == "cancelled":
             values["finished_at"] = now
@@ -580,6 +598,96 @@ def request_cancel(session: Session, job_id: str, *, now: datetime | None = None
                 "cancelled before it started"
                 if target == "cancelled"
                 else "cancellation requested; the worker stops at its next step"
+            )
+            _status_event(session, job_id, target, message, now=now)
+            return _fresh(session, job_id)
+    raise Conflict(f"job {job_id} kept changing state; retry", param="job_id")
+
+
+# ------------------------------------------------------------------ pause / resume
+
+
+def request_pause(session: Session, job_id: str, *, now: datetime | None = None) -> Job:
+    """``running -> pausing``: the worker saves the full training state at its next step
+    and ends the attempt ``paused``; ``queued -> paused`` at once (nothing to save: it
+    will start from the beginning, or from the state an earlier attempt saved).
+    ``pausing`` and ``paused`` stay. Other statuses raise Conflict ``job_not_pausable``.
+    The caller commits."""
+    now = now or utcnow()
+    for _ in range(5):
+        status = get_job_status(session, job_id)
+        if status in ("pausing", "paused"):
+            return _fresh(session, job_id)
+        if status not in ("queued", "running"):
+            raise Conflict(
+                f"job {job_id} is {status} and cannot be paused (only queued or running jobs)",
+                param="job_id",
+                code="job_not_pausable",
+            )
+        target = "paused" if status == "queued" else "pausing"
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == status)
+            .values(status=target, updated_at=now, pause_requested_at=now)
+        )
+        if result.rowcount == 1:
+            message = (
+                "paused before it started"
+                if target == "paused"
+                else "pause requested; the worker saves the training state at its next step"
+            )
+            _status_event(session, job_id, target, message, now=now)
+            return _fresh(session, job_id)
+    raise Conflict(f"job {job_id} kept changing state; retry", param="job_id")
+
+
+def mark_paused(
+    session: Session, job_id: str, *, attempt: int, step: int, now: datetime | None = None
+) -> bool:
+    """The worker saved the training state at ``step`` and stops: ``pausing -> paused``.
+    False when the job was no longer pausing on this attempt (a cancel won). Commits."""
+    now = now or utcnow()
+    result = session.execute(
+        update(Job)
+        .where(*_held(job_id, attempt, ("pausing",)))
+        .values(status="paused", updated_at=now, worker_id=None, estimated_finish=None)
+    )
+    if result.rowcount != 1:
+        session.rollback()
+        return False
+    _status_event(session, job_id, "paused", f"paused at step {step}; resume to continue", now=now)
+    session.commit()
+    return True
+
+
+def resume_job(session: Session, job_id: str, *, now: datetime | None = None) -> Job:
+    """``paused -> queued`` (the caller publishes the message after committing); a
+    ``pausing`` job that has not stopped yet goes back to ``running``. The next claim
+    continues from the saved state. Other statuses raise Conflict ``job_not_paused``.
+    The caller commits."""
+    now = now or utcnow()
+    for _ in range(5):
+        status = get_job_status(session, job_id)
+        if status not in ("paused", "pausing"):
+            raise Conflict(
+                f"job {job_id} is {status}, not paused",
+                param="job_id",
+                code="job_not_paused",
+            )
+        values: dict[str, Any] = {"updated_at": now, "pause_requested_at": None}
+        if status == "paused":
+            values.update(status="queued", enqueued_at=now, resumes=Job.resumes + 1)
+        else:
+            values.update(status="running")
+        result = session.execute(
+            update(Job).where(Job.id == job_id, Job.status == status).values(**values)
+        )
+        if result.rowcount == 1:
+            target = values["status"]
+            message = (
+                "resumed; queued to continue from its saved state"
+                if target == "queued"
+                else "pause withdrawn before the worker stopped; still running"
             )
             _status_event(session, job_id, target, message, now=now)
             return _fresh(session, job_id)
@@ -600,9 +708,11 @@ def reap_stale_jobs(
 ) -> list[str]:
     """Recover jobs whose worker died or whose message was lost.
 
-    - running/cancelling with a heartbeat older than ``stale_after_s``: ``cancelling``
-      becomes ``cancelled``; ``running`` goes back to ``queued``, or to ``failed`` with
-      error ``worker_lost`` once ``attempts >= max_attempts``, or with error
+    - running/pausing/cancelling with a heartbeat older than ``stale_after_s``:
+      ``cancelling`` becomes ``cancelled``, ``pausing`` becomes ``paused`` (its last
+      evaluation point's state is saved); ``running`` goes back to ``queued`` (to resume
+      from its last saved state), or to ``failed`` with error ``worker_lost`` once
+      ``attempts >= max_attempts`` (resumes after a pause do not count), or with error
       ``time_limit`` once the attempt started ``time_limit_s`` ago (the hard time limit
       killed it; another attempt would be killed the same way);
     - queued with ``enqueued_at`` older than ``requeue_queued_after_s`` (or never
@@ -619,11 +729,13 @@ def reap_stale_jobs(
     to_enqueue: list[str] = []
 
     stale = session.execute(
-        select(Job.id, Job.status, Job.attempts, Job.started_at).where(
+        select(Job.id, Job.status, Job.attempts, Job.resumes, Job.started_at).where(
             Job.status.in_(ACTIVE_STATUSES), is_stale
         )
     ).all()
-    for job_id, status, attempts, started_at in stale:
+    for job_id, status, claims, resumes, started_at in stale:
+        # Claims that resumed a paused run are not failures.
+        attempts = claims - resumes
         silent = f"no heartbeat for {stale_after_s:g}s"
         values: dict[str, Any] = {"updated_at": now, "estimated_finish": None}
         level = "warning"
@@ -635,6 +747,11 @@ def reap_stale_jobs(
         if status == "cancelling":
             values.update(status="cancelled", finished_at=now)
             message = f"worker lost while cancelling ({silent}); job cancelled"
+        elif status == "pausing":
+            values.update(status="paused", worker_id=None, heartbeat_at=None)
+            message = (
+                f"worker lost while pausing ({silent}); paused at its last saved evaluation point"
+            )
         elif over_time:
             values.update(
                 status="failed",
@@ -668,7 +785,9 @@ def reap_stale_jobs(
         _status_event(session, job_id, values["status"], message, now=now, level=level)
         if values["status"] == "queued":
             to_enqueue.append(job_id)
-        else:  # the reaper ended it: as much an ending for the auditor as a worker's
+        elif (
+            values["status"] != "paused"
+        ):  # the reaper ended it: as much an ending for the auditor as a worker's
             add_audit_entry(
                 session,
                 principal=REAPER,

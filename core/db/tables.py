@@ -27,8 +27,19 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from core.db.types import BigSerial, IdString, JSONDoc, UTCDateTime, utcnow
 
-JOB_STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
-ACTIVE_STATUSES = ("running", "cancelling")
+JOB_STATUSES = (
+    "queued",
+    "running",
+    "pausing",
+    "paused",
+    "cancelling",
+    "succeeded",
+    "failed",
+    "cancelled",
+)
+#: a worker holds the job (heartbeats, fenced writes)
+ACTIVE_STATUSES = ("running", "pausing", "cancelling")
+JOB_KINDS = ("unlearn", "finetune")
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
 MODEL_KINDS = ("demo", "registered", "job_output")
 EVENT_LEVELS = ("info", "warning", "error")
@@ -115,6 +126,12 @@ class Job(Base):
     deletion_request_id: Mapped[str | None] = mapped_column(
         IdString, ForeignKey("deletion_requests.id"), index=True
     )
+    kind: Mapped[str] = mapped_column(String(16), server_default="unlearn", default="unlearn")
+    #: the published evaluation point's verdict with ``target_met``; set when the job ends
+    verdict: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc)
+    pause_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: claims that resumed a paused run: attempts, but not failures (the reaper's limit)
+    resumes: Mapped[int] = mapped_column(Integer, server_default="0", default=0)
 
     @property
     def error(self) -> dict[str, str | None] | None:
@@ -145,6 +162,26 @@ class JobMetric(Base):
     epoch: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     values: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
+
+
+class JobEvaluation(Base):
+    """One evaluation point of a training run: the probe's figures and the verdict."""
+
+    __tablename__ = "job_evaluations"
+    __table_args__ = (Index("ix_job_evaluations_job_id_step", "job_id", "step"),)
+
+    id: Mapped[int] = mapped_column(BigSerial, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(IdString, ForeignKey("jobs.id"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    step: Mapped[int] = mapped_column(Integer)
+    epoch: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: what the point cost (probe and verdict), for the share of the job it took
+    seconds: Mapped[float | None] = mapped_column(Float)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
+    verdict: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc)
+    #: the checkpoint kept for this point (``final``, ``last``), if any
+    checkpoint: Mapped[str | None] = mapped_column(String(128))
 
 
 class Checkpoint(Base):

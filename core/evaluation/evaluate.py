@@ -223,7 +223,8 @@ def _evaluate_set(
             min_k=spec.min_k_fraction,
         )
     else:
-        with_truth_ratio = records.has_truth_ratio_fields and not likelihood_only
+        # Holdout too (it is scored without generation): the verdict compares truth ratios.
+        with_truth_ratio = records.has_truth_ratio_fields
         if not records.has_truth_ratio_fields and role in ("forget", "retain"):
             notes.append(
                 f"{role} set {records.name!r} lacks paraphrased_answer/perturbed_answer on "

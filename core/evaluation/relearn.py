@@ -9,6 +9,7 @@ robustness concern raised about NPO-style unlearning).
 from __future__ import annotations
 
 import copy
+import math
 import random
 
 from core.data.encoding import encode_record_set
@@ -104,3 +105,76 @@ def relearn_attack(
         "before_attack_unseen": before_parts.get("unseen"),
         "after_attack_unseen": after.get("unseen"),
     }
+
+
+def relearn_probability(
+    model,
+    tokenizer,
+    forget_examples,
+    holdout: RecordSet,
+    *,
+    template: str,
+    max_length: int,
+    steps: int,
+    fraction: float,
+    batch_size: int,
+    learning_rate: float,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """The relearning check of the verdict, on the model being trained, in place: a few
+    AdamW steps of answer NLL on ``fraction`` of the forget examples, then the mean
+    length-normalized probability of the other forget examples and of the holdout
+    records; the trainable weights are restored afterwards.
+
+    A plain loop (not the shared one): it runs inside an evaluation point of a training
+    run, whose accelerator state it must not touch. The model stays in eval mode (no
+    dropout), so the run's random generators are not drawn from either.
+    """
+    import torch
+
+    from core.data.encoding import collate
+    from core.evaluation.scoring import pad_token_id, score_sequences
+    from core.models.scoring import sequence_nll
+    from core.training.state import load_trainable_weights, trainable_weights
+
+    order = list(range(len(forget_examples)))
+    random.Random(seed).shuffle(order)
+    cut = min(len(order) - 1, max(1, round(len(order) * fraction)))
+    seen = [forget_examples[i] for i in order[:cut]]
+    unseen = [forget_examples[i] for i in order[cut:]]
+    pad = pad_token_id(tokenizer)
+    params = [p for p in model.parameters() if p.requires_grad]
+    saved = trainable_weights(model)
+    was_training = model.training
+    device = next(model.parameters()).device
+    model.eval()
+    try:
+        optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
+        for step in range(steps):
+            start = (step * batch_size) % len(seen)
+            batch_examples = (seen + seen)[start : start + batch_size]
+            batch = {k: v.to(device) for k, v in collate(batch_examples, pad).items()}
+            logits = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits
+            nll, n_tokens = sequence_nll(logits, batch["labels"])
+            (nll.sum() / n_tokens.sum()).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        scored = score_sequences(model, unseen, pad_token_id=pad, batch_size=64)
+        unseen_probability = float(
+            sum(math.exp(-s.nll / max(s.n_tokens, 1)) for s in scored) / max(len(scored), 1)
+        )
+        holdout_examples = encode_record_set(
+            tokenizer, holdout, max_length=max_length, template=template
+        )
+        scored = score_sequences(model, holdout_examples, pad_token_id=pad, batch_size=64)
+        holdout_probability = float(
+            sum(math.exp(-s.nll / max(s.n_tokens, 1)) for s in scored) / max(len(scored), 1)
+        )
+    finally:
+        for param in params:
+            param.grad = None
+        load_trainable_weights(model, saved)
+        model.train(was_training)
+    return unseen_probability, holdout_probability

@@ -23,7 +23,7 @@ import numpy as np
 from core.evaluation.evaluate import HEADLINE_KEYS, EvaluationResult, _json_safe
 
 #: version of report.json; bump the major on breaking changes (docs/report.md)
-REPORT_SCHEMA_VERSION = "1.1"
+REPORT_SCHEMA_VERSION = "1.2"
 
 #: label, what it measures, which direction is good; shown in the HTML and the JSON
 GLOSSARY: dict[str, dict[str, str]] = {
@@ -133,6 +133,12 @@ _MODEL_COLORS = {"before": "#8c8c8c", "after": "#1f6feb", "oracle": "#2da44e"}
 _MODEL_LABELS = {"before": "original", "after": "unlearned", "oracle": "oracle (retrain)"}
 
 
+def _selection_rule() -> str:
+    from core.training.target import SELECTION_RULE
+
+    return SELECTION_RULE
+
+
 # --- plots ------------------------------------------------------------------------------
 
 
@@ -234,6 +240,64 @@ def _plot_series(
     return True
 
 
+def _plot_trajectory(path: Path, points: Sequence[dict], floor: float | None, selected) -> bool:
+    """The evaluation points: forget vs holdout likelihood, the knowledge p-value and
+    utility, with the published point marked."""
+    if not points:
+        return False
+    steps = [p["step"] for p in points]
+
+    def series(key: str) -> list[float]:
+        return [
+            (p.get("metrics") or {}).get(key)
+            if isinstance((p.get("metrics") or {}).get(key), (int, float))
+            else math.nan
+            for p in points
+        ]
+
+    forget = [
+        f if math.isfinite(f) else t
+        for f, t in zip(series("forget_probability"), series("forget_probability_train"))
+    ]
+    plt = _pyplot()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True)
+    top.plot(steps, forget, marker="o", label="forget answers", color="#cf222e")
+    top.plot(
+        steps,
+        series("holdout_probability"),
+        marker="o",
+        label="holdout answers (never seen)",
+        color="#8c8c8c",
+    )
+    top.set_ylabel("probability")
+    top.set_title("Evaluation points: forget set against data never seen")
+    right = top.twinx()
+    knowledge = series("knowledge_p")
+    if any(math.isfinite(v) for v in knowledge):
+        right.plot(
+            steps, knowledge, marker="s", linestyle="--", color="#1f6feb", label="knowledge p"
+        )
+        right.set_ylabel("knowledge p (forget vs holdout)")
+        right.set_ylim(0, 1.05)
+    top.legend(loc="upper right", fontsize=8)
+    bottom.plot(
+        steps, series("utility_ratio"), marker="o", color="#2da44e", label="utility (x original)"
+    )
+    if floor is not None:
+        bottom.axhline(floor, color="#2da44e", linestyle=":", label=f"floor {floor:g}x")
+    bottom.set_ylabel("utility ratio")
+    bottom.set_xlabel("optimizer step")
+    bottom.legend(loc="lower left", fontsize=8)
+    for axis in (top, bottom):
+        axis.grid(alpha=0.3)
+        if selected is not None:
+            axis.axvline(selected, color="black", linewidth=1, linestyle="-.")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
 def _range_label(row: dict, name: str) -> str:
     if not row.get("range"):
         return "empty"
@@ -298,7 +362,7 @@ th { background: #f6f8fa; text-align: left; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 td.meaning { color: #57606a; max-width: 420px; }
 .summary { background: #f6f8fa; border-left: 4px solid #1f6feb; padding: .6em 1.2em; }
-.good { color: #1a7f37; font-weight: 600; } .bad { color: #cf222e; font-weight: 600; }
+.good { color: #1a7f37; font-weight: 600; } .bad { color: #cf222e; font-weight: 600; } .warn { color: #9a6700; font-weight: 600; }
 .muted { color: #57606a; } img { max-width: 100%; border: 1px solid #d0d7de; margin: .5em 0; }
 code { background: #f6f8fa; padding: 0 .2em; }
 """
@@ -336,9 +400,34 @@ def _num(value: Any, key: str = "") -> str:
     return f'<td class="num">{_fmt(value, key)}</td>'
 
 
+_VERDICT_WORDS = {
+    "forgotten": ("good", "Forgotten"),
+    "not_forgotten": ("bad", "Not forgotten"),
+    "not_verifiable": ("warn", "Not verifiable"),
+}
+
+
+def _verdict_line(summary: dict) -> str | None:
+    verdict = summary.get("verdict")
+    if not verdict:
+        return None
+    css, word = _VERDICT_WORDS.get(verdict.get("status"), ("warn", verdict.get("status")))
+    line = f'<b class="{css}">{_esc(word)}</b>: {_esc(verdict.get("reason"))}.'
+    if summary.get("selected_step") is not None and summary.get("selection_rule"):
+        met = "met" if summary.get("target_met") else "<b>not met</b>"
+        line += (
+            f" Target {met}; the published model is the one from step "
+            f"{_esc(summary['selected_step'])}."
+        )
+    return line
+
+
 def _summary_lines(report: dict) -> list[str]:
     comparison = report["comparison"]
     lines = []
+    verdict = _verdict_line(report.get("summary") or {})
+    if verdict:
+        lines.append(verdict)
     fq = comparison.get("forget_quality")
     evaluations = report["evaluations"]
     samples = [
@@ -554,6 +643,15 @@ def _render_html(report: dict, plots: dict[str, str]) -> str:
         + _strata_tables(comparison)
         + figure("strata", "Forget probability per stratum."),
     ]
+    if "trajectory" in plots:
+        sections.insert(
+            3,
+            "<h2>Evaluation points</h2><p>During training the job measured the forget set "
+            "against holdout data it never saw and stopped once they looked alike with "
+            "utility above the floor (or published the best point). The dash-dot line marks "
+            "the published point.</p>"
+            + figure("trajectory", "Forget vs holdout likelihood, knowledge p-value, utility."),
+        )
     training = ""
     training += figure("training_loss", "Training losses.")
     training += figure("gradient_weights", "Per-sample gradient weights during unlearning.")
@@ -594,6 +692,12 @@ def write_report(
     comparison: dict,
     training_metrics: list[dict],
     relearn: dict | None = None,
+    verdict: dict | None = None,
+    target: dict | None = None,
+    trajectory: list[dict] | None = None,
+    selected_step: int | None = None,
+    stopped: str | None = None,
+    evaluation_cost: dict | None = None,
 ) -> dict[str, Path]:
     """Write report.json, report.html and the plots into ``out_dir``; returns
     ``{file name: path}`` of every file written."""
@@ -628,8 +732,22 @@ def write_report(
         "weight",
     )
     plot("strata", _plot_strata, comparison.get("strata") or {})
+    plot(
+        "trajectory",
+        _plot_trajectory,
+        trajectory or [],
+        (target or {}).get("utility_floor"),
+        selected_step,
+    )
 
-    summary = {key: comparison.get(key) for key in HEADLINE_KEYS}
+    summary: dict[str, Any] = {
+        "verdict": verdict,
+        "target_met": bool(verdict and verdict.get("target_met")),
+        "selected_step": selected_step,
+        "selection_rule": _selection_rule() if trajectory else None,
+        "stopped": stopped,
+    }
+    summary.update({key: comparison.get(key) for key in HEADLINE_KEYS})
     for key in (
         "forget_quality_reason",
         "forget_quality_before",
@@ -652,7 +770,9 @@ def write_report(
             "after": after.to_dict(),
             "oracle": oracle.to_dict() if oracle is not None else None,
         },
-        "training": {"metrics": training_metrics},
+        "training": {"metrics": training_metrics, "evaluation_cost": evaluation_cost},
+        "target": target,
+        "trajectory": trajectory or [],
         "relearn": relearn,
         "glossary": GLOSSARY,
         "files": {"html": "report.html", "plots": plots},

@@ -77,6 +77,10 @@ class EvaluationPoint:
     final: bool
     #: the full training state at this step, for a resumable checkpoint
     capture_state: Callable[[], TrainingState]
+    #: per-token NLL of each forget / retain example (by index) as of the last training
+    #: forward that saw it (this epoch's, mostly): free measurements between points
+    forget_nll: dict[int, float] = field(default_factory=dict)
+    retain_nll: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -250,6 +254,7 @@ def run_training(
     callbacks: Callbacks | None = None,
     evaluate_every_steps: int | None = None,
     resume: TrainingState | None = None,
+    new_schedule: bool = False,
 ) -> TrainResult:
     """Train ``model`` in place with ``method`` and return it with the step history.
 
@@ -260,11 +265,19 @@ def run_training(
     None, and always at the last step. ``resume`` continues a run from the state one of
     its evaluation points (or a pause) captured; ``model`` must then hold the original
     weights, from which references (NPO's NLLs, a KL copy) are rebuilt as at the start.
+    ``new_schedule`` lets a resumed run have another length than the one it came from
+    (a finished job continued with a larger budget): the schedule then follows the new
+    length from the step reached.
     """
     import torch
     from accelerate.utils import set_seed
 
     from core.runtime import cpu_threads_for
+    from core.training.auto import resolve_hyperparameters
+
+    hparams, _ = resolve_hyperparameters(
+        hparams, model, n_examples=len(forget), lora=lora is not None, processes=_processes()
+    )
 
     with cpu_threads_for(model):
         callbacks = callbacks or Callbacks()
@@ -318,14 +331,27 @@ def run_training(
         generator = torch.Generator().manual_seed(seed)
         result = TrainResult(model=None, total_steps=total_steps)
         step, tokens, elapsed_before, first_epoch, first_block = 0, 0, 0.0, 0, 0
+        seen_forget: dict[int, float] = {}
+        seen_retain: dict[int, float] = {}
         if resume is not None:
-            if resume.total_steps != total_steps:
+            if resume.total_steps != total_steps and not new_schedule:
                 raise ValueError(
                     f"the saved training state planned {resume.total_steps} steps, this run "
                     f"{total_steps}: resume with the same data and hyperparameters"
                 )
             optimizer.load_state_dict(resume.optimizer)
             scheduler.load_state_dict(resume.scheduler)
+            if new_schedule:
+                # The restored LambdaLR keeps this run's lambdas (its length): set the
+                # rates they give at the step reached.
+                scheduler.last_epoch = resume.step
+                rates = [
+                    base * rule(resume.step)
+                    for base, rule in zip(scheduler.base_lrs, scheduler.lr_lambdas)
+                ]
+                for group, rate in zip(optimizer.param_groups, rates):
+                    group["lr"] = rate
+                scheduler._last_lr = rates
             generator.set_state(resume.order_generator)
             restore_rng(resume)
             step, tokens, elapsed_before = resume.step, resume.tokens, resume.elapsed_s
@@ -420,8 +446,13 @@ def run_training(
                             else None,
                             lora=lora,
                         )
-                    for key, value in parts.items():
-                        totals[key] += value
+                    for key in totals:
+                        totals[key] += parts[key]
+                    for index, value in zip(micro, parts["forget_nll"]):
+                        seen_forget[order[index]] = value
+                    if use_retain:
+                        for index, value in zip(micro, parts["retain_nll"]):
+                            seen_retain[partners[index]] = value
                     if micro_weights is not None:
                         weights.append(micro_weights)
                     tokens += micro_tokens * world
@@ -478,6 +509,8 @@ def run_training(
                         capture_state=lambda e=epoch, b=next_block, g=epoch_start_generator: (
                             capture(e, b, g)
                         ),
+                        forget_nll=dict(seen_forget),
+                        retain_nll=dict(seen_retain),
                     )
                     if callbacks.on_evaluation(point):
                         result.stopped_early = step < total_steps
@@ -495,6 +528,14 @@ def run_training(
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         return result
+
+
+def _processes() -> int:
+    """Processes of this run (accelerate/torchrun set WORLD_SIZE), before accelerate
+    starts: the auto batch accumulation counts them."""
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def _unwrap(model):
@@ -534,13 +575,14 @@ def _micro_step(
 
     device = accelerator.device
     loss = torch.zeros((), device=device)
-    parts = {"loss": 0.0, "forget": 0.0, "retain": 0.0}
+    parts = {"loss": 0.0, "forget": 0.0, "retain": 0.0, "forget_nll": [], "retain_nll": []}
     weights = None
     n_tokens = sum(len(e.input_ids) for e in forget_examples)
     with accelerator.autocast():
         if hparams.forget_coeff > 0:
             logits, batch = _forward_nll(model, forget_examples, pad_id, device)
             nll, n_answer = sequence_nll(logits, batch["labels"])
+            parts["forget_nll"] = _per_token(nll, n_answer)
             term = method.forget_term(
                 ForgetInputs(
                     nll=nll,
@@ -559,7 +601,7 @@ def _micro_step(
             )
         if retain_examples:
             n_tokens += sum(len(e.input_ids) for e in retain_examples)
-            retain_part = _retain_term(
+            retain_part, parts["retain_nll"] = _retain_term(
                 model, ref_model, hparams, retain_examples, pad_id, device, lora, denominators
             )
             loss = loss + hparams.retain_coeff * retain_part
@@ -585,9 +627,10 @@ def _retain_term(model, ref_model, hparams, examples, pad_id, device, lora, deno
 
     logits, batch = _forward_nll(model, examples, pad_id, device)
     if hparams.retain_loss == "nll":
-        nll, _ = sequence_nll(logits, batch["labels"])
-        return nll.sum() / denominators["retain"]["token"]
+        nll, n_answer = sequence_nll(logits, batch["labels"])
+        return nll.sum() / denominators["retain"]["token"], _per_token(nll, n_answer)
     with torch.no_grad():
+        per_token = _per_token(*sequence_nll(logits.detach(), batch["labels"]))
         if lora is not None:
             with _unwrap(model).disable_adapter():
                 ref_logits = model(
@@ -597,4 +640,10 @@ def _retain_term(model, ref_model, hparams, examples, pad_id, device, lora, deno
             ref_logits = ref_model(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
             ).logits
-    return answer_kl(logits, ref_logits, batch["labels"]).sum() / denominators["retain"]["token"]
+    kl = answer_kl(logits, ref_logits, batch["labels"]).sum() / denominators["retain"]["token"]
+    return kl, per_token
+
+
+def _per_token(nll, n_answer) -> list[float]:
+    """Per-token NLL of each sequence, for the measurements between evaluation points."""
+    return (nll.detach().float() / n_answer.clamp_min(1)).cpu().tolist()

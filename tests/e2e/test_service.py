@@ -48,6 +48,7 @@ DEMO_JOB = {
         "max_new_tokens": 24,
         "relearn": {"steps": 3, "learning_rate": 1e-3, "batch_size": 4},
     },
+    "target": {"max_epochs": 3},
     "metadata": {"request": "dsr-42"},
 }
 
@@ -225,8 +226,10 @@ def _run_demo_job_and_check_everything(service: Service) -> str:
 
     job = service.wait_for(job_id, lambda j: j["status"] in TERMINAL)
     assert job["status"] == "succeeded", f"{job}\n{service.tail_logs()}"
-    assert job["progress"]["step"] == job["progress"]["total_steps"] > 0
+    assert 0 < job["progress"]["step"] <= job["progress"]["total_steps"]
     assert job["output_model"] == job_id and job["report_available"]
+    assert job["verdict"]["status"] in ("forgotten", "not_forgotten")
+    assert isinstance(job["verdict"]["target_met"], bool)
 
     events = http.get(f"/v1/jobs/{job_id}/events", params={"limit": 100}).json()["data"]
     messages = [e["message"] for e in events]
@@ -234,14 +237,17 @@ def _run_demo_job_and_check_everything(service: Service) -> str:
     assert any(e["type"] == "status" and "succeeded" in e["message"] for e in events)
 
     metrics = http.get(f"/v1/jobs/{job_id}/metrics", params={"limit": 100}).json()["data"]
-    assert [m["step"] for m in metrics] == list(range(1, job["progress"]["total_steps"] + 1))
+    assert [m["step"] for m in metrics] == list(range(1, job["progress"]["step"] + 1))
+    points = http.get(f"/v1/jobs/{job_id}/evaluations").json()["data"]
+    assert points and points[-1]["step"] == job["progress"]["step"]
+    assert {"status", "reason", "checks"} <= set(points[-1]["verdict"])
     assert {"loss", "forget_loss", "retain_loss", "lr", "grad_norm", "weight_mean"} <= set(
         metrics[0]["values"]
     )
 
     checkpoints = http.get(f"/v1/jobs/{job_id}/checkpoints").json()["data"]
-    assert len(checkpoints) == 1
-    checkpoint = checkpoints[0]
+    checkpoint = next(c for c in checkpoints if c["name"] == "final")
+    assert {c["name"] for c in checkpoints} <= {"final", "last"}
     folder = service.home / "downloaded"
     for entry in checkpoint["files"]:
         response = http.get(
@@ -262,6 +268,8 @@ def _run_demo_job_and_check_everything(service: Service) -> str:
 
     report = http.get(f"/v1/jobs/{job_id}/report").json()
     summary = report["summary"]
+    assert summary["verdict"]["status"] == job["verdict"]["status"]
+    assert summary["selected_step"] == checkpoint["step"]
     assert (
         summary["forget_probability"]
         < report["comparison"]["models"]["before"]["forget_probability"]

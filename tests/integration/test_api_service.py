@@ -25,7 +25,11 @@ def test_methods_expose_schemas_and_defaults(client):
     beta = npo["hyperparameters_schema"]["properties"]["beta"]
     assert beta["exclusiveMinimum"] == 0 and beta["maximum"] == 100
     assert npo["defaults"]["beta"] == beta["default"] == 0.1
-    assert npo["defaults"]["learning_rate"] == 1e-5
+    assert npo["defaults"]["learning_rate"] == "auto"
+    spec = client.get("/v1/job-spec").json()
+    assert spec["target_defaults"]["utility_floor"] == 0.95
+    assert {"target", "continue_from", "kind"} <= set(spec["json_schema"]["properties"])
+    assert "hidden size" in spec["auto_rules"]["learning_rate"]
     assert error_of(client.get("/v1/methods/nope")) == (404, "method_not_found", "name")
 
 

@@ -69,9 +69,11 @@ def test_every_action_is_audited_with_its_principal(keyed_client, session_factor
     assert log[0]["data"] == {"sha256": dataset["sha256"], "record_count": 1}
     assert log[1]["data"] == {"external_ref": None}  # never the subject: it names a person
     assert log[2]["data"] == {
+        "kind": "unlearn",
         "method": "npo",
         "model": "base-model",
         "forget": dataset["id"],
+        "train": None,
         "deletion_request": request_id,
     }
     assert log[4]["data"] == {"status": "cancelled"}

@@ -14,7 +14,6 @@ from core.db.migrate import current_revision, downgrade, upgrade
 from core.db.tables import Base
 
 
-
 def _head() -> str:
     from alembic.script import ScriptDirectory
 

@@ -66,7 +66,8 @@ def test_result_holds_every_set_and_subsamples_identically(results, sets):
     assert retain.n_records == 30 and retain.n_samples == 25
     assert retain.samples["index"] == sorted(set(retain.samples["index"]))
     assert retain.samples["index"] == before.sets["retain"].samples["index"]
-    assert "truth_ratio" not in after.sets["holdout"].samples  # likelihood only
+    # holdout: no generation, but truth ratios (the verdict compares them with the forget set's)
+    assert len(after.sets["holdout"].samples["truth_ratio"]) == after.sets["holdout"].n_samples
     assert "generation" not in after.sets["holdout"].samples
     for column in ("truth_ratio", "generation", "rouge_recall", "mia_min_k_plus_plus"):
         assert len(after.sets["forget"].samples[column]) == 12
@@ -305,7 +306,7 @@ def test_report_matches_docs_and_renders(tmp_path, results):
         assert key in documented
     for column in report["evaluations"]["after"]["sets"]["forget"]["samples"]:
         assert f"evaluations.*.sets.*.samples.{column}" in documented
-    assert report["schema_version"] == "1.1"
+    assert report["schema_version"] == "1.2"
     assert report["evaluations"]["oracle"]["sets"]["forget"]["samples"]["truth_ratio"]
     assert EvaluationResult.from_dict(report["evaluations"]["after"]).to_dict() == after.to_dict()
 

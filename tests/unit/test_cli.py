@@ -45,13 +45,19 @@ def test_unlearn_writes_checkpoint_metrics_and_report(home, tmp_path):
             "oracle": "demo-retrain",
             "max_new_tokens": 16,
         },
+        "target": {"max_epochs": 2},
     }
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(spec))
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["unlearn", str(tmp_path / "job.yaml"), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    metrics = [row for row in rows if row.get("type") != "evaluation"]
+    points = [row for row in rows if row.get("type") == "evaluation"]
     assert [m["step"] for m in metrics] == list(range(1, 9))  # 16 forget examples / 4, 2 epochs
+    assert [p["step"] for p in points] == [4, 8]  # an evaluation point per epoch
+    assert points[-1]["verdict"]["status"] == "not_forgotten"  # 2 epochs of npo on the tiny demo
+    assert "verdict: not forgotten" in result.output
     manifest = json.loads((out / "checkpoint" / "manifest.json").read_text())
     assert manifest["method"] == "npo" and {f["path"] for f in manifest["files"]} >= {
         "model.safetensors",

@@ -1,0 +1,325 @@
+"""Evaluation points of a training run with a target: measure, judge, keep, stop.
+
+At every point (``run_training``'s ``on_evaluation``) the :class:`TargetMonitor`
+
+1. takes the **light** measurement: the holdout answers' likelihood under the current
+   weights (a capped sample), set against the forget and retain answers' likelihoods
+   that the training pass itself computed this epoch (free). That gives the membership
+   AUC (forget vs holdout) and a retain-likelihood ratio, at a small share of the
+   epoch's cost;
+2. when the light figures allow a verdict (the forget answers are no longer clearly
+   likelier than unseen ones, retain likelihood is near the floor), takes the
+   **verdict probe**: truth ratios of the forget and holdout sets, retain and utility
+   samples (teacher-forced, no generation; ``core.evaluation.probe``), and asks the
+   verdict (``core.evaluation.verdict``); when everything else passes, it also runs
+   the relearning check. A verdict probe costs about an epoch of training (six scored
+   answers per record, forget and holdout), so after one that did not meet the target
+   the next waits 1, 2, 4 ... points (at most ``MAX_BACKOFF``), and the last point
+   always gets one;
+3. keeps what the run may publish: the weights of the best point so far
+   (``core.training.target.select_point``) and the full resumable training state;
+4. reports the point (``reporter.evaluation``) and says whether to stop
+   (``core.training.target.should_stop``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from core.evaluation import metrics
+from core.evaluation.probe import Probe, ProbeSets, probe_model
+from core.evaluation.verdict import (
+    MEMBERSHIP_MARGIN,
+    Verdict,
+    decide,
+    forgetting_checks,
+    relearning_check,
+    utility_check,
+)
+from core.run_folder import RunFolder
+from core.training.target import PointRecord, select_point, should_stop
+
+log = logging.getLogger(__name__)
+
+#: the light measurement's limit for the membership AUC: looser than the verdict's,
+#: since the forget likelihoods it uses are up to an epoch old
+GATE_AUC = 0.5 + MEMBERSHIP_MARGIN + 0.15
+#: points to wait after a verdict probe that did not meet the target, doubling
+MAX_BACKOFF = 4
+#: holdout answers scored at every point (the verdict probe scores them all)
+LIGHT_HOLDOUT_SAMPLES = 64
+BEST_WEIGHTS = "best.pt"
+
+
+@dataclass
+class RelearnSettings:
+    """The attack of the relearning check: a few fine-tuning steps on part of the forget
+    set, then the rest's likelihood against the holdout's."""
+
+    steps: int = 5
+    fraction: float = 0.5
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+
+
+@dataclass
+class MonitorState:
+    """What a resumed run needs to go on judging as if it never stopped."""
+
+    points: list[dict] = field(default_factory=list)
+    best_step: int | None = None
+    eval_seconds: float = 0.0
+    #: the point index at which the next verdict probe may run, and the current wait
+    next_verdict: int = 0
+    backoff: int = 1
+    verdict_probes: int = 0
+
+    def records(self) -> list[PointRecord]:
+        return [PointRecord(**p) for p in self.points]
+
+
+class TargetMonitor:
+    def __init__(
+        self,
+        *,
+        target,
+        tokenizer,
+        sets: ProbeSets,
+        original: Probe,
+        forget_examples,
+        template: str,
+        max_length: int,
+        run: RunFolder,
+        reporter,
+        batch_size: int = 64,
+        relearn: RelearnSettings | None = None,
+        state: MonitorState | None = None,
+    ):
+        self.target, self.tokenizer, self.sets = target, tokenizer, sets
+        self.original, self.template, self.max_length = original, template, max_length
+        self.forget_examples = forget_examples
+        self.run, self.reporter, self.batch_size = run, reporter, batch_size
+        self.relearn = relearn or RelearnSettings()
+        self.state = state or MonitorState()
+        #: why the run stopped at a point, once it did
+        self.stop_reason: str | None = None
+        self.original_utility = original.utility()
+        self.original_retain_probability = original.mean("retain", "probability")
+        holdout = sets.holdout
+        self.light_holdout = (
+            None if holdout is None else ProbeSets(forget=_head(holdout, LIGHT_HOLDOUT_SAMPLES))
+        )
+        run.points_dir.mkdir(parents=True, exist_ok=True)
+
+    # -- the callback --------------------------------------------------------------------
+    def __call__(self, point) -> bool:
+        started = time.perf_counter()
+        light = self._light(point)
+        index = len(self.state.points)
+        wait = self._wait_reason(light, index)
+        if wait is None or point.final:
+            probe = self._probe(point.model)
+            verdict, figures = self.judge(probe)
+            if verdict.status == "forgotten" and self.target.relearning:
+                check = self._relearning(point.model, figures)
+                verdict = decide(verdict.checks + [check])
+                figures["relearn_ratio"] = check.value
+            figures.update(light)
+            self.state.verdict_probes += 1
+            if verdict.status == "forgotten":
+                self.state.backoff = 1
+            else:
+                self.state.next_verdict = index + self.state.backoff
+                self.state.backoff = min(self.state.backoff * 2, MAX_BACKOFF)
+        else:
+            verdict = Verdict("not_forgotten", wait, [])
+            figures = dict(light)
+        record = PointRecord(
+            step=point.step, epoch=point.epoch, verdict=verdict.to_dict(), metrics=figures
+        )
+        points = self.state.records() + [record]
+        self.state.points.append(asdict(record))
+        best = select_point(points, utility_floor=self.target.utility_floor)
+        if best is record:
+            self._keep_best(point.model, record.step)
+        self.state.eval_seconds += time.perf_counter() - started
+        self._save_state(point)
+        seconds = time.perf_counter() - started
+        stop = should_stop(
+            points,
+            utility_floor=self.target.utility_floor,
+            stop_when_met=self.target.stop_when_met,
+        )
+        self.reporter.evaluation(
+            {
+                "step": point.step,
+                "epoch": point.epoch,
+                "seconds": seconds,
+                "metrics": {**figures, "probe": "verdict" if "knowledge_p" in figures else "light"},
+                "verdict": verdict.to_dict(),
+            }
+        )
+        if stop:
+            self.stop_reason = stop
+            self.reporter.event("target", f"stopping at step {point.step}: {stop}", step=point.step)
+        return stop is not None
+
+    # -- measurements --------------------------------------------------------------------
+    def _light(self, point) -> dict[str, Any]:
+        """Membership AUC from the training pass's forget likelihoods against a fresh
+        sample of holdout likelihoods; retain likelihood against the original's."""
+        figures: dict[str, Any] = {}
+        forget_nll = np.asarray(list(point.forget_nll.values()), dtype=np.float64)
+        if forget_nll.size:
+            figures["forget_probability_train"] = float(np.exp(-forget_nll).mean())
+        retain_nll = np.asarray(list(point.retain_nll.values()), dtype=np.float64)
+        if retain_nll.size:
+            figures["retain_probability_train"] = float(np.exp(-retain_nll).mean())
+            if self.original_retain_probability:
+                figures["retain_ratio_train"] = (
+                    figures["retain_probability_train"] / self.original_retain_probability
+                )
+        if self.light_holdout is not None and forget_nll.size:
+            holdout = probe_model(
+                point.model,
+                self.tokenizer,
+                self.light_holdout,
+                template=self.template,
+                max_length=self.max_length,
+                batch_size=self.batch_size,
+                truth_ratio=False,
+            )
+            holdout_scores = holdout.column("forget", "mia_loss")
+            figures["membership_auc"] = metrics.roc_auc(-forget_nll, holdout_scores)
+            figures["holdout_probability"] = holdout.mean("forget", "probability")
+        return figures
+
+    def _wait_reason(self, light: dict[str, Any], index: int) -> str | None:
+        """Why this point gets no verdict probe, or None to take one."""
+        auc = light.get("membership_auc")
+        if auc is not None and auc > GATE_AUC:
+            return (
+                f"the forget answers are still likelier than unseen ones (membership AUC "
+                f"{auc:.3g} from this epoch's training pass); no verdict probe yet"
+            )
+        ratio = light.get("retain_ratio_train")
+        if ratio is not None and ratio < self.target.utility_floor:
+            return (
+                f"retain likelihood is at {ratio:.3g}x the original's, below the utility "
+                "floor; no verdict probe yet"
+            )
+        if index < self.state.next_verdict:
+            return (
+                f"the last verdict probe did not meet the target; the next one runs at "
+                f"evaluation point {self.state.next_verdict + 1}"
+            )
+        return None
+
+    def _probe(self, model) -> Probe:
+        return probe_model(
+            model,
+            self.tokenizer,
+            self.sets,
+            template=self.template,
+            max_length=self.max_length,
+            batch_size=self.batch_size,
+        )
+
+    def judge(self, probe: Probe) -> tuple[Verdict, dict[str, Any]]:
+        """The verdict and the figures of one probe (no relearning check)."""
+        utility = probe.utility()
+        ratio = (
+            utility / self.original_utility
+            if utility is not None and self.original_utility
+            else None
+        )
+        checks, missing = forgetting_checks(
+            probe.columns.get("forget"),
+            probe.columns.get("holdout"),
+            threshold=self.target.forget_threshold,
+            two_sided=self.target.membership == "two_sided",
+        )
+        checks.append(utility_check(ratio, self.target.utility_floor))
+        verdict = decide(checks, missing=missing)
+        figures = {
+            "forget_probability": probe.mean("forget", "probability"),
+            "holdout_probability": probe.mean("holdout", "probability"),
+            "retain_probability": probe.mean("retain", "probability"),
+            "forget_truth_ratio": _median(probe.column("forget", "truth_ratio")),
+            "holdout_truth_ratio": _median(probe.column("holdout", "truth_ratio")),
+            "utility_ratio": ratio,
+            "knowledge_p": _value(verdict, "knowledge"),
+            "membership_auc": _value(verdict, "membership"),
+            "probe_seconds": probe.seconds,
+        }
+        return verdict, figures
+
+    def _relearning(self, model, figures) -> Any:
+        from core.evaluation.relearn import relearn_probability
+
+        unseen, holdout = relearn_probability(
+            model,
+            self.tokenizer,
+            self.forget_examples,
+            self.sets.holdout,
+            template=self.template,
+            max_length=self.max_length,
+            steps=self.relearn.steps,
+            fraction=self.relearn.fraction,
+            batch_size=self.relearn.batch_size,
+            learning_rate=self.relearn.learning_rate,
+        )
+        return relearning_check(unseen, holdout)
+
+    # -- keeping ---------------------------------------------------------------------------
+    def _keep_best(self, model, step: int) -> None:
+        import torch
+
+        from core.training.state import trainable_weights
+
+        path = self.run.points_dir / BEST_WEIGHTS
+        tmp = path.with_suffix(".tmp")
+        torch.save(trainable_weights(model), tmp)
+        tmp.replace(path)
+        self.state.best_step = step
+
+    def best_weights(self) -> dict | None:
+        import torch
+
+        path = self.run.points_dir / BEST_WEIGHTS
+        return torch.load(path, map_location="cpu") if path.exists() else None
+
+    def _save_state(self, point) -> None:
+        state = point.capture_state()
+        state.extra = {"monitor": asdict(self.state)}
+        state.save(self.run.state_dir)
+        self.reporter.state_saved(self.run.root, point.step)
+
+    @staticmethod
+    def restore(extra: dict) -> MonitorState:
+        return MonitorState(**extra.get("monitor", {}))
+
+
+def _head(records, n: int):
+    from core.evaluation.probe import sample_sets
+
+    return sample_sets(ProbeSets(forget=records), n).forget
+
+
+def _median(values) -> float | None:
+    if values is None:
+        return None
+    values = values[np.isfinite(values)]
+    return float(np.median(values)) if values.size else None
+
+
+def _value(verdict: Verdict, name: str) -> float | None:
+    check = verdict.check(name)
+    value = None if check is None else check.value
+    return None if value is None or not math.isfinite(value) else value
