@@ -17,9 +17,19 @@ from api.auth import BearerAuthMiddleware
 from api.errors import install_error_handlers
 from api.metrics import MetricsMiddleware, RequestMetrics
 from api.openapi import install_openapi
-from api.routers import audit, datasets, deletion_requests, health, jobs, methods, models
+from api.routers import (
+    audit,
+    datasets,
+    deletion_requests,
+    health,
+    jobs,
+    methods,
+    models,
+    streams,
+)
 from api.schemas.common import ErrorResponse
 from api.state import Resources
+from api.streams.hub import StreamHub
 from core.reaper import ReaperThread
 from core.settings import Settings, get_settings
 
@@ -40,9 +50,15 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
         # Every API process also watches for dead workers and lost messages.
         reaper = ReaperThread(resources.database.session_factory, resources.celery, settings)
         reaper.start()
+        # One poller per process feeds every live stream it serves.
+        app.state.stream_hub = StreamHub(
+            resources.read_database, poll_interval_s=settings.stream_poll_interval_s
+        )
+        app.state.stream_hub.start()
         try:
             yield
         finally:
+            await app.state.stream_hub.stop()
             reaper.stop()
             resources.close()
 
@@ -61,6 +77,7 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
 
     app.include_router(health.router)
-    for module in (datasets, jobs, methods, models, deletion_requests, audit):
+    # streams before jobs: /v1/jobs/stream must not be read as the job "stream".
+    for module in (datasets, streams, jobs, methods, models, deletion_requests, audit):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     return app
