@@ -308,7 +308,9 @@ def test_report_matches_docs_and_renders(tmp_path, results):
     assert report["schema_version"] == "1.2"
     verdict = report["summary"]["verdict"]
     assert verdict["status"] in ("forgotten", "not_forgotten", "not_verifiable")
-    assert verdict["reason"] and {"forget_quality", "privleak"} <= {c["name"] for c in verdict["checks"]}
+    assert verdict["reason"] and {"forget_quality", "privleak"} <= {
+        c["name"] for c in verdict["checks"]
+    }
     assert report["evaluations"]["oracle"]["sets"]["forget"]["samples"]["truth_ratio"]
     assert EvaluationResult.from_dict(report["evaluations"]["after"]).to_dict() == after.to_dict()
 
