@@ -15,6 +15,11 @@ from core.evaluation.report_html import environment
 TEMPLATES = Path(__file__).parent / "templates"
 STATIC = Path(__file__).parent / "static"
 TERMINAL = ("succeeded", "failed", "cancelled")
+#: Dashboard pages load only from this server and run no inline script.
+CSP = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+)
 
 
 def _when(moment: datetime | None) -> str:
@@ -48,4 +53,4 @@ def render(request: Request, template: str, status_code: int = 200, **context: A
         auth_on=bool(settings.api_keys),
         **context,
     )
-    return HTMLResponse(html, status_code=status_code)
+    return HTMLResponse(html, status_code=status_code, headers={"Content-Security-Policy": CSP})

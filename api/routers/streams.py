@@ -9,7 +9,7 @@ from sse_starlette import EventSourceResponse
 
 from api.deps import ReadDatabaseDep, StreamHubDep
 from api.services import streams
-from api.streams.cursor import HEADER, parse_position
+from api.streams.cursor import HEADER, PATTERN, parse_position
 from api.streams.sources import KINDS
 from api.streams.stream import job_stream, jobs_stream
 
@@ -30,12 +30,18 @@ EVENT_STREAM = {
 
 LastEventIdHeader = Annotated[
     str | None,
-    Header(alias=HEADER, max_length=512, description="Resume after this event id."),
+    Header(
+        alias=HEADER,
+        max_length=512,
+        pattern=PATTERN,
+        description="Resume after this event id (`kind=position,...`).",
+    ),
 ]
 LastEventIdQuery = Annotated[
     str | None,
     Query(
         max_length=512,
+        pattern=PATTERN,
         description="The same as the Last-Event-ID header, for clients that cannot set it.",
     ),
 ]

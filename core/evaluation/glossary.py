@@ -150,10 +150,10 @@ def format_value(value: Any, key: str = "") -> str:
     if isinstance(value, (int, float)):
         if not math.isfinite(value):
             return "n/a"
-        if key in _PERCENT_SCALE or abs(value) >= 100:
-            return f"{value:.1f}"
         if isinstance(value, int):
             return str(value)
+        if key in _PERCENT_SCALE or abs(value) >= 100:
+            return f"{value:.1f}"
         if key in _P_VALUES:
             return f"{value:.3g}"
         if value != 0 and abs(value) < 1e-3:

@@ -141,7 +141,10 @@ def test_job_pages_show_state_verdict_and_downloads(signed_in, session_factory):
 
 def test_api_reference_pages_load_only_local_files(signed_out):
     for path in ("/docs", "/redoc"):
-        page = signed_out.get(path).text
+        response = signed_out.get(path)
+        page = response.text
+        # The browser may load from this server only (ReDoc's CDN logo is refused).
+        assert "default-src 'self'" in response.headers["content-security-policy"]
         sources = re.findall(r'(?:src|href)=["\']([^"\']+)', page)
         assert sources and all(source.startswith("/") for source in sources), sources
         assert "cdn" not in page.lower() and "googleapis" not in page
