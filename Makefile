@@ -1,6 +1,7 @@
 # The two set-up commands of the README:
 #   make serve   install, then start the service embedded (SQLite, local store, a
-#                worker that needs no broker server) with the demo model and data
+#                worker that needs no broker server) with the demo model and data;
+#                make serve PORT=8080 HOST=0.0.0.0 to listen elsewhere
 #   make test    install, then run the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,8 +9,10 @@ VENV ?= .venv
 # e.g. make serve TORCH='torch --index-url https://download.pytorch.org/whl/cu124'
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
 
-.PHONY: install serve test bench-minitofu bench-markov bench-api bench-engine
+.PHONY: install serve test bench-minitofu bench-markov bench-api bench-engine bench-streams
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +24,7 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 serve: install
-	$(BIN)/obliviate serve
+	$(BIN)/obliviate serve --host $(HOST) --port $(PORT)
 
 test: install
 	$(BIN)/python -m pytest
@@ -37,3 +40,6 @@ bench-api: install
 
 bench-engine: install
 	$(BIN)/python bench/engine_throughput.py
+
+bench-streams: install
+	$(BIN)/python bench/stream_fanout.py

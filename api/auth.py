@@ -4,12 +4,19 @@ A middleware rather than a dependency on every route: it costs nothing when auth
 off (it is not installed), and one header lookup when on, where a dependency costs a
 round of FastAPI's dependency solving on every request. It also answers 401 for
 unknown ``/v1`` paths, so routes are not enumerable without a key.
+
+The dashboard signs a person in by keeping their API key in a cookie (HttpOnly,
+SameSite=Strict). The cookie counts for reads only (GET and HEAD): the browser can then
+follow a job's stream, open a report and download checkpoint files, while every write
+still needs the ``Authorization`` header, which no other site can make a browser send.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+from http.cookies import SimpleCookie
+from urllib.parse import unquote
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -17,11 +24,40 @@ from api.errors import error_response
 
 ANONYMOUS = "anonymous"
 PROTECTED_PREFIX = "/v1/"
+#: the dashboard's sign-in cookie: the API key, percent-encoded
+SESSION_COOKIE = "obliviate_key"
+READ_METHODS = ("GET", "HEAD")
 
 
 def principal_of(token: str) -> str:
     """What idempotency keys are scoped to: a digest, never the key itself."""
     return "key:" + hashlib.sha256(token.encode()).hexdigest()[:32]
+
+
+def authenticate(token: str, api_keys: list[str]) -> str | None:
+    """The principal of ``token`` when it is one of ``api_keys``, else None."""
+    return principal_of(token) if _known(token.encode(), [k.encode() for k in api_keys]) else None
+
+
+def session_token(cookie_header: str | None) -> str | None:
+    """The API key kept by the dashboard's sign-in, from a ``Cookie`` header."""
+    if not cookie_header:
+        return None
+    cookie = SimpleCookie()
+    try:
+        cookie.load(cookie_header)
+    except Exception:  # noqa: BLE001 - a malformed header is no credential
+        return None
+    morsel = cookie.get(SESSION_COOKIE)
+    return unquote(morsel.value) if morsel is not None and morsel.value else None
+
+
+def _known(token: bytes, keys: list[bytes]) -> bool:
+    # Compare against every key in constant time, so timing reveals nothing.
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(token, key)
+    return matched
 
 
 class BearerAuthMiddleware:
@@ -34,9 +70,11 @@ class BearerAuthMiddleware:
             await self.app(scope, receive, send)
             return
         token = self._bearer_token(scope)
+        if token is None and scope["method"] in READ_METHODS:
+            token = self._session_token(scope)
         if token is None:
             message = "send an API key as 'Authorization: Bearer <key>'"
-        elif not self._known(token):
+        elif not _known(token, self.keys):
             message = "invalid API key"
         else:
             scope.setdefault("state", {})["principal"] = principal_of(token.decode())
@@ -58,9 +96,10 @@ class BearerAuthMiddleware:
                 return None
         return None
 
-    def _known(self, token: bytes) -> bool:
-        # Compare against every key in constant time, so timing reveals nothing.
-        matched = False
-        for key in self.keys:
-            matched |= hmac.compare_digest(token, key)
-        return matched
+    @staticmethod
+    def _session_token(scope: Scope) -> bytes | None:
+        for name, value in scope["headers"]:
+            if name == b"cookie":
+                token = session_token(value.decode("latin-1"))
+                return token.encode() if token else None
+        return None

@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 
 from api.auth import ANONYMOUS
 from api.database import Database
+from api.streams.hub import StreamHub
 from core.settings import Settings
 from core.storage import ObjectStore
 
@@ -38,6 +39,10 @@ async def get_celery(request: Request) -> Celery:
     return request.app.state.resources.celery
 
 
+async def get_stream_hub(request: Request) -> StreamHub:
+    return request.app.state.stream_hub
+
+
 async def get_principal(request: Request) -> str:
     """Who is calling: set by BearerAuthMiddleware, ``anonymous`` when auth is off."""
     return getattr(request.state, "principal", ANONYMOUS)
@@ -49,3 +54,4 @@ ReadDatabaseDep = Annotated[Database, Depends(get_read_database)]
 StoreDep = Annotated[ObjectStore, Depends(get_store)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
 PrincipalDep = Annotated[str, Depends(get_principal)]
+StreamHubDep = Annotated[StreamHub, Depends(get_stream_hub)]

@@ -14,21 +14,26 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import BearerAuthMiddleware
+from api.dashboard.signin import SignInRequired, redirect_to_sign_in
 from api.errors import install_error_handlers
 from api.metrics import MetricsMiddleware, RequestMetrics
 from api.openapi import install_openapi
 from api.routers import (
     audit,
+    dashboard,
     datasets,
     deletion_requests,
+    docs,
     health,
     job_spec,
     jobs,
     methods,
     models,
+    streams,
 )
 from api.schemas.common import ErrorResponse
 from api.state import Resources
+from api.streams.hub import StreamHub
 from core.reaper import ReaperThread
 from core.settings import Settings, get_settings
 
@@ -49,9 +54,15 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
         # Every API process also watches for dead workers and lost messages.
         reaper = ReaperThread(resources.database.session_factory, resources.celery, settings)
         reaper.start()
+        # One poller per process feeds every live stream it serves.
+        app.state.stream_hub = StreamHub(
+            resources.read_database, poll_interval_s=settings.stream_poll_interval_s
+        )
+        app.state.stream_hub.start()
         try:
             yield
         finally:
+            await app.state.stream_hub.stop()
             reaper.stop()
             resources.close()
 
@@ -60,6 +71,9 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
         summary="Machine unlearning jobs for language models.",
         version="0.1.0",
         lifespan=lifespan,
+        # Served by api.routers.docs with local files instead of FastAPI's CDN ones.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = RequestMetrics()
@@ -70,6 +84,13 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
 
     app.include_router(health.router)
-    for module in (datasets, jobs, methods, job_spec, models, deletion_requests, audit):
+    # People's pages: the dashboard at /, the API reference at /docs and /redoc.
+    app.include_router(dashboard.router)
+    app.include_router(docs.router)
+    docs.mount_static(app)
+    app.add_exception_handler(SignInRequired, redirect_to_sign_in)
+    app.add_exception_handler(dashboard.PageError, dashboard.show_page_error)
+    # streams before jobs: /v1/jobs/stream must not be read as the job "stream".
+    for module in (datasets, streams, jobs, methods, job_spec, models, deletion_requests, audit):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     return app

@@ -1,6 +1,9 @@
-"""``obliviate``: build demo assets, run unlearning jobs locally, serve the API.
+"""``obliviate``: build demo assets, run unlearning jobs locally, serve the API, and
+drive a running service (``jobs``, ``datasets``, ``deletion-requests``; OBLIVIATE_URL,
+OBLIVIATE_API_KEY).
 
-The same job spec (YAML or JSON) drives ``obliviate unlearn`` and ``POST /v1/jobs``.
+The same job spec (YAML or JSON) drives ``obliviate unlearn``, ``obliviate jobs submit``
+and ``POST /v1/jobs``.
 """
 
 from __future__ import annotations
@@ -16,19 +19,40 @@ from cli.progress import CliReporter, console, make_progress
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
 
+def _add_remote_commands() -> None:
+    """``jobs``, ``datasets``, ``deletion-requests``: against a running service."""
+    from cli.remote import datasets_app, jobs_app, requests_app
+
+    app.add_typer(jobs_app, name="jobs")
+    app.add_typer(datasets_app, name="datasets")
+    app.add_typer(requests_app, name="deletion-requests")
+
+
+_add_remote_commands()
+
+
 def _fail(error) -> None:
     console.print(f"[red]error[/] [bold]{getattr(error, 'code', 'error')}[/]: {error}")
     raise typer.Exit(code=2)
 
 
 def _phase_reporter(progress):
-    """A ``(phase, done, total)`` callback drawing one bar per phase."""
+    """A ``(phase, done, total)`` callback drawing one bar per phase. When the output is
+    not a terminal (``make serve > serve.log``) bars would only appear at the end, so
+    each phase is also written as lines: when it starts and every 10% of it."""
     tasks: dict[str, int] = {}
+    logged: dict[str, int] = {}
+    to_log = not progress.console.is_terminal
 
     def report(phase: str, done: int, total: int) -> None:
         if phase not in tasks:
             tasks[phase] = progress.add_task(phase, total=total, info="")
         progress.update(tasks[phase], completed=done)
+        if to_log:
+            tenth = int(10 * done / total) if total else 0
+            if logged.get(phase) != tenth:
+                logged[phase] = tenth
+                progress.console.print(f"demo: {phase} {10 * tenth}% ({done}/{total})")
 
     return report
 

@@ -360,7 +360,15 @@ def _run_unlearning(spec, inputs, workdir, reporter, lookup, settings, resume) -
             before,
             after,
             history=result.history,
-            job_info={**info, "id": names.get("job")},
+            job_info={
+                **info,
+                "id": names.get("job"),
+                **{
+                    key: names[key]
+                    for key in ("deletion_request", "deletion_request_ref", "submitted_by")
+                    if key in names
+                },
+            },
             model=model,
             tokenizer=tokenizer,
             forget_examples=forget_examples,

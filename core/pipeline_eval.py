@@ -164,7 +164,7 @@ class JobEvaluator:
             relearn=relearn,
             verdict=verdict,
             target=target.model_dump() if target is not None else None,
-            trajectory=list(points),
+            evaluation_points=list(points),
             selected_step=selected_step,
             stopped=stopped,
             evaluation_cost={

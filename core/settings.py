@@ -59,6 +59,12 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1, description="Attempts before a reaped job fails.")
     job_time_limit_s: int = Field(24 * 3600, gt=0, description="Hard time limit of one job.")
     reaper_interval_s: float = Field(30.0, gt=0, description="How often the reaper runs.")
+    stream_poll_interval_s: float = Field(
+        0.25,
+        gt=0,
+        le=60,
+        description="How often each API process reads changes for its live streams (SSE).",
+    )
 
     demo_on_start: bool = Field(True, description="Build and register demo assets at first start.")
     demo_preset: str = Field("demo", description="Demo asset preset: tiny or demo.")

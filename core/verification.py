@@ -130,7 +130,9 @@ class TargetMonitor:
                 check = self._relearning(point.model, figures)
                 verdict = decide(verdict.checks + [check])
                 figures["relearn_ratio"] = check.value
-            figures.update(light)
+            # The probe's fresh figures win over the light ones of the same name.
+            figures = {**light, **{k: v for k, v in figures.items() if v is not None}}
+            figures["measured_by"] = "verdict probe"
             self.state.verdict_probes += 1
             if verdict.status == "forgotten":
                 self.state.backoff = 1
@@ -139,7 +141,7 @@ class TargetMonitor:
                 self.state.backoff = min(self.state.backoff * 2, MAX_BACKOFF)
         else:
             verdict = Verdict("not_forgotten", wait, [])
-            figures = dict(light)
+            figures = {**light, "measured_by": "light"}
         record = PointRecord(
             step=point.step, epoch=point.epoch, verdict=verdict.to_dict(), metrics=figures
         )
@@ -161,7 +163,7 @@ class TargetMonitor:
                 "step": point.step,
                 "epoch": point.epoch,
                 "seconds": seconds,
-                "metrics": {**figures, "probe": "verdict" if "knowledge_p" in figures else "light"},
+                "metrics": figures,
                 "verdict": verdict.to_dict(),
             }
         )
@@ -177,13 +179,13 @@ class TargetMonitor:
         figures: dict[str, Any] = {}
         forget_nll = np.asarray(list(point.forget_nll.values()), dtype=np.float64)
         if forget_nll.size:
-            figures["forget_probability_train"] = float(np.exp(-forget_nll).mean())
+            figures["forget_probability"] = float(np.exp(-forget_nll).mean())
         retain_nll = np.asarray(list(point.retain_nll.values()), dtype=np.float64)
         if retain_nll.size:
-            figures["retain_probability_train"] = float(np.exp(-retain_nll).mean())
+            figures["retain_probability"] = float(np.exp(-retain_nll).mean())
             if self.original_retain_probability:
-                figures["retain_ratio_train"] = (
-                    figures["retain_probability_train"] / self.original_retain_probability
+                figures["retain_ratio"] = (
+                    figures["retain_probability"] / self.original_retain_probability
                 )
         if self.light_holdout is not None and forget_nll.size:
             holdout = probe_model(
@@ -208,7 +210,7 @@ class TargetMonitor:
                 f"the forget answers are still likelier than unseen ones (membership AUC "
                 f"{auc:.3g} from this epoch's training pass); no verdict probe yet"
             )
-        ratio = light.get("retain_ratio_train")
+        ratio = light.get("retain_ratio")
         if ratio is not None and ratio < self.target.utility_floor:
             return (
                 f"retain likelihood is at {ratio:.3g}x the original's, below the utility "

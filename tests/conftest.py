@@ -4,4 +4,9 @@ import os
 # a worker subprocess) spinning OpenMP threads on 2 cores slow each other down badly.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-pytest_plugins = ["tests.fixtures.api", "tests.fixtures.models", "tests.fixtures.services"]
+pytest_plugins = [
+    "tests.fixtures.api",
+    "tests.fixtures.models",
+    "tests.fixtures.services",
+    "tests.fixtures.live",
+]

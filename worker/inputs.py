@@ -11,8 +11,10 @@ import json
 from pathlib import Path
 
 from core.db.artifacts import get_report
+from core.db.audit import submitter_of
 from core.db.datasets import get_dataset
 from core.db.model_registry import get_model_by_name
+from core.db.tables import DeletionRequest
 from core.errors import InvalidRequest, NotFound
 from core.models.checkpoint import sha256_file
 from core.models.loading import fetch_model
@@ -108,5 +110,24 @@ class InputResolver:
             oracle_model=oracle_model,
             oracle_result=oracle_result,
         )
-        inputs.names = {**self.names, "job": job.id}
+        inputs.names = {**self.names, "job": job.id, **self.provenance(job.id, spec)}
         return inputs
+
+    def provenance(self, job_id: str, spec: JobSpec) -> dict[str, str]:
+        """What the report says about where the job came from: who submitted it and
+        the deletion request it serves."""
+        found = {}
+        with self.sessions() as session:
+            submitter = submitter_of(session, job_id)
+            request = (
+                session.get(DeletionRequest, spec.deletion_request)
+                if spec.deletion_request
+                else None
+            )
+        if submitter is not None:
+            found["submitted_by"] = submitter
+        if request is not None:
+            found["deletion_request"] = request.id
+            if request.external_ref:
+                found["deletion_request_ref"] = request.external_ref
+        return found

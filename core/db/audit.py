@@ -77,3 +77,12 @@ def list_audit_entries(
     if principal is not None:
         statement = statement.where(AuditEntry.principal == principal)
     return paginate(session, statement, AuditEntry.id, after=after, limit=limit, newest_first=False)
+
+
+def submitter_of(session: Session, job_id: str) -> str | None:
+    """Who submitted the job: the principal of its ``job.submitted`` entry."""
+    return session.scalar(
+        select(AuditEntry.principal)
+        .where(AuditEntry.object_id == job_id, AuditEntry.action == "job.submitted")
+        .limit(1)
+    )

@@ -307,6 +307,12 @@ def test_report_matches_docs_and_renders(tmp_path, results):
     for column in report["evaluations"]["after"]["sets"]["forget"]["samples"]:
         assert f"evaluations.*.sets.*.samples.{column}" in documented
     assert report["schema_version"] == "1.2"
+    # Written without a job verdict, the report falls back to the evidence's.
+    verdict = report["summary"]["verdict"]
+    assert verdict["status"] in ("forgotten", "not_forgotten", "not_verifiable")
+    assert verdict["reason"] and {"forget_quality", "privleak"} <= {
+        c["name"] for c in verdict["checks"]
+    }
     assert report["evaluations"]["oracle"]["sets"]["forget"]["samples"]["truth_ratio"]
     assert EvaluationResult.from_dict(report["evaluations"]["after"]).to_dict() == after.to_dict()
 
