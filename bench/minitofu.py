@@ -364,15 +364,20 @@ TARGET_RELEARN = {"steps": 5, "learning_rate": 1e-3, "batch_size": 8}
 TARGET_KEYS = HEADLINE + ("model_utility_ratio",)
 
 
-def run_target_job(bench: Bench, method: str, seed: int, workdir: Path) -> dict:
-    """One default job of ``method`` through the service's pipeline; its figures."""
+def run_target_job(
+    bench: Bench, method: str, seed: int, workdir: Path, overrides: dict | None = None
+) -> dict:
+    """One default job of ``method`` through the service's pipeline; its figures.
+    ``overrides``: hyperparameters set by hand (only to compare candidate defaults)."""
     import shutil
 
     from core.pipeline import JobInputs, run_job
     from core.spec import parse_job_spec
 
     data = bench.assets.data
-    key = json.dumps([RUNS_VERSION, bench.preset, "target", method, seed], sort_keys=True)
+    key = json.dumps(
+        [RUNS_VERSION, bench.preset, "target", method, seed, overrides or {}], sort_keys=True
+    )
     if key in bench.cache:
         return dict(bench.cache[key])
     spec = parse_job_spec(
@@ -381,6 +386,7 @@ def run_target_job(bench: Bench, method: str, seed: int, workdir: Path) -> dict:
             "forget": str(data["forget10"]),
             "retain": str(data["retain90"]),
             "method": method,
+            "hyperparameters": overrides or {},
             "evaluation": {
                 "holdout": str(data["holdout"]),
                 "utility": [str(data["world_facts"])],
@@ -425,6 +431,26 @@ def run_target_job(bench: Bench, method: str, seed: int, workdir: Path) -> dict:
         evaluation_share=(outcome.report.get("training") or {})
         .get("evaluation_cost", {})
         .get("share_of_training"),
+        trajectory=[
+            {
+                "step": point["step"],
+                "status": point["verdict"]["status"],
+                **{
+                    key: point["metrics"].get(key)
+                    for key in (
+                        "measured_by",
+                        "forget_probability",
+                        "holdout_probability",
+                        "membership_auc",
+                        "knowledge_p",
+                        "utility_ratio",
+                        "retain_ratio",
+                        "relearn_ratio",
+                    )
+                },
+            }
+            for point in outcome.report.get("trajectory") or []
+        ],
         seconds=round(time.monotonic() - started, 1),
         hyperparameters=outcome.manifest.get("hyperparameters"),
     )
@@ -447,7 +473,9 @@ def summarize_target(rows: list[dict], original_mu: float) -> dict:
     return out
 
 
-def run_targets(bench: Bench, methods, seeds, log, workdir: Path) -> dict:
+def run_targets(
+    bench: Bench, methods, seeds, log, workdir: Path, overrides: dict | None = None
+) -> dict:
     original = bench.reference_row(bench.original)
     retrain = bench.reference_row(bench.oracle)
     original_mu = original["model_utility"]
@@ -458,7 +486,7 @@ def run_targets(bench: Bench, methods, seeds, log, workdir: Path) -> dict:
     for method in methods:
         rows = []
         for seed in seeds:
-            row = run_target_job(bench, method, seed, workdir)
+            row = run_target_job(bench, method, seed, workdir, (overrides or {}).get(method))
             rows.append(row)
             log(
                 f"{method} seed {seed}: {row['verdict']} (target met: {row['target_met']}) at "
@@ -515,6 +543,13 @@ def main(argv: list[str] | None = None) -> int:
         "--fresh", action="store_true", help="ignore runs cached by earlier invocations"
     )
     parser.add_argument(
+        "--overrides",
+        type=json.loads,
+        default=None,
+        help="with --target: JSON {method: {hyperparameter: value}} to compare candidate "
+        "defaults (the goal is stated for no overrides)",
+    )
+    parser.add_argument(
         "--target",
         action="store_true",
         help="run the default job of each method (no hand-set hyperparameters) with its "
@@ -532,7 +567,9 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     bench = Bench(args.preset, args.cache, log, fresh=args.fresh)
     if args.target:
-        results = run_targets(bench, methods, seeds, log, args.cache / "target-runs")
+        results = run_targets(
+            bench, methods, seeds, log, args.cache / "target-runs", args.overrides
+        )
         print_target_table(results, log)
         output = {"methods": results, "seeds": seeds, "mode": "target"}
     elif args.sweep:

@@ -463,8 +463,9 @@ def _make_monitor(
     )
 
 
-#: retain and utility records scored at a verdict probe (per set)
-UTILITY_PROBE_SAMPLES = 64
+#: retain and utility records scored at a verdict probe (per set): an estimate of
+#: utility for the stopping decision; the published model's verdict uses the full sets
+UTILITY_PROBE_SAMPLES = 32
 
 
 def _manifest_info(spec, method, hparams, decided, forget_set, retain_set, result) -> dict:

@@ -52,8 +52,9 @@ log = logging.getLogger(__name__)
 GATE_AUC = 0.5 + MEMBERSHIP_MARGIN + 0.15
 #: points to wait after a verdict probe that did not meet the target, doubling
 MAX_BACKOFF = 4
-#: holdout answers scored at every point (the verdict probe scores them all)
-LIGHT_HOLDOUT_SAMPLES = 64
+#: holdout answers scored at a light point (the verdict probe scores them all); the
+#: measurement is reused for one more point, since unseen data's likelihood drifts slowly
+LIGHT_HOLDOUT_SAMPLES = 32
 BEST_WEIGHTS = "best.pt"
 
 
@@ -109,6 +110,8 @@ class TargetMonitor:
         self.state = state or MonitorState()
         #: why the run stopped at a point, once it did
         self.stop_reason: str | None = None
+        #: the last light holdout measurement: (point index, probe)
+        self._holdout: tuple[int, Probe] | None = None
         self.original_utility = original.utility()
         self.original_retain_probability = original.mean("retain", "probability")
         holdout = sets.holdout
@@ -124,8 +127,7 @@ class TargetMonitor:
         index = len(self.state.points)
         wait = self._wait_reason(light, index)
         if wait is None or point.final:
-            probe = self._probe(point.model)
-            verdict, figures = self.judge(probe)
+            verdict, figures = self._verdict_probe(point.model)
             if verdict.status == "forgotten" and self.target.relearning:
                 check = self._relearning(point.model, figures)
                 verdict = decide(verdict.checks + [check])
@@ -188,15 +190,19 @@ class TargetMonitor:
                     figures["retain_probability"] / self.original_retain_probability
                 )
         if self.light_holdout is not None and forget_nll.size:
-            holdout = probe_model(
-                point.model,
-                self.tokenizer,
-                self.light_holdout,
-                template=self.template,
-                max_length=self.max_length,
-                batch_size=self.batch_size,
-                truth_ratio=False,
-            )
+            index = len(self.state.points)
+            if self._holdout is None or index - self._holdout[0] > 1:
+                holdout = probe_model(
+                    point.model,
+                    self.tokenizer,
+                    self.light_holdout,
+                    template=self.template,
+                    max_length=self.max_length,
+                    batch_size=self.batch_size,
+                    truth_ratio=False,
+                )
+                self._holdout = (index, holdout)
+            holdout = self._holdout[1]
             holdout_scores = holdout.column("forget", "mia_loss")
             figures["membership_auc"] = metrics.roc_auc(-forget_nll, holdout_scores)
             figures["holdout_probability"] = holdout.mean("forget", "probability")
@@ -223,24 +229,50 @@ class TargetMonitor:
             )
         return None
 
-    def _probe(self, model) -> Probe:
+    def _probe(self, model, sets: ProbeSets) -> Probe:
         return probe_model(
             model,
             self.tokenizer,
-            self.sets,
+            sets,
             template=self.template,
             max_length=self.max_length,
             batch_size=self.batch_size,
         )
 
+    def _verdict_probe(self, model) -> tuple[Verdict, dict[str, Any]]:
+        """Utility first (the small retain and utility samples): below the floor, the
+        point is judged without scoring the forget and holdout sets, the probe's larger
+        part. Then forget and holdout truth ratios."""
+        utility = self._probe(
+            model, ProbeSets(forget=None, retain=self.sets.retain, utility=self.sets.utility)
+        )
+        ratio = self._utility_ratio(utility)
+        if ratio is not None and ratio < self.target.utility_floor:
+            check = utility_check(ratio, self.target.utility_floor)
+            figures = {
+                "retain_probability": utility.mean("retain", "probability"),
+                "utility_ratio": ratio,
+                "probe_seconds": utility.seconds,
+            }
+            return decide([check]), figures
+        forgetting = self._probe(
+            model, ProbeSets(forget=self.sets.forget, holdout=self.sets.holdout)
+        )
+        merged = Probe(
+            columns={**utility.columns, **forgetting.columns},
+            seconds=utility.seconds + forgetting.seconds,
+        )
+        return self.judge(merged)
+
+    def _utility_ratio(self, probe: Probe) -> float | None:
+        utility = probe.utility()
+        if utility is None or not self.original_utility:
+            return None
+        return utility / self.original_utility
+
     def judge(self, probe: Probe) -> tuple[Verdict, dict[str, Any]]:
         """The verdict and the figures of one probe (no relearning check)."""
-        utility = probe.utility()
-        ratio = (
-            utility / self.original_utility
-            if utility is not None and self.original_utility
-            else None
-        )
+        ratio = self._utility_ratio(probe)
         checks, missing = forgetting_checks(
             probe.columns.get("forget"),
             probe.columns.get("holdout"),

@@ -12,6 +12,8 @@ AuditAction = Literal[
     "deletion_request.created",
     "job.submitted",
     "job.cancel_requested",
+    "job.pause_requested",
+    "job.resumed",
     "job.finished",
 ]
 

@@ -30,13 +30,13 @@ PROBE_COLUMNS = (
 
 @dataclass
 class ProbeSets:
-    forget: RecordSet
+    forget: RecordSet | None
     holdout: RecordSet | None = None
     retain: RecordSet | None = None
     utility: dict[str, RecordSet] = field(default_factory=dict)
 
     def items(self) -> list[tuple[str, RecordSet]]:
-        pairs = [("forget", self.forget)]
+        pairs = [("forget", self.forget)] if self.forget is not None else []
         if self.holdout is not None:
             pairs.append(("holdout", self.holdout))
         if self.retain is not None:
