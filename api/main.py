@@ -18,6 +18,7 @@ from api.dashboard.signin import SignInRequired, redirect_to_sign_in
 from api.errors import install_error_handlers
 from api.metrics import MetricsMiddleware, RequestMetrics
 from api.openapi import install_openapi
+from api.request_log import RequestLogMiddleware
 from api.routers import (
     audit,
     dashboard,
@@ -34,6 +35,7 @@ from api.routers import (
 from api.schemas.common import ErrorResponse
 from api.state import Resources
 from api.streams.hub import StreamHub
+from core.logs import configure_logging
 from core.reaper import ReaperThread
 from core.settings import Settings, get_settings
 
@@ -42,6 +44,7 @@ ERROR_RESPONSES = {status: {"model": ErrorResponse} for status in (400, 401, 404
 
 def create_app(settings: Settings | None = None, *, run_migrations: bool = True) -> FastAPI:
     settings = settings or get_settings()
+    configure_logging(settings.log_format, settings.log_level)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -82,6 +85,7 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
     if settings.api_keys:
         app.add_middleware(BearerAuthMiddleware, api_keys=settings.api_keys)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(RequestLogMiddleware)  # outermost: every response gets its id
 
     app.include_router(health.router)
     # People's pages: the dashboard at /, the API reference at /docs and /redoc.

@@ -30,7 +30,10 @@ class Resources:
 
     @classmethod
     def open(cls, settings: Settings) -> Resources:
-        engine = make_engine(settings.database_url, pool_size=WRITE_POOL_SIZE)
+        # Stale connections (a database restart or failover, pg_terminate_backend): writes
+        # ping at checkout, since a failed write is not always safe to repeat; reads
+        # retry once instead, which costs nothing on the hot path (api.database).
+        engine = make_engine(settings.database_url, pool_size=WRITE_POOL_SIZE, pre_ping=True)
         read_engine = make_engine(settings.database_url, pool_size=READ_POOL_SIZE, autocommit=True)
         return cls(
             engine=engine,
@@ -39,7 +42,10 @@ class Resources:
                 make_session_factory(engine), threads=WRITE_POOL_SIZE, name="db-write"
             ),
             read_database=Database(
-                make_session_factory(read_engine), threads=READ_POOL_SIZE, name="db-read"
+                make_session_factory(read_engine),
+                threads=READ_POOL_SIZE,
+                name="db-read",
+                retry_disconnects=True,
             ),
             store=store_from_settings(settings),
             celery=make_celery(settings),

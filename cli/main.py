@@ -272,15 +272,28 @@ def serve(
         None, help="Install the demo model and data (default: OBLIVIATE_DEMO_ON_START)."
     ),
     api_workers: int = typer.Option(1, help="uvicorn worker processes."),
+    log_format: str = typer.Option(
+        None, help="text or json, for the API and the worker (default OBLIVIATE_LOG_FORMAT)."
+    ),
 ):
     """Start the service: migrations, demo assets, a worker, and the API."""
+    import os
+
     import uvicorn
 
     from cli.serve import exit_on_sigterm, start_worker, stop_worker
     from core.db.migrate import upgrade
+    from core.logs import configure_logging
     from core.settings import get_settings
 
+    if log_format is not None:
+        if log_format not in ("text", "json"):
+            _fail(ValueError(f"--log-format must be text or json, got {log_format!r}"))
+        # Through the environment, so uvicorn's workers and the worker process see it too.
+        os.environ["OBLIVIATE_LOG_FORMAT"] = log_format
+        get_settings.cache_clear()
     settings = get_settings()
+    configure_logging(settings.log_format, settings.log_level)
     settings.home.mkdir(parents=True, exist_ok=True)
     console.print(
         f"state in [bold]{settings.home}[/] (database {settings.database_url.split('@')[-1]})"
@@ -297,7 +310,11 @@ def serve(
             host=host,
             port=port,
             workers=api_workers,
-            log_level="info",
+            log_level=settings.log_level.lower(),
+            # Logging is ours (core.logs): one line per request from the API's own
+            # middleware, with its request id, instead of uvicorn's access log.
+            log_config=None,
+            access_log=False,
         )
     finally:
         if process is not None:
@@ -305,14 +322,51 @@ def serve(
 
 
 @app.command(name="worker")
-def run_worker(concurrency: int = typer.Option(1, help="Jobs at once (one per GPU).")):
-    """Run a Celery worker (production: one per GPU, OBLIVIATE_BROKER_URL=redis://...)."""
+def run_worker(
+    gpus: str = typer.Option(
+        None,
+        help="Devices this worker owns, e.g. 0,1,2,3 or 0-7 (CUDA indices or GPU UUIDs); "
+        "default OBLIVIATE_WORKER_GPUS. Each child process is pinned to one slot of them.",
+    ),
+    gpus_per_job: int = typer.Option(
+        None,
+        help="Devices per slot: the size of the jobs this worker serves "
+        "(default OBLIVIATE_WORKER_GPUS_PER_JOB, 1).",
+    ),
+    accept_smaller: bool = typer.Option(
+        None,
+        "--accept-smaller/--exact-size",
+        help="Also run jobs that ask for fewer GPUs than a slot has.",
+    ),
+    concurrency: int = typer.Option(
+        1, help="Jobs at once when no --gpus are given (with --gpus: one per slot)."
+    ),
+    log_format: str = typer.Option(None, help="text or json (default OBLIVIATE_LOG_FORMAT)."),
+):
+    """Run a Celery worker (production: OBLIVIATE_BROKER_URL=redis://...). With --gpus,
+    one child per GPU slot, each pinned to its devices, listening on the queue of jobs
+    of its size."""
     import os
 
-    from cli.serve import worker_command
+    from pydantic import ValidationError
 
-    command = worker_command(concurrency=concurrency)
-    os.execv(command[0], command)
+    from cli.serve import worker_command, worker_environment
+    from core.settings import Settings
+
+    overrides = {
+        "worker_gpus": gpus,
+        "worker_gpus_per_job": gpus_per_job,
+        "worker_accept_smaller": accept_smaller,
+        "log_format": log_format,
+    }
+    try:
+        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        console.print(f"[red]error[/]: {'.'.join(map(str, error['loc']))}: {error['msg']}")
+        raise typer.Exit(code=2) from None
+    command = worker_command(settings, concurrency=concurrency)
+    os.execve(command[0], command, worker_environment(settings))
 
 
 def main() -> None:  # pragma: no cover - console entry point

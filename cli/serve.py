@@ -12,10 +12,30 @@ import signal
 import subprocess
 import sys
 
-from core.settings import Settings
+from core.settings import Settings, get_settings
 
 
-def worker_command(*, concurrency: int = 1, loglevel: str = "INFO") -> list[str]:
+def worker_command(
+    settings: Settings | None = None,
+    *,
+    concurrency: int = 1,
+    queues: list[str] | None = None,
+    loglevel: str | None = None,
+) -> list[str]:
+    """The Celery worker command line. With ``settings.worker_gpus`` the worker runs one
+    child per GPU slot (``worker.devices`` pins each) and listens on the queue of its
+    slot size (and the smaller ones with ``worker_accept_smaller``); otherwise
+    ``concurrency`` children and the one-GPU queue, or ``queues`` when given. The
+    settings reach the children through the environment (``worker_environment``)."""
+    from core.queue import queues_served
+
+    settings = settings or get_settings()
+    if settings.worker_gpus:
+        concurrency = len(settings.worker_gpu_slots)
+    if queues is None:
+        queues = queues_served(
+            settings.worker_gpus_per_job, accept_smaller=settings.worker_accept_smaller
+        )
     # prefork + max_tasks_per_child=1 (core.queue): each job runs in a fresh child.
     return [
         sys.executable,
@@ -25,11 +45,11 @@ def worker_command(*, concurrency: int = 1, loglevel: str = "INFO") -> list[str]
         "worker.celery_app",
         "worker",
         "--queues",
-        "obliviate",
+        ",".join(queues),
         "--concurrency",
         str(concurrency),
         "--loglevel",
-        loglevel,
+        loglevel or settings.log_level,
         "--hostname",
         f"obliviate-{os.getpid()}@%h",
         "--without-gossip",
@@ -37,16 +57,33 @@ def worker_command(*, concurrency: int = 1, loglevel: str = "INFO") -> list[str]
     ]
 
 
-def start_worker(settings: Settings) -> subprocess.Popen:
-    env = {
+def worker_environment(settings: Settings) -> dict[str, str]:
+    """What a worker process needs to see the same settings as this one."""
+    return {
         **os.environ,
         "OBLIVIATE_HOME": str(settings.home),
         "OBLIVIATE_DATABASE_URL": settings.database_url,
         "OBLIVIATE_BROKER_URL": settings.broker_url,
         "OBLIVIATE_STORAGE_URL": settings.storage_url,
+        "OBLIVIATE_WORKER_GPUS": ",".join(settings.worker_gpus),
+        "OBLIVIATE_WORKER_GPUS_PER_JOB": str(settings.worker_gpus_per_job),
+        "OBLIVIATE_WORKER_ACCEPT_SMALLER": str(settings.worker_accept_smaller).lower(),
+        "OBLIVIATE_LOG_FORMAT": settings.log_format,
+        "OBLIVIATE_LOG_LEVEL": settings.log_level,
     }
+
+
+def start_worker(settings: Settings) -> subprocess.Popen:
+    """The embedded worker beside ``serve``: one machine, so it takes jobs of every size
+    (on a machine without GPUs they all run on the CPU anyway)."""
+    from core.queue import all_queues
+
+    command = worker_command(settings, queues=None if settings.worker_gpus else all_queues())
     return subprocess.Popen(
-        worker_command(), env=env, start_new_session=True, preexec_fn=_die_with_parent
+        command,
+        env=worker_environment(settings),
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
     )
 
 

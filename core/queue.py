@@ -8,14 +8,21 @@ messages into and the worker reads from, so no broker server is needed.
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
+import os
 
 from celery import Celery
 
 from core.settings import Settings, get_settings
 
 RUN_JOB_TASK = "obliviate.run_job"
+#: The queue of one-GPU jobs (the default), and the prefix of the others.
 QUEUE = "obliviate"
+#: The message header that names the job, read by the worker's pre-dispatch check and by
+#: the reaper's scan of what is waiting in the broker.
+JOB_ID_HEADER = "obliviate_job_id"
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +65,30 @@ def make_celery(settings: Settings | None = None) -> Celery:
     return app
 
 
-def enqueue_job(app: Celery, job_id: str) -> bool:
-    """Publish a run message carrying only the job id.
+def queue_for(gpus: int) -> str:
+    """The queue of jobs that ask for ``gpus`` GPUs. One-GPU jobs keep the queue's
+    original name, so workers started before GPU routing existed (``-Q obliviate``)
+    still serve them through a rolling upgrade."""
+    return QUEUE if gpus == 1 else f"{QUEUE}.gpus-{gpus}"
+
+
+def queues_served(gpus_per_job: int, *, accept_smaller: bool = False) -> list[str]:
+    """The queues a worker whose slots have ``gpus_per_job`` devices listens on: its own
+    size only, or (``accept_smaller``) every size up to it, at the price of a big slot
+    sometimes running a small job while a big one waits."""
+    sizes = range(1, gpus_per_job + 1) if accept_smaller else [gpus_per_job]
+    return [queue_for(size) for size in sizes]
+
+
+def all_queues() -> list[str]:
+    """Every job queue, one per GPU count a job may ask for."""
+    from core.spec import MAX_JOB_GPUS
+
+    return [queue_for(gpus) for gpus in range(1, MAX_JOB_GPUS + 1)]
+
+
+def enqueue_job(app: Celery, job_id: str, gpus: int = 1) -> bool:
+    """Publish a run message carrying only the job id, to the queue for its GPU count.
 
     Returns False instead of raising when the broker is unreachable: the job row is
     already committed as ``queued`` and the reaper re-enqueues it later.
@@ -68,7 +97,8 @@ def enqueue_job(app: Celery, job_id: str) -> bool:
         app.send_task(
             RUN_JOB_TASK,
             args=[job_id],
-            queue=QUEUE,
+            queue=queue_for(gpus),
+            headers={JOB_ID_HEADER: job_id},
             retry=True,
             retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2},
         )
@@ -76,3 +106,87 @@ def enqueue_job(app: Celery, job_id: str) -> bool:
     except Exception:  # noqa: BLE001 - any broker failure is recoverable by the reaper
         log.exception("could not enqueue job %s; the reaper will retry", job_id)
         return False
+
+
+#: kombu's Redis transport keeps a queue's prioritised messages in sibling lists named
+#: ``<queue>\x06\x16<priority>``; we publish without priorities, but a scan looks there
+#: too rather than miss a message.
+_REDIS_PRIORITY_SEPARATOR = "\x06\x16"
+_REDIS_PRIORITY_STEPS = (3, 6, 9)
+_REDIS_SCAN_PAGE = 1000
+
+
+def waiting_job_ids(app: Celery, queues: list[str]) -> set[str] | None:
+    """The ids of the jobs whose run message is waiting in one of ``queues`` of the
+    broker, not yet delivered to any worker; None for a broker whose contents this
+    cannot read (then the reaper falls back to re-publishing by age alone).
+
+    Raises when the broker is unreachable. Redis: the queues' lists (a message a worker
+    took sits in kombu's ``unacked`` hash instead, and its job leaves ``queued`` within
+    seconds, when the worker claims it). Filesystem transport: the queue folder's files.
+    """
+    transport = app.conf.broker_url.split("://", 1)[0]
+    with app.connection_for_read() as connection:
+        connection.ensure_connection(max_retries=1)
+        channel = connection.default_channel
+        if transport in ("redis", "rediss"):
+            return _redis_waiting(channel.client, queues)
+        if transport == "filesystem":
+            return _folder_waiting(channel.data_folder_in, queues)
+    return None
+
+
+def _redis_waiting(client, queues: list[str]) -> set[str]:
+    keys = [
+        key
+        for queue in queues
+        for key in (
+            queue,
+            *(f"{queue}{_REDIS_PRIORITY_SEPARATOR}{p}" for p in _REDIS_PRIORITY_STEPS),
+        )
+    ]
+    found: set[str] = set()
+    for key in keys:
+        start = 0
+        while True:
+            page = client.lrange(key, start, start + _REDIS_SCAN_PAGE - 1)
+            found.update(filter(None, map(_job_id_of, page)))
+            if len(page) < _REDIS_SCAN_PAGE:
+                break
+            start += _REDIS_SCAN_PAGE
+    return found
+
+
+def _folder_waiting(folder: str, queues: list[str]) -> set[str]:
+    suffixes = tuple(f".{queue}.msg" for queue in queues)
+    found: set[str] = set()
+    for name in os.listdir(folder):
+        if not name.endswith(suffixes):
+            continue
+        try:
+            with open(os.path.join(folder, name), "rb") as handle:
+                job_id = _job_id_of(handle.read())
+        except OSError:  # delivered (moved away) meanwhile
+            continue
+        if job_id:
+            found.add(job_id)
+    return found
+
+
+def _job_id_of(raw: bytes | str) -> str | None:
+    """The job a serialized kombu message runs: our header, or (messages published
+    before it existed) the task's first argument."""
+    try:
+        message = json.loads(raw)
+        headers = message.get("headers") or {}
+        if headers.get("task") != RUN_JOB_TASK:
+            return None
+        if headers.get(JOB_ID_HEADER):
+            return headers[JOB_ID_HEADER]
+        body = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0]
+        return args[0] if args else None
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None

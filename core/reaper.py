@@ -11,15 +11,59 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
-from core.db.jobs import mark_enqueue_failed, reap_stale_jobs
-from core.queue import enqueue_job
+from core.db.jobs import mark_enqueue_failed, reap_stale_jobs, requested_gpus
+from core.queue import all_queues, enqueue_job, waiting_job_ids
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def reap_and_requeue(sessions, publisher, settings: Settings) -> list[str]:
+class LostMessages:
+    """Which queued jobs have really lost their message, as opposed to waiting behind
+    others: a job is lost once its message has been missing from the broker's queues at
+    every pass for ``grace_s`` (and at two passes at least).
+
+    Why not by age alone: a job waiting behind a backlog is old but its message is
+    still in the queue, and re-publishing it (as the age rule did, 14 and 21 extra
+    messages for 10 queued jobs) only makes duplicates every worker must skip. Why
+    "missing for a while" rather than "missing once": between a worker taking a
+    message and claiming its job (a fresh child process starting) the message is in
+    neither place for a few seconds. The state is this process's memory: each API
+    replica judges on its own observations, and the database's conditional update lets
+    only one of them re-publish.
+    """
+
+    def __init__(self, publisher, grace_s: float, clock=time.monotonic):
+        self.publisher, self.grace_s, self.clock = publisher, grace_s, clock
+        self.missing_since: dict[str, float] = {}
+
+    def __call__(self, job_ids: list[str]) -> set[str]:
+        try:
+            waiting = waiting_job_ids(self.publisher, all_queues())
+        except Exception:  # noqa: BLE001 - broker down: nothing can be published anyway
+            log.warning("could not read the broker's queues; no job re-published this pass")
+            self.missing_since.clear()
+            return set()
+        if waiting is None:  # a broker we cannot read: by age alone
+            return set(job_ids)
+        now = self.clock()
+        seen_before = self.missing_since
+        missing = {job_id: seen_before.get(job_id, now) for job_id in job_ids}
+        missing = {job_id: since for job_id, since in missing.items() if job_id not in waiting}
+        lost = {
+            job_id
+            for job_id, since in missing.items()
+            if job_id in seen_before and now - since >= self.grace_s
+        }
+        self.missing_since = {k: v for k, v in missing.items() if k not in lost}
+        return lost
+
+
+def reap_and_requeue(
+    sessions, publisher, settings: Settings, lost_messages: LostMessages | None = None
+) -> list[str]:
     with sessions() as session:
         job_ids = reap_stale_jobs(
             session,
@@ -27,10 +71,13 @@ def reap_and_requeue(sessions, publisher, settings: Settings) -> list[str]:
             requeue_queued_after_s=settings.requeue_queued_after_s,
             max_attempts=settings.max_attempts,
             time_limit_s=settings.job_time_limit_s,
+            lost_messages=lost_messages,
         )
         session.commit()
+        gpus = requested_gpus(session, job_ids)
+        session.commit()
         for job_id in job_ids:
-            if not enqueue_job(publisher, job_id):
+            if not enqueue_job(publisher, job_id, gpus.get(job_id, 1)):
                 mark_enqueue_failed(session, job_id)
     if job_ids:
         log.info("reaper re-published %d job(s): %s", len(job_ids), ", ".join(job_ids))
@@ -41,12 +88,13 @@ class ReaperThread(threading.Thread):
     def __init__(self, sessions, publisher, settings: Settings):
         super().__init__(name="obliviate-reaper", daemon=True)
         self.sessions, self.publisher, self.settings = sessions, publisher, settings
+        self.lost_messages = LostMessages(publisher, grace_s=settings.requeue_queued_after_s)
         self._stop_event = threading.Event()
 
     def run(self) -> None:
         while not self._stop_event.wait(self.settings.reaper_interval_s):
             try:
-                reap_and_requeue(self.sessions, self.publisher, self.settings)
+                reap_and_requeue(self.sessions, self.publisher, self.settings, self.lost_messages)
             except Exception:  # noqa: BLE001 - try again next round
                 log.exception("reaper pass failed")
 

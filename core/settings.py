@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
@@ -54,7 +54,10 @@ class Settings(BaseSettings):
         120.0, gt=0, description="Heartbeat age after which a job is reaped."
     )
     requeue_queued_after_s: float = Field(
-        600.0, gt=0, description="Re-enqueue jobs still queued after this long (lost messages)."
+        60.0,
+        gt=0,
+        description="Re-publish a queued job whose message has been missing from the "
+        "broker this long (a lost message; a job waiting behind others is not re-published).",
     )
     max_attempts: int = Field(3, ge=1, description="Attempts before a reaped job fails.")
     job_time_limit_s: int = Field(24 * 3600, gt=0, description="Hard time limit of one job.")
@@ -66,15 +69,65 @@ class Settings(BaseSettings):
         description="How often each API process reads changes for its live streams (SSE).",
     )
 
+    worker_gpus: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Devices a worker owns, e.g. 0,1,2,3 or 0-7 (CUDA indices or GPU UUIDs); "
+        "each child process is pinned to one slot of them. Empty: no pinning.",
+    )
+    worker_gpus_per_job: int = Field(
+        1, ge=1, le=8, description="Devices per worker slot: the job size the worker serves."
+    )
+    worker_accept_smaller: bool = Field(
+        False, description="Let a worker's slots also run jobs that ask for fewer GPUs."
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text for people, json (one object per line) for log pipelines."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Lowest level logged."
+    )
+
     demo_on_start: bool = Field(True, description="Build and register demo assets at first start.")
     demo_preset: str = Field("demo", description="Demo asset preset: tiny or demo.")
 
-    @field_validator("model_roots", "api_keys", mode="before")
+    @field_validator("model_roots", "api_keys", "worker_gpus", mode="before")
     @classmethod
     def _split_commas(cls, value):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("worker_gpus")
+    @classmethod
+    def _expand_device_ranges(cls, value: list[str]) -> list[str]:
+        """``0-3`` stands for 0,1,2,3; anything else is one device (an index or a UUID)."""
+        devices: list[str] = []
+        for item in value:
+            first, dash, last = item.partition("-")
+            if dash and first.isdigit() and last.isdigit():
+                if int(last) < int(first):
+                    raise ValueError(f"device range {item!r} runs backwards")
+                devices += [str(index) for index in range(int(first), int(last) + 1)]
+            else:
+                devices.append(item)
+        if len(set(devices)) != len(devices):
+            raise ValueError(f"a device is listed twice: {','.join(devices)}")
+        return devices
+
+    @model_validator(mode="after")
+    def _whole_slots(self) -> Settings:
+        if self.worker_gpus and len(self.worker_gpus) % self.worker_gpus_per_job:
+            raise ValueError(
+                f"worker_gpus: {len(self.worker_gpus)} devices do not split into slots of "
+                f"worker_gpus_per_job={self.worker_gpus_per_job}"
+            )
+        return self
+
+    @property
+    def worker_gpu_slots(self) -> list[list[str]]:
+        """The device sets of a worker's child processes, one job each at a time."""
+        size = self.worker_gpus_per_job
+        return [self.worker_gpus[i : i + size] for i in range(0, len(self.worker_gpus), size)]
 
     @model_validator(mode="after")
     def _fill_embedded_defaults(self) -> Settings:

@@ -181,6 +181,23 @@ class TargetSpec(StrictModel):
     )
 
 
+#: The most GPUs one job may ask for: one worker slot on one host (8 on HGX/DGX nodes).
+MAX_JOB_GPUS = 8
+
+
+class ResourcesSpec(StrictModel):
+    """What a job needs from the worker that runs it. The API publishes the job to the
+    queue for its GPU count (``core.queue.queue_for``); only workers whose GPU slots
+    have that many devices listen there."""
+
+    gpus: int = Field(
+        1,
+        ge=1,
+        le=MAX_JOB_GPUS,
+        description="GPUs the job runs on (one worker slot of this many devices).",
+    )
+
+
 class JobSpec(StrictModel):
     kind: Literal["unlearn", "finetune"] = Field(
         "unlearn",
@@ -210,6 +227,7 @@ class JobSpec(StrictModel):
     metadata: dict[str, str] = Field(
         default_factory=dict, description=METADATA_DESCRIPTION, max_length=METADATA_MAX_KEYS
     )
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     deletion_request: str | None = Field(
         None,
         max_length=64,

@@ -1,11 +1,35 @@
-"""The worker's Celery app: the shared configuration plus the task modules.
+"""The worker's Celery app: the shared configuration plus the task modules, and the
+worker's process hooks (logging, GPU pinning).
 
-Run with ``celery -A worker.celery_app worker --pool solo -Q obliviate`` (one job per
-process, so one process per GPU), or ``obliviate worker``.
+Run with ``obliviate worker`` (it picks the queues, concurrency and device slots), or
+``celery -A worker.celery_app worker -Q obliviate`` for one-GPU jobs without pinning.
 """
 
+from celery import signals
+
+from core.logs import configure_logging
 from core.queue import make_celery
+from core.settings import get_settings
+from worker.devices import check_concurrency, pin_to_slot
 
 celery_app = make_celery()
 celery_app.conf.include = ["worker.tasks"]
 app = celery_app
+
+
+@signals.setup_logging.connect
+def _configure_logging(loglevel=None, **_) -> None:
+    # Connected, so Celery leaves logging to us: its own records (task received,
+    # worker ready) come out in the same format as ours.
+    settings = get_settings()
+    configure_logging(settings.log_format, loglevel or settings.log_level)
+
+
+@signals.worker_init.connect
+def _check_slots(sender=None, **_) -> None:
+    check_concurrency(get_settings(), sender.concurrency)
+
+
+@signals.worker_process_init.connect
+def _pin_child(**_) -> None:
+    pin_to_slot()

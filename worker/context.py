@@ -12,7 +12,11 @@ from core.storage import store_from_settings
 
 @lru_cache
 def session_factory():
-    return make_session_factory(make_engine(get_settings().database_url, pool_size=2))
+    # pre_ping: a job runs for hours, and the database may restart or drop connections
+    # meanwhile; one round trip per checkout is nothing beside a 2 s heartbeat.
+    return make_session_factory(
+        make_engine(get_settings().database_url, pool_size=2, pre_ping=True)
+    )
 
 
 @lru_cache

@@ -17,6 +17,7 @@ never writes into the next attempt's run.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 from datetime import datetime, timedelta, timezone
@@ -25,6 +26,8 @@ from core.db.evaluations import add_evaluation
 from core.db.jobs import add_events, add_metrics, heartbeat, hold_job
 
 log = logging.getLogger(__name__)
+
+_LOG_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 #: Flushes a batch of metrics and events gets before it is dropped.
 BATCH_TRIES = 3
@@ -56,12 +59,26 @@ class DbReporter:
         self._stop = threading.Event()
         #: called with (folder, step) when the pipeline saved a resumable state
         self.on_state_saved = None
-        self._thread = threading.Thread(target=self._loop, name=f"reporter-{job_id}", daemon=True)
+        # The thread logs with the job's context (job id, attempt) bound by the runner.
+        self._thread = threading.Thread(
+            target=contextvars.copy_context().run,
+            args=(self._loop,),
+            name=f"reporter-{job_id}",
+            daemon=True,
+        )
         #: the status last read back; None once another attempt holds the job
         self.status: str | None = "running"
 
     # -- called from the training thread -------------------------------------------------
     def event(self, kind: str, message: str, level: str = "info", **data) -> None:
+        """Record an event; it is also a log line (one per phase, restart, warning)."""
+        log.log(
+            _LOG_LEVELS.get(level, logging.INFO),
+            "%s: %s",
+            kind,
+            message,
+            extra={"event": kind, "data": data or None},
+        )
         with self._lock:
             self._events.append(
                 {

@@ -31,6 +31,7 @@ from core.db.jobs import (
 )
 from core.db.model_registry import register_model
 from core.errors import Cancelled, ObliviateError, Paused
+from core.logs import bind
 from core.models.checkpoint import MANIFEST, sha256_file
 from core.run_folder import RUN
 from core.settings import Settings, get_settings
@@ -51,10 +52,10 @@ class JobRunner:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
 
     @classmethod
-    def from_settings(cls) -> JobRunner:
+    def from_settings(cls, worker_id: str | None = None) -> JobRunner:
         from worker.context import object_store, session_factory
 
-        return cls(get_settings(), session_factory(), object_store())
+        return cls(get_settings(), session_factory(), object_store(), worker_id)
 
     def run(self, job_id: str) -> str | None:
         """Returns the final status, or None when the job was not ours to run (not
@@ -65,6 +66,7 @@ class JobRunner:
             log.info("job %s is not queued (duplicate message or cancelled); skipping", job_id)
             return None
         attempt = job.attempts
+        bind(job_id=job_id, attempt=attempt)  # on every log line of this run
         if attempt > 1:
             with self.sessions() as session:
                 published = published_output(session, job_id)

@@ -81,7 +81,7 @@ def submit_job(
     ):
         return _replay(session, principal, idempotency_key, request_sha256), False
     session.commit()
-    if not enqueue_job(celery, job["id"]):
+    if not enqueue_job(celery, job["id"], spec.resources.gpus):
         repo.mark_enqueue_failed(session, job["id"])
     return JobObject.from_mapping(job), True
 
@@ -253,15 +253,7 @@ def list_jobs(
 
 
 def cancel_job(session: Session, job_id: str, *, principal: str) -> JobObject:
-    job = repo.request_cancel(session, job_id)
-    add_audit_entry(
-        session,
-        principal=principal,
-        action="job.cancel_requested",
-        object_type="job",
-        object_id=job_id,
-        data={"status": job.status},
-    )
+    repo.request_cancel(session, job_id, principal=principal)
     session.commit()
     return JobObject.from_row(repo.get_job_row(session, job_id))
 

@@ -10,27 +10,50 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
 def make_engine(
-    database_url: str, *, pool_size: int = 10, autocommit: bool = False, echo: bool = False
+    database_url: str,
+    *,
+    pool_size: int = 10,
+    autocommit: bool = False,
+    pre_ping: bool = False,
+    pooled: bool = True,
+    echo: bool = False,
 ) -> Engine:
     """``autocommit=True`` for an engine that only reads: a status read is then one round
     trip (no BEGIN before the SELECT, no ROLLBACK when the connection goes back to the
     pool), and psycopg keeps its prepared statements, which a ROLLBACK discards. Each
     statement sees its own consistent snapshot. A separate engine (and pool) rather
-    than an execution option, which would switch autocommit at every checkout."""
+    than an execution option, which would switch autocommit at every checkout.
+
+    ``pre_ping``: test each pooled connection as it is checked out (one round trip) and
+    replace it when the server closed it (a restart, a failover, ``pg_terminate_backend``,
+    an idle timeout). Engines whose work cannot simply be repeated (writes) want it;
+    an engine whose callers retry on a disconnect (``api.database``'s reads) does not
+    pay for it. Either way, once one connection is found dead SQLAlchemy recycles every
+    connection the pool held before that moment.
+
+    ``pooled=False``: a connection per use, closed after it (``NullPool``), for a
+    process that forks (the worker's parent), so no child inherits an open socket."""
     url = make_url(database_url)
     isolation = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
+    if not pooled:
+        from sqlalchemy.pool import NullPool
+
+        pool_options: dict = {"poolclass": NullPool}
+    else:
+        pool_options = {"pool_pre_ping": pre_ping}
     if url.get_backend_name() == "sqlite":
         pool: dict = {}
         if url.database and url.database != ":memory:":
             from pathlib import Path
 
             Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-            pool = {"pool_size": pool_size, "max_overflow": 0}
+            pool = {"pool_size": pool_size, "max_overflow": 0} if pooled else {}
         engine = create_engine(
             url,
             echo=echo,
             **isolation,
             **pool,
+            **pool_options,
             # The API's and the worker's threads share connections.
             connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
         )
@@ -47,9 +70,8 @@ def make_engine(
         # and a new Postgres connection costs milliseconds of CPU on both sides. Callers
         # beyond pool_size wait for one (the API does all of a request's database work in
         # one thread-pool call, so waiting cannot deadlock).
-        pool_size=pool_size,
-        max_overflow=0,
-        pool_recycle=1800,
+        **({"pool_size": pool_size, "max_overflow": 0, "pool_recycle": 1800} if pooled else {}),
+        **pool_options,
     )
 
 

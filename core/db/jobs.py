@@ -15,7 +15,7 @@ does.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -564,11 +564,18 @@ def finish_job(
 # ----------------------------------------------------------------------- cancel
 
 
-def request_cancel(session: Session, job_id: str, *, now: datetime | None = None) -> Job:
+def request_cancel(
+    session: Session, job_id: str, *, principal: str | None = None, now: datetime | None = None
+) -> Job:
     """``queued`` and ``paused`` become ``cancelled`` at once (a queued job's claim will
     then fail); ``running`` and ``pausing`` become ``cancelling`` (the worker sees it at
     its next heartbeat and ends the job ``cancelled``); ``cancelling`` stays. Terminal
-    jobs raise Conflict ``job_not_cancellable``. The caller commits."""
+    jobs raise Conflict ``job_not_cancellable``. The caller commits.
+
+    With ``principal``, the transition's ``job.cancel_requested`` audit entry is added in
+    the same transaction: one per cancellation, however many requests race for it (a
+    cancel that finds the job already ``cancelling`` changed nothing, and records
+    nothing)."""
     now = now or utcnow()
     # A worker may move the job between our read and our write: retry on the new status.
     for _ in range(5):
@@ -600,6 +607,15 @@ def request_cancel(session: Session, job_id: str, *, now: datetime | None = None
                 else "cancellation requested; the worker stops at its next step"
             )
             _status_event(session, job_id, target, message, now=now)
+            if principal is not None:
+                add_audit_entry(
+                    session,
+                    principal=principal,
+                    action="job.cancel_requested",
+                    object_type="job",
+                    object_id=job_id,
+                    data={"status": target},
+                )
             return _fresh(session, job_id)
     raise Conflict(f"job {job_id} kept changing state; retry", param="job_id")
 
@@ -705,6 +721,7 @@ def reap_stale_jobs(
     requeue_queued_after_s: float,
     max_attempts: int,
     time_limit_s: float | None = None,
+    lost_messages: Callable[[list[str]], set[str]] | None = None,
 ) -> list[str]:
     """Recover jobs whose worker died or whose message was lost.
 
@@ -715,9 +732,13 @@ def reap_stale_jobs(
       ``attempts >= max_attempts`` (resumes after a pause do not count), or with error
       ``time_limit`` once the attempt started ``time_limit_s`` ago (the hard time limit
       killed it; another attempt would be killed the same way);
-    - queued with ``enqueued_at`` older than ``requeue_queued_after_s`` (or never
-      enqueued): a lost message. ``enqueued_at`` is bumped whenever the job is published,
-      so a job waiting behind a backlog is published again at most once per interval.
+    - queued and never enqueued (the broker refused the message), or enqueued more than
+      ``requeue_queued_after_s`` ago and among ``lost_messages(candidates)``: a lost
+      message. ``lost_messages`` says which of those jobs have no message left in the
+      broker (``core.reaper.LostMessages``: a job merely waiting behind others still has
+      its message there, so it is not published again); without it every candidate
+      counts as lost, at most once per interval (``enqueued_at`` is bumped at each
+      publish), for brokers whose contents cannot be read.
 
     ``now`` defaults to the database's clock, the one heartbeats are written with.
     Returns the ids to publish again, their ``enqueued_at`` bumped. The caller commits
@@ -799,8 +820,15 @@ def reap_stale_jobs(
 
     queued_cutoff = now - timedelta(seconds=requeue_queued_after_s)
     is_lost = or_(Job.enqueued_at < queued_cutoff, Job.enqueued_at.is_(None))
-    lost = session.scalars(select(Job.id).where(Job.status == "queued", is_lost)).all()
-    for job_id in lost:
+    candidates = session.execute(
+        select(Job.id, Job.enqueued_at).where(Job.status == "queued", is_lost)
+    ).all()
+    never_sent = [job_id for job_id, enqueued_at in candidates if enqueued_at is None]
+    sent = [job_id for job_id, enqueued_at in candidates if enqueued_at is not None]
+    if lost_messages is not None and sent:
+        lost_ids = lost_messages(sent)
+        sent = [job_id for job_id in sent if job_id in lost_ids]
+    for job_id in never_sent + sent:
         result = session.execute(
             update(Job)
             .where(Job.id == job_id, Job.status == "queued", is_lost)
@@ -821,6 +849,17 @@ def reap_stale_jobs(
             )
             to_enqueue.append(job_id)
     return to_enqueue
+
+
+def requested_gpus(session: Session, job_ids: Sequence[str]) -> dict[str, int]:
+    """The GPU count each job asked for (``resources.gpus`` of its spec; 1 for jobs
+    submitted before the field existed): the queue a re-publish goes to."""
+    if not job_ids:
+        return {}
+    rows = session.execute(select(Job.id, Job.spec).where(Job.id.in_(list(job_ids)))).all()
+    return {
+        job_id: int(((spec or {}).get("resources") or {}).get("gpus", 1)) for job_id, spec in rows
+    }
 
 
 def mark_enqueue_failed(session: Session, job_id: str) -> None:

@@ -375,6 +375,34 @@ def test_concurrent_duplicates_create_one_job(client, session_factory, forget_id
         assert session.scalar(select(func.count()).select_from(Job)) == 1
 
 
+def test_concurrent_cancels_of_one_job_are_audited_once(client, session_factory, forget_id):
+    """50 cancels racing for one running job: every one answers 202 ``cancelling``, and
+    the audit log holds one ``job.cancel_requested`` (one cancellation), not one per
+    request."""
+    job_id = submit(client, job_body(forget_id)).json()["id"]
+    with session_factory() as session:
+        jobs_repo.claim_job(session, job_id, "w")
+    contenders = 50
+    barrier = threading.Barrier(contenders)
+    responses = []
+
+    def cancel() -> None:
+        barrier.wait()
+        responses.append(client.post(f"/v1/jobs/{job_id}/cancel"))
+
+    threads = [threading.Thread(target=cancel) for _ in range(contenders)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert [r.status_code for r in responses] == [202] * contenders, [r.text for r in responses]
+    assert {r.json()["status"] for r in responses} == {"cancelling"}
+    audit = client.get("/v1/audit", params={"object_id": job_id}).json()["data"]
+    assert [e["action"] for e in audit] == ["job.submitted", "job.cancel_requested"]
+    events = client.get(f"/v1/jobs/{job_id}/events").json()["data"]
+    assert sum(e["data"]["status"] == "cancelling" for e in events if e["type"] == "status") == 1
+
+
 @pytest.mark.parametrize(
     "key", ['team"', 'team"x', 'team"[0]', "te'am", "a b", "a[0]", "é", "k" * 65, "a\\b", "a\ud800"]
 )
