@@ -46,6 +46,10 @@ class Progress(BaseModel):
     fraction: float | None
 
 
+class Resources(BaseModel):
+    gpus: int
+
+
 class JobObject(BaseModel):
     id: str
     object: Literal["job"] = "job"
@@ -63,6 +67,7 @@ class JobObject(BaseModel):
     seed: int
     metadata: dict[str, str]
     deletion_request: str | None
+    resources: Resources
     progress: Progress
     created_at: datetime
     started_at: datetime | None
@@ -118,6 +123,8 @@ class JobObject(BaseModel):
             seed=job["seed"],
             metadata=job["metadata"],
             deletion_request=job.get("deletion_request_id"),
+            # Jobs submitted before the field existed ran on one GPU.
+            resources=Resources(gpus=(spec.get("resources") or {}).get("gpus", 1)),
             progress=Progress(
                 step=step,
                 total_steps=total_steps,
