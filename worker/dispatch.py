@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 def skip_unless_queued(task, app, consumer, **kwargs):
     handle = default_strategy(task, app, consumer, **kwargs)
+    connection_errors = consumer.connection_errors
 
     def on_message(message, body, ack, reject, callbacks, **options):
         job_id = job_id_of(message)
@@ -45,7 +46,7 @@ def skip_unless_queued(task, app, consumer, **kwargs):
                 status or "unknown",
                 extra={"job_id": job_id, "status": status},
             )
-            ack()
+            ack(log, connection_errors)  # what Request.acknowledge passes
             return None
         return handle(message, body, ack, reject, callbacks, **options)
 
