@@ -12,6 +12,7 @@ import base64
 import json
 import logging
 import os
+import time
 
 from celery import Celery
 
@@ -116,27 +117,33 @@ _REDIS_PRIORITY_STEPS = (3, 6, 9)
 _REDIS_SCAN_PAGE = 1000
 
 
-def waiting_job_ids(app: Celery, queues: list[str]) -> set[str] | None:
-    """The ids of the jobs whose run message is waiting in one of ``queues`` of the
-    broker, not yet delivered to any worker; None for a broker whose contents this
-    cannot read (then the reaper falls back to re-publishing by age alone).
+def waiting_job_ids(app: Celery, queues: list[str], *, held_for_s: float = 0.0) -> set[str] | None:
+    """The ids of the jobs whose run message is still alive in the broker: waiting in
+    one of ``queues``, or (Redis) taken by a worker less than ``held_for_s`` ago and not
+    yet acknowledged. None for a broker whose contents this cannot read (the reaper
+    then falls back to re-publishing by age alone). Raises when the broker is
+    unreachable.
 
-    Raises when the broker is unreachable. Redis: the queues' lists (a message a worker
-    took sits in kombu's ``unacked`` hash instead, and its job leaves ``queued`` within
-    seconds, when the worker claims it). Filesystem transport: the queue folder's files.
+    Redis: the queues' lists, plus kombu's ``unacked`` hash for deliveries younger than
+    ``held_for_s`` (a worker's parent holds a message while a fresh child starts, which
+    takes seconds; an older delivery whose job is still queued belongs to a worker that
+    died before claiming it, and kombu would give it back only after the visibility
+    timeout, a day). Delivery times are the worker host's clock. Filesystem transport:
+    the queue folder's files (a delivered message leaves the folder).
     """
     transport = app.conf.broker_url.split("://", 1)[0]
     with app.connection_for_read() as connection:
         connection.ensure_connection(max_retries=1)
         channel = connection.default_channel
         if transport in ("redis", "rediss"):
-            return _redis_waiting(channel.client, queues)
+            return _redis_waiting(channel, queues, held_for_s)
         if transport == "filesystem":
             return _folder_waiting(channel.data_folder_in, queues)
     return None
 
 
-def _redis_waiting(client, queues: list[str]) -> set[str]:
+def _redis_waiting(channel, queues: list[str], held_for_s: float) -> set[str]:
+    client = channel.client
     keys = [
         key
         for queue in queues
@@ -154,6 +161,12 @@ def _redis_waiting(client, queues: list[str]) -> set[str]:
             if len(page) < _REDIS_SCAN_PAGE:
                 break
             start += _REDIS_SCAN_PAGE
+    if held_for_s > 0:
+        recent = client.zrangebyscore(channel.unacked_index_key, time.time() - held_for_s, "+inf")
+        for delivery in client.hmget(channel.unacked_key, recent) if recent else ():
+            if delivery:
+                message = json.loads(delivery)[0]  # [message, exchange, routing key]
+                found.update(filter(None, [_job_id_of(message)]))
     return found
 
 
@@ -173,11 +186,11 @@ def _folder_waiting(folder: str, queues: list[str]) -> set[str]:
     return found
 
 
-def _job_id_of(raw: bytes | str) -> str | None:
-    """The job a serialized kombu message runs: our header, or (messages published
+def _job_id_of(raw: bytes | str | dict) -> str | None:
+    """The job a (serialized) kombu message runs: our header, or (messages published
     before it existed) the task's first argument."""
     try:
-        message = json.loads(raw)
+        message = raw if isinstance(raw, dict) else json.loads(raw)
         headers = message.get("headers") or {}
         if headers.get("task") != RUN_JOB_TASK:
             return None

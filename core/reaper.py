@@ -35,13 +35,15 @@ class LostMessages:
     only one of them re-publish.
     """
 
-    def __init__(self, publisher, grace_s: float, clock=time.monotonic):
+    def __init__(self, publisher, grace_s: float, *, held_for_s: float = 0.0, clock=time.monotonic):
         self.publisher, self.grace_s, self.clock = publisher, grace_s, clock
+        #: how long a worker may hold a message before claiming its job
+        self.held_for_s = held_for_s
         self.missing_since: dict[str, float] = {}
 
     def __call__(self, job_ids: list[str]) -> set[str]:
         try:
-            waiting = waiting_job_ids(self.publisher, all_queues())
+            waiting = waiting_job_ids(self.publisher, all_queues(), held_for_s=self.held_for_s)
         except Exception:  # noqa: BLE001 - broker down: nothing can be published anyway
             log.warning("could not read the broker's queues; no job re-published this pass")
             self.missing_since.clear()
@@ -88,7 +90,10 @@ class ReaperThread(threading.Thread):
     def __init__(self, sessions, publisher, settings: Settings):
         super().__init__(name="obliviate-reaper", daemon=True)
         self.sessions, self.publisher, self.settings = sessions, publisher, settings
-        self.lost_messages = LostMessages(publisher, grace_s=settings.requeue_queued_after_s)
+        # A worker that holds a message longer than it may stay silent is dead.
+        self.lost_messages = LostMessages(
+            publisher, grace_s=settings.requeue_queued_after_s, held_for_s=settings.stale_after_s
+        )
         self._stop_event = threading.Event()
 
     def run(self) -> None:

@@ -10,3 +10,16 @@ pytest_plugins = [
     "tests.fixtures.services",
     "tests.fixtures.live",
 ]
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--soak",
+        action="store_true",
+        help="fault suite: many more trials (the same as OBLIVIATE_SOAK=1); for manual runs",
+    )
+
+
+def pytest_configure(config):
+    if config.getoption("--soak"):
+        os.environ["OBLIVIATE_SOAK"] = "1"

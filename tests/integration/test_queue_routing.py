@@ -121,9 +121,7 @@ def test_the_reaper_republishes_only_messages_missing_from_the_broker(broker, se
     assert waiting_job_ids(app, [queue_for(1)]) == {j for j in job_ids if gpus[j] == 1}
     assert waiting_job_ids(app, [queue_for(2)]) == {j for j in job_ids if gpus[j] == 2}
     with session_factory() as session:
-        requeues = session.scalars(
-            select(JobEvent.job_id).where(JobEvent.type == "requeue")
-        ).all()
+        requeues = session.scalars(select(JobEvent.job_id).where(JobEvent.type == "requeue")).all()
     assert sorted(requeues) == sorted(job_ids)
 
 
