@@ -45,3 +45,23 @@ def test_ci_runs_the_readme_test_command():
     readme = (REPO / "README.md").read_text()
     ci = (REPO / ".ci" / "run").read_text()
     assert "make test" in readme and ci.strip().endswith("make test")
+
+
+def test_compose_workers_own_exactly_the_devices_they_reserve():
+    """Each GPU worker service pins its slots to as many devices as it reserves."""
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    workers = 0
+    for name, service in compose["services"].items():
+        reservations = service.get("deploy", {}).get("resources", {}).get("reservations", {})
+        devices = [d for entry in reservations.get("devices", []) for d in entry["device_ids"]]
+        if not devices:
+            continue
+        workers += 1
+        environment = service.get("environment") or {}
+        settings = Settings(
+            _env_file=None,
+            worker_gpus=environment.get("OBLIVIATE_WORKER_GPUS", ""),
+            worker_gpus_per_job=environment.get("OBLIVIATE_WORKER_GPUS_PER_JOB", 1),
+        )
+        assert len(settings.worker_gpus or ["0"]) == len(devices), name
+    assert workers >= 4
