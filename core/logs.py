@@ -86,6 +86,23 @@ def make_formatter(log_format: str) -> logging.Formatter:
     raise ValueError(f"log format must be text or json, got {log_format!r}")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted (as logging's own
+    last-resort handler does), not to the stream that was current at configuration:
+    a test's captured stderr, replaced later, must not keep receiving the lines."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def configure_logging(log_format: str = "text", level: str | int = "INFO") -> None:
     """Send the root logger's records to stderr in ``log_format``. Idempotent: a second
     call replaces the handler the first installed (and leaves others, e.g. pytest's)."""
@@ -93,7 +110,7 @@ def configure_logging(log_format: str = "text", level: str | int = "INFO") -> No
     for handler in list(root.handlers):
         if handler.get_name() == _HANDLER_NAME:
             root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(make_formatter(log_format))
     handler.addFilter(ContextFilter())
