@@ -41,6 +41,8 @@ def worker_command(
         sys.executable,
         "-m",
         "celery",
+        # No start-up banner in JSON mode: every line on stderr is then one JSON object.
+        *(["--quiet"] if settings.log_format == "json" else []),
         "-A",
         "worker.celery_app",
         "worker",

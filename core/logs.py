@@ -116,6 +116,7 @@ def configure_logging(log_format: str = "text", level: str | int = "INFO") -> No
     handler.addFilter(ContextFilter())
     root.addHandler(handler)
     root.setLevel(level)
+    logging.captureWarnings(True)  # warnings become records too, in the same format
     # uvicorn's loggers come with handlers of their own (text, when started by the
     # uvicorn command): send their records through this one instead. Its access log is
     # switched off: the API's middleware writes one richer line per request.

@@ -12,6 +12,10 @@ from core.queue import make_celery
 from core.settings import get_settings
 from worker.devices import check_concurrency, pin_to_slot
 
+# Now, not only at Celery's setup_logging signal: what the worker says before that (the
+# warning for running as root) comes out in the same format.
+configure_logging(get_settings().log_format, get_settings().log_level)
+
 celery_app = make_celery()
 celery_app.conf.include = ["worker.tasks"]
 app = celery_app

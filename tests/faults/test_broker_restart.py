@@ -24,7 +24,7 @@ def _requeues(stack, job_id: str) -> int:
 
 
 def test_a_redis_restart_loses_no_queued_job(stack):
-    count = trials(ci=4, soak_trials=12)
+    count = trials(ci=3, soak_trials=12)
     started = time.monotonic()
     stack.start_worker()
     job_ids = [

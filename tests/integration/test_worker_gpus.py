@@ -74,6 +74,8 @@ def test_each_child_sees_only_its_slot_and_serves_its_queue(stack):
     assert _status(sessions, one_gpu_job) == "queued"  # nobody serves one-GPU jobs here
     assert _status(sessions, finished) == "succeeded"
 
+    lines = (stack.home / "worker.log").read_text().splitlines()
+    assert all(line.startswith("{") for line in lines if line.strip()), lines[:20]
     records = stack.log_records("worker")
     skipped = [r for r in records if r["logger"] == "worker.dispatch"]
     assert len(skipped) == duplicates and {r["job_id"] for r in skipped} == {finished}

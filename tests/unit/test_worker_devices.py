@@ -66,3 +66,13 @@ def test_the_worker_command_serves_the_queue_of_its_slot_size():
     env = worker_environment(layout)
     assert env["OBLIVIATE_WORKER_GPUS"] == "0,1,2,3,4,5,6,7"
     assert env["OBLIVIATE_WORKER_GPUS_PER_JOB"] == "4"
+
+
+def test_the_worker_command_refuses_devices_that_do_not_split_into_slots():
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    result = CliRunner().invoke(app, ["worker", "--gpus", "0-2", "--gpus-per-job", "2"])
+    assert result.exit_code == 2
+    assert "do not split into slots" in result.output
