@@ -749,6 +749,46 @@ def reap_stale_jobs(
     is_stale = or_(Job.heartbeat_at < stale_cutoff, Job.heartbeat_at.is_(None))
     to_enqueue: list[str] = []
 
+    # Lost messages first: the broker is asked before this transaction writes (and locks)
+    # anything.
+    queued_cutoff = now - timedelta(seconds=requeue_queued_after_s)
+    is_lost = or_(Job.enqueued_at < queued_cutoff, Job.enqueued_at.is_(None))
+    candidates = session.execute(
+        select(Job.id, Job.enqueued_at).where(Job.status == "queued", is_lost)
+    ).all()
+    never_sent = [job_id for job_id, enqueued_at in candidates if enqueued_at is None]
+    sent = [job_id for job_id, enqueued_at in candidates if enqueued_at is not None]
+    if lost_messages is not None and sent:
+        lost_ids = lost_messages(sent)
+        sent = [job_id for job_id in sent if job_id in lost_ids]
+    why = {job_id: "the broker refused its message earlier" for job_id in never_sent}
+    why.update(
+        (job_id, "its message is no longer in the broker")
+        if lost_messages is not None
+        else (job_id, "still queued with no worker on it")
+        for job_id in sent
+    )
+    for job_id in never_sent + sent:
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == "queued", is_lost)
+            .values(enqueued_at=now)
+        )
+        if result.rowcount == 1:
+            add_events(
+                session,
+                job_id,
+                [
+                    {
+                        "level": "warning",
+                        "type": "requeue",
+                        "message": f"{why[job_id]}; message published again",
+                        "created_at": now,
+                    }
+                ],
+            )
+            to_enqueue.append(job_id)
+
     stale = session.execute(
         select(Job.id, Job.status, Job.attempts, Job.resumes, Job.started_at).where(
             Job.status.in_(ACTIVE_STATUSES), is_stale
@@ -818,36 +858,6 @@ def reap_stale_jobs(
                 data={"status": values["status"], "error_code": values.get("error_code")},
             )
 
-    queued_cutoff = now - timedelta(seconds=requeue_queued_after_s)
-    is_lost = or_(Job.enqueued_at < queued_cutoff, Job.enqueued_at.is_(None))
-    candidates = session.execute(
-        select(Job.id, Job.enqueued_at).where(Job.status == "queued", is_lost)
-    ).all()
-    never_sent = [job_id for job_id, enqueued_at in candidates if enqueued_at is None]
-    sent = [job_id for job_id, enqueued_at in candidates if enqueued_at is not None]
-    if lost_messages is not None and sent:
-        lost_ids = lost_messages(sent)
-        sent = [job_id for job_id in sent if job_id in lost_ids]
-    for job_id in never_sent + sent:
-        result = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == "queued", is_lost)
-            .values(enqueued_at=now)
-        )
-        if result.rowcount == 1:
-            add_events(
-                session,
-                job_id,
-                [
-                    {
-                        "level": "warning",
-                        "type": "requeue",
-                        "message": "still queued with no worker on it; message published again",
-                        "created_at": now,
-                    }
-                ],
-            )
-            to_enqueue.append(job_id)
     return to_enqueue
 
 
