@@ -16,6 +16,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.auth import ANONYMOUS
 from core.logs import bound
 
 HEADER = b"x-request-id"
@@ -70,7 +71,7 @@ class RequestLogMiddleware:
                         "route": route,
                         "status": status,
                         "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                        "principal": state.get("principal"),
+                        "principal": state.get("principal", ANONYMOUS),
                         "tenant": state.get("tenant"),
                     },
                 )
