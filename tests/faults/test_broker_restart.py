@@ -1,7 +1,8 @@
 """Redis killed (kill -9) and restarted empty while jobs are queued: every job still
 finishes, each exactly once. Before the kill, jobs merely waiting behind a running one
 are never published again (their messages are in the queue); after it, each job whose
-message was lost is published again once."""
+message was lost is published again (once, or twice when a reconnected worker held it
+past the reaper's patience; the duplicate is dropped before it costs a process)."""
 
 from __future__ import annotations
 
@@ -49,7 +50,12 @@ def test_a_redis_restart_loses_no_queued_job(stack):
     for job_id in job_ids:
         assert started_attempts(stack.events(job_id)) == [1], job_id  # none ran twice
     republished = {job_id: _requeues(stack, job_id) for job_id in job_ids}
-    assert all(n <= 1 for n in republished.values()), republished
+    # Each lost message was published again. Once more at most: a worker that reconnects
+    # to the new Redis may take a message while its current job still runs, and hold
+    # it longer than the reaper allows a delivery to stay unclaimed (here 5 s + 5 s);
+    # that duplicate is dropped by the worker's parent without running anything.
+    assert all(republished[job_id] >= 1 for job_id in lost), republished
+    assert all(n <= 2 for n in republished.values()), republished
     check_nothing_stuck(stack)
     record(
         f"redis kill -9 + restart: {count} jobs, {len(waiting)} waiting and {len(lost)} "
