@@ -33,7 +33,8 @@ SETTINGS = {
     "log_format": "json",
 }
 
-#: A small job on the tiny demo: about 60 optimizer steps, no evaluation.
+#: A small job on the tiny demo: 160 optimizer steps (long enough to be killed mid-way on
+#: an idle machine too), no evaluation.
 FAULT_JOB = {
     "model": "demo-target",
     "forget": "ds_demo_forget10",
@@ -41,7 +42,7 @@ FAULT_JOB = {
     "method": "simnpo",
     "hyperparameters": {
         "learning_rate": 1e-3,
-        "epochs": 15,
+        "epochs": 40,
         "batch_size": 4,
         "gradient_accumulation_steps": 1,
         "precision": "fp32",

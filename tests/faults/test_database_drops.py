@@ -17,7 +17,7 @@ from tests.fixtures.stack import TERMINAL
 
 pytestmark = pytest.mark.slow
 
-LONG_JOB = {**FAULT_JOB, "hyperparameters": {**FAULT_JOB["hyperparameters"], "epochs": 60}}
+LONG_JOB = {**FAULT_JOB, "hyperparameters": {**FAULT_JOB["hyperparameters"], "epochs": 100}}
 
 
 def _terminate_every_connection(database_url: str) -> int:

@@ -69,7 +69,7 @@ def _kill_trial(stack, rng: random.Random, key: str, trial: int) -> str:
         job_id, lambda j: j["status"] == "running" and j["progress"]["total_steps"]
     )[job_id]
     total = running["progress"]["total_steps"]
-    kill_at = rng.randint(1, max(1, total * 3 // 4))
+    kill_at = rng.randint(1, max(1, total // 2))
     job = stack.wait_for(
         job_id, lambda j: j["status"] in TERMINAL or j["progress"]["step"] >= kill_at
     )[job_id]
