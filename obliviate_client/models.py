@@ -54,6 +54,10 @@ class Verdict(ApiModel):
     utility_ratio: float | None = None
 
 
+class Resources(ApiModel):
+    gpus: int = 1
+
+
 class Job(ApiModel):
     id: str
     object: Literal["job"] = "job"
@@ -71,6 +75,7 @@ class Job(ApiModel):
     seed: int
     metadata: dict[str, str]
     deletion_request: str | None = None
+    resources: Resources = Resources()
     progress: Progress
     created_at: datetime
     started_at: datetime | None = None
