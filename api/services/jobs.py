@@ -303,7 +303,8 @@ def resume_job(session: Session, celery: Celery, job_id: str, *, principal: str)
         data={"status": job.status},
     )
     session.commit()
-    if job.status == "queued" and not enqueue_job(celery, job_id):
+    gpus = repo.requested_gpus(session, [job_id]).get(job_id, 1)
+    if job.status == "queued" and not enqueue_job(celery, job_id, gpus):
         repo.mark_enqueue_failed(session, job_id)
     return JobObject.from_row(repo.get_job_row(session, job_id))
 
