@@ -1,5 +1,11 @@
-"""JSON request bodies parsed strictly: malformed JSON is a 400, and NaN or Infinity
-(which Python's json module accepts) a 422 naming the field, before any validation."""
+"""JSON request bodies parsed strictly: a body not sent as ``application/json`` is a
+415, malformed JSON a 400, and NaN or Infinity (which Python's json module accepts) a
+422 naming the field, before any validation.
+
+The media type matters beyond tidiness: ``text/plain``, form-encoded and multipart
+bodies are what a browser may POST to another origin without asking (no CORS
+preflight), so a JSON route that took them would let any web page submit jobs with a
+logged-in user's ambient credentials."""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from core.data.records import UNSTORABLE_TEXT, storable_text
+from core.data.formats import UNSTORABLE_TEXT, storable_text
 from core.errors import InvalidRequest, ObliviateError
 
 MAX_JSON_BODY_BYTES = 1 << 20
@@ -25,7 +31,27 @@ class RequestTooLarge(ObliviateError):
     http_status = 413
 
 
+class UnsupportedMediaType(ObliviateError):
+    code = "unsupported_media_type"
+    http_status = 415
+
+
+def is_json_media_type(content_type: str | None) -> bool:
+    """``application/json`` or ``application/<anything>+json``, parameters aside."""
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    )
+
+
 async def read_json_object(request: Request) -> dict[str, Any]:
+    content_type = request.headers.get("content-type")
+    if not is_json_media_type(content_type):
+        raise UnsupportedMediaType(
+            f"send the body as JSON with Content-Type: application/json, not "
+            f"{content_type or 'no Content-Type'}",
+            param="Content-Type",
+        )
     raw = bytearray()
     async for chunk in request.stream():
         raw += chunk

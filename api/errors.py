@@ -4,6 +4,7 @@ request validation, unknown routes, and (never on purpose) unexpected failures."
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -62,12 +63,47 @@ async def handle_validation_error(_request: Request, exc: RequestValidationError
     return error_response(422, code, f"{param}: {message}" if param else message, param)
 
 
-async def handle_http_exception(_request: Request, exc: HTTPException) -> JSONResponse:
+async def handle_http_exception(request: Request, exc: HTTPException) -> JSONResponse:
     code = CODE_BY_HTTP_STATUS.get(exc.status_code, "http_error")
     message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+    headers = getattr(exc, "headers", None)
     if exc.status_code == 404 and exc.detail == "Not Found":
         message = "no such endpoint; see /docs"
-    return error_response(exc.status_code, code, message, headers=getattr(exc, "headers", None))
+    if exc.status_code == 405:
+        # Starlette answers with the methods of the first route whose path matched; a
+        # path served by several routes (GET and POST /v1/jobs) allows all of theirs.
+        allowed = allowed_methods(request)
+        headers = {**(headers or {}), "Allow": ", ".join(allowed)}
+        message = f"{request.method} is not allowed here; allowed: {', '.join(allowed)}"
+    return error_response(exc.status_code, code, message, headers=headers)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method the OpenAPI document lists for this request's path (HEAD with GET:
+    Starlette answers HEAD wherever GET is served). The document is the contract, and
+    it is where FastAPI versions agree: their route objects differ."""
+    templates = getattr(request.app.state, "allow_templates", None)
+    if templates is None:
+        templates = request.app.state.allow_templates = _path_templates(request.app.openapi())
+    methods: set[str] = set()
+    for pattern, template_methods in templates:
+        if pattern.fullmatch(request.url.path):
+            methods |= template_methods
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
+
+
+def _path_templates(document: dict) -> list[tuple[re.Pattern, set[str]]]:
+    """Each documented path as a regex: ``{param}`` is one segment, except a trailing
+    ``{path}`` (a ``{path:path}`` route), which spans several."""
+    templates = []
+    for template, operations in document.get("paths", {}).items():
+        regex = re.escape(template)
+        regex = re.sub(r"\\\{path\\\}$", ".+", regex)
+        regex = re.sub(r"\\\{[^/]+?\\\}", "[^/]+", regex)
+        templates.append((re.compile(regex), {method.upper() for method in operations}))
+    return templates
 
 
 async def handle_unexpected(_request: Request, exc: Exception) -> JSONResponse:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from core.data.records import RecordSet, parse_records
+from core.data.limits import DataLimits
+from core.data.records import RecordSummary, scan_records
 from core.db import datasets as repo
 from core.db.ids import new_id
 from core.db.tables import Dataset
@@ -24,34 +25,41 @@ class StoredDataset:
     name: str
     filename: str
     storage_key: str
-    records: RecordSet
+    summary: RecordSummary
 
 
 def store_dataset_file(
-    store: ObjectStore, path: Path, *, filename: str, name: str, dataset_id: str | None = None
+    store: ObjectStore,
+    path: Path,
+    *,
+    filename: str,
+    name: str,
+    dataset_id: str | None = None,
+    limits: DataLimits | None = None,
 ) -> StoredDataset:
-    """``filename`` must already be a safe key segment."""
-    records = parse_records(path.read_bytes(), name=filename)
+    """``filename`` must already be a safe key segment. Every record is validated in one
+    streaming pass (none is kept), within ``limits`` (the settings' by default)."""
+    summary = scan_records(path, name=filename, limits=limits)
     dataset_id = dataset_id or new_id("ds")
     storage_key = f"datasets/{dataset_id}/{filename}"
     store.put_file(storage_key, path)
-    return StoredDataset(dataset_id, name, filename, storage_key, records)
+    return StoredDataset(dataset_id, name, filename, storage_key, summary)
 
 
 def record_dataset(session: Session, stored: StoredDataset) -> Dataset:
     """Insert the row of a stored file. Flushed, not committed."""
-    records = stored.records
+    summary = stored.summary
     return repo.create_dataset(
         session,
         dataset_id=stored.dataset_id,
         name=stored.name,
         filename=stored.filename,
-        format=records.format,
-        kind=records.kind,
-        record_count=len(records),
-        size_bytes=records.size_bytes,
-        sha256=records.sha256,
+        format=summary.format,
+        kind=summary.kind,
+        record_count=summary.count,
+        size_bytes=summary.size_bytes,
+        sha256=summary.sha256,
         storage_key=stored.storage_key,
-        columns=records.columns,
-        has_truth_ratio_fields=records.has_truth_ratio_fields,
+        columns=summary.columns,
+        has_truth_ratio_fields=summary.has_truth_ratio_fields,
     )

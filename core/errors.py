@@ -56,6 +56,13 @@ class DataValidationError(InvalidRequest):
         super().__init__(prefix + message, param=where, code=code)
 
 
+class DataLimitExceeded(DataValidationError):
+    """A dataset file expands past one of the data limits (records, decoded bytes, line
+    or cell size); ``code`` names the limit."""
+
+    http_status = 413
+
+
 class NotFound(ObliviateError):
     code = "not_found"
     http_status = 404
@@ -80,6 +87,13 @@ class TrainingError(ObliviateError):
 
 class NonFiniteLoss(TrainingError):
     code = "non_finite_loss"
+
+
+class Diverged(TrainingError):
+    """The loss blew up (core.training.divergence): the weights are no longer a model
+    worth publishing, so the job fails rather than succeeding with them."""
+
+    code = "diverged"
 
 
 class Cancelled(ObliviateError):

@@ -172,6 +172,7 @@ def _run_unlearning(spec, inputs, workdir, reporter, lookup, settings, resume) -
         lookup=lookup,
         settings=settings,
         dtype=weights_dtype(hparams.precision, lora=spec.lora is not None),
+        reference=spec.model,
     )
     model.to(default_device())  # evaluate before training where training will run
     template = spec.prompt_template

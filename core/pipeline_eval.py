@@ -82,7 +82,12 @@ class JobEvaluator:
         self.reporter.event(
             "phase", "evaluating the oracle model", oracle=self.spec.evaluation.oracle
         )
-        oracle_model, _ = load_model(self.inputs.oracle_model, dtype="fp32")
+        oracle_model, _ = load_model(
+            self.inputs.oracle_model,
+            dtype="fp32",
+            reference=self.spec.evaluation.oracle,
+            param="evaluation.oracle",
+        )
         oracle_model.to(default_device())
         return self.evaluate(oracle_model, "oracle"), oracle_model
 

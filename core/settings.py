@@ -37,6 +37,12 @@ class Settings(BaseSettings):
         description="Comma-separated folders that file:// model locations may point into; "
         "OBLIVIATE_HOME and a file:// store are always allowed.",
     )
+    model_buckets: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated s3://bucket[/prefix] locations that s3:// model references "
+        "may point into (none: no s3:// model references). The service's own storage is "
+        "reachable only through registered models.",
+    )
     allow_hub_models: bool = Field(True, description="Accept Hugging Face hub ids as base models.")
     allow_private_urls: bool = Field(
         False, description="Accept http(s) model URLs on private/loopback/link-local addresses."
@@ -46,12 +52,47 @@ class Settings(BaseSettings):
         description="Comma-separated bearer tokens; empty disables auth (embedded default).",
     )
     max_upload_bytes: int = Field(200 * 1024 * 1024, gt=0, description="Upload size limit.")
+    # Expansion limits: what a dataset or model may grow to once decoded, decompressed or
+    # extracted, whatever its size on the wire (issue 14). Each has its own error code.
+    max_dataset_records: int = Field(
+        500_000, gt=0, description="Records in one dataset file (too_many_records)."
+    )
+    max_dataset_decoded_bytes: int = Field(
+        256 * 1024 * 1024,
+        gt=0,
+        description="Decoded size of one dataset file: JSONL/CSV text, Parquet values once "
+        "decompressed (decoded_too_large).",
+    )
+    max_line_bytes: int = Field(
+        8 * 1024 * 1024, gt=0, description="One JSONL line or CSV record (line_too_large)."
+    )
+    max_cell_bytes: int = Field(
+        4 * 1024 * 1024, gt=0, description="One field value, UTF-8 (cell_too_large)."
+    )
+    max_model_bytes: int = Field(
+        64 * 1024**3,
+        gt=0,
+        description="A model fetched from object storage or an archive: bytes downloaded and "
+        "bytes extracted (model_too_large).",
+    )
+    max_model_files: int = Field(
+        10_000,
+        gt=0,
+        description="Objects under an s3:// model prefix, members of a model archive "
+        "(too_many_model_files).",
+    )
 
     heartbeat_interval_s: float = Field(
         2.0, gt=0, description="How often a worker records progress and reads cancellation."
     )
+    # Recovery (README, "Recovery times"): a crashed worker's job is back in the queue
+    # stale_after_s to stale_after_s + reaper_interval_s after its last heartbeat (30
+    # missed heartbeats: a database blip does not reap healthy jobs); a job whose message
+    # was lost (Redis restarted without persistence) is published again after
+    # requeue_queued_after_s (only messages missing from the broker: a job waiting
+    # behind a backlog is not published twice).
     stale_after_s: float = Field(
-        120.0, gt=0, description="Heartbeat age after which a job is reaped."
+        60.0, gt=0, description="Heartbeat age after which a job is reaped."
     )
     requeue_queued_after_s: float = Field(
         60.0,
@@ -61,7 +102,7 @@ class Settings(BaseSettings):
     )
     max_attempts: int = Field(3, ge=1, description="Attempts before a reaped job fails.")
     job_time_limit_s: int = Field(24 * 3600, gt=0, description="Hard time limit of one job.")
-    reaper_interval_s: float = Field(30.0, gt=0, description="How often the reaper runs.")
+    reaper_interval_s: float = Field(10.0, gt=0, description="How often the reaper runs.")
     stream_poll_interval_s: float = Field(
         0.25,
         gt=0,
@@ -90,7 +131,7 @@ class Settings(BaseSettings):
     demo_on_start: bool = Field(True, description="Build and register demo assets at first start.")
     demo_preset: str = Field("demo", description="Demo asset preset: tiny or demo.")
 
-    @field_validator("model_roots", "api_keys", "worker_gpus", mode="before")
+    @field_validator("model_roots", "api_keys", "worker_gpus", "model_buckets", mode="before")
     @classmethod
     def _split_commas(cls, value):
         if isinstance(value, str):
@@ -129,6 +170,13 @@ class Settings(BaseSettings):
         size = self.worker_gpus_per_job
         return [self.worker_gpus[i : i + size] for i in range(0, len(self.worker_gpus), size)]
 
+    @field_validator("model_buckets")
+    @classmethod
+    def _s3_locations(cls, value: list[str]) -> list[str]:
+        from core.storage.locations import parse_s3_url
+
+        return [str(parse_s3_url(location)) for location in value]
+
     @model_validator(mode="after")
     def _fill_embedded_defaults(self) -> Settings:
         self.home = self.home.expanduser().resolve()
@@ -145,6 +193,16 @@ class Settings(BaseSettings):
             own.append(Path(url2pathname(urlparse(self.storage_url).path)))
         self.model_roots = [p.expanduser().resolve() for p in [*self.model_roots, *own]]
         return self
+
+    @property
+    def own_store_location(self):
+        """The service's own bucket and prefix (an ``S3Location``) when it stores on S3."""
+        from core.storage.locations import S3Location
+
+        if not self.storage_url.startswith("s3://"):
+            return None
+        parsed = urlparse(self.storage_url)
+        return S3Location(parsed.netloc, parsed.path.strip("/"))
 
     @property
     def models_dir(self) -> Path:

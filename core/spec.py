@@ -21,6 +21,7 @@ from pydantic import (
     field_validator,
 )
 
+from core.data.templates import TEMPLATE_PATTERN, check_template
 from core.errors import InvalidRequest
 from core.methods import DEFAULT_METHOD, get_method
 from core.methods.base import UnlearningHyperparameters
@@ -31,20 +32,39 @@ VERDICT_FORGET_THRESHOLD = 0.2
 # Keys are matched as JSON paths by the job list's metadata filter: no quotes, brackets,
 # spaces or other path syntax.
 METADATA_KEY = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
-METADATA_BOUNDS = (
+METADATA_VALUE_MAX = 512
+METADATA_KEY_RULE = (
     "keys are 1-64 characters of A-Z a-z 0-9 _ . : - (letters, digits, underscore, dot, "
-    "colon, hyphen), values at most 512 characters"
+    "colon, hyphen)"
 )
+METADATA_VALUE_RULE = f"values are at most {METADATA_VALUE_MAX} characters"
 METADATA_MAX_KEYS = 16
-METADATA_DESCRIPTION = f"Free-form labels (max {METADATA_MAX_KEYS} keys)."
+METADATA_DESCRIPTION = (
+    f"Free-form labels (max {METADATA_MAX_KEYS} keys): {METADATA_KEY_RULE}; {METADATA_VALUE_RULE}."
+)
+#: The same bounds as JSON Schema keywords, for the OpenAPI document.
+METADATA_JSON_SCHEMA = {
+    "propertyNames": {"pattern": f"^{METADATA_KEY.pattern}$"},
+    "additionalProperties": {"type": "string", "maxLength": METADATA_VALUE_MAX},
+}
+
+
+def metadata_problem(key: str, value: str) -> str | None:
+    """What is wrong with one metadata entry (the key or the value), or None."""
+    if not METADATA_KEY.fullmatch(key):
+        return f"key {key!r}: {METADATA_KEY_RULE}"
+    if len(value) > METADATA_VALUE_MAX:
+        return f"value of {key!r} has {len(value)} characters: {METADATA_VALUE_RULE}"
+    return None
 
 
 def check_metadata(value: dict[str, str]) -> dict[str, str]:
     """The bounds of every ``metadata`` field (jobs, deletion requests); a pydantic
     validator, so it raises ValueError."""
     for key, item in value.items():
-        if not METADATA_KEY.fullmatch(key) or len(item) > 512:
-            raise ValueError(f"key {key!r}: {METADATA_BOUNDS}")
+        problem = metadata_problem(key, item)
+        if problem:
+            raise ValueError(problem)
     return value
 
 
@@ -221,11 +241,16 @@ class JobSpec(StrictModel):
     prompt_template: str = Field(
         DEFAULT_PROMPT_TEMPLATE,
         max_length=4096,
-        description="Used when the tokenizer has no chat template; must contain {question}.",
+        description="Used when the tokenizer has no chat template: text with the placeholder "
+        "{question} and no other; {{ and }} are literal braces.",
+        json_schema_extra={"pattern": TEMPLATE_PATTERN},
     )
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed for data order and init.")
     metadata: dict[str, str] = Field(
-        default_factory=dict, description=METADATA_DESCRIPTION, max_length=METADATA_MAX_KEYS
+        default_factory=dict,
+        description=METADATA_DESCRIPTION,
+        max_length=METADATA_MAX_KEYS,
+        json_schema_extra=METADATA_JSON_SCHEMA,
     )
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     deletion_request: str | None = Field(
@@ -248,10 +273,8 @@ class JobSpec(StrictModel):
 
     @field_validator("prompt_template")
     @classmethod
-    def _template_has_question(cls, value: str) -> str:
-        if "{question}" not in value:
-            raise ValueError("must contain the placeholder {question}")
-        return value
+    def _template_is_safe(cls, value: str) -> str:
+        return check_template(value)
 
     @field_validator("metadata")
     @classmethod

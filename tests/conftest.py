@@ -9,6 +9,7 @@ pytest_plugins = [
     "tests.fixtures.models",
     "tests.fixtures.services",
     "tests.fixtures.live",
+    "tests.fixtures.hostile",  # after services: it imports them
 ]
 
 

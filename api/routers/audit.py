@@ -5,14 +5,17 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from api.deps import ReadDatabaseDep
+from api.routers.params import Cursor
 from api.schemas.audit import AuditAction, AuditEntryObject
 from api.schemas.common import ListObject
 from api.services import audit
 from core.db.ids import ID_PATTERN
+from core.db.tables import AuditEntry
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 
 PRINCIPAL_PATTERN = r"^[A-Za-z0-9:_-]{1,64}$"
+EntryCursor = Cursor(AuditEntry.id, "Last entry id seen (`last_id`).")
 
 
 @router.get("", response_model=ListObject[AuditEntryObject])
@@ -27,7 +30,7 @@ async def list_audit_entries(
             description="`anonymous` (no auth), `key:<digest>` (an API key), `worker`.",
         ),
     ] = None,
-    after: Annotated[int | None, Query(ge=0, le=2**62, description="Last entry id seen.")] = None,
+    after: EntryCursor = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> ListObject[AuditEntryObject]:
     """The append-only audit log, oldest first (the order things happened): page on

@@ -10,6 +10,7 @@ from api.schemas.common import ListObject
 from api.schemas.datasets import DatasetObject
 from api.services import datasets
 from api.uploads import receive_upload
+from core.data.limits import DataLimits
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -23,11 +24,18 @@ async def upload_dataset(
     principal: PrincipalDep,
 ) -> DatasetObject:
     """Multipart: ``file`` (JSONL, CSV or Parquet) and optional ``name``. Every record is
-    validated; errors name the file, line and field (``forget.jsonl:12:answer``)."""
+    validated; errors name the file, line and field (``forget.jsonl:12:answer``). 413
+    when the file is over ``OBLIVIATE_MAX_UPLOAD_BYTES`` (``file_too_large``) or expands
+    past a data limit: ``too_many_records``, ``decoded_too_large``, ``line_too_large``,
+    ``cell_too_large``."""
     upload = await receive_upload(request, settings.max_upload_bytes)
     try:
         stored = await run_in_threadpool(
-            datasets.validate_and_store, store, upload, upload.fields.get("name")
+            datasets.validate_and_store,
+            store,
+            upload,
+            upload.fields.get("name"),
+            DataLimits.from_settings(settings),
         )
     finally:
         upload.discard()

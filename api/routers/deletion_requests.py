@@ -2,12 +2,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Query, Response
 
 from api.body import JsonObject
 from api.deps import DatabaseDep, PrincipalDep, ReadDatabaseDep
-from api.openapi import json_body
-from api.routers.params import After, Limit
+from api.openapi import json_body, replay_response
+from api.routers.params import After, IdempotencyKey, Limit
 from api.schemas.common import ListObject
 from api.schemas.deletion_requests import (
     DeletionRequestCreate,
@@ -24,13 +24,14 @@ router = APIRouter(prefix="/v1/deletion-requests", tags=["deletion requests"])
     status_code=201,
     response_model=DeletionRequestObject,
     openapi_extra=json_body(DeletionRequestCreate),
+    responses=replay_response(DeletionRequestObject, "deletion request"),
 )
 async def create_deletion_request(
     body: JsonObject,
     db: DatabaseDep,
     principal: PrincipalDep,
     response: Response,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> DeletionRequestObject:
     """File a request to forget something (``{subject, description, external_ref,
     metadata}``); jobs then serve it with ``"deletion_request": "<id>"``. 201 when

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from api.deps import SettingsDep
@@ -17,7 +17,13 @@ async def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    responses={
+        200: {"content": {"application/json": {}}},
+        503: {"description": "A component is down.", "content": {"application/json": {}}},
+    },
+)
 def readyz(request: Request, settings: SettingsDep) -> JSONResponse:
     """Database, broker and storage reachable; 503 naming the failing component."""
     resources = request.app.state.resources
@@ -25,7 +31,11 @@ def readyz(request: Request, settings: SettingsDep) -> JSONResponse:
     return JSONResponse(result, status_code=200 if result["status"] == "ok" else 503)
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
 def metrics(request: Request) -> Response:
     """Prometheus text format."""
     resources = request.app.state.resources

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 from typing import Annotated
 
@@ -16,8 +17,8 @@ from api.deps import (
     SettingsDep,
     StoreDep,
 )
-from api.openapi import json_body
-from api.routers.params import After, Limit
+from api.openapi import FILE_RESPONSE, HTML_OR_PNG_RESPONSE, json_body, replay_response
+from api.routers.params import After, Cursor, IdempotencyKey, Limit
 from api.schemas.common import ListObject
 from api.schemas.jobs import (
     CheckpointList,
@@ -28,17 +29,25 @@ from api.schemas.jobs import (
     MetricList,
 )
 from api.services import artifacts, jobs
+from core.db.tables import JobEvent, JobMetric
 from core.errors import InvalidRequest, NotFound
-from core.methods import get_method
-from core.spec import METADATA_BOUNDS, METADATA_KEY, JobSpec
+from core.methods import METHODS, get_method
+from core.spec import JobSpec, metadata_problem
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 METADATA_PREFIX = "metadata."
-MAX_DB_INT = 2**31 - 1
+EventCursor = Cursor(JobEvent.id, "Last event id seen (`last_id`).")
+StepCursor = Cursor(JobMetric.step, "Last step seen (`last_step`); -1 for all.", ge=-1)
 
 
-@router.post("", status_code=201, response_model=JobObject, openapi_extra=json_body(JobSpec))
+@router.post(
+    "",
+    status_code=201,
+    response_model=JobObject,
+    openapi_extra=json_body(JobSpec),
+    responses=replay_response(JobObject, "job"),
+)
 async def create_job(
     body: JsonObject,
     db: DatabaseDep,
@@ -46,7 +55,7 @@ async def create_job(
     celery: CeleryDep,
     principal: PrincipalDep,
     response: Response,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JobObject:
     """Submit a job (body: the job spec). 201 when created; 200 with the original job
     when an ``Idempotency-Key`` is repeated with the same body."""
@@ -69,8 +78,17 @@ async def list_jobs(
     request: Request,
     db: ReadDatabaseDep,
     status: Annotated[list[JobStatus] | None, Query(description="Repeatable.")] = None,
-    method: str | None = None,
-    updated_after: datetime | None = None,
+    method: Annotated[
+        str | None,
+        Query(json_schema_extra={"enum": list(METHODS)}, description="A method name."),
+    ] = None,
+    updated_after: Annotated[
+        str | None,
+        Query(
+            json_schema_extra={"format": "date-time"},
+            description="RFC 3339 date-time with an offset or Z, e.g. 2026-01-31T12:00:00Z.",
+        ),
+    ] = None,
     after: After = None,
     limit: Limit = 20,
 ) -> ListObject[JobObject]:
@@ -81,18 +99,28 @@ async def list_jobs(
         statuses=status or [],
         method=_known_method(method),
         metadata=_metadata_filters(request),
-        updated_after=_as_utc(updated_after, "updated_after"),
+        updated_after=_rfc3339(updated_after, "updated_after"),
         after=after,
         limit=limit,
     )
 
 
-@router.get("/{job_id}", response_model=JobObject)
-async def get_job(job_id: str, request: Request, db: ReadDatabaseDep) -> Response:
+@router.get(
+    "/{job_id}",
+    response_model=JobObject,
+    responses={304: {"description": "Not modified since the ETag sent as If-None-Match."}},
+)
+async def get_job(
+    job_id: str,
+    db: ReadDatabaseDep,
+    if_none_match: Annotated[
+        str | None, Header(description="An ETag this route answered before.")
+    ] = None,
+) -> Response:
     """With a weak ETag: send it back as If-None-Match to get 304 while nothing changed."""
     row = await db.run(jobs.get_job, job_id)
     headers = {"ETag": jobs.job_etag(row), "Cache-Control": "no-cache"}
-    if jobs.etag_matches(request.headers.get("if-none-match"), headers["ETag"]):
+    if jobs.etag_matches(if_none_match, headers["ETag"]):
         return Response(status_code=304, headers=headers)
     # Serialized here, once: dashboards poll this route hardest, and returning the model
     # would have FastAPI validate it again before dumping it.
@@ -143,7 +171,7 @@ async def list_evaluations(
 async def list_events(
     job_id: str,
     db: ReadDatabaseDep,
-    after: Annotated[int | None, Query(ge=0, le=2**62, description="Last event id seen.")] = None,
+    after: EventCursor = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> ListObject[EventObject]:
     """Oldest first."""
@@ -154,7 +182,7 @@ async def list_events(
 async def list_metrics(
     job_id: str,
     db: ReadDatabaseDep,
-    after_step: Annotated[int | None, Query(ge=-1, le=MAX_DB_INT)] = None,
+    after_step: StepCursor = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> MetricList:
     """In step order."""
@@ -166,7 +194,11 @@ async def list_checkpoints(job_id: str, db: ReadDatabaseDep) -> CheckpointList:
     return await db.run(artifacts.list_checkpoints, job_id)
 
 
-@router.get("/{job_id}/checkpoints/{checkpoint_id}/files/{path:path}")
+@router.get(
+    "/{job_id}/checkpoints/{checkpoint_id}/files/{path:path}",
+    response_class=StreamingResponse,
+    responses=FILE_RESPONSE,
+)
 async def download_checkpoint_file(
     job_id: str, checkpoint_id: str, path: str, db: ReadDatabaseDep, store: StoreDep
 ) -> StreamingResponse:
@@ -179,7 +211,7 @@ async def download_checkpoint_file(
     return StreamingResponse(chunks, media_type="application/octet-stream", headers=headers)
 
 
-@router.get("/{job_id}/report")
+@router.get("/{job_id}/report", responses={200: {"content": {"application/json": {}}}})
 async def get_report(job_id: str, db: ReadDatabaseDep, store: StoreDep) -> Response:
     """The evaluation report (report.json); 404 ``report_not_ready`` until written."""
     stored = await db.run(artifacts.report_file, job_id, artifacts.REPORT_JSON)
@@ -194,7 +226,11 @@ async def get_report_html(job_id: str) -> RedirectResponse:
     return RedirectResponse(f"report/files/{artifacts.REPORT_HTML}", status_code=307)
 
 
-@router.get("/{job_id}/report/files/{name}")
+@router.get(
+    "/{job_id}/report/files/{name}",
+    response_class=StreamingResponse,
+    responses=HTML_OR_PNG_RESPONSE,
+)
 async def get_report_file(job_id: str, name: str, db: ReadDatabaseDep, store: StoreDep):
     """report.html, or a plot (PNG) stored next to it."""
     if name == artifacts.REPORT_HTML:
@@ -220,22 +256,45 @@ def _metadata_filters(request: Request) -> dict[str, str]:
         if not name.startswith(METADATA_PREFIX):
             continue
         key = name[len(METADATA_PREFIX) :]
-        if not METADATA_KEY.fullmatch(key) or len(value) > 512 or "\x00" in value:
-            raise InvalidRequest(
-                f"{name}: metadata {METADATA_BOUNDS}", param=name, code="invalid_value"
-            )
+        problem = metadata_problem(key, value)
+        if problem is None and "\x00" in value:
+            problem = f"value of {key!r}: must not contain NUL"
+        if problem:
+            raise InvalidRequest(f"{name}: metadata {problem}", param=name, code="invalid_value")
         filters[key] = value
     return filters
 
 
-def _as_utc(value: datetime | None, param: str) -> datetime | None:
+RFC3339 = re.compile(
+    r"^(\d{4}-\d{2}-\d{2})[Tt](\d{2}:\d{2}):(\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
+)
+
+
+def _rfc3339(value: str | None, param: str) -> datetime | None:
+    """An RFC 3339 date-time (what the document's ``format: date-time`` means), in UTC.
+    A leap second (:60) counts as :59; a time whose UTC falls outside the years 1-9999
+    (0001-01-01T00:00:00+01:00) is clamped, not refused: every job was updated after
+    the one, none after the other."""
     if value is None:
         return None
-    try:
-        return (
-            value.replace(tzinfo=timezone.utc)
-            if value.tzinfo is None
-            else value.astimezone(timezone.utc)
+    match = RFC3339.match(value)
+    if match is None:
+        raise InvalidRequest(
+            f"{param}: not an RFC 3339 date-time (e.g. 2026-01-31T12:00:00Z)",
+            param=param,
+            code="invalid_value",
         )
-    except (OverflowError, ValueError):
-        raise InvalidRequest(f"{param}: out of range", param=param, code="invalid_value") from None
+    date, minutes, seconds, fraction, offset = match.groups()
+    seconds = min(int(seconds), 59)
+    offset = "+00:00" if offset in ("Z", "z") else offset
+    try:
+        parsed = datetime.fromisoformat(f"{date}T{minutes}:{seconds:02d}{fraction or ''}{offset}")
+    except ValueError:
+        raise InvalidRequest(
+            f"{param}: not a valid date-time", param=param, code="invalid_value"
+        ) from None
+    try:
+        return parsed.astimezone(timezone.utc)
+    except OverflowError:
+        earliest = parsed.year == 1
+        return (datetime.min if earliest else datetime.max).replace(tzinfo=timezone.utc)

@@ -9,7 +9,7 @@ from sse_starlette import EventSourceResponse
 
 from api.deps import ReadDatabaseDep, StreamHubDep
 from api.services import streams
-from api.streams.cursor import HEADER, PATTERN, parse_position
+from api.streams.cursor import HEADER, HEADER_PATTERN, PATTERN, parse_position
 from api.streams.sources import KINDS
 from api.streams.stream import job_stream, jobs_stream
 
@@ -24,7 +24,20 @@ EVENT_STREAM = {
         "object; `event`: a StreamEvent; `metric`: a StreamMetric; `ready` and `end` carry "
         "`{}`), its `data` the object as JSON, its `id` the stream's position: send it back "
         "as `Last-Event-ID` to resume.",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "content": {
+            "text/event-stream": {
+                # One server-sent event, as the fields a client parses out of it.
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "event": {"type": "string"},
+                        "data": {"type": "string"},
+                        "id": {"type": "string"},
+                        "retry": {"type": "integer"},
+                    },
+                }
+            }
+        },
     }
 }
 
@@ -33,7 +46,7 @@ LastEventIdHeader = Annotated[
     Header(
         alias=HEADER,
         max_length=512,
-        pattern=PATTERN,
+        pattern=HEADER_PATTERN,
         description="Resume after this event id (`kind=position,...`).",
     ),
 ]

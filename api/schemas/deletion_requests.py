@@ -8,7 +8,12 @@ from pydantic import BaseModel, Field, field_validator
 from api.schemas.common import ErrorObject, StrictBody
 from api.schemas.jobs import JobStatus
 from core.db.deletion_requests import DeletionRequestView
-from core.spec import METADATA_DESCRIPTION, METADATA_MAX_KEYS, check_metadata
+from core.spec import (
+    METADATA_DESCRIPTION,
+    METADATA_JSON_SCHEMA,
+    METADATA_MAX_KEYS,
+    check_metadata,
+)
 
 DeletionRequestStatus = Literal["open", "in_progress", "fulfilled", "unfulfilled"]
 
@@ -25,7 +30,10 @@ class DeletionRequestCreate(StrictBody):
         None, max_length=256, description="Your reference, e.g. a ticket id."
     )
     metadata: dict[str, str] = Field(
-        default_factory=dict, description=METADATA_DESCRIPTION, max_length=METADATA_MAX_KEYS
+        default_factory=dict,
+        description=METADATA_DESCRIPTION,
+        max_length=METADATA_MAX_KEYS,
+        json_schema_extra=METADATA_JSON_SCHEMA,
     )
 
     @field_validator("metadata")

@@ -7,6 +7,7 @@ from sqlalchemy.orm import Session
 from api.schemas.common import ListObject
 from api.schemas.datasets import DatasetObject
 from api.uploads import Upload
+from core.data.limits import DataLimits
 from core.datasets import StoredDataset, store_dataset_file
 from core.datasets import record_dataset as core_record_dataset
 from core.db import datasets as repo
@@ -17,13 +18,16 @@ from core.storage import ObjectStore
 _UNSAFE_FILENAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def validate_and_store(store: ObjectStore, upload: Upload, name: str | None) -> StoredDataset:
-    """Validate every record, then store the file at ``datasets/<id>/<filename>``."""
+def validate_and_store(
+    store: ObjectStore, upload: Upload, name: str | None, limits: DataLimits
+) -> StoredDataset:
+    """Validate every record (streamed, within ``limits``), then store the file at
+    ``datasets/<id>/<filename>``."""
     filename = safe_filename(upload.filename)
     name = " ".join((name or "").split()) or filename
     if len(name) > 256 or "\x00" in name:
         raise InvalidRequest("name: at most 256 characters, no NUL", param="name")
-    return store_dataset_file(store, upload.path, filename=filename, name=name)
+    return store_dataset_file(store, upload.path, filename=filename, name=name, limits=limits)
 
 
 def record_dataset(session: Session, stored: StoredDataset, *, principal: str) -> DatasetObject:

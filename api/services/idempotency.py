@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any, Literal
 
 from sqlalchemy.exc import IntegrityError
@@ -15,6 +16,12 @@ from core.db.idempotency import add_idempotency_key, find_idempotency_key
 from core.errors import Conflict, InvalidRequest
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
+#: Visible ASCII, inner spaces allowed (HTTP drops a header value's outer whitespace),
+#: e.g. a UUID. The same rule is the header's pattern in the OpenAPI document.
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7E](?:[\x20-\x7E]*[\x21-\x7E])?$"
+IDEMPOTENCY_KEY_RULE = (
+    f"1 to {MAX_IDEMPOTENCY_KEY_LENGTH} visible ASCII characters (inner spaces allowed)"
+)
 
 
 def body_digest(body: dict[str, Any]) -> str:
@@ -23,9 +30,9 @@ def body_digest(body: dict[str, Any]) -> str:
 
 
 def check_idempotency_key(key: str) -> None:
-    if not key or len(key) > MAX_IDEMPOTENCY_KEY_LENGTH or not key.isprintable():
+    if len(key) > MAX_IDEMPOTENCY_KEY_LENGTH or not re.match(IDEMPOTENCY_KEY_PATTERN, key):
         raise InvalidRequest(
-            f"Idempotency-Key: 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} printable characters",
+            f"Idempotency-Key: {IDEMPOTENCY_KEY_RULE}",
             param="Idempotency-Key",
             code="invalid_value",
         )

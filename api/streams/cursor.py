@@ -18,6 +18,8 @@ _PAIR = r"[a-z_]{1,32}=[0-9]{1,18}"
 #: what a position looks like (stated in the OpenAPI document too); 18 digits keep every
 #: value below 2**62, what the database's ids reach
 PATTERN = rf"^ *(?:{_PAIR})?(?: *, *{_PAIR})* *$"
+#: the same in a header, whose outer whitespace HTTP drops (and clients refuse to send)
+HEADER_PATTERN = rf"^(?:{_PAIR}(?: *, *{_PAIR})*)?$"
 _POSITION = re.compile(PATTERN)
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from core.data.records import Record, RecordSet
+from core.data.templates import render_template
 from core.errors import DataValidationError
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ def render_prompt(tokenizer, question: str, template: str) -> str:
         return tokenizer.apply_chat_template(
             [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
         )
-    return template.format(question=question)
+    return render_template(template, question)
 
 
 def _bos(tokenizer) -> list[int]:

@@ -7,23 +7,27 @@ Three record shapes are accepted, one per file:
 - ``prompt``/``completion``,
 - ``text`` (raw documents, MUSE-style).
 
-Files are parsed here rather than through ``datasets`` so that every error names the
-file, the line (or Parquet row) and the field. No torch: the API validates uploads with
-this module.
+Files are parsed here (rows streamed by :mod:`core.data.formats`, within the data
+limits of :mod:`core.data.limits`) rather than through ``datasets``, so that every error
+names the file, the line (or Parquet row) and the field. No torch: the API validates
+uploads with this module (``scan_records``, which keeps no records).
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import json
-import sys
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
+from core.data.formats import (
+    ROW_READERS,
+    check_column_names,
+    undecodable_json,
+)
+from core.data.limits import DataBudget, DataLimits
 from core.errors import DataValidationError
 
 RecordKind = Literal["qa", "completion", "text"]
@@ -42,7 +46,6 @@ REQUIRED_FIELDS: dict[RecordKind, tuple[str, str]] = {
     "completion": ("prompt", "completion"),
     "text": ("text", "text"),
 }
-UNSTORABLE_TEXT = "text must not contain NUL characters or unpaired surrogates"
 
 
 @dataclass
@@ -95,66 +98,119 @@ def detect_format(name: str) -> FileFormat:
     return FORMAT_BY_SUFFIX[suffix]
 
 
-def read_records(path: str | Path, *, name: str | None = None) -> RecordSet:
-    """Read and validate a local file."""
+@dataclass
+class RecordSummary:
+    """What a validation pass learns about a file without keeping its records."""
+
+    name: str
+    format: FileFormat
+    kind: RecordKind
+    count: int
+    sha256: str
+    size_bytes: int
+    columns: list[str]
+    has_truth_ratio_fields: bool
+
+
+def read_records(
+    path: str | Path, *, name: str | None = None, limits: DataLimits | None = None
+) -> RecordSet:
+    """Read and validate a local file, within the data limits (settings by default)."""
     path = Path(path)
-    return parse_records(path.read_bytes(), name=name or path.name)
+    name = name or path.name
+    with open(path, "rb") as handle:
+        summary, records = _read(handle, name, None, limits, keep=True)
+    return _record_set(summary, records, sha256_of_file(path))
 
 
-def parse_records(data: bytes, *, name: str, file_format: FileFormat | None = None) -> RecordSet:
+def scan_records(path: str | Path, *, name: str, limits: DataLimits | None = None) -> RecordSummary:
+    """Validate every record of a local file without keeping them: what an upload
+    needs. Memory holds one line, record or Parquet batch at a time."""
+    path = Path(path)
+    with open(path, "rb") as handle:
+        summary, _ = _read(handle, name, None, limits, keep=False)
+    summary.sha256 = sha256_of_file(path)
+    return summary
+
+
+def parse_records(
+    data: bytes,
+    *,
+    name: str,
+    file_format: FileFormat | None = None,
+    limits: DataLimits | None = None,
+) -> RecordSet:
     """Parse and validate file contents; raises :class:`DataValidationError`."""
-    file_format = file_format or detect_format(name)
-    rows = {"jsonl": _jsonl_rows, "csv": _csv_rows, "parquet": _parquet_rows}[file_format](
-        data, name
+    summary, records = _read(io.BytesIO(data), name, file_format, limits, keep=True)
+    return _record_set(summary, records, hashlib.sha256(data).hexdigest())
+
+
+def sha256_of_file(path: Path, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _record_set(summary: RecordSummary, records: list[Record], sha256: str) -> RecordSet:
+    return RecordSet(
+        name=summary.name,
+        format=summary.format,
+        kind=summary.kind,
+        records=records,
+        sha256=sha256,
+        size_bytes=summary.size_bytes,
+        columns=summary.columns,
     )
+
+
+def _read(
+    handle: BinaryIO,
+    name: str,
+    file_format: FileFormat | None,
+    limits: DataLimits | None,
+    *,
+    keep: bool,
+) -> tuple[RecordSummary, list[Record]]:
+    file_format = file_format or detect_format(name)
+    size_bytes = handle.seek(0, io.SEEK_END)
+    handle.seek(0)
+    budget = DataBudget(limits or DataLimits.from_settings(), name)
     records: list[Record] = []
     kind: RecordKind | None = None
     columns: set[str] = set()
-    for line, row in rows:
+    truth_ratio_fields = True
+    for line, row in ROW_READERS[file_format](handle, name, budget):
         if not isinstance(row, dict):
             raise DataValidationError("a record must be a JSON object", file=name, line=line)
+        budget.record(line)
+        budget.cells(row, line)
         new_columns = row.keys() - columns
         if new_columns:
-            _check_column_names(new_columns, name, line)
+            check_column_names(new_columns, name, line)
             columns.update(new_columns)
         if kind is None:
             kind = _record_kind(row, name, line)
-        records.append(_to_record(row, kind, name, line))
-    if not records:
+        record = _to_record(row, kind, name, line)
+        truth_ratio_fields = truth_ratio_fields and bool(
+            record.paraphrased_answer and record.perturbed_answers
+        )
+        if keep:
+            records.append(record)
+    if budget.records == 0:
         raise DataValidationError("the file holds no records", file=name, code="empty_dataset")
-    return RecordSet(
+    summary = RecordSummary(
         name=name,
         format=file_format,
         kind=kind,
-        records=records,
-        sha256=hashlib.sha256(data).hexdigest(),
-        size_bytes=len(data),
+        count=budget.records,
+        sha256="",
+        size_bytes=size_bytes,
         columns=sorted(columns),
+        has_truth_ratio_fields=truth_ratio_fields,
     )
-
-
-def storable_text(text: str) -> bool:
-    """Whether a database can store the text: Postgres rejects NUL characters and
-    unpaired surrogates (which no UTF-8 encoding has) in text and JSON columns."""
-    if "\x00" in text:
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _check_column_names(names: Iterable[str], file: str, line: int | None) -> None:
-    """Column names are stored with the dataset's row; its values only in the file."""
-    for column in sorted(names):
-        if not storable_text(column):
-            raise DataValidationError(
-                f"column name: {UNSTORABLE_TEXT}",
-                file=file,
-                line=line,
-                field=column.encode("unicode_escape").decode(),
-            )
+    return summary, records
 
 
 def _record_kind(row: dict, name: str, line: int) -> RecordKind:
@@ -210,7 +266,7 @@ def _perturbed(row: dict, name: str, line: int) -> list[str]:
                     field="perturbed_answer",
                 ) from None
             except (RecursionError, ValueError) as exc:
-                raise _undecodable_json(exc, name, line, field="perturbed_answer") from None
+                raise undecodable_json(exc, name, line, field="perturbed_answer") from None
         else:
             value = [value]
     if hasattr(value, "tolist"):  # numpy arrays from Parquet
@@ -250,121 +306,3 @@ def _to_record(row: dict, kind: RecordKind, name: str, line: int) -> Record:
 
 def _is_plain(value: Any) -> bool:
     return value is None or isinstance(value, (str, int, float, bool))
-
-
-def _jsonl_rows(data: bytes, name: str) -> Iterator[tuple[int, Any]]:
-    text = _decode(data, name)
-    if text.lstrip().startswith("["):
-        yield from _json_array_rows(text, name)
-        return
-    # Split on newlines only: str.splitlines would also split inside strings holding
-    # U+2028 or other characters JSON allows unescaped.
-    for line_no, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataValidationError(
-                f"invalid JSON: {exc.msg} at column {exc.colno}", file=name, line=line_no
-            ) from None
-        except (RecursionError, ValueError) as exc:
-            raise _undecodable_json(exc, name, line_no) from None
-        yield line_no, row
-
-
-def _json_array_rows(text: str, name: str) -> Iterator[tuple[int, Any]]:
-    """A JSON array file (.json): rows are numbered by position."""
-    try:
-        items = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataValidationError(
-            f"invalid JSON: {exc.msg} at column {exc.colno}", file=name, line=exc.lineno
-        ) from None
-    except (RecursionError, ValueError) as exc:
-        raise _undecodable_json(exc, name, None) from None
-    yield from enumerate(items, start=1)
-
-
-def _undecodable_json(
-    exc: Exception, name: str, line: int, field: str | None = None
-) -> DataValidationError:
-    """What json rejects besides syntax: nesting deeper than the recursion limit, and
-    integers longer than int() converts (a guard against quadratic-time parsing)."""
-    if isinstance(exc, RecursionError):
-        reason = "nested too deeply"
-    else:
-        reason = f"an integer has more than {sys.get_int_max_str_digits()} digits"
-    return DataValidationError(f"invalid JSON: {reason}", file=name, line=line, field=field)
-
-
-def _csv_rows(data: bytes, name: str) -> Iterator[tuple[int, Any]]:
-    reader = csv.DictReader(io.StringIO(_decode(data, name), newline=""))
-    try:
-        if not reader.fieldnames:
-            return
-        _check_column_names(reader.fieldnames, name, line=1)
-        for row in reader:
-            if None in row:
-                raise DataValidationError(
-                    "more cells than header columns", file=name, line=reader.line_num
-                )
-            yield reader.line_num, row
-    except csv.Error as exc:
-        raise DataValidationError(f"invalid CSV: {exc}", file=name, line=reader.line_num) from None
-
-
-# csv's default cell limit (128 KiB) rejects long documents in raw-text sets. It is one
-# setting per process; the upload limit already bounds every file, so lift it once.
-csv.field_size_limit(2**31 - 1)
-
-
-def _parquet_rows(data: bytes, name: str) -> Iterator[tuple[int, Any]]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(io.BytesIO(data))
-        names = table.column_names
-    except (pa.ArrowException, OSError, ValueError) as exc:  # ValueError: non-UTF-8 names
-        raise DataValidationError(f"invalid Parquet: {exc}", file=name) from None
-    _check_column_names(names, name, line=None)
-    columns = [
-        _parquet_values(column, column_name, name)
-        for column_name, column in zip(names, table.columns)
-    ]
-    for index in range(table.num_rows):
-        yield index + 1, {column_name: values[index] for column_name, values in zip(names, columns)}
-
-
-def _parquet_values(column, column_name: str, name: str) -> list[Any]:
-    """A column as Python values; a value Python cannot hold (a date past year 9999, a
-    nanosecond timestamp, non-UTF-8 text, an unknown time zone) is an error at its row."""
-    import pyarrow as pa
-
-    conversion_errors = (pa.ArrowException, ValueError, OverflowError, LookupError)
-    values: list[Any] = []
-    for chunk in column.chunks:
-        try:
-            values.extend(chunk.to_pylist())
-        except conversion_errors as exc:
-            row = len(values) + 1
-            for offset in range(len(chunk)):
-                try:
-                    chunk[offset].as_py()
-                except conversion_errors:
-                    row = len(values) + offset + 1
-                    break
-            raise DataValidationError(
-                f"cannot read the value: {exc}", file=name, line=row, field=column_name
-            ) from None
-    return values
-
-
-def _decode(data: bytes, name: str) -> str:
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DataValidationError(
-            f"not UTF-8 text (byte {exc.start})", file=name, code="invalid_encoding"
-        ) from None

@@ -143,7 +143,7 @@ class Job(Base):
 class JobEvent(Base):
     __tablename__ = "job_events"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigSerial, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(IdString, ForeignKey("jobs.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     level: Mapped[str] = mapped_column(String(16))
@@ -156,7 +156,7 @@ class JobMetric(Base):
     __tablename__ = "job_metrics"
     __table_args__ = (Index("ix_job_metrics_job_id_step", "job_id", "step"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigSerial, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(IdString, ForeignKey("jobs.id"))
     step: Mapped[int] = mapped_column(Integer)
     epoch: Mapped[float | None] = mapped_column(Float)

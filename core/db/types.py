@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, BigInteger, DateTime, Integer, String
+from sqlalchemy import JSON, BigInteger, DateTime, Integer, SmallInteger, String
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.types import TypeDecorator
 
@@ -44,10 +44,26 @@ class UTCDateTime(TypeDecorator):
 #: JSON documents; JSONB on Postgres (smaller, and indexable should filters need it).
 JSONDoc = JSON().with_variant(postgresql.JSONB(), "postgresql")
 
+#: The longest id a string id column holds.
+ID_MAX_LENGTH = 40
+
 #: Prefixed ids compare bytewise on Postgres whatever the database's collation, so
 #: ``ORDER BY id`` is creation order everywhere.
-IdString = String(40).with_variant(String(40, collation="C"), "postgresql")
+IdString = String(ID_MAX_LENGTH).with_variant(String(ID_MAX_LENGTH, collation="C"), "postgresql")
 
 #: A 64-bit auto-incrementing primary key: BIGSERIAL on Postgres; on SQLite INTEGER,
 #: since only an ``INTEGER PRIMARY KEY`` becomes the (64-bit) rowid there.
 BigSerial = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def integer_range(column) -> tuple[int, int]:
+    """The values an integer column holds on every database we run on: Postgres's
+    ``smallint``/``integer``/``bigint`` ranges (SQLite's integers are all 64-bit, so
+    Postgres is the narrower of the two). Cursors that compare with the column are
+    bounded by it, so a value the database cannot hold is a 422, not a 500."""
+    column_type = column.type
+    # BigSerial is BigInteger with an Integer variant for SQLite: the base type counts.
+    for kind, bits in ((BigInteger, 64), (SmallInteger, 16), (Integer, 32)):
+        if isinstance(column_type, kind):
+            return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    raise TypeError(f"{column} is not an integer column")

@@ -11,16 +11,30 @@ from core.storage.local import LocalStore
 
 
 def open_store(
-    url: str, *, endpoint_url: str | None = None, region: str | None = None
+    url: str,
+    *,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    create_bucket: bool = False,
 ) -> ObjectStore:
-    """``file:///abs/path`` (or a plain path) -> LocalStore; ``s3://bucket/prefix`` -> S3Store."""
+    """``file:///abs/path`` (or a plain path) -> LocalStore; ``s3://bucket/prefix`` -> S3Store.
+
+    Only the service's own store creates its bucket (``create_bucket``); every other
+    store is opened as it is, so reading a model or a file never creates a bucket with
+    the service's credentials."""
     parsed = urlparse(url)
     if parsed.scheme in ("", "file"):
         return LocalStore(Path(url2pathname(parsed.path)) if parsed.scheme else Path(url))
     if parsed.scheme == "s3":
         from core.storage.s3 import S3Store
 
-        return S3Store(parsed.netloc, parsed.path, endpoint_url=endpoint_url, region=region)
+        return S3Store(
+            parsed.netloc,
+            parsed.path,
+            endpoint_url=endpoint_url,
+            region=region,
+            create_bucket=create_bucket,
+        )
     raise ValueError(f"unsupported storage URL {url!r}: use file:///path or s3://bucket/prefix")
 
 
@@ -29,7 +43,10 @@ def store_from_settings(settings=None) -> ObjectStore:
 
     settings = settings or get_settings()
     return open_store(
-        settings.storage_url, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region
+        settings.storage_url,
+        endpoint_url=settings.s3_endpoint_url,
+        region=settings.s3_region,
+        create_bucket=True,
     )
 
 

@@ -22,7 +22,7 @@ class S3Store(ObjectStore):
         *,
         endpoint_url: str | None = None,
         region: str | None = None,
-        create_bucket: bool = True,
+        create_bucket: bool = False,
     ):
         import boto3
         from botocore.config import Config

@@ -23,6 +23,7 @@ from core.data.encoding import IGNORE_INDEX, EncodedExample, collate
 from core.errors import Cancelled, NonFiniteLoss, Paused
 from core.methods.base import ForgetInputs, LossTerm, Method, UnlearningHyperparameters
 from core.models.scoring import sequence_nll
+from core.training.divergence import check_step, non_finite_message
 from core.training.state import (
     TrainingState,
     capture_rng,
@@ -466,9 +467,13 @@ def run_training(
                 # expects overflows, skips that step and lowers the scale.
                 if accelerator.mixed_precision != "fp16" and not math.isfinite(float(grad_norm)):
                     raise NonFiniteLoss(
-                        f"non-finite gradient norm ({float(grad_norm)}) at step {step + 1} of "
-                        f"{method.name}; lower the learning rate or use precision fp32",
-                        param="hyperparameters.learning_rate",
+                        non_finite_message(
+                            f"non-finite gradient norm ({float(grad_norm)}) at step {step + 1}",
+                            hparams,
+                            method.name,
+                            accelerator.mixed_precision,
+                        ),
+                        param="hyperparameters",
                     )
                 lr = scheduler.get_last_lr()[0]
                 optimizer.step()
@@ -494,6 +499,14 @@ def run_training(
                 result.history.append(metrics)
                 if callbacks.on_step:
                     callbacks.on_step(metrics)
+                check_step(  # a diverged run fails instead of publishing blown-up weights
+                    metrics.values(),
+                    result.history[0].values(),
+                    hparams,
+                    method.name,
+                    accelerator.mixed_precision,
+                    step,
+                )
                 next_block = block_start + block_size
                 epoch_end = next_block >= len(order)
                 due = (
@@ -608,9 +621,13 @@ def _micro_step(
             parts["retain"] = float(retain_part.detach())
     if not torch.isfinite(loss):
         raise NonFiniteLoss(
-            f"non-finite loss ({float(loss.detach())}) in a {method.name} step; lower the learning rate "
-            "or use precision fp32",
-            param="hyperparameters.learning_rate",
+            non_finite_message(
+                f"non-finite loss ({float(loss.detach())})",
+                hparams,
+                method.name,
+                accelerator.mixed_precision,
+            ),
+            param="hyperparameters",
         )
     parts["loss"] = float(loss.detach())
     # DDP averages gradients over processes; the denominators are already global.

@@ -42,9 +42,7 @@ def upgrade() -> None:
     )
     op.create_index("ix_job_evaluations_job_id_step", "job_evaluations", ["job_id", "step"])
     with op.batch_alter_table("jobs") as batch:
-        batch.add_column(
-            sa.Column("kind", sa.String(16), nullable=False, server_default="unlearn")
-        )
+        batch.add_column(sa.Column("kind", sa.String(16), nullable=False, server_default="unlearn"))
         batch.add_column(sa.Column("verdict", JSONDoc, nullable=True))
         batch.add_column(sa.Column("pause_requested_at", UTCDateTime, nullable=True))
         batch.add_column(sa.Column("resumes", sa.Integer, nullable=False, server_default="0"))

@@ -77,7 +77,7 @@ def test_upload_validates_stores_and_lists(client, api_settings):
         (b"", "f.jsonl", "f.jsonl"),
         (b"question,answer\nq,\n", "f.csv", "f.csv:2:answer"),
         (b"not parquet", "f.parquet", "f.parquet"),
-        (b"\xff\xfe", "f.jsonl", "f.jsonl"),
+        (b"\xff\xfe", "f.jsonl", "f.jsonl:1"),
         (b"{}", "f.txt", "f.txt"),
     ],
 )
@@ -105,9 +105,9 @@ QA_TABLE = {"question": ["q", "q"], "answer": ["a", "a"]}
             "f.jsonl",
             "f.jsonl:2",
         ),
-        (b"[" + QA_LINE + b', {"n": ' + b"9" * 5000 + b"}]", "f.json", "f.json"),
+        (b"[" + QA_LINE + b', {"n": ' + b"9" * 5000 + b"}]", "f.json", "f.json:1"),
         (b'{"n": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "f.jsonl", "f.jsonl:1"),
-        (b"[" + b"[" * 100_000 + b"]" * 100_000 + b"]", "f.json", "f.json"),
+        (b"[" + b"[" * 100_000 + b"]" * 100_000 + b"]", "f.json", "f.json:1"),
         (
             b"question,answer,perturbed_answer\nq,a," + b"[" * 100_000 + b"\n",
             "f.csv",

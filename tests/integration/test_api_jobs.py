@@ -248,7 +248,9 @@ def test_list_pages_newest_first_with_filters(client, session_factory, forget_id
     assert listed(**{"metadata.nope": "a"}) == []
     updated_at = client.get(f"/v1/jobs/{ids[5]}").json()["updated_at"]
     assert listed(updated_after=updated_at) == [ids[1], ids[0]]
-    assert listed(updated_after="2000-01-01T00:00:00") == newest_first
+    assert listed(updated_after="2000-01-01T00:00:00Z") == newest_first
+    # RFC 3339 times whose UTC is past year 9999 are clamped: nothing was updated after.
+    assert listed(updated_after="9999-12-31T23:59:59-05:00") == []
 
     for params, param in [
         ({"limit": 0}, "limit"),
@@ -256,7 +258,8 @@ def test_list_pages_newest_first_with_filters(client, session_factory, forget_id
         ({"status": "bogus"}, "status.0"),
         ({"after": "not-an-id"}, "after"),
         ({"updated_after": "yesterday"}, "updated_after"),
-        ({"updated_after": "9999-12-31T23:59:59-05:00"}, "updated_after"),
+        ({"updated_after": "2000-01-01T00:00:00"}, "updated_after"),  # no offset
+        ({"updated_after": "0.5"}, "updated_after"),  # not a Unix time either
         ({"metadata.": "x"}, "metadata."),
     ]:
         status, code, got = error_of(client.get("/v1/jobs", params=params))

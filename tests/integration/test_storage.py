@@ -19,7 +19,10 @@ def store(request, tmp_path):
         return open_store(tmp_path.as_uri())
     endpoint = request.getfixturevalue("s3_server")
     return open_store(
-        f"s3://obliviate-test/{uuid.uuid4().hex}", endpoint_url=endpoint, region="us-east-1"
+        f"s3://obliviate-test/{uuid.uuid4().hex}",
+        endpoint_url=endpoint,
+        region="us-east-1",
+        create_bucket=True,
     )
 
 

@@ -95,7 +95,7 @@ def test_parquet_prompt_completion_and_text_shapes():
         (jsonl({"foo": "bar"}), "f.jsonl", "f.jsonl:1", "missing_field"),
         (b"", "f.jsonl", "f.jsonl", "empty_dataset"),
         (b"question,answer\n", "f.csv", "f.csv", "empty_dataset"),
-        (b"\xff\xfe", "f.jsonl", "f.jsonl", "invalid_encoding"),
+        (b"\xff\xfe", "f.jsonl", "f.jsonl:1", "invalid_encoding"),
         (jsonl({"question": "Q?", "answer": "A."}), "f.txt", "f.txt", "unsupported_format"),
         (b"not parquet", "f.parquet", "f.parquet", "invalid_data"),
         (
@@ -139,14 +139,14 @@ DEEP_LIST = "[" * 100_000 + "]" * 100_000  # deeper than the recursion limit
             + HUGE_INTEGER.encode()
             + b"}]",
             "f.json",
-            "f.json",  # decoded whole: the file is named, not the element
+            "f.json:1",  # elements are decoded one by one: the element's line is named
         ),
         (
             b'{"question": "Q?", "answer": "A.", "n": ' + DEEP_LIST.encode() + b"}",
             "f.jsonl",
             "f.jsonl:1",
         ),
-        (b"[" + DEEP_LIST.encode() + b"]", "f.json", "f.json"),
+        (b"[" + DEEP_LIST.encode() + b"]", "f.json", "f.json:1"),
         # CSV cells carry perturbed answers JSON-encoded.
         (
             b'question,answer,perturbed_answer\nQ?,A.,"[' + HUGE_INTEGER.encode() + b']"\n',

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import re
 
-from core.evaluation.report_html import render_report
 from core.evaluation.evidence import interim_verdict, relearn_recovery
+from core.evaluation.report_html import render_report
 
 
 def report(**summary) -> dict:
