@@ -188,31 +188,57 @@ def _error_response_schema(schemas: dict) -> dict:
 
 
 def _add_method_variants(schemas: dict) -> None:
-    """``method`` names a registered method and ``hyperparameters`` follow it: one
-    ``oneOf`` variant per method (the default's also matches when ``method`` is absent)."""
+    """``kind`` decides what a job trains on, and ``hyperparameters`` follow it: an
+    unlearning job needs ``forget`` (no ``train``) and its hyperparameters follow
+    ``method``, one ``oneOf`` variant per registered method (the default's also matches
+    when ``method`` is absent); a fine-tuning job needs ``train`` (no ``forget``, no
+    ``deletion_request``) and takes fine-tuning hyperparameters whatever ``method`` says."""
+    from core.training.finetune import FinetuneHyperparameters
+
     job = schemas["JobSpec"]
-    job["properties"]["method"] = {
-        **job["properties"]["method"],
-        "enum": list(METHODS),
-    }
-    variants = []
+    methods = []
     for name, method in METHODS.items():
-        model = method.hyperparameters
-        definition = model.model_json_schema(ref_template=REF)
-        schemas.update(definition.pop("$defs", {}))
-        schemas[model.__name__] = definition
+        reference = _component(schemas, method.hyperparameters)
         variant = {
             "title": f"{name} job",
-            "properties": {
-                "method": {"const": name},
-                "hyperparameters": {"$ref": REF.format(model=model.__name__)},
-            },
-            "allOf": _training_rules(model),
+            "properties": {"method": {"const": name}, "hyperparameters": reference},
+            "allOf": _training_rules(method.hyperparameters),
         }
         if name != DEFAULT_METHOD:
             variant["required"] = ["method"]
-        variants.append(variant)
-    job["oneOf"] = variants
+        methods.append(variant)
+    unlearn = {
+        "title": "unlearning job",
+        "properties": {
+            "kind": {"const": "unlearn"},
+            "forget": {"type": "string"},
+            "train": {"type": "null"},
+            "method": {"enum": list(METHODS)},
+        },
+        "required": ["forget"],
+        "oneOf": methods,
+    }
+    finetune = {
+        "title": "fine-tuning job",
+        "properties": {
+            "kind": {"const": "finetune"},
+            "train": {"type": "string"},
+            "forget": {"type": "null"},
+            "deletion_request": {"type": "null"},
+            "hyperparameters": _component(schemas, FinetuneHyperparameters),
+        },
+        "required": ["kind", "train"],
+        "allOf": _training_rules(FinetuneHyperparameters),
+    }
+    job["oneOf"] = [unlearn, finetune]
+
+
+def _component(schemas: dict, model: type[BaseModel]) -> dict:
+    """Add ``model``'s schema to the components; a reference to it."""
+    definition = model.model_json_schema(ref_template=REF)
+    schemas.update(definition.pop("$defs", {}))
+    schemas[model.__name__] = definition
+    return {"$ref": REF.format(model=model.__name__)}
 
 
 def _training_rules(model: type[BaseModel]) -> list[dict]:

@@ -213,7 +213,7 @@ async def download_checkpoint_file(
 
 @router.get("/{job_id}/report", responses={200: {"content": {"application/json": {}}}})
 async def get_report(job_id: str, db: ReadDatabaseDep, store: StoreDep) -> Response:
-    """The evaluation report (report.json); 404 ``report_not_ready`` until written."""
+    """The evaluation report (report.json); 409 ``report_not_ready`` until written."""
     stored = await db.run(artifacts.report_file, job_id, artifacts.REPORT_JSON)
     content = await run_in_threadpool(artifacts.read_stored, store, stored)
     return Response(content, media_type="application/json")

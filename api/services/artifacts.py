@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from api.schemas.jobs import CheckpointList, CheckpointObject
 from core.db import artifacts as repo
 from core.db.jobs import get_job
-from core.errors import NotFound
+from core.errors import Conflict, NotFound
 from core.storage import ObjectNotFound, ObjectStore
 
 REPORT_JSON = "report.json"
@@ -61,7 +61,7 @@ def report_file(session: Session, job_id: str, name: str) -> StoredFile:
         return StoredFile(key=report.json_key, filename=name)
     if name == REPORT_HTML:
         if report.html_key is None:
-            raise NotFound(f"job {job_id} has no HTML report", code="report_not_ready")
+            raise Conflict(f"job {job_id} has no HTML report", code="report_not_ready")
         return StoredFile(key=report.html_key, filename=name)
     if not PLOT_NAME.match(name):
         raise NotFound(f"no report file {name!r}", param="name", code="file_not_found")
@@ -93,7 +93,8 @@ def _report(session: Session, job_id: str):
     get_job(session, job_id)
     report = repo.get_report(session, job_id)
     if report is None:
-        raise NotFound(
+        # 409, not 404: the job exists; its report does not exist yet.
+        raise Conflict(
             f"job {job_id} has no report yet; it is written after evaluation",
             param="job_id",
             code="report_not_ready",

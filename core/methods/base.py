@@ -33,6 +33,9 @@ class TrainingHyperparameters(BaseModel):
         description="Peak AdamW learning rate, or auto: 0.04 / the model's hidden size "
         "(x10 for LoRA), the muP scaling of the 7B reference rate 1e-5 "
         "(core.training.auto).",
+        # Numeric keywords apply to the number branch only; the validator below
+        # enforces them with a message naming both forms.
+        json_schema_extra={"exclusiveMinimum": 0, "maximum": 1.0},
     )
     epochs: int = Field(10, ge=1, le=1000, description="Passes over the forget set.")
     max_steps: int | None = Field(
@@ -43,6 +46,7 @@ class TrainingHyperparameters(BaseModel):
         "auto",
         description="Micro-batches per optimizer step (1-1024), or auto: about 8 steps per "
         "epoch, at most the reference effective batch of 32 (core.training.auto).",
+        json_schema_extra={"minimum": 1, "maximum": 1024},
     )
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Fraction of steps warming up.")
     lr_scheduler: Literal["linear", "cosine", "constant"] = Field(

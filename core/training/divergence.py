@@ -48,7 +48,7 @@ def run_settings(hparams, method_name: str, precision_used: str) -> str:
     ]
     parts = [
         f"precision {precision_used}",
-        f"learning_rate {hparams.learning_rate:g}",
+        f"learning_rate {_show(hparams.learning_rate)}",
         "no gradient clipping (max_grad_norm null)"
         if not hparams.max_grad_norm
         else f"max_grad_norm {hparams.max_grad_norm:g}",

@@ -51,7 +51,7 @@ values = ["{model}"]
 """
 # Links come from the document and the Location header only: schemathesis's own
 # dependency analysis would also link POST /v1/jobs to the job's report and stored
-# files, which exist only once the job has finished (404 report_not_ready until then),
+# files, which exist only once the job has finished (409 report_not_ready until then),
 # and the document deliberately does not promise them at creation.
 LINKS = """
 [phases.stateful.inference]

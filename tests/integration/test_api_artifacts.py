@@ -58,7 +58,7 @@ def finished_job(client, api_settings, session_factory):
         session.commit()
         # Before the report exists:
         assert error_of(client.get(f"/v1/jobs/{job_id}/report")) == (
-            404,
+            409,
             "report_not_ready",
             "job_id",
         )
