@@ -31,6 +31,7 @@ from api.routers import (
     methods,
     models,
     streams,
+    well_known,
 )
 from api.schemas.common import ErrorResponse
 from api.state import Resources
@@ -88,6 +89,7 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
     app.add_middleware(RequestLogMiddleware)  # outermost: every response gets its id
 
     app.include_router(health.router)
+    app.include_router(well_known.router)
     # People's pages: the dashboard at /, the API reference at /docs and /redoc.
     app.include_router(dashboard.router)
     app.include_router(docs.router)

@@ -31,6 +31,15 @@ def _add_remote_commands() -> None:
 _add_remote_commands()
 
 
+def _add_verify_command() -> None:
+    from cli.verify import verify
+
+    app.command(name="verify")(verify)
+
+
+_add_verify_command()
+
+
 def _fail(error) -> None:
     console.print(f"[red]error[/] [bold]{getattr(error, 'code', 'error')}[/]: {error}")
     raise typer.Exit(code=2)

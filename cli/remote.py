@@ -378,6 +378,8 @@ def get_request(request_id: str, as_json: bool = JsonOption):
         _print_json(request)
         return
     out.print(f"[bold]{request.id}[/] {request.status}: {request.subject}")
+    if request.status_reason:
+        out.print(f"  {request.status_reason}")
     for job in request.jobs:
         evidence = job.evidence
         line = f"  {job.id} {job.status}"
@@ -388,6 +390,19 @@ def get_request(request_id: str, as_json: bool = JsonOption):
                 f"PrivLeak {evidence.privleak}"
             )
         out.print(line)
+
+
+@requests_app.command("certificate")
+def get_certificate(
+    request_id: str,
+    output: Path = typer.Option(
+        ..., "--output", "-o", help="Where to save the signed certificate (JSON)."
+    ),
+):
+    """Save a fulfilled request's signed certificate; check it with ``obliviate verify``."""
+    document = _run(lambda: _client().deletion_requests.certificate(request_id))
+    output.write_text(json.dumps(document, indent=2, ensure_ascii=False))
+    out.print(f"saved {output} (certificate {document['certificate']['certificate_id']})")
 
 
 @requests_app.command("list")

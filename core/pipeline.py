@@ -301,6 +301,7 @@ def _run_unlearning(spec, inputs, workdir, reporter, lookup, settings, resume) -
     selected = None
     last_checkpoint_dir = None
     info = _manifest_info(spec, method, hparams, decided, forget_set, retain_set, result)
+    info["base_model_sha256"] = _base_model_digest(inputs.model)
     if monitor is not None:
         from core.training.target import SELECTION_RULE, select_point
 
@@ -467,6 +468,15 @@ def _make_monitor(
 #: retain and utility records scored at a verdict probe (per set): an estimate of
 #: utility for the stopping decision; the published model's verdict uses the full sets
 UTILITY_PROBE_SAMPLES = 32
+
+
+def _base_model_digest(path_or_id: str) -> str | None:
+    """The base model's ``folder_digest`` (for certificates: the model before), when it
+    is a local folder; None for a hub id, whose files the hub cache holds."""
+    from core.models.checkpoint import folder_digest, list_files
+
+    folder = Path(path_or_id)
+    return folder_digest(list_files(folder)) if folder.is_dir() else None
 
 
 def _manifest_info(spec, method, hparams, decided, forget_set, retain_set, result) -> dict:

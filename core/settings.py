@@ -51,6 +51,12 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Comma-separated bearer tokens; empty disables auth (embedded default).",
     )
+    signing_key_file: Path | None = Field(
+        None,
+        description="Ed25519 private key (PEM, PKCS8) that signs forgetting certificates; "
+        "default: home/keys/signing-ed25519.pem, made at first use. Every API replica "
+        "must share it.",
+    )
     max_upload_bytes: int = Field(200 * 1024 * 1024, gt=0, description="Upload size limit.")
     # Expansion limits: what a dataset or model may grow to once decoded, decompressed or
     # extracted, whatever its size on the wire (issue 14). Each has its own error code.
@@ -186,6 +192,8 @@ class Settings(BaseSettings):
             self.broker_url = "filesystem://"
         if not self.storage_url:
             self.storage_url = (self.home / "store").as_uri()
+        if self.signing_key_file is None:
+            self.signing_key_file = self.home / "keys" / "signing-ed25519.pem"
         # The service's own folders (registered and demo models, a local object store)
         # are always loadable; anything else must be listed.
         own = [self.home]

@@ -197,6 +197,11 @@ def get_deletion_request(request_id: str) -> Call:
     return Call("GET", f"/v1/deletion-requests/{request_id}", parse=DeletionRequest)
 
 
+def get_certificate(request_id: str) -> Call:
+    """The signed certificate (raw JSON: verify it as it came, with ``obliviate verify``)."""
+    return Call("GET", f"/v1/deletion-requests/{request_id}/certificate")
+
+
 def list_deletion_requests(*, status: list[str] | None, after: str | None, limit: int) -> Call:
     params = _params(status=status, after=after, limit=limit)
     return Call("GET", "/v1/deletion-requests", params=params, parse=DeletionRequest, page=True)

@@ -380,6 +380,10 @@ class DeletionRequests:
     def get(self, request_id: str) -> DeletionRequest:
         return self._client.call(calls.get_deletion_request(request_id))
 
+    def certificate(self, request_id: str) -> dict[str, Any]:
+        """The signed forgetting certificate of a fulfilled request (409 before)."""
+        return self._client.call(calls.get_certificate(request_id))
+
     def list(
         self, *, status: list[str] | None = None, page_size: int = 100
     ) -> Iterator[DeletionRequest]:
@@ -632,3 +636,6 @@ class AsyncDeletionRequests:
 
     async def get(self, request_id: str) -> DeletionRequest:
         return await self._client.call(calls.get_deletion_request(request_id))
+
+    async def certificate(self, request_id: str) -> dict[str, Any]:
+        return await self._client.call(calls.get_certificate(request_id))

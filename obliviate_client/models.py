@@ -15,7 +15,7 @@ JobStatus = Literal[
     "queued", "running", "pausing", "paused", "cancelling", "succeeded", "failed", "cancelled"
 ]
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
-DeletionRequestStatus = Literal["open", "in_progress", "fulfilled", "unfulfilled"]
+DeletionRequestStatus = Literal["open", "in_progress", "fulfilled", "needs_attention"]
 
 
 class ApiModel(BaseModel):
@@ -221,6 +221,7 @@ class LinkedJob(ApiModel):
     error: ErrorObject | None = None
     output_model: str | None = None
     evidence: Evidence | None = None
+    verdict: dict[str, Any] | None = None
     report_url: str | None = None
 
 
@@ -232,6 +233,9 @@ class DeletionRequest(ApiModel):
     external_ref: str | None = None
     metadata: dict[str, str]
     status: DeletionRequestStatus
+    status_reason: str | None = None
+    fulfilled_by: str | None = None
+    certificate_url: str | None = None
     job_count: int
     jobs: list[LinkedJob]
     created_at: datetime

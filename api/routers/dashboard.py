@@ -24,14 +24,13 @@ from api.schemas.deletion_requests import DeletionRequestStatus
 from api.schemas.jobs import JobStatus
 from api.services import dashboard
 from core.db.audit import AUDIT_ACTIONS
+from core.db.deletion_requests import DELETION_REQUEST_STATUSES
 from core.db.ids import ID_PATTERN
 from core.db.tables import JOB_STATUSES
 from core.errors import ObliviateError
 from core.methods import METHODS
 
 router = APIRouter(include_in_schema=False)
-
-DELETION_REQUEST_STATUSES = ("open", "in_progress", "fulfilled", "unfulfilled")
 
 
 class PageError(Exception):

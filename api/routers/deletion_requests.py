@@ -2,19 +2,23 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import HTMLResponse
 
 from api.body import JsonObject
-from api.deps import DatabaseDep, PrincipalDep, ReadDatabaseDep
+from api.dashboard.templating import render
+from api.deps import DatabaseDep, PrincipalDep, ReadDatabaseDep, SettingsDep, StoreDep
 from api.openapi import json_body, replay_response
 from api.routers.params import After, IdempotencyKey, Limit
 from api.schemas.common import ListObject
 from api.schemas.deletion_requests import (
+    CertificateDocument,
     DeletionRequestCreate,
     DeletionRequestObject,
     DeletionRequestStatus,
 )
-from api.services import deletion_requests
+from api.services import certificates, deletion_requests
+from core import certificates as signing
 
 router = APIRouter(prefix="/v1/deletion-requests", tags=["deletion requests"])
 
@@ -73,3 +77,54 @@ async def get_deletion_request(
     jobs, their state, output model and the verification evidence of their reports
     (``job_count`` counts them all; ``GET /v1/jobs`` lists every job)."""
     return await db.run(deletion_requests.get_deletion_request, deletion_request_id)
+
+
+@router.get("/{deletion_request_id}/certificate", response_model=CertificateDocument)
+async def get_certificate(
+    deletion_request_id: str,
+    db: DatabaseDep,
+    principal: PrincipalDep,
+    store: StoreDep,
+    settings: SettingsDep,
+) -> dict:
+    """The signed forgetting certificate of a fulfilled request: the request, the job
+    that fulfilled it, sha256 of the model before and after and of the data, the
+    evidence and thresholds, the verdict, and the audit entries that produced it;
+    Ed25519-signed (public key at ``/.well-known/obliviate/signing-key``). Issued the
+    first time it is asked for, the same document after that. 409
+    ``certificate_not_available`` (with the reason) until the request is fulfilled.
+    Check it offline with ``obliviate verify CERTIFICATE``."""
+    return await db.run(
+        certificates.get_certificate,
+        deletion_request_id,
+        principal=principal,
+        store=store,
+        key_path=settings.signing_key_file,
+    )
+
+
+@router.get(
+    "/{deletion_request_id}/certificate.html",
+    response_class=HTMLResponse,
+    include_in_schema=False,
+)
+async def get_certificate_page(
+    deletion_request_id: str,
+    request: Request,
+    db: DatabaseDep,
+    principal: PrincipalDep,
+    store: StoreDep,
+    settings: SettingsDep,
+) -> HTMLResponse:
+    """The certificate as a page to read or print, with its verification result."""
+    document = await db.run(
+        certificates.get_certificate,
+        deletion_request_id,
+        principal=principal,
+        store=store,
+        key_path=settings.signing_key_file,
+    )
+    check = signing.verify(
+        document, certificates.signing_key(settings.signing_key_file).public_key()
+    )
+    return render(request, "certificate.html", document=document, check=check)

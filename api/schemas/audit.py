@@ -15,6 +15,7 @@ AuditAction = Literal[
     "job.pause_requested",
     "job.resumed",
     "job.finished",
+    "certificate.issued",
 ]
 
 

@@ -15,7 +15,7 @@ from core.spec import (
     check_metadata,
 )
 
-DeletionRequestStatus = Literal["open", "in_progress", "fulfilled", "unfulfilled"]
+DeletionRequestStatus = Literal["open", "in_progress", "fulfilled", "needs_attention"]
 
 
 class DeletionRequestCreate(StrictBody):
@@ -71,6 +71,12 @@ class Evidence(BaseModel):
         return cls(**{key: summary.get(key) for key in cls.model_fields})
 
 
+class LinkedVerdict(BaseModel):
+    status: Literal["forgotten", "not_forgotten", "not_verifiable"]
+    reason: str | None = None
+    target_met: bool | None = None
+
+
 class LinkedJob(BaseModel):
     id: str
     status: JobStatus
@@ -81,6 +87,10 @@ class LinkedJob(BaseModel):
     error: ErrorObject | None
     output_model: str | None
     evidence: Evidence | None = Field(description="Null until the job's report is written.")
+    verdict: LinkedVerdict | None = Field(
+        description="The forgetting verdict of the job's published model; null until it "
+        "ends, or when it had nothing to verify against."
+    )
     report_url: str | None
 
     @classmethod
@@ -102,6 +112,7 @@ class LinkedJob(BaseModel):
             error=error,
             output_model=job.output_model,
             evidence=Evidence.from_summary(job.report_summary) if has_report else None,
+            verdict=LinkedVerdict.model_validate(job.verdict) if job.verdict else None,
             report_url=f"/v1/jobs/{job.id}/report.html" if has_report else None,
         )
 
@@ -115,8 +126,17 @@ class DeletionRequestObject(BaseModel):
     metadata: dict[str, str]
     status: DeletionRequestStatus = Field(
         description="Derived from the linked jobs: open (none), in_progress (one is queued, "
-        "running or cancelling), fulfilled (all ended, one succeeded), unfulfilled (all "
-        "ended, none succeeded)."
+        "running or cancelling), fulfilled (all ended, and one succeeded with a model its "
+        "forgetting verdict found forgotten), needs_attention (all ended, none proved "
+        "forgetting; status_reason says why)."
+    )
+    status_reason: str = Field(description="Why the request has its status, and what to do.")
+    fulfilled_by: str | None = Field(
+        description="The job whose verified model fulfils the request (when fulfilled)."
+    )
+    certificate_url: str | None = Field(
+        description="The signed forgetting certificate (when fulfilled): JSON; add .html "
+        "for a page to print. Verify it with `obliviate verify`."
     )
     job_count: int = Field(description="Every linked job; `jobs` lists the newest 100.")
     jobs: list[LinkedJob]
@@ -132,7 +152,33 @@ class DeletionRequestObject(BaseModel):
             external_ref=request.external_ref,
             metadata=request.metadata_,
             status=view.status,
+            status_reason=view.status_reason,
+            fulfilled_by=view.fulfilled_by.id if view.fulfilled_by is not None else None,
+            certificate_url=(
+                f"/v1/deletion-requests/{request.id}/certificate"
+                if view.status == "fulfilled"
+                else None
+            ),
             job_count=view.job_count,
             jobs=[LinkedJob.from_row(job) for job in view.jobs],
             created_at=request.created_at,
         )
+
+
+class CertificateSignature(BaseModel):
+    algorithm: Literal["Ed25519"]
+    key_id: str = Field(description="First 16 hex digits of sha256 of the raw public key.")
+    public_key: str = Field(description="The raw public key, base64.")
+    field_digests: dict[str, str] = Field(
+        description="sha256 of the canonical JSON of each field of `certificate`."
+    )
+    value: str = Field(
+        description="Ed25519 signature (base64) of the canonical JSON of {field_digests, key_id}."
+    )
+
+
+class CertificateDocument(BaseModel):
+    """A signed forgetting certificate (docs/certificates.md)."""
+
+    certificate: dict[str, Any]
+    signature: CertificateSignature

@@ -30,6 +30,7 @@ AUDIT_ACTIONS = (
     "job.pause_requested",
     "job.resumed",
     "job.finished",
+    "certificate.issued",
 )
 
 _INSERT = AuditEntry.__table__.insert()

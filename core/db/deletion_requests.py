@@ -6,8 +6,13 @@ so it cannot disagree with them:
 - ``open``: no job links to it;
 - ``in_progress``: a linked job is queued, running or cancelling (even when an earlier
   one succeeded: the request is not served until every job it asked for has ended);
-- ``fulfilled``: every linked job ended and at least one succeeded;
-- ``unfulfilled``: every linked job ended and none succeeded.
+- ``fulfilled``: every linked job ended and one of them succeeded with a model the
+  forgetting verdict found ``forgotten`` (``jobs.verdict``: the forget set is treated
+  like data the model never saw, utility above the floor; see
+  ``core.evaluation.verdict``). A job that merely ran to the end proves nothing;
+- ``needs_attention``: every linked job ended and none of them proved forgetting
+  (failed, cancelled, or succeeded with a verdict of ``not_forgotten`` or
+  ``not_verifiable``); ``status_reason`` says which and why.
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ from core.db.pagination import Page
 from core.db.tables import TERMINAL_STATUSES, DeletionRequest, Job, Model, Report
 from core.errors import NotFound
 
-DELETION_REQUEST_STATUSES = ("open", "in_progress", "fulfilled", "unfulfilled")
+DELETION_REQUEST_STATUSES = ("open", "in_progress", "fulfilled", "needs_attention")
+#: the verdict that fulfils a request
+FORGOTTEN = "forgotten"
 #: How many linked jobs (the newest) a request shows; ``job_count`` counts them all.
 MAX_LINKED_JOBS = 100
 
@@ -31,6 +38,9 @@ _jobs = Job.__table__
 _requests = DeletionRequest.__table__
 
 _linked = _jobs.c.deletion_request_id == _requests.c.id
+_proved_forgotten = (_jobs.c.status == "succeeded") & (
+    _jobs.c.verdict["status"].as_string() == FORGOTTEN
+)
 #: Correlated subqueries over the jobs index on deletion_request_id: one aggregate row
 #: per request (count() of no rows is 0, so a request without jobs is "open").
 _STATUS = (
@@ -38,8 +48,8 @@ _STATUS = (
         case(
             (func.count() == 0, "open"),
             (func.count(case((_jobs.c.status.not_in(TERMINAL_STATUSES), 1))) > 0, "in_progress"),
-            (func.count(case((_jobs.c.status == "succeeded", 1))) > 0, "fulfilled"),
-            else_="unfulfilled",
+            (func.count(case((_proved_forgotten, 1))) > 0, "fulfilled"),
+            else_="needs_attention",
         )
     )
     .where(_linked)
@@ -60,6 +70,7 @@ LINKED_JOB_COLUMNS = (
     _jobs.c.error_code,
     _jobs.c.error_message,
     _jobs.c.error_param,
+    _jobs.c.verdict,
     Model.name.label("output_model"),
     Report.summary.label("report_summary"),
 )
@@ -73,6 +84,52 @@ class DeletionRequestView:
     status: str
     job_count: int
     jobs: Sequence[Row] = field(default_factory=list)  # rows of LINKED_JOB_COLUMNS
+
+    @property
+    def fulfilled_by(self) -> Row | None:
+        """The newest linked job that proved forgetting (None unless ``fulfilled``)."""
+        if self.status != "fulfilled":
+            return None
+        return next((job for job in self.jobs if proved_forgotten(job)), None)
+
+    @property
+    def status_reason(self) -> str:
+        """Why the request has its status, in words a compliance officer can act on."""
+        if self.status == "open":
+            return "no job serves it yet: submit one with this deletion_request"
+        if self.status == "in_progress":
+            pending = next((j for j in self.jobs if j.status not in TERMINAL_STATUSES), None)
+            return f"job {pending.id} is {pending.status}" if pending else "a job is running"
+        if self.status == "fulfilled":
+            job = self.fulfilled_by
+            return f"job {job.id} verified that its model forgot: {job.verdict.get('reason')}"
+        return _attention_reason(self.jobs)
+
+
+def proved_forgotten(job: Row) -> bool:
+    return job.status == "succeeded" and (job.verdict or {}).get("status") == FORGOTTEN
+
+
+def _attention_reason(jobs: Sequence[Row]) -> str:
+    succeeded = next((job for job in jobs if job.status == "succeeded"), None)
+    if succeeded is not None:
+        verdict = succeeded.verdict or {}
+        if not verdict:
+            return (
+                f"job {succeeded.id} succeeded without a forgetting verdict (no evaluation "
+                "with a holdout set): nothing shows the data was forgotten; submit a job "
+                "with evaluation.holdout and a target"
+            )
+        return (
+            f"job {succeeded.id} succeeded but its verdict is {verdict.get('status')}: "
+            f"{verdict.get('reason')}. Submit another job (a larger budget, another "
+            "method, or a lower utility floor)"
+        )
+    if not jobs:
+        return "no linked job proved forgetting"
+    newest = jobs[0]
+    cause = f" ({newest.error_code}: {newest.error_message})" if newest.error_code else ""
+    return f"no linked job succeeded: the newest, {newest.id}, {newest.status}{cause}"
 
 
 def create_deletion_request(

@@ -245,6 +245,22 @@ class DeletionRequest(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class Certificate(Base):
+    """The signed forgetting certificate of a fulfilled deletion request, kept as issued
+    (``document`` is the whole signed JSON) so that every copy handed out is the same."""
+
+    __tablename__ = "certificates"
+
+    id: Mapped[str] = mapped_column(IdString, primary_key=True)
+    deletion_request_id: Mapped[str] = mapped_column(
+        IdString, ForeignKey("deletion_requests.id"), unique=True
+    )
+    job_id: Mapped[str] = mapped_column(IdString, ForeignKey("jobs.id"))
+    key_id: Mapped[str] = mapped_column(String(64))
+    issued_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    document: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
+
+
 class AuditEntry(Base):
     """Append-only: triggers (see migration 0002) make UPDATE and DELETE fail on both
     databases. Written in the transaction of the action it records

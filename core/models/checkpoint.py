@@ -37,6 +37,15 @@ def list_files(folder: Path) -> list[dict]:
     ]
 
 
+def folder_digest(files: list[dict]) -> str:
+    """One sha256 for a model folder: of the canonical JSON of its ``list_files``
+    listing (paths, sizes, sha256s), so two folders agree exactly when every file does."""
+    listing = [{"path": f["path"], "sha256": f["sha256"], "size": f["size"]} for f in files]
+    return hashlib.sha256(
+        json.dumps(listing, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
+
+
 def save_checkpoint(
     model, tokenizer, folder: Path, *, info: dict, merge_lora: bool = False
 ) -> dict:

@@ -40,6 +40,34 @@ SUMMARY = {
 }
 
 
+#: the published point's verdict as the worker stores it (core.evaluation.verdict)
+FORGOTTEN = {
+    "status": "forgotten",
+    "forgotten": True,
+    "reason": "the model no longer knows the forget answers",
+    "checks": [
+        {
+            "name": "knowledge",
+            "label": "truth ratios, forget vs holdout (KS p)",
+            "value": 0.4,
+            "threshold": 0.05,
+            "passed": True,
+            "description": "",
+            "flag": None,
+        },
+    ],
+    "target_met": True,
+    "utility_ratio": 0.97,
+}
+NOT_FORGOTTEN = {
+    **FORGOTTEN,
+    "status": "not_forgotten",
+    "forgotten": False,
+    "reason": "the model still knows the forget answers (truth-ratio p 0.001 < 0.05)",
+    "target_met": False,
+}
+
+
 def create(client, body=None, **headers):
     return client.post(
         "/v1/deletion-requests", json=body if body is not None else {"subject": "x"}, **headers
@@ -213,7 +241,9 @@ def test_status_follows_the_linked_jobs_and_shows_their_evidence(client, session
         error = {"code": "training_failed", "message": "out of memory"}
         jobs_repo.finish_job(session, failed, "failed", error)
     view = request_of(client, request_id)
-    assert view["status"] == "unfulfilled"
+    assert view["status"] == "needs_attention"
+    assert f"{failed}, failed (training_failed: out of memory)" in view["status_reason"]
+    assert view["certificate_url"] is None and view["fulfilled_by"] is None
     assert view["jobs"][0]["error"] == {**error, "param": None}
     assert view["jobs"][0]["finished_at"]
 
@@ -225,10 +255,19 @@ def test_status_follows_the_linked_jobs_and_shows_their_evidence(client, session
         artifacts.save_report(session, succeeded, "1.0", SUMMARY, report_key, None)
         model = register_model_row(session, succeeded, "s3://b/out", "job_output", succeeded)
         session.commit()
-        jobs_repo.finish_job(session, succeeded, "succeeded", output_model_id=model.id)
+        jobs_repo.finish_job(
+            session, succeeded, "succeeded", output_model_id=model.id, verdict=FORGOTTEN
+        )
 
     view = request_of(client, request_id)
     assert (view["status"], view["job_count"]) == ("fulfilled", 2)
+    assert view["fulfilled_by"] == succeeded and FORGOTTEN["reason"] in view["status_reason"]
+    assert view["certificate_url"] == f"/v1/deletion-requests/{request_id}/certificate"
+    assert view["jobs"][0]["verdict"] == {
+        "status": "forgotten",
+        "reason": FORGOTTEN["reason"],
+        "target_met": True,
+    }
     assert [job["id"] for job in view["jobs"]] == [succeeded, failed]  # newest first
     newest = view["jobs"][0]
     assert newest["status"] == "succeeded" and newest["output_model"] == succeeded
@@ -254,7 +293,7 @@ def test_status_follows_the_linked_jobs_and_shows_their_evidence(client, session
     assert listed(status="fulfilled") == [request_id]
     assert listed(status="open") == [idle_id]
     assert listed(status=["open", "fulfilled"]) == [idle_id, request_id]
-    assert listed(status=["in_progress", "unfulfilled"]) == []
+    assert listed(status=["in_progress", "needs_attention"]) == []
     page = client.get("/v1/deletion-requests", params={"status": "fulfilled"}).json()
     assert page["data"][0] == request_of(client, request_id)
 
@@ -276,3 +315,33 @@ def test_each_request_shows_its_newest_jobs_only(client, session_factory, monkey
 
 def test_status_names_match_the_repository():
     assert get_args(DeletionRequestStatus) == deletion_repo.DELETION_REQUEST_STATUSES
+
+
+def finish_succeeded(session, job_id: str, verdict: dict | None) -> None:
+    jobs_repo.claim_job(session, job_id, "w")
+    artifacts.save_report(session, job_id, "1.0", SUMMARY, f"jobs/{job_id}/report.json", None)
+    model = register_model_row(session, job_id, "s3://b/out", "job_output", job_id)
+    session.commit()
+    jobs_repo.finish_job(session, job_id, "succeeded", output_model_id=model.id, verdict=verdict)
+
+
+@pytest.mark.parametrize(
+    ("verdict", "reason"),
+    [
+        (None, "succeeded without a forgetting verdict"),
+        (NOT_FORGOTTEN, "succeeded but its verdict is not_forgotten: the model still knows"),
+    ],
+)
+def test_a_job_that_ran_to_the_end_without_proof_needs_attention(
+    client, session_factory, verdict, reason
+):
+    request_id = create(client, {"subject": "author 3"}).json()["id"]
+    with session_factory() as session:
+        job_id = make_job(session, deletion_request=request_id).id
+        finish_succeeded(session, job_id, verdict)
+    view = request_of(client, request_id)
+    assert (view["status"], view["fulfilled_by"]) == ("needs_attention", None)
+    assert f"job {job_id} {reason}" in view["status_reason"]
+    response = client.get(f"/v1/deletion-requests/{request_id}/certificate")
+    assert error_of(response) == (409, "certificate_not_available", "deletion_request_id")
+    assert "needs_attention" in response.json()["error"]["message"]

@@ -126,7 +126,9 @@ def test_job_pages_show_state_verdict_and_downloads(signed_in, session_factory):
     assert signed_in.get(f"/jobs/{job.id}/outcome").text.count("Verdict: Not forgotten") == 1
 
     served = signed_in.get(f"/deletion-requests/{request.id}").text
-    assert "fulfilled" in served and "Jane Roe" in served and "DSR-9" in served
+    # A job that ran to the end without proof of forgetting does not fulfil it.
+    assert "needs attention" in served and "Jane Roe" in served and "DSR-9" in served
+    assert "No certificate until a job has verified" in served
     assert "Verdict: Not forgotten" in served and "Certificate" in served
     assert (
         signed_in.get("/deletion-requests", params={"status": "open"}).text.count(request.id) == 0
