@@ -31,13 +31,16 @@ def _add_remote_commands() -> None:
 _add_remote_commands()
 
 
-def _add_verify_command() -> None:
+def _add_verify_commands() -> None:
+    """``verify`` (a certificate, offline) and ``audit verify`` (the log's hash chain)."""
+    from cli.audit import audit_app
     from cli.verify import verify
 
     app.command(name="verify")(verify)
+    app.add_typer(audit_app, name="audit")
 
 
-_add_verify_command()
+_add_verify_commands()
 
 
 def _fail(error) -> None:

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Query
 
 from api.deps import ReadDatabaseDep
 from api.routers.params import Cursor
-from api.schemas.audit import AuditAction, AuditEntryObject
+from api.schemas.audit import AuditAction, AuditEntryObject, ChainCheckObject
 from api.schemas.common import ListObject
 from api.services import audit
 from core.db.ids import ID_PATTERN
@@ -47,3 +47,12 @@ async def list_audit_entries(
         after=after,
         limit=limit,
     )
+
+
+@router.get("/verify", response_model=ChainCheckObject)
+async def verify_audit_chain(db: ReadDatabaseDep) -> ChainCheckObject:
+    """Recompute the audit log's hash chain from its first entry: ``valid`` false names
+    the first entry that was edited, removed or moved (``entry_id``, ``problem``), or a
+    head that no longer matches (the newest entries removed). Reads the whole log: on a
+    large one, run ``obliviate audit verify`` beside the database instead."""
+    return await db.run(audit.verify_chain)

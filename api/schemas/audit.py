@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from core.db.tables import AuditEntry
 
@@ -28,6 +28,8 @@ class AuditEntryObject(BaseModel):
     object_type: Literal["dataset", "deletion_request", "job"]
     object_id: str
     data: dict[str, Any] | None
+    prev_hash: str | None = None
+    entry_hash: str | None = None
 
     @classmethod
     def from_row(cls, entry: AuditEntry) -> AuditEntryObject:
@@ -39,4 +41,19 @@ class AuditEntryObject(BaseModel):
             object_type=entry.object_type,
             object_id=entry.object_id,
             data=entry.data,
+            prev_hash=entry.prev_hash,
+            entry_hash=entry.entry_hash,
         )
+
+
+class ChainCheckObject(BaseModel):
+    """The audit chain recomputed from the first entry to the head."""
+
+    object: Literal["audit_chain_check"] = "audit_chain_check"
+    valid: bool
+    entries: int = Field(description="Entries that verified, in id order.")
+    head_hash: str | None = Field(description="The newest entry's hash (when valid).")
+    entry_id: int | None = Field(
+        None, description="The first entry that fails (null when only the head disagrees)."
+    )
+    problem: str | None = Field(None, description="What failed: edited, removed or moved.")

@@ -3,9 +3,11 @@ record, through ``core.db.audit.add_audit_entry``)."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from sqlalchemy.orm import Session
 
-from api.schemas.audit import AuditEntryObject
+from api.schemas.audit import AuditEntryObject, ChainCheckObject
 from api.schemas.common import ListObject
 from core.db import audit as repo
 
@@ -26,3 +28,7 @@ def list_audit_entries(
     return ListObject[AuditEntryObject](
         data=data, has_more=page.has_more, last_id=data[-1].id if data else None
     )
+
+
+def verify_chain(session: Session) -> ChainCheckObject:
+    return ChainCheckObject(**asdict(repo.verify_chain(session)))

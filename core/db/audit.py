@@ -5,17 +5,32 @@ The table is append-only: triggers (migration 0002) make UPDATE and DELETE fail 
 both databases. Entries hold ids, statuses and digests, never the text of a request
 (a deletion request's subject is itself personal data, and this log keeps everything
 forever).
+
+Triggers stop mistakes, not whoever can drop them, so the log is also a **hash chain**
+(migration 0005): each entry stores the previous entry's hash and its own,
+``entry_hash = sha256(prev_hash + "\n" + canonical JSON of {at, principal, action,
+object_type, object_id, data})``, and the single row of ``audit_head`` holds the count
+and the newest hash. Appending updates that row first, which takes its lock (a row lock
+on Postgres, the write lock on SQLite) until the transaction commits: appends are
+serialised, so the chain's order is the ids' order. ``verify_chain`` recomputes it and
+names the first entry that was edited, removed or moved; removing the newest entries
+shows as a head that no longer matches.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.db.pagination import Page, paginate
-from core.db.tables import AuditEntry
+from core.db.tables import AuditEntry, AuditHead
+from core.db.types import utcnow
 
 #: The principal of writes the worker makes (the API's are ``anonymous`` or
 #: ``key:<digest>``, see ``api.auth``).
@@ -34,6 +49,32 @@ AUDIT_ACTIONS = (
 )
 
 _INSERT = AuditEntry.__table__.insert()
+_HEAD = AuditHead.__table__
+#: the previous hash of the first entry
+GENESIS = "0" * 64
+HEAD_ID = 1
+
+
+def entry_hash(
+    prev_hash: str,
+    *,
+    at: datetime,
+    principal: str,
+    action: str,
+    object_type: str,
+    object_id: str,
+    data: dict[str, Any] | None,
+) -> str:
+    content = {
+        "at": at.isoformat(),
+        "principal": principal,
+        "action": action,
+        "object_type": object_type,
+        "object_id": object_id,
+        "data": data,
+    }
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(f"{prev_hash}\n{canonical}".encode()).hexdigest()
 
 
 def add_audit_entry(
@@ -45,19 +86,101 @@ def add_audit_entry(
     object_id: str,
     data: dict[str, Any] | None = None,
 ) -> None:
-    """Append one entry (not committed); ``at`` is the database's clock."""
+    """Append one entry to the chain (not committed); ``at`` is this process's UTC
+    clock, to the microsecond (it is hashed, so it must be known before the insert)."""
     if action not in AUDIT_ACTIONS:
         raise ValueError(f"audit action must be one of {AUDIT_ACTIONS}, got {action!r}")
-    session.connection().execute(
-        _INSERT,
-        {
-            "principal": principal,
-            "action": action,
-            "object_type": object_type,
-            "object_id": object_id,
-            "data": data,
-        },
+    connection = session.connection()
+    # Lock the head first: from here to commit no other append can interleave.
+    head = connection.execute(
+        _HEAD.update()
+        .where(_HEAD.c.id == HEAD_ID)
+        .values(entries=_HEAD.c.entries + 1)
+        .returning(_HEAD.c.head_hash)
+    ).first()
+    if head is None:  # an emptied log (tests truncate it): start a new chain
+        connection.execute(_HEAD.insert().values(id=HEAD_ID, entries=1, head_hash=GENESIS))
+    prev_hash = head.head_hash if head is not None else GENESIS
+    fields = {
+        "at": utcnow(),
+        "principal": principal,
+        "action": action,
+        "object_type": object_type,
+        "object_id": object_id,
+        "data": data,
+    }
+    digest = entry_hash(prev_hash, **fields)
+    connection.execute(_INSERT, {**fields, "prev_hash": prev_hash, "entry_hash": digest})
+    connection.execute(_HEAD.update().where(_HEAD.c.id == HEAD_ID).values(head_hash=digest))
+
+
+@dataclass
+class ChainCheck:
+    """``valid`` when every entry's hash recomputes and links to the one before, and
+    the head names the newest. Otherwise ``entry_id`` (the first entry that fails, or
+    None when only the head disagrees) and ``problem`` say what."""
+
+    valid: bool
+    entries: int
+    head_hash: str | None
+    entry_id: int | None = None
+    problem: str | None = None
+
+
+def verify_chain(session: Session, *, batch: int = 10_000) -> ChainCheck:
+    """Recompute the chain up to the head as it is now (read first, so that entries
+    appended meanwhile, which come after it in id order, are not part of this check),
+    holding no more than ``batch`` entries at a time."""
+    head = session.execute(select(_HEAD.c.entries, _HEAD.c.head_hash)).first()
+    head_entries, head_hash = (head.entries, head.head_hash) if head else (0, GENESIS)
+    prev_hash, count, last_id = GENESIS, 0, None
+    columns = (
+        AuditEntry.id,
+        AuditEntry.at,
+        AuditEntry.principal,
+        AuditEntry.action,
+        AuditEntry.object_type,
+        AuditEntry.object_id,
+        AuditEntry.data,
+        AuditEntry.prev_hash,
+        AuditEntry.entry_hash,
     )
+    while count < head_entries:
+        statement = (
+            select(*columns).order_by(AuditEntry.id).limit(min(batch, head_entries - count))
+        )
+        if last_id is not None:
+            statement = statement.where(AuditEntry.id > last_id)
+        rows = session.execute(statement).all()
+        if not rows:
+            break
+        for row in rows:
+            if row.prev_hash != prev_hash:
+                problem = (
+                    "an entry before it was removed or the entries were reordered: its "
+                    "previous hash is not the hash of the entry before it"
+                )
+                return ChainCheck(False, count, None, row.id, problem)
+            expected = entry_hash(
+                prev_hash,
+                at=row.at,
+                principal=row.principal,
+                action=row.action,
+                object_type=row.object_type,
+                object_id=row.object_id,
+                data=row.data,
+            )
+            if row.entry_hash != expected:
+                problem = "its content was changed after it was written"
+                return ChainCheck(False, count, None, row.id, problem)
+            prev_hash, count, last_id = row.entry_hash, count + 1, row.id
+    if (head_entries, head_hash) != (count, prev_hash):
+        problem = (
+            f"the head records {head_entries} entries ending in {head_hash[:12]}..., the log "
+            f"holds {count} ending in {prev_hash[:12]}...: the newest entries were removed"
+        )
+        return ChainCheck(False, count, None, None, problem)
+    return ChainCheck(True, count, prev_hash)
 
 
 def list_audit_entries(

@@ -269,10 +269,24 @@ class AuditEntry(Base):
     __tablename__ = "audit_log"
 
     id: Mapped[int] = mapped_column(BigSerial, primary_key=True, autoincrement=True)
-    # The database's clock (CURRENT_TIMESTAMP, whole seconds, on SQLite).
+    # The writer's UTC clock (it is hashed, so known before the insert); the default,
+    # the database's clock, is for rows written before the hash chain.
     at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
     principal: Mapped[str] = mapped_column(String(64), index=True)
     action: Mapped[str] = mapped_column(String(64))
     object_type: Mapped[str] = mapped_column(String(32))
     object_id: Mapped[str] = mapped_column(IdString, index=True)
     data: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc)
+    #: the hash chain (``core.db.audit``); null only on entries written before it
+    prev_hash: Mapped[str | None] = mapped_column(String(64))
+    entry_hash: Mapped[str | None] = mapped_column(String(64))
+
+
+class AuditHead(Base):
+    """One row: how many entries the audit chain holds and the newest one's hash."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    entries: Mapped[int] = mapped_column(BigInteger)
+    head_hash: Mapped[str] = mapped_column(String(64))
