@@ -250,6 +250,8 @@ class AuditEntry(ApiModel):
     object_type: str
     object_id: str
     data: dict[str, Any] | None = None
+    prev_hash: str | None = None
+    entry_hash: str | None = None
 
 
 class Page(ApiModel, Generic[T]):
