@@ -143,10 +143,11 @@ class EvaluationSpec(StrictModel):
     verbmem_max_new_tokens: int = Field(
         128, ge=1, le=4096, description="Continuation length scored by VerbMem."
     )
-    store_generations: bool = Field(
-        True,
+    store_generations: bool | None = Field(
+        None,
         description="Keep the generated answers in the per-sample results (report.json); "
-        "they may reproduce the very data being forgotten.",
+        "they may reproduce the very data being forgotten. Default: true, but false for a "
+        "job that serves a deletion request (its report keeps figures, not the text).",
     )
 
 
@@ -313,6 +314,10 @@ class JobSpec(StrictModel):
         """Check everything that can be checked without loading data or models."""
         self._check_kind()
         self.method_hyperparameters()
+        if self.evaluation.store_generations is None:
+            # Data minimisation: a deletion request's report must not copy the very
+            # text it was filed to remove.
+            self.evaluation.store_generations = self.deletion_request is None
         return self
 
     def _check_kind(self) -> None:

@@ -146,9 +146,7 @@ def verify_chain(session: Session, *, batch: int = 10_000) -> ChainCheck:
         AuditEntry.entry_hash,
     )
     while count < head_entries:
-        statement = (
-            select(*columns).order_by(AuditEntry.id).limit(min(batch, head_entries - count))
-        )
+        statement = select(*columns).order_by(AuditEntry.id).limit(min(batch, head_entries - count))
         if last_id is not None:
             statement = statement.where(AuditEntry.id > last_id)
         rows = session.execute(statement).all()

@@ -110,6 +110,4 @@ def test_the_signing_key_is_made_once_readable_by_its_owner_only(tmp_path):
     first = certificates.load_or_create_private_key(path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     again = certificates.load_or_create_private_key(path)
-    assert certificates.key_id_of(first.public_key()) == certificates.key_id_of(
-        again.public_key()
-    )
+    assert certificates.key_id_of(first.public_key()) == certificates.key_id_of(again.public_key())
