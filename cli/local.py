@@ -125,3 +125,66 @@ def resolve_job_inputs(spec: JobSpec, settings: Settings, base: Path) -> JobInpu
 def spec_data_param(spec) -> str:
     """The field that names the set a job trains on."""
     return "forget" if spec.kind == "unlearn" else "train"
+
+
+def run_unlearn(spec_file: Path, out: Path, *, show_progress: bool = True):
+    """Run the job of ``spec_file`` in this process, with a progress bar (and
+    ``out/metrics.jsonl``) when ``show_progress``. Returns the ``JobOutcome``."""
+    import yaml
+
+    from cli.progress import CliReporter, make_progress
+    from core.pipeline import NullReporter, run_job
+    from core.settings import get_settings
+    from core.spec import parse_job_spec
+
+    settings = get_settings()
+    raw = yaml.safe_load(spec_file.read_text())
+    spec = parse_job_spec(raw if isinstance(raw, dict) else {})
+    inputs = resolve_job_inputs(spec, settings, spec_file.parent.resolve())
+    if not show_progress:
+        return run_job(spec, inputs, out, reporter=NullReporter(), settings=settings)
+    with make_progress() as progress:
+        reporter = CliReporter(progress, out)
+        try:
+            return run_job(spec, inputs, out, reporter=reporter, settings=settings)
+        finally:
+            reporter.close()
+
+
+def run_unlearn_processes(spec_file: Path, out: Path, num_processes: int):
+    """Run the job of ``spec_file`` in ``num_processes`` data-parallel processes on this
+    machine (gloo on CPU, nccl on GPUs, one GPU per process). Rank 0 shows progress,
+    evaluates and saves; its ``JobOutcome`` is returned. A rank that dies fails the
+    run with ``rank_failed``."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    from core.errors import ObliviateError
+    from core.training import distributed
+
+    try:
+        results = distributed.launch(num_processes, _unlearn_rank, spec_file, out)
+    except ChildFailedError as error:
+        rank, failure = next(iter(sorted(error.failures.items())))
+        raise ObliviateError(
+            f"process {rank} of {num_processes} failed (exit code {failure.exitcode}): "
+            f"{failure.message or 'see its output above'}",
+            code="rank_failed",
+        ) from None
+    kind, value = results[0]
+    if kind == "error":
+        raise ObliviateError(value["message"], param=value["param"], code=value["code"])
+    return value
+
+
+def _unlearn_rank(spec_file: Path, out: Path):
+    """One rank of :func:`run_unlearn_processes`: ``("outcome", JobOutcome)`` on rank 0,
+    or ``("error", {...})`` when the job failed with an error the user can act on."""
+    from core.errors import ObliviateError
+    from core.training import distributed
+
+    distributed.init_process_group()
+    try:
+        outcome = run_unlearn(spec_file, out, show_progress=distributed.is_main())
+    except ObliviateError as error:
+        return "error", error.to_dict()
+    return "outcome", outcome if distributed.is_main() else None

@@ -230,3 +230,110 @@ def test_shard_block_pads_short_shares_with_zero_weight_copies():
     assert distributed.shard_block([5, 6, 7], 1, 2) == ([6, 5], [True, False])
     assert distributed.shard_block([5], 3, 4) == ([5], [False])
     assert distributed.shard_block([5, 6], 0, 1) == ([5, 6], [True, True])
+
+
+@pytest.fixture
+def home(tmp_path, tiny_demo, monkeypatch):
+    import shutil
+
+    from core.settings import get_settings
+
+    home = tmp_path / "home"
+    shutil.copytree(tiny_demo.root, home / "demo" / "tiny")
+    monkeypatch.setenv("OBLIVIATE_HOME", str(home))
+    monkeypatch.setenv("OBLIVIATE_DEMO_PRESET", "tiny")
+    get_settings.cache_clear()
+    yield home
+    get_settings.cache_clear()
+
+
+def _cli_unlearn(tmp_path, name, batch, *options):
+    import json
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    spec = {
+        "model": "demo-target",
+        "forget": "ds_demo_forget10",
+        "retain": "ds_demo_retain90",
+        "method": "graddiff",
+        "hyperparameters": {
+            "learning_rate": 1e-3,
+            "epochs": 1,
+            "batch_size": batch,
+            "gradient_accumulation_steps": 1,
+            "precision": "fp32",
+        },
+        "evaluation": {"holdout": "ds_demo_holdout", "max_samples": 8, "max_new_tokens": 4},
+        "target": {"max_epochs": 1},
+    }
+    (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(spec))
+    out = tmp_path / name
+    result = CliRunner().invoke(
+        app, ["unlearn", str(tmp_path / f"{name}.yaml"), "-o", str(out), *options]
+    )
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return out, rows
+
+
+@pytest.mark.slow
+def test_cli_num_processes_gives_the_one_process_result(home, tmp_path):
+    """``obliviate unlearn --num-processes 2``: two gloo processes, rank 0 alone evaluates,
+    reports and saves; the same losses and weights as one process at batch 8."""
+    from safetensors.torch import load_file
+
+    one_out, one_rows = _cli_unlearn(tmp_path, "one", 8)
+    two_out, two_rows = _cli_unlearn(tmp_path, "two", 4, "--num-processes", "2")
+    one_steps = [r for r in one_rows if r.get("type") != "evaluation"]
+    two_steps = [r for r in two_rows if r.get("type") != "evaluation"]
+    assert len(two_steps) == len(one_steps) == 2  # 16 forget examples, blocks of 8
+    for a, b in zip(one_steps, two_steps):
+        assert b["values"]["loss"] == pytest.approx(a["values"]["loss"], rel=1e-4)
+        assert b["values"]["tokens"] == a["values"]["tokens"]
+    # one evaluation point, written once (rank 0)
+    assert [r["step"] for r in two_rows if r.get("type") == "evaluation"] == [2]
+    assert (two_out / "report" / "report.json").exists()
+    one_weights = load_file(one_out / "checkpoint" / "model.safetensors")
+    two_weights = load_file(two_out / "checkpoint" / "model.safetensors")
+    for key, value in one_weights.items():
+        torch.testing.assert_close(two_weights[key], value, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("strategy", ["fsdp", "deepspeed"])
+def test_sharded_strategies_are_refused_naming_the_field(strategy):
+    from core.errors import InvalidRequest
+    from core.spec import parse_job_spec
+
+    with pytest.raises(InvalidRequest) as error:
+        parse_job_spec(
+            {
+                "model": "m",
+                "forget": "f",
+                "retain": "r",
+                "resources": {"gpus": 2, "strategy": strategy},
+            }
+        )
+    assert error.value.code == "unsupported_strategy"
+    assert error.value.param == "resources.strategy"
+    spec = parse_job_spec({"model": "m", "forget": "f", "retain": "r", "resources": {"gpus": 2}})
+    assert spec.resources.strategy == "ddp"
+
+
+def _exit_on_rank_1():
+    distributed.init_process_group()
+    if distributed.rank() == 1:
+        os._exit(3)
+    return distributed.rank()
+
+
+def test_launch_returns_every_rank_and_a_dead_rank_fails_the_run():
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    assert distributed.launch(2, distributed.world_size) == {0: 2, 1: 2}
+    with pytest.raises(ChildFailedError) as error:
+        distributed.launch(2, _exit_on_rank_1)
+    assert 1 in error.value.failures
