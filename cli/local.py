@@ -156,35 +156,15 @@ def run_unlearn_processes(spec_file: Path, out: Path, num_processes: int):
     machine (gloo on CPU, nccl on GPUs, one GPU per process). Rank 0 shows progress,
     evaluates and saves; its ``JobOutcome`` is returned. A rank that dies fails the
     run with ``rank_failed``."""
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-
-    from core.errors import ObliviateError
     from core.training import distributed
 
-    try:
-        results = distributed.launch(num_processes, _unlearn_rank, spec_file, out)
-    except ChildFailedError as error:
-        rank, failure = next(iter(sorted(error.failures.items())))
-        raise ObliviateError(
-            f"process {rank} of {num_processes} failed (exit code {failure.exitcode}): "
-            f"{failure.message or 'see its output above'}",
-            code="rank_failed",
-        ) from None
-    kind, value = results[0]
-    if kind == "error":
-        raise ObliviateError(value["message"], param=value["param"], code=value["code"])
-    return value
+    return distributed.run_in_processes(num_processes, _unlearn_rank, spec_file, out, workdir=out)
 
 
 def _unlearn_rank(spec_file: Path, out: Path):
-    """One rank of :func:`run_unlearn_processes`: ``("outcome", JobOutcome)`` on rank 0,
-    or ``("error", {...})`` when the job failed with an error the user can act on."""
-    from core.errors import ObliviateError
+    """One rank of :func:`run_unlearn_processes`: the ``JobOutcome`` on rank 0."""
     from core.training import distributed
 
-    distributed.init_process_group()
-    try:
-        outcome = run_unlearn(spec_file, out, show_progress=distributed.is_main())
-    except ObliviateError as error:
-        return "error", error.to_dict()
-    return "outcome", outcome if distributed.is_main() else None
+    main = distributed.is_main()
+    outcome = run_unlearn(spec_file, out, show_progress=main)
+    return outcome if main else None

@@ -15,8 +15,9 @@ single process computes for the same block. What this module adds:
 - **rank 0 decides**: cancellation, pausing and the evaluation points' stop decision
   are asked on rank 0 only and broadcast (:func:`rank0_decides`); a non-finite loss on
   any rank stops all of them with the same error (:func:`ranks_where`);
-- **launching**: :func:`launch` starts N processes on this machine through torch's
-  elastic launcher (a loopback rendezvous on a free port), gloo on CPU, nccl on GPU.
+- **launching**: :func:`run_in_processes` starts N processes on this machine through
+  torch's elastic launcher (a loopback rendezvous on a free port), gloo on CPU, nccl
+  on GPU, and turns rank 0's error, or a dead rank, into the job's error.
 
 Only rank 0 evaluates, saves checkpoints and writes reports; ``core.pipeline`` asks
 :func:`is_main`.
@@ -28,6 +29,7 @@ import os
 import socket
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 #: DDP waits this long in a collective before failing. Rank 0 evaluates at evaluation
@@ -172,8 +174,8 @@ def launch(num_processes: int, entrypoint: Callable, *args) -> dict[int, Any]:
     each rank's return value. torch's elastic launcher (what ``torchrun`` runs) sets
     RANK, WORLD_SIZE, LOCAL_RANK and MASTER_ADDR/PORT; the rendezvous listens on the
     loopback interface, on a free port. ``entrypoint`` must be a module-level function
-    (the processes are spawned) that calls :func:`init_process_group`. A rank that
-    fails or dies stops the others and raises ``ChildFailedError``.
+    (the processes are spawned). A rank that fails or dies makes the launcher stop the
+    others and raise ``ChildFailedError``.
     """
     import uuid
 
@@ -192,3 +194,80 @@ def launch(num_processes: int, entrypoint: Callable, *args) -> dict[int, Any]:
         start_method="spawn",
     )
     return elastic_launch(config, entrypoint)(*args)
+
+
+def run_in_processes(num_processes: int, entrypoint: Callable, *args, workdir: Path) -> Any:
+    """``entrypoint(*args)`` in ``num_processes`` ranks (:func:`launch`); returns rank 0's
+    value, or raises what rank 0 raised.
+
+    A rank that stops with an error must not leave the others waiting in a collective
+    (up to :data:`PROCESS_GROUP_TIMEOUT`): any rank that raises fails its process, which
+    makes the launcher stop the rest. Rank 0's error (a cancel, a pause, a non-finite
+    loss, bad data) is kept in a file under ``workdir`` and raised here as the job's
+    error; when rank 0 has none (another rank crashed or was killed), the run fails
+    with ``rank_failed``.
+    """
+    import pickle
+    import uuid
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    from core.errors import ObliviateError
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    error_file = workdir / f".rank0-error-{uuid.uuid4().hex}.pickle"
+    try:
+        return launch(num_processes, _rank_entry, str(error_file), entrypoint, *args)[0]
+    except ChildFailedError as failure:
+        if error_file.exists():
+            raise _restore_error(pickle.loads(error_file.read_bytes())) from None
+        # The first to fail: the others often fail after it, their peer gone.
+        rank, first = min(failure.failures.items(), key=lambda item: item[1].timestamp)
+        raise ObliviateError(
+            f"process {rank} of {num_processes} failed (exit code {first.exitcode}): "
+            f"{first.message or 'see the worker log'}",
+            code="rank_failed",
+        ) from None
+    finally:
+        error_file.unlink(missing_ok=True)
+
+
+def _rank_entry(error_file: str, entrypoint: Callable, *args) -> Any:
+    import pickle
+
+    from core.errors import ObliviateError
+
+    init_process_group()
+    try:
+        return entrypoint(*args)
+    except ObliviateError as error:
+        # The job's own errors; a crash (or a peer gone) fails the run as rank_failed.
+        if is_main():
+            Path(error_file).write_bytes(pickle.dumps(_describe_error(error)))
+        raise
+
+
+def _describe_error(error) -> dict:
+    """What rank 0's error becomes in the launching process (errors keep their code,
+    message and field; a pause its step)."""
+    from core.errors import Cancelled, Paused
+
+    if isinstance(error, Paused):
+        step = error.state.step if error.state is not None else 0
+        return {"kind": "paused", "message": error.message, "step": step}
+    if isinstance(error, Cancelled):
+        return {"kind": "cancelled", "message": error.message}
+    return {"kind": "error", **error.to_dict()}
+
+
+def _restore_error(described: dict) -> BaseException:
+    from types import SimpleNamespace
+
+    from core.errors import Cancelled, ObliviateError, Paused
+
+    kind = described["kind"]
+    if kind == "paused":
+        return Paused(described["message"], state=SimpleNamespace(step=described["step"]))
+    if kind == "cancelled":
+        return Cancelled(described["message"])
+    return ObliviateError(described["message"], param=described["param"], code=described["code"])

@@ -324,16 +324,28 @@ def test_sharded_strategies_are_refused_naming_the_field(strategy):
 
 
 def _exit_on_rank_1():
-    distributed.init_process_group()
     if distributed.rank() == 1:
         os._exit(3)
+    torch.distributed.barrier()  # would wait forever for rank 1
+
+
+def _fail_on_rank_0():
+    from core.errors import InvalidRequest
+
+    if distributed.rank() == 0:
+        raise InvalidRequest("forget.jsonl:3: no answer", param="forget", code="invalid_data")
+    torch.distributed.barrier()  # would wait forever for rank 0
     return distributed.rank()
 
 
-def test_launch_returns_every_rank_and_a_dead_rank_fails_the_run():
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+def test_a_dead_rank_or_rank_0_error_stops_every_rank(tmp_path):
+    from core.errors import ObliviateError
 
     assert distributed.launch(2, distributed.world_size) == {0: 2, 1: 2}
-    with pytest.raises(ChildFailedError) as error:
-        distributed.launch(2, _exit_on_rank_1)
-    assert 1 in error.value.failures
+    with pytest.raises(ObliviateError) as error:
+        distributed.run_in_processes(2, _exit_on_rank_1, workdir=tmp_path)
+    assert error.value.code == "rank_failed" and "process 1 of 2" in error.value.message, error.value
+    with pytest.raises(ObliviateError) as error:
+        distributed.run_in_processes(2, _fail_on_rank_0, workdir=tmp_path)
+    assert (error.value.code, error.value.param) == ("invalid_data", "forget")
+    assert list(tmp_path.iterdir()) == []
