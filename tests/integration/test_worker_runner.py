@@ -335,3 +335,46 @@ def test_a_cancel_is_seen_at_the_next_phase(session_factory, running_job):
     phases.event("evaluation", "evaluated the after model in 1.0s")  # not a phase change
     with pytest.raises(Cancelled):
         phases.event("phase", "relearning attack")
+
+
+# ------------------------------------------------------------------ several processes
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_two_gpu_job_runs_in_two_processes_and_rank_0_publishes(
+    worker_settings, session_factory, store
+):
+    """resources.gpus 2 on CPU: two gloo ranks; rank 0 alone reports each step and
+    publishes one checkpoint; the losses are the one-process ones."""
+    body = {
+        "model": "demo-target",
+        "forget": FORGET,
+        "method": "ga",
+        "hyperparameters": {
+            "epochs": 1,
+            "batch_size": 4,
+            "gradient_accumulation_steps": 1,
+            "learning_rate": 1e-3,
+            "precision": "fp32",
+        },
+        "evaluation": {"enabled": False},
+        "target": None,
+    }
+    job_ids = []
+    for gpus, batch in ((1, 8), (2, 4)):
+        spec = {**body, "resources": {"gpus": gpus}}
+        spec["hyperparameters"] = {**body["hyperparameters"], "batch_size": batch}
+        with session_factory() as session:
+            job_ids.append(jobs.create_job(session, parse_job_spec(spec), FORGET).id)
+            session.commit()
+    runner = JobRunner(worker_settings, session_factory, store)
+    assert [runner.run(job_id) for job_id in job_ids] == ["succeeded", "succeeded"]
+    losses = []
+    with session_factory() as session:
+        for job_id in job_ids:
+            [checkpoint] = list_checkpoints(session, job_id)
+            assert stored_files_match(store, checkpoint)
+            metrics = jobs.list_metrics(session, job_id).items
+            assert [m.step for m in metrics] == [1]  # 8 records, blocks of 8; reported once
+            losses.append(metrics[0].values["loss"])
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
