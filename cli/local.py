@@ -127,22 +127,28 @@ def spec_data_param(spec) -> str:
     return "forget" if spec.kind == "unlearn" else "train"
 
 
-def run_unlearn(spec_file: Path, out: Path, *, show_progress: bool = True):
-    """Run the job of ``spec_file`` in this process, with a progress bar (and
-    ``out/metrics.jsonl``) when ``show_progress``. Returns the ``JobOutcome``."""
+def run_unlearn(spec_file: Path, out: Path):
+    """Run the job of ``spec_file`` in this process and return its ``JobOutcome``.
+
+    In one rank of several (``--num-processes``, or torchrun / accelerate launch across
+    machines) only rank 0 shows progress, writes ``out/metrics.jsonl`` and returns the
+    outcome; the other ranks train and return None.
+    """
     import yaml
 
     from cli.progress import CliReporter, make_progress
     from core.pipeline import NullReporter, run_job
     from core.settings import get_settings
     from core.spec import parse_job_spec
+    from core.training import distributed
 
     settings = get_settings()
     raw = yaml.safe_load(spec_file.read_text())
     spec = parse_job_spec(raw if isinstance(raw, dict) else {})
     inputs = resolve_job_inputs(spec, settings, spec_file.parent.resolve())
-    if not show_progress:
-        return run_job(spec, inputs, out, reporter=NullReporter(), settings=settings)
+    if not distributed.is_main():
+        run_job(spec, inputs, out, reporter=NullReporter(), settings=settings)
+        return None
     with make_progress() as progress:
         reporter = CliReporter(progress, out)
         try:
@@ -163,8 +169,4 @@ def run_unlearn_processes(spec_file: Path, out: Path, num_processes: int):
 
 def _unlearn_rank(spec_file: Path, out: Path):
     """One rank of :func:`run_unlearn_processes`: the ``JobOutcome`` on rank 0."""
-    from core.training import distributed
-
-    main = distributed.is_main()
-    outcome = run_unlearn(spec_file, out, show_progress=main)
-    return outcome if main else None
+    return run_unlearn(spec_file, out)

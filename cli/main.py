@@ -147,6 +147,8 @@ def unlearn(
             outcome = run_unlearn(spec_file, out)
     except ObliviateError as error:
         _fail(error)
+    if outcome is None:  # not rank 0 of a torchrun / accelerate launch: rank 0 reports
+        return
     (out / "manifest.json").write_text(json.dumps(outcome.manifest, indent=2))
     console.print(
         f"checkpoint: [bold]{outcome.checkpoint_dir}[/] ({outcome.steps} steps, "
