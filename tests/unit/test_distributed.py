@@ -344,7 +344,9 @@ def test_a_dead_rank_or_rank_0_error_stops_every_rank(tmp_path):
     assert distributed.launch(2, distributed.world_size) == {0: 2, 1: 2}
     with pytest.raises(ObliviateError) as error:
         distributed.run_in_processes(2, _exit_on_rank_1, workdir=tmp_path)
-    assert error.value.code == "rank_failed" and "process 1 of 2" in error.value.message, error.value
+    assert error.value.code == "rank_failed" and "process 1 of 2" in error.value.message, (
+        error.value
+    )
     with pytest.raises(ObliviateError) as error:
         distributed.run_in_processes(2, _fail_on_rank_0, workdir=tmp_path)
     assert (error.value.code, error.value.param) == ("invalid_data", "forget")
