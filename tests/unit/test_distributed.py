@@ -82,6 +82,16 @@ def _scenarios() -> list[tuple[str, str, bool, dict]]:
     # the KL retain term: a frozen copy (full) or the base with adapters off (LoRA)
     for lora in (False, True):
         runs.append((f"npo-kl-{'lora' if lora else 'full'}", "npo", lora, {"retain_loss": "kl"}))
+    # gradient checkpointing under DDP (LoRA needs its input-grad hook there)
+    for lora in (False, True):
+        runs.append(
+            (
+                f"simnpo-checkpointing-{'lora' if lora else 'full'}",
+                "simnpo",
+                lora,
+                {"gradient_checkpointing": True},
+            )
+        )
     return runs
 
 
