@@ -378,3 +378,36 @@ def test_a_two_gpu_job_runs_in_two_processes_and_rank_0_publishes(
             assert [m.step for m in metrics] == [1]  # 8 records, blocks of 8; reported once
             losses.append(metrics[0].values["loss"])
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_cancel_stops_every_rank_of_a_two_gpu_job(worker_settings, session_factory, store):
+    """Rank 0 reads the cancel and broadcasts it: both ranks stop at the same step, the
+    job ends cancelled and nothing is published."""
+    body = {
+        "model": "demo-target",
+        "forget": LONG_FORGET,
+        "method": "ga",
+        "hyperparameters": {
+            "epochs": 1000,
+            "batch_size": 1,
+            "gradient_accumulation_steps": 1,
+            "learning_rate": 1e-3,
+            "precision": "fp32",
+        },
+        "evaluation": {"enabled": False},
+        "target": None,
+        "resources": {"gpus": 2},
+    }
+    with session_factory() as session:
+        job_id = jobs.create_job(session, parse_job_spec(body), LONG_FORGET).id
+        session.commit()
+    thread = start_training(
+        JobRunner(worker_settings, session_factory, store), session_factory, job_id
+    )
+    with session_factory() as session:
+        jobs.request_cancel(session, job_id)
+        session.commit()
+    assert thread.result_within(120) == "cancelled"
+    with session_factory() as session:
+        assert list_checkpoints(session, job_id) == []
