@@ -135,7 +135,17 @@ def run_job(
     names)."""
     reporter = reporter or NullReporter()
     if spec.kind == "finetune":
+        from core.errors import InvalidRequest
         from core.pipeline_finetune import run_finetune_job
+        from core.training import distributed
+
+        if distributed.world_size() > 1:
+            raise InvalidRequest(
+                "a fine-tuning job runs in one process; launch it without torchrun or "
+                "--num-processes",
+                param="resources.gpus",
+                code="unsupported_strategy",
+            )
 
         return run_finetune_job(
             spec,
