@@ -670,11 +670,11 @@ def _micro_step(
     # the backward pass's all-reduce).
     bad_ranks = distributed.ranks_where(not bool(torch.isfinite(loss)), world)
     if bad_ranks:
+        shown = f" ({float(loss.detach())})" if not torch.isfinite(loss) else ""
         where = f" on rank {', '.join(map(str, bad_ranks))}" if world > 1 else ""
-        value = float(loss.detach()) if not torch.isfinite(loss) or world == 1 else "nan/inf"
         raise NonFiniteLoss(
             non_finite_message(
-                f"non-finite loss ({value}){where}",
+                f"non-finite loss{shown}{where}",
                 hparams,
                 method.name,
                 accelerator.mixed_precision,
