@@ -11,6 +11,7 @@ import time
 from datetime import timedelta
 
 import pytest
+import torch
 from sqlalchemy import select, text
 
 from core.bootstrap import demo_folder, install_demo
@@ -339,8 +340,15 @@ def test_a_cancel_is_seen_at_the_next_phase(session_factory, running_job):
 
 # ------------------------------------------------------------------ several processes
 
+#: Two ranks need two devices: gloo CPU processes, or two GPUs under nccl.
+two_devices = pytest.mark.skipif(
+    torch.cuda.is_available() and torch.cuda.device_count() < 2,
+    reason="two ranks on one GPU: nccl needs a GPU per process",
+)
+
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@two_devices
 def test_a_two_gpu_job_runs_in_two_processes_and_rank_0_publishes(
     worker_settings, session_factory, store
 ):
@@ -381,6 +389,7 @@ def test_a_two_gpu_job_runs_in_two_processes_and_rank_0_publishes(
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@two_devices
 def test_a_cancel_stops_every_rank_of_a_two_gpu_job(worker_settings, session_factory, store):
     """Rank 0 reads the cancel and broadcasts it: both ranks stop at the same step, the
     job ends cancelled and nothing is published."""

@@ -27,6 +27,12 @@ from core.training import distributed
 from core.training.loop import Callbacks, run_training
 from core.training.state import trainable_weights
 
+#: Two ranks need two devices: gloo CPU processes, or two GPUs under nccl.
+two_devices = pytest.mark.skipif(
+    torch.cuda.is_available() and torch.cuda.device_count() < 2,
+    reason="two ranks on one GPU: nccl needs a GPU per process",
+)
+
 #: 9 forget examples with blocks of 8: the second block has one example, so under two
 #: processes rank 1 trains on a zero-weight padding copy there.
 N_FORGET = 9
@@ -204,6 +210,7 @@ def two_processes(tmp_path_factory):
 
 @pytest.mark.parametrize("batch,accumulation", TWO_PROCESSES)
 @pytest.mark.parametrize("name,method,lora,overrides", _scenarios())
+@two_devices
 def test_two_processes_train_as_one(
     two_processes, name, method, lora, overrides, batch, accumulation
 ):
@@ -222,6 +229,7 @@ def test_two_processes_train_as_one(
     torch.testing.assert_close(rank0["weights"], one["weights"], rtol=1e-4, atol=1e-4)
 
 
+@two_devices
 def test_a_nan_on_one_rank_stops_every_rank(two_processes):
     for results in two_processes:
         code, message = results["nan"]
@@ -229,6 +237,7 @@ def test_a_nan_on_one_rank_stops_every_rank(two_processes):
         assert "on rank 1" in message
 
 
+@two_devices
 def test_rank_0_decides_at_evaluation_points_and_only_it_evaluates(two_processes):
     (steps0, calls0), (steps1, calls1) = (results["stop"] for results in two_processes)
     assert steps0 == steps1 == 2
@@ -290,6 +299,7 @@ def _cli_unlearn(tmp_path, name, batch, *options):
     return out, rows
 
 
+@two_devices
 @pytest.mark.slow
 def test_cli_num_processes_gives_the_one_process_result(home, tmp_path):
     """``obliviate unlearn --num-processes 2``: two gloo processes, rank 0 alone evaluates,
@@ -348,6 +358,7 @@ def _fail_on_rank_0():
     return distributed.rank()
 
 
+@two_devices
 def test_a_dead_rank_or_rank_0_error_stops_every_rank(tmp_path):
     from core.errors import ObliviateError
 
