@@ -237,6 +237,7 @@ def _rank_entry(error_file: str, entrypoint: Callable, *args) -> Any:
 
     from core.errors import ObliviateError
 
+    _die_with_parent()
     init_process_group()
     try:
         return entrypoint(*args)
@@ -245,6 +246,23 @@ def _rank_entry(error_file: str, entrypoint: Callable, *args) -> Any:
         if is_main():
             Path(error_file).write_bytes(pickle.dumps(_describe_error(error)))
         raise
+
+
+def _die_with_parent() -> None:
+    """A rank whose launching process is killed outright (``kill -9`` of the worker that
+    claimed the job) must not train on, holding its GPU, while the reaper gives the job
+    to another worker. torch's spawn asks the kernel for a SIGINT then, which a rank
+    blocked in a collective only sees when the collective returns (up to the 4 h
+    timeout); ask for SIGKILL instead (Linux)."""
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 def _describe_error(error) -> dict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -372,3 +373,53 @@ def test_a_dead_rank_or_rank_0_error_stops_every_rank(tmp_path):
         distributed.run_in_processes(2, _fail_on_rank_0, workdir=tmp_path)
     assert (error.value.code, error.value.param) == ("invalid_data", "forget")
     assert list(tmp_path.iterdir()) == []
+
+
+def _write_pid_and_wait(folder: str) -> None:
+    import time
+
+    (Path(folder) / f"rank{distributed.rank()}.pid").write_text(str(os.getpid()))
+    time.sleep(120)
+
+
+_LAUNCHER = """
+import sys
+from pathlib import Path
+from core.training import distributed
+from tests.unit.test_distributed import _write_pid_and_wait
+distributed.run_in_processes(2, _write_pid_and_wait, sys.argv[1], workdir=Path(sys.argv[1]))
+"""
+
+
+@two_devices
+def test_ranks_die_with_a_killed_launcher(tmp_path):
+    """kill -9 of the process that launched the ranks (the worker) leaves no rank
+    training on."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    launcher = subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(tmp_path)], cwd=Path.cwd())
+    deadline = time.monotonic() + 60
+    pids = []
+    while len(pids) < 2:
+        assert time.monotonic() < deadline and launcher.poll() is None, "ranks did not start"
+        pids = [int(p.read_text()) for p in tmp_path.glob("rank*.pid") if p.read_text()]
+        time.sleep(0.2)
+    launcher.send_signal(signal.SIGKILL)
+    launcher.wait()
+    deadline = time.monotonic() + 20
+    while any(_alive(pid) for pid in pids):
+        assert time.monotonic() < deadline, "a rank outlived its launcher"
+        time.sleep(0.2)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not yet reaped by init) counts as gone
+    status = Path(f"/proc/{pid}/status")
+    return status.exists() and "zombie" not in status.read_text()
