@@ -152,7 +152,11 @@ def make_accelerator(precision: str):
     distributed.init_process_group()
     # Several processes without GPUs: accelerate's multi-CPU mode (gloo) needs cpu=True.
     cpu = distributed.world_size() > 1 and not torch.cuda.is_available()
-    return Accelerator(mixed_precision=resolve_mixed_precision(precision), cpu=cpu)
+    threads = torch.get_num_threads()
+    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(precision), cpu=cpu)
+    # Its multi-CPU set-up picks a thread count of its own; keep core.runtime's.
+    torch.set_num_threads(threads)
+    return accelerator
 
 
 def total_optimizer_steps(n_forget: int, hparams, num_processes: int = 1) -> int:
