@@ -82,6 +82,26 @@ def init_process_group() -> None:
     dist.init_process_group(backend=backend(), timeout=PROCESS_GROUP_TIMEOUT)
 
 
+def refuse_sharding_launch() -> None:
+    """``accelerate launch`` with an FSDP or DeepSpeed configuration would have accelerate
+    wrap the model in a way this engine does not support (checkpoints, evaluation and
+    the KL reference assume whole weights on every rank): refuse rather than run it."""
+    from core.errors import InvalidRequest
+
+    for variable, strategy in (
+        ("ACCELERATE_USE_FSDP", "fsdp"),
+        ("ACCELERATE_USE_DEEPSPEED", "deepspeed"),
+    ):
+        if os.environ.get(variable, "false").lower() == "true":
+            raise InvalidRequest(
+                f"{strategy} is not supported yet ({variable} is set by the accelerate "
+                "configuration): launch with a plain multi-GPU configuration (DDP); see "
+                "docs/distributed.md",
+                param="resources.strategy",
+                code="unsupported_strategy",
+            )
+
+
 def shard_block(block: list[int], rank: int, world: int) -> tuple[list[int], list[bool]]:
     """This rank's share of ``block`` (round-robin) and which entries are real.
 

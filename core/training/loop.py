@@ -149,6 +149,7 @@ def make_accelerator(precision: str):
     # own precision, so start every run from a clean state.
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
+    distributed.refuse_sharding_launch()
     distributed.init_process_group()
     # Several processes without GPUs: accelerate's multi-CPU mode (gloo) needs cpu=True.
     cpu = distributed.world_size() > 1 and not torch.cuda.is_available()

@@ -344,6 +344,18 @@ def test_sharded_strategies_are_refused_naming_the_field(strategy):
     assert spec.resources.strategy == "ddp"
 
 
+def test_an_accelerate_launch_with_fsdp_or_deepspeed_is_refused(monkeypatch):
+    from core.errors import InvalidRequest
+    from core.training.loop import make_accelerator
+
+    for variable in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"):
+        with monkeypatch.context() as patch:
+            patch.setenv(variable, "true")
+            with pytest.raises(InvalidRequest) as error:
+                make_accelerator("fp32")
+        assert error.value.code == "unsupported_strategy"
+
+
 def _exit_on_rank_1():
     if distributed.rank() == 1:
         os._exit(3)
