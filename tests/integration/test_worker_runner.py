@@ -420,3 +420,47 @@ def test_a_cancel_stops_every_rank_of_a_two_gpu_job(worker_settings, session_fac
     assert thread.result_within(120) == "cancelled"
     with session_factory() as session:
         assert list_checkpoints(session, job_id) == []
+
+
+@two_devices
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_paused_two_gpu_job_resumes_where_it_stopped(worker_settings, session_factory, store):
+    """Rank 0 reads the pause, every rank stops at the same step, rank 0 saves the state;
+    the resumed job's ranks both continue from it."""
+    body = {
+        "model": "demo-target",
+        "forget": LONG_FORGET,
+        "method": "ga",
+        "hyperparameters": {
+            "epochs": 1000,
+            "max_steps": 200,
+            "batch_size": 1,
+            "gradient_accumulation_steps": 1,
+            "learning_rate": 1e-4,
+            "precision": "fp32",
+        },
+        "evaluation": {"enabled": False},
+        "target": None,
+        "resources": {"gpus": 2},
+    }
+    with session_factory() as session:
+        job_id = jobs.create_job(session, parse_job_spec(body), LONG_FORGET).id
+        session.commit()
+    runner = JobRunner(worker_settings, session_factory, store)
+    thread = start_training(runner, session_factory, job_id)
+    with session_factory() as session:
+        jobs.request_pause(session, job_id)
+        session.commit()
+    assert thread.result_within(120) == "paused"
+    paused_at = read_job(session_factory, job_id).step
+    assert 0 < paused_at < 200
+    with session_factory() as session:
+        jobs.resume_job(session, job_id)
+        session.commit()
+    assert runner.run(job_id) == "succeeded"
+    with session_factory() as session:
+        steps = [m.step for m in jobs.list_metrics(session, job_id, limit=1000).items]
+        [checkpoint] = list_checkpoints(session, job_id)
+    assert read_job(session_factory, job_id).step == 200
+    assert steps == list(range(1, 201))  # once each: none trained twice or skipped
+    assert stored_files_match(store, checkpoint)
