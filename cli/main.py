@@ -140,29 +140,27 @@ def unlearn(
     out: Path = typer.Option(
         ..., "--out", "-o", help="Output folder for checkpoint, metrics and report."
     ),
+    num_processes: int = typer.Option(
+        1,
+        "--num-processes",
+        min=1,
+        help="Data-parallel processes on this machine: one per GPU (nccl), or CPU "
+        "processes (gloo) without GPUs. Same result as 1 at the same effective batch.",
+    ),
 ):
     """Run one unlearning job locally, with a progress bar."""
-    import yaml
-
-    from cli.local import resolve_job_inputs
+    from cli.local import run_unlearn, run_unlearn_processes
     from core.errors import ObliviateError
-    from core.pipeline import run_job
-    from core.settings import get_settings
-    from core.spec import parse_job_spec
 
-    settings = get_settings()
     try:
-        raw = yaml.safe_load(spec_file.read_text())
-        spec = parse_job_spec(raw if isinstance(raw, dict) else {})
-        inputs = resolve_job_inputs(spec, settings, spec_file.parent.resolve())
-        with make_progress() as progress:
-            reporter = CliReporter(progress, out)
-            try:
-                outcome = run_job(spec, inputs, out, reporter=reporter, settings=settings)
-            finally:
-                reporter.close()
+        if num_processes > 1:
+            outcome = run_unlearn_processes(spec_file, out, num_processes)
+        else:
+            outcome = run_unlearn(spec_file, out)
     except ObliviateError as error:
         _fail(error)
+    if outcome is None:  # not rank 0 of a torchrun / accelerate launch: rank 0 reports
+        return
     (out / "manifest.json").write_text(json.dumps(outcome.manifest, indent=2))
     console.print(
         f"checkpoint: [bold]{outcome.checkpoint_dir}[/] ({outcome.steps} steps, "

@@ -206,6 +206,13 @@ class TargetSpec(StrictModel):
 MAX_JOB_GPUS = 8
 
 
+#: Sharded strategies a user may ask for by name, and what to use instead for now.
+UNSUPPORTED_STRATEGIES = {
+    "fsdp": "a model that does not fit one GPU needs LoRA or a larger GPU",
+    "deepspeed": "ZeRO-3 configurations are not read",
+}
+
+
 class ResourcesSpec(StrictModel):
     """What a job needs from the worker that runs it. The API publishes the job to the
     queue for its GPU count (``core.queue.queue_for``); only workers whose GPU slots
@@ -215,7 +222,15 @@ class ResourcesSpec(StrictModel):
         1,
         ge=1,
         le=MAX_JOB_GPUS,
-        description="GPUs the job runs on (one worker slot of this many devices).",
+        description="GPUs the job runs on (one worker slot of this many devices); more "
+        "than 1 runs the job in that many data-parallel processes (docs/distributed.md).",
+    )
+    strategy: str = Field(
+        "ddp",
+        description="How processes share the job: ddp (every process holds the whole model "
+        "and a share of each batch). fsdp and deepspeed are not supported yet and are "
+        "refused with unsupported_strategy.",
+        json_schema_extra={"enum": ["ddp"]},
     )
 
 
@@ -313,12 +328,36 @@ class JobSpec(StrictModel):
     def validated(self) -> JobSpec:
         """Check everything that can be checked without loading data or models."""
         self._check_kind()
+        self._check_resources()
         self.method_hyperparameters()
         if self.evaluation.store_generations is None:
             # Data minimisation: a deletion request's report must not copy the very
             # text it was filed to remove.
             self.evaluation.store_generations = self.deletion_request is None
         return self
+
+    def _check_resources(self) -> None:
+        strategy = self.resources.strategy
+        if strategy in UNSUPPORTED_STRATEGIES:
+            raise InvalidRequest(
+                f"resources.strategy: {strategy} is not supported yet; jobs run data-parallel "
+                f"(ddp), each process holding the whole model ({UNSUPPORTED_STRATEGIES[strategy]}"
+                "; see docs/distributed.md)",
+                param="resources.strategy",
+                code="unsupported_strategy",
+            )
+        if strategy != "ddp":
+            raise InvalidRequest(
+                f"resources.strategy: {strategy!r} is not a strategy; use ddp",
+                param="resources.strategy",
+                code="invalid_value",
+            )
+        if self.kind == "finetune" and self.resources.gpus > 1:
+            raise InvalidRequest(
+                "resources.gpus: a fine-tuning job runs in one process; ask for 1 GPU",
+                param="resources.gpus",
+                code="unsupported_strategy",
+            )
 
     def _check_kind(self) -> None:
         def refuse(param: str, message: str) -> None:

@@ -171,15 +171,28 @@ class JobRunner:
         resumed_at = self._fetch_run(job, spec, attempt, workdir, reporter)
         mirror = RunMirror(self.store, job.id)
         reporter.on_state_saved = lambda folder, step: mirror.upload(folder, step)
-        outcome = run_job(
-            spec,
-            inputs,
-            workdir,
-            reporter=CancelBetweenPhases(reporter),
-            lookup=resolver.registry_lookup,
-            settings=self.settings,
-            resume=resumed_at is not None,
-        )
+        if spec.resources.gpus > 1:
+            from worker.ranks import run_job_in_processes
+
+            outcome = run_job_in_processes(
+                self.settings,
+                job.id,
+                attempt,
+                spec,
+                inputs,
+                workdir,
+                resume=resumed_at is not None,
+            )
+        else:
+            outcome = run_job(
+                spec,
+                inputs,
+                workdir,
+                reporter=CancelBetweenPhases(reporter),
+                lookup=resolver.registry_lookup,
+                settings=self.settings,
+                resume=resumed_at is not None,
+            )
         if reporter.should_cancel():
             raise Cancelled("cancelled after training")
         reporter.event("phase", "uploading checkpoint")
