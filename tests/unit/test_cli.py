@@ -89,7 +89,7 @@ def test_a_bad_spec_names_the_field(home, tmp_path):
 def test_methods_lists_every_method():
     result = CliRunner().invoke(app, ["methods"])
     assert result.exit_code == 0
-    for name in ("simnpo", "npo", "graddiff", "ga"):
+    for name in ("simnpo", "npo", "graddiff", "ga", "flat", "loku"):
         assert name in result.output
 
 
