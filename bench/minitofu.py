@@ -86,15 +86,13 @@ DEFAULTS = {
         "gamma": 3.0,
         "forget_coeff": 1.0,
     },
-    # Not settled by a sweep (the grids below were not run for them): the learning rate
-    # of the others' sweeps (1e-3; x3 for adapters, the auto rule's LoRA factor) at the
-    # papers' 5 epochs. FLAT without a retain set collapses utility at 5 epochs; 3 is
-    # the forget-only setting shown.
-    "flat": {"learning_rate": 1e-3, "epochs": 5, "retain_loss": "nll", "retain_coeff": 1.0},
-    "flat-noretain": {"learning_rate": 1e-3, "epochs": 3, "retain_loss": "none"},
+    # Settled by `--sweep flatloku` (seed 0, 8-9 settings each, the same selection rule:
+    # best forget quality at model utility >= 0.9x the original's).
+    "flat": {"learning_rate": 3e-4, "epochs": 10, "retain_loss": "nll", "retain_coeff": 1.0},
+    "flat-noretain": {"learning_rate": 3e-4, "epochs": 3, "retain_loss": "none"},
     "loku": {"learning_rate": 1e-3, "epochs": 5, "retain_coeff": 1.0},
     "loku+lora": {"learning_rate": 3e-3, "epochs": 5, "retain_coeff": 1.0},
-    "loku+fila": {"learning_rate": 3e-3, "epochs": 5, "retain_coeff": 1.0},
+    "loku+fila": {"learning_rate": 1e-3, "epochs": 10, "retain_coeff": 1.0},
 }
 
 # The sweep gives every method the same budget, 36 settings: learning rate x epochs x
@@ -149,7 +147,26 @@ SWEEP_PUSH = {
     "npo": {**SWEEP_PUSH_AXES, "beta": [0.05, 0.2]},
     "simnpo": {**SWEEP_PUSH_AXES, "beta": [1.0], "gamma": [1.0, 3.0], "forget_coeff": [1.0]},
 }
-SWEEPS = {"grid": SWEEP, "kl": SWEEP_KL, "push": SWEEP_PUSH}
+# FLAT and LoKU (`--sweep flatloku --methods flat,flat-noretain,loku,loku+lora,loku+fila`):
+# 8 settings per row (9 forget-only), a smaller budget than the others' 36 + 12 + 12.
+# Forget-only FLAT has no retain weight, so it gets shorter runs and lower rates instead.
+SWEEP_FLAT_LOKU_AXES = {
+    "learning_rate": [3e-4, 1e-3],
+    "epochs": [5, 10],
+    "retain_coeff": [1.0, 5.0],
+}
+SWEEP_FLAT_LOKU = {
+    "flat": {**SWEEP_FLAT_LOKU_AXES, "retain_loss": ["nll"]},
+    "flat-noretain": {
+        "learning_rate": [1e-4, 3e-4, 1e-3],
+        "epochs": [1, 2, 3],
+        "retain_loss": ["none"],
+    },
+    "loku": SWEEP_FLAT_LOKU_AXES,
+    "loku+lora": {**SWEEP_FLAT_LOKU_AXES, "learning_rate": [1e-3, 3e-3]},
+    "loku+fila": {**SWEEP_FLAT_LOKU_AXES, "learning_rate": [1e-3, 3e-3]},
+}
+SWEEPS = {"grid": SWEEP, "kl": SWEEP_KL, "push": SWEEP_PUSH, "flatloku": SWEEP_FLAT_LOKU}
 #: floors of model utility (x the original's) at which sweeps are compared
 FLOORS = (0.8, 0.85, 0.9, 0.95)
 #: bump when a change to the engine or the evaluation invalidates cached runs
@@ -573,7 +590,8 @@ def main(argv: list[str] | None = None) -> int:
         const=["grid"],
         type=lambda value: value.split(","),
         help="run hyperparameter sweeps instead, comma-separated: grid (round 1), kl (2), "
-        "push (3); the best per utility floor is taken over all of them",
+        "push (3), flatloku (FLAT and LoKU rows); the best per utility floor is taken over all "
+        "of them",
     )
     parser.add_argument(
         "--fresh", action="store_true", help="ignore runs cached by earlier invocations"
