@@ -18,6 +18,11 @@ The trained model is ``W - s B0 A0 + s B A``. Its saved adapter must apply to th
 the rank-2r adapter ``[B | -B0] [A ; A0]`` with alpha doubled (same scaling); a merged
 model is the live weights merged, which equals it. The offsets ``(B0, A0)`` ride on the
 peft model as ``fila_offsets``. Memory: two fp32 Fisher buffers per adapted weight.
+
+With a bf16 base (LoRA under mixed precision) ``W - s B0 A0`` is rounded to bf16, so
+the model at step 0 and the folded adapter on the original base agree with the live
+model to bf16 rounding, not exactly. Under several processes each runs the whole pass
+(same data, same result).
 """
 
 from __future__ import annotations
