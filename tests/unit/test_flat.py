@@ -141,6 +141,8 @@ def test_registry_entry_needs_no_retain_set_and_validates_templates():
     )
     with pytest.raises(ValueError, match="template_answers"):
         get_method("flat").parse_hyperparameters({"template_answers": ["  "]})
+    with pytest.raises(ValueError, match="template_answers"):
+        get_method("flat").parse_hyperparameters({"template_answers": ["x" * 2001]})
     with pytest.raises(ValueError, match="divergence"):
         get_method("flat").parse_hyperparameters({"divergence": "wasserstein"})
 
