@@ -82,6 +82,11 @@ class LoraSpec(StrictModel):
         "all-linear", description="Module names to adapt, or all linear layers."
     )
     merge: bool = Field(False, description="Also publish the merged full model.")
+    init: Literal["default", "fila"] = Field(
+        "default",
+        description="default: peft's (B = 0); fila: LoKU's Fisher-weighted initialisation, "
+        "adapters start on the directions that matter most for the forget set.",
+    )
 
 
 class RelearnSpec(StrictModel):

@@ -315,10 +315,15 @@ def run_training(
                 with accelerator.autocast():
                     ref_nll = reference_nll(model, forget, pad_id, hparams.batch_size * 2, device)
 
+        companions = (
+            method.companions(forget, tokenizer, hparams, seed) if method.companions else None
+        )
+        fila = lora is not None and lora.init == "fila"
         ref_model = None
-        if use_retain and hparams.retain_loss == "kl" and lora is None:
+        if use_retain and hparams.retain_loss == "kl" and (lora is None or fila):
             # Full fine-tuning changes every weight, so the KL reference needs a frozen copy;
-            # with LoRA the base model with adapters disabled serves instead (no copy).
+            # with LoRA the base model with adapters disabled serves instead (no copy),
+            # unless FILA moved part of the base weights into the adapters.
             ref_model = copy.deepcopy(model).eval().requires_grad_(False)
 
         if hparams.gradient_checkpointing:
@@ -327,6 +332,15 @@ def run_training(
             )
         if lora is not None:
             model = apply_lora(model, lora, hparams.gradient_checkpointing)
+        if fila:
+            from core.training.fila import fila_initialise
+
+            # Deterministic (seeded svd_lowrank), so a resumed run rebuilds the same base.
+            callbacks.event("phase", "FILA: Fisher-weighted LoRA initialisation")
+            with accelerator.autocast():
+                fila_initialise(
+                    model, forget, retain or [], pad_id, hparams.batch_size, device, seed=seed
+                )
         if resume is not None:
             load_trainable_weights(model, resume.weights)
         model.train()
@@ -457,6 +471,9 @@ def run_training(
                             else None,
                             retain_examples=[retain[partners[i]] for i in micro]
                             if use_retain
+                            else None,
+                            companion_examples=[companions[order[i]] for i in micro]
+                            if companions is not None
                             else None,
                             lora=lora,
                         )
@@ -620,6 +637,7 @@ def _micro_step(
     forget_examples,
     forget_ref,
     retain_examples,
+    companion_examples=None,
     lora,
 ):
     """Forward + backward of one micro-batch; returns its share of the step's losses.
@@ -640,11 +658,25 @@ def _micro_step(
             logits, batch = _forward_nll(model, forget_examples, pad_id, device)
             nll, n_answer = sequence_nll(logits, batch["labels"])
             parts["forget_nll"] = _per_token(nll, n_answer)
+            companion = None
+            if companion_examples:
+                n_tokens += sum(len(e.input_ids) for e in companion_examples)
+                companion_logits, companion_batch = _forward_nll(
+                    model, companion_examples, pad_id, device
+                )
+                companion = ForgetInputs(
+                    *sequence_nll(companion_logits, companion_batch["labels"]),
+                    logits=companion_logits,
+                    labels=companion_batch["labels"],
+                )
             term = method.forget_term(
                 ForgetInputs(
                     nll=nll,
                     n_tokens=n_answer,
                     ref_nll=forget_ref.to(device) if forget_ref is not None else None,
+                    logits=logits,
+                    labels=batch["labels"],
+                    companion=companion,
                 ),
                 hparams,
             )
@@ -713,7 +745,7 @@ def _retain_term(model, ref_model, hparams, examples, pad_id, device, lora, deno
         return _masked_sum(nll, keep) / denominators["retain"]["token"], _per_token(nll, n_answer)
     with torch.no_grad():
         per_token = _per_token(*sequence_nll(logits.detach(), batch["labels"]))
-        if lora is not None:
+        if ref_model is None:
             with _unwrap(model).disable_adapter():
                 ref_logits = model(
                     input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
