@@ -660,7 +660,9 @@ def _micro_step(
             parts["forget_nll"] = _per_token(nll, n_answer)
             companion = None
             if companion_examples:
-                n_tokens += sum(len(e.input_ids) for e in companion_examples)
+                n_tokens += sum(
+                    len(e.input_ids) for e, real in zip(companion_examples, keep) if real
+                )
                 companion_logits, companion_batch = _forward_nll(
                     model, companion_examples, pad_id, device
                 )

@@ -72,16 +72,11 @@ def test_unlearn_writes_checkpoint_metrics_and_report(home, tmp_path):
     "method,extra",
     [
         ("flat", {}),  # forget data only: no retain set
-        # target null: with LoRA merge: true, the verdict's relearning check finds no
-        # trainable weights once the merge has unloaded the adapters (a LoRA-merge bug of
-        # the pipeline, not of FILA)
+        # with a target and merge: true, the verdict's relearning attack runs on the
+        # merged model, whose weights are all frozen (it trains and restores them all)
         (
             "loku",
-            {
-                "retain": "ds_demo_retain90",
-                "lora": {"r": 4, "init": "fila", "merge": True},
-                "target": None,
-            },
+            {"retain": "ds_demo_retain90", "lora": {"r": 4, "init": "fila", "merge": True}},
         ),
     ],
 )

@@ -41,8 +41,14 @@ LORA = LoraSpec(r=4, alpha=8, target_modules=["q_proj", "v_proj"])
 
 
 class _Tokenizer:
+    """Enough of a tokenizer for the loop: FLAT encodes its refusals with it (one id
+    per character, inside the toy vocabulary)."""
+
     pad_token_id = 0
     eos_token_id = 2
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict:
+        return {"input_ids": [3 + ord(char) % 45 for char in text]}
 
 
 def _examples(n: int, seed: int) -> list[EncodedExample]:
