@@ -73,5 +73,10 @@ def list_models(session: Session, *, after: str | None = None, limit: int = 20) 
     return paginate(session, select(Model), Model.id, after=after, limit=limit)
 
 
+def all_models(session: Session) -> list[Model]:
+    """Every registered model, oldest first (the OpenAI listing is not paginated)."""
+    return list(session.scalars(select(Model).order_by(Model.id)))
+
+
 def _name_taken(name: str) -> Conflict:
     return Conflict(f"a model named {name!r} already exists", param="name", code="model_exists")
