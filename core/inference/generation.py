@@ -11,6 +11,7 @@ reaches ``top_p``, and sampled with a generator seeded by ``seed`` when given.
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -52,18 +53,25 @@ def encode_completion_prompt(tokenizer, prompt: str) -> list[int]:
 
 def encode_chat(tokenizer, messages: Sequence[tuple[str, str]], prompt_template: str) -> list[int]:
     """``(role, text)`` messages as prompt tokens ending where the assistant's answer
-    starts. With a chat template, that template. Without one, the prompt template the
-    model was trained with (its manifest's, else ``Question: {question}\\nAnswer:``):
-    a system message is a line before everything, each user turn is the template
-    around its text, and each assistant turn follows as the answer."""
+    starts (``render_chat``)."""
+    ids = tokenizer(render_chat(tokenizer, messages, prompt_template), add_special_tokens=False)
+    if getattr(tokenizer, "chat_template", None):
+        return ids["input_ids"]  # chat templates carry their own BOS
+    return _bos(tokenizer) + ids["input_ids"]
+
+
+def render_chat(tokenizer, messages: Sequence[tuple[str, str]], prompt_template: str) -> str:
+    """With a chat template, that template. Without one, the prompt template the model
+    was trained with (its manifest's, else ``Question: {question}\nAnswer:``): a
+    system message is a line before everything, each user turn is the template around
+    its text, and each assistant turn follows as the answer."""
     messages = [(ROLE_ALIASES.get(role, role), text) for role, text in messages]
     if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(
+        return tokenizer.apply_chat_template(
             [{"role": role, "content": text} for role, text in messages],
             tokenize=False,
             add_generation_prompt=True,
         )
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
     pieces = []
     for role, text in messages:
         if role == "system":
@@ -72,7 +80,7 @@ def encode_chat(tokenizer, messages: Sequence[tuple[str, str]], prompt_template:
             pieces.append(render_template(prompt_template, text.strip()))
         else:
             pieces.append(" " + text.strip() + "\n")
-    return _bos(tokenizer) + tokenizer("".join(pieces), add_special_tokens=False)["input_ids"]
+    return "".join(pieces)
 
 
 def eos_token_ids(model, tokenizer) -> set[int]:
@@ -80,6 +88,12 @@ def eos_token_ids(model, tokenizer) -> set[int]:
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids |= set(configured) if isinstance(configured, (list, tuple)) else {configured}
     return {token for token in ids if token is not None}
+
+
+def kv_cache_argument(model) -> str:
+    """transformers 5 names the KV cache ``cache``; before, ``past_key_values``."""
+    parameters = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 def pick_token(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> int:
@@ -112,6 +126,7 @@ def decode(
         generator.seed()
     eos = eos_token_ids(model, tokenizer)
     holdback = max((len(stop) - 1 for stop in sampling.stop), default=0)
+    cache_argument = kv_cache_argument(model)
     inputs = torch.tensor([prompt_ids], device=device)
     cache = None
     generated: list[int] = []
@@ -120,8 +135,8 @@ def decode(
     finish = "length"
     for _ in range(sampling.max_new_tokens):
         with lock, torch.inference_mode():
-            output = model(input_ids=inputs, past_key_values=cache, use_cache=True)
-        cache = output.past_key_values
+            output = model(input_ids=inputs, use_cache=True, **{cache_argument: cache})
+        cache = output["cache"] if "cache" in output else output["past_key_values"]
         token = pick_token(output.logits[0, -1], sampling, generator)
         if token in eos:
             finish = "stop"

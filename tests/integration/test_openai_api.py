@@ -10,13 +10,12 @@ import shutil
 import sys
 
 import httpx
+import openai
 import pytest
 
 from tests.e2e.test_service import TERMINAL, Service, _base_env, _seed_demo_cache
 from tests.fixtures.api import make_settings, register_model
 from tests.fixtures.services import free_port, wait_for_port
-
-openai = pytest.importorskip("openai")
 
 QUESTION = "What is the name of the author born in the fictional country?"
 
