@@ -253,6 +253,41 @@ def finetune(
 
 
 @app.command()
+def guard(
+    model: str = typer.Argument(..., help="The model the guard is for: folder or registered name."),
+    forget: Path = typer.Argument(..., exists=True, dir_okay=False, help="Forget set."),
+    retain: Path = typer.Argument(..., exists=True, dir_okay=False, help="Retain set."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for the guard."),
+):
+    """Build a GUARD (generation-time unlearning): a prompt classifier and the forget
+    set's forbidden spans, applied when decoding; the weights stay as they are. Register
+    the folder (POST /v1/models) and ask for <model>+<guard name> (docs/inference.md)."""
+    from cli.local import registered_models
+    from core.errors import ObliviateError
+    from core.pipeline_guard import build_guard_folder
+    from core.settings import get_settings
+
+    settings = get_settings()
+    models = registered_models(settings)
+    try:
+        manifest = build_guard_folder(
+            model,
+            forget,
+            retain,
+            out,
+            settings=settings,
+            lookup=lambda name: str(models[name]) if name in models else None,
+        )
+    except ObliviateError as error:
+        _fail(error)
+    holdout = manifest["classifier_holdout"]
+    console.print(
+        f"guard: [bold]{out}[/] ({manifest['spans']} spans; classifier held-out precision "
+        f"{holdout.get('precision')}, recall {holdout.get('recall')})"
+    )
+
+
+@app.command()
 def methods():
     """List the unlearning methods and their default hyperparameters."""
     from core.methods import METHODS

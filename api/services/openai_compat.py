@@ -93,9 +93,10 @@ class InferenceProxy:
 async def generate(
     endpoint: str, body: dict[str, Any], db: Database, proxy: InferenceProxy
 ) -> Response:
-    """Check the request and that its model is registered here (404
-    ``model_not_found`` otherwise), then forward it unchanged: fields we do not
+    """Check the request and that its model (and each guard of ``base+guard``) is
+    registered here (404 ``model_not_found`` otherwise), then forward it unchanged: fields we do not
     interpret may mean something to the server behind (vLLM)."""
     request = parse_request(endpoint, body)
-    await db.run(get_model, request.model)
+    for part in request.model.split("+"):  # base+guard: each part is registered
+        await db.run(get_model, part)
     return await proxy.forward(endpoint, body)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import inspect
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -114,8 +114,10 @@ def decode(
     prompt_ids: list[int],
     sampling: Sampling,
     lock: threading.Lock,
+    processor: Callable[[list[int], torch.Tensor], torch.Tensor] | None = None,
 ) -> Iterator[Delta]:
-    """Deltas of generated text, the last with its finish reason. Text that could be
+    """Deltas of generated text, the last with its finish reason; ``processor`` may
+    change each step's logits given the tokens generated so far. Text that could be
     the start of a stop sequence, or half of a multi-byte character, is held back
     until the next tokens settle it."""
     device = next(model.parameters()).device
@@ -137,7 +139,10 @@ def decode(
         with lock, torch.inference_mode():
             output = model(input_ids=inputs, use_cache=True, **{cache_argument: cache})
         cache = output["cache"] if "cache" in output else output["past_key_values"]
-        token = pick_token(output.logits[0, -1], sampling, generator)
+        logits = output.logits[0, -1]
+        if processor is not None:  # a guard (core.methods.guard.GuardProcessor)
+            logits = processor(generated, logits)
+        token = pick_token(logits, sampling, generator)
         if token in eos:
             finish = "stop"
             break

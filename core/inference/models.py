@@ -1,5 +1,9 @@
 """The models a serving process holds: loaded on first use, least recently used
-evicted beyond ``OBLIVIATE_INFERENCE_MAX_MODELS``."""
+evicted beyond ``OBLIVIATE_INFERENCE_MAX_MODELS``.
+
+A name ``base+g1+g2`` asks for the registered model ``base`` decoded under the guards
+registered as ``g1`` and ``g2`` (``core.methods.guard``; ``+`` is never part of a
+registered name). Guards are small and kept beside the models."""
 
 from __future__ import annotations
 
@@ -8,10 +12,10 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from core.errors import NotFound
+from core.errors import InvalidRequest, NotFound
 from core.models.loading import fetch_model, load_model
 from core.settings import Settings
 from core.spec import DEFAULT_PROMPT_TEMPLATE
@@ -32,6 +36,8 @@ class LoadedModel:
     prompt_template: str
     #: one forward pass at a time on this model (core.inference.generation.decode)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: guards decoding applies (core.methods.guard.Guard)
+    guards: list = field(default_factory=list)
 
 
 def context_length(model, tokenizer) -> int:
@@ -70,10 +76,47 @@ class ModelCache:
         self.loaded: OrderedDict[str, LoadedModel] = OrderedDict()
         self.guard = threading.Lock()
         self.loading: dict[str, threading.Lock] = {}
+        self.guards: dict = {}
 
     def get(self, name: str) -> LoadedModel:
-        """The model registered as ``name``; NotFound ``model_not_found`` if none is.
-        Two requests for a model not yet loaded load it once."""
+        """The model ``name`` names (``base`` or ``base+guard...``); NotFound
+        ``model_not_found`` if a part is not registered, InvalidRequest
+        ``guard_incompatible`` if a guard was not built on that base."""
+        base_name, *guard_names = name.split("+")
+        entry = self._model(base_name)
+        if not guard_names:
+            return entry
+        guards = [self._guard(guard_name, entry) for guard_name in guard_names]
+        return replace(entry, name=name, guards=guards)
+
+    def _guard(self, name: str, base: LoadedModel):
+        from core.methods.guard import incompatibility, is_guard_folder, load_guard
+
+        with self.guard:
+            cached = self.guards.get(name)
+        if cached is None:
+            folder = self._folder(name)
+            if not is_guard_folder(folder):
+                raise InvalidRequest(
+                    f"{name!r} is not a guard (no guard.json); ask for it alone",
+                    param="model",
+                    code="guard_incompatible",
+                )
+            cached = load_guard(folder, base.tokenizer)
+            with self.guard:
+                self.guards[name] = cached
+        reason = incompatibility(cached, base.tokenizer, base.name)
+        if reason:
+            raise InvalidRequest(
+                f"the guard {name!r} cannot run on {base.name!r}: {reason}",
+                param="model",
+                code="guard_incompatible",
+            )
+        return cached
+
+    def _model(self, name: str) -> LoadedModel:
+        """The model registered as ``name``; two requests for a model not yet loaded
+        load it once."""
         with self.guard:
             if name in self.loaded:
                 self.loaded.move_to_end(name)
@@ -96,15 +139,27 @@ class ModelCache:
         with self.guard:
             return list(self.loaded)
 
-    def _load(self, name: str) -> LoadedModel:
+    def _folder(self, name: str) -> str:
         source = self.lookup(name)
         if source is None:
             raise NotFound(
                 f"the model {name!r} does not exist", param="model", code="model_not_found"
             )
-        folder = fetch_model(
+        return fetch_model(
             source, self.settings, lookup=self.lookup, param="model", via_registry=True
         )
+
+    def _load(self, name: str) -> LoadedModel:
+        from core.methods.guard import GUARD_FILE, is_guard_folder
+
+        folder = self._folder(name)
+        if is_guard_folder(folder):
+            base = json.loads((Path(folder) / GUARD_FILE).read_text())["base_model"]
+            raise InvalidRequest(
+                f"{name!r} is a guard, not a model: ask for {base}+{name}",
+                param="model",
+                code="guard_incompatible",
+            )
         model, tokenizer = load_model(
             folder, lookup=self.lookup, settings=self.settings, reference=name
         )

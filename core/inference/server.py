@@ -129,7 +129,15 @@ class InferenceService:
         from core.inference.generation import decode
 
         loaded = prepared.loaded
-        return decode(loaded.model, loaded.tokenizer, prompt_ids, prepared.sampling, loaded.lock)
+        processor = None
+        if loaded.guards:
+            from core.methods.guard import GuardProcessor
+
+            with loaded.lock:  # the classifiers read the model's hidden states
+                processor = GuardProcessor.combine(loaded.guards, loaded.model, prompt_ids)
+        return decode(
+            loaded.model, loaded.tokenizer, prompt_ids, prepared.sampling, loaded.lock, processor
+        )
 
     def complete(self, prepared: Prepared) -> dict:
         chat = isinstance(prepared.request, ChatCompletionRequest)

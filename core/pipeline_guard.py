@@ -1,0 +1,71 @@
+"""Build a GUARD artifact (``core.methods.guard``) from a model and its forget and
+retain sets: ``obliviate guard``. The folder (``guard.json``, ``classifier.safetensors``
+and a manifest of sha256 sums) is registered like a model (``POST /v1/models``) and
+asked for as ``<base>+<guard>`` on the OpenAI-compatible endpoint (docs/inference.md).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+from core.models.checkpoint import MANIFEST, MANIFEST_FORMAT, list_files
+from core.settings import Settings
+from core.spec import DEFAULT_PROMPT_TEMPLATE
+
+
+def build_guard_folder(
+    model: str,
+    forget: Path,
+    retain: Path,
+    out: Path,
+    *,
+    settings: Settings,
+    lookup=None,
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+    hyperparameters: dict | None = None,
+) -> dict:
+    """Build the guard of ``forget`` against ``retain`` on ``model`` (the reference the
+    guard will be used with, e.g. ``demo-target``) into ``out``; the manifest."""
+    from core.data.encoding import encode_prompt
+    from core.data.records import read_records
+    from core.methods.guard import GuardHyperparameters, build_guard, save_guard
+    from core.models.loading import fetch_model, load_model
+
+    hp = GuardHyperparameters.model_validate(hyperparameters or {})
+    forget_set, retain_set = read_records(forget), read_records(retain)
+    base, tokenizer = load_model(
+        fetch_model(model, settings, lookup=lookup), lookup=lookup, settings=settings
+    )
+    base.eval()
+
+    def prompts(records) -> list[list[int]]:
+        return [encode_prompt(tokenizer, r.prompt or "", prompt_template) for r in records]
+
+    guard = build_guard(
+        base,
+        tokenizer,
+        prompts(forget_set.records),
+        prompts(retain_set.records),
+        [r.answer for r in forget_set.records],
+        [r.answer for r in retain_set.records],
+        base_model=model,
+        hp=hp,
+    )
+    save_guard(guard, out)
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "kind": "guard",
+        "created_at": datetime.now(timezone.utc).isoformat(),
+        "base_model": model,
+        "method": "guard",
+        "hyperparameters": hp.model_dump(),
+        "prompt_template": prompt_template,
+        "data": {"forget": forget_set.provenance(), "retain": retain_set.provenance()},
+        "classifier_holdout": guard.info["holdout"],
+        "spans": len(guard.info["spans"]),
+        "files": list_files(out),
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    return manifest
