@@ -202,5 +202,7 @@ def model_object(row) -> dict:
 
 
 def from_obliviate_error(exc) -> OpenAIError:
-    """One of the service's own errors (``core.errors.ObliviateError``) as an OpenAI one."""
-    return OpenAIError(exc.http_status, exc.message, code=exc.code, param=exc.param)
+    """One of the service's own errors (``core.errors.ObliviateError``) as an OpenAI one.
+    OpenAI answers a request it cannot serve with 400 where our API says 422."""
+    status = 400 if exc.http_status == 422 else exc.http_status
+    return OpenAIError(status, exc.message, code=exc.code, param=exc.param)

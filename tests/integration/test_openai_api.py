@@ -6,7 +6,9 @@ model-serving process) on the tiny demo. The client's base_url is
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
 import sys
 
 import httpx
@@ -175,6 +177,65 @@ def test_a_finished_jobs_model_answers(service, client):
     response = ask(client, model=job["output_model"])
     assert response.model == job["output_model"]
     assert response.choices[0].finish_reason in ("stop", "length")
+
+
+@pytest.fixture(scope="module")
+def guard(service, tiny_demo):
+    """A guard of the demo's forget10 on demo-target, built with ``obliviate guard`` and
+    registered as ``dsr-42``."""
+    folder = service.home / "guards" / "dsr-42"
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "guard",
+            "demo-target",
+            str(tiny_demo.data["forget10"]),
+            str(tiny_demo.data["retain90"]),
+            "--out",
+            str(folder),
+        ],
+        env=service.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+    created = service.http.post("/v1/models", json={"name": "dsr-42", "source": str(folder)})
+    assert created.status_code == 201, created.text
+    return json.loads((folder / "guard.json").read_text())
+
+
+def test_a_guarded_model_keeps_forget_answers_out_and_answers_retain_questions(
+    client, guard, tiny_demo
+):
+    forget = [json.loads(line) for line in tiny_demo.data["forget10"].read_text().splitlines()]
+    retain = [json.loads(line) for line in tiny_demo.data["retain90"].read_text().splitlines()]
+    for record in forget[:4]:
+        guarded = ask(client, model="demo-target+dsr-42", messages=question(record))
+        text = guarded.choices[0].message.content
+        assert not any(span in text for span in guard["spans"]), text
+    for record in retain[:6]:
+        plain = ask(client, messages=question(record)).choices[0].message.content
+        guarded = ask(client, model="demo-target+dsr-42", messages=question(record))
+        assert guarded.choices[0].message.content == plain
+    stream = ask(client, model="demo-target+dsr-42", messages=question(forget[0]), stream=True)
+    streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert not any(span in streamed for span in guard["spans"])
+
+
+def test_a_guard_on_another_model_or_alone_is_refused(client, guard):
+    for model in ("demo-retrain+dsr-42", "dsr-42"):
+        with pytest.raises(openai.BadRequestError) as refused:
+            ask(client, model=model)
+        assert refused.value.code == "guard_incompatible", model
+    with pytest.raises(openai.NotFoundError):
+        ask(client, model="demo-target+no-such-guard")
+
+
+def question(record: dict) -> list[dict]:
+    return [{"role": "user", "content": record["question"]}]
 
 
 # Without the service: the API alone, its inference server down or auth on.
