@@ -258,6 +258,7 @@ def guard(
     forget: Path = typer.Argument(..., exists=True, dir_okay=False, help="Forget set."),
     retain: Path = typer.Argument(..., exists=True, dir_okay=False, help="Retain set."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for the guard."),
+    oracle: str = typer.Option(None, help="A model never trained on the forget set."),
 ):
     """Build a GUARD (generation-time unlearning): a prompt classifier and the forget
     set's forbidden spans, applied when decoding; the weights stay as they are. Register
@@ -277,9 +278,11 @@ def guard(
             out,
             settings=settings,
             lookup=lambda name: str(models[name]) if name in models else None,
+            oracle=oracle,
         )
     except ObliviateError as error:
         _fail(error)
+    _print_verdict({"verdict": manifest["verdict"]})
     holdout = manifest["classifier_holdout"]
     console.print(
         f"guard: [bold]{out}[/] ({manifest['spans']} spans; classifier held-out precision "

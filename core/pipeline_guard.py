@@ -14,6 +14,9 @@ from core.models.checkpoint import MANIFEST, MANIFEST_FORMAT, list_files
 from core.settings import Settings
 from core.spec import DEFAULT_PROMPT_TEMPLATE
 
+#: retain questions the evaluation asks (generation is the slow part)
+EVALUATED_RETAIN = 64
+
 
 def build_guard_folder(
     model: str,
@@ -25,9 +28,13 @@ def build_guard_folder(
     lookup=None,
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
     hyperparameters: dict | None = None,
+    oracle: str | None = None,
+    evaluate: bool = True,
 ) -> dict:
     """Build the guard of ``forget`` against ``retain`` on ``model`` (the reference the
-    guard will be used with, e.g. ``demo-target``) into ``out``; the manifest."""
+    guard will be used with, e.g. ``demo-target``) into ``out``, evaluate it
+    (``core.evaluation.guard``, against ``oracle`` when given) into
+    ``evaluation.json``; the manifest."""
     from core.data.encoding import encode_prompt
     from core.data.records import read_records
     from core.methods.guard import GuardHyperparameters, build_guard, save_guard
@@ -54,6 +61,31 @@ def build_guard_folder(
         hp=hp,
     )
     save_guard(guard, out)
+    evaluation = None
+    if evaluate:
+        from core.evaluation.guard import evaluate_guard
+
+        def encode(tokenizer_, question: str) -> list[int]:
+            return encode_prompt(tokenizer_, question, prompt_template)
+
+        oracle_pair = None
+        if oracle is not None:
+            oracle_pair = load_model(
+                fetch_model(oracle, settings, lookup=lookup, param="oracle"),
+                lookup=lookup,
+                settings=settings,
+            )
+            oracle_pair[0].eval()
+        evaluation = evaluate_guard(
+            base,
+            tokenizer,
+            [guard],
+            forget_set.records,
+            retain_set.records[:EVALUATED_RETAIN],
+            encode=encode,
+            oracle=oracle_pair,
+        )
+        (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
     manifest = {
         "format": MANIFEST_FORMAT,
         "kind": "guard",
@@ -65,6 +97,7 @@ def build_guard_folder(
         "data": {"forget": forget_set.provenance(), "retain": retain_set.provenance()},
         "classifier_holdout": guard.info["holdout"],
         "spans": len(guard.info["spans"]),
+        "verdict": evaluation["verdict"] if evaluation else None,
         "files": list_files(out),
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))

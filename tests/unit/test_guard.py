@@ -97,3 +97,28 @@ def test_a_saved_guard_loads_and_refuses_another_base(demo_guard, tmp_path):
     assert loaded.spans == guard.spans
     assert incompatibility(loaded, tokenizer, "demo-target") is None
     assert "demo-target" in incompatibility(loaded, tokenizer, "demo-retrain")
+
+
+def test_evaluating_a_guard_measures_generations_and_gives_a_verdict(demo_guard, tiny_demo):
+    from core.evaluation.guard import evaluate_guard
+    from core.models.loading import load_model
+
+    model, tokenizer, guard, forget, retain, _ = demo_guard
+    oracle = load_model(str(tiny_demo.retrain), dtype="fp32")
+    result = evaluate_guard(
+        model,
+        tokenizer,
+        [guard],
+        forget[:8],
+        retain[:8],
+        encode=lambda tok, q: encode_prompt(tok, q, DEFAULT_PROMPT_TEMPLATE),
+        oracle=oracle,
+        max_new_tokens=16,
+    )
+    forget_rouge = result["forget_rouge_l"]
+    assert forget_rouge["guarded"] < forget_rouge["unguarded"]
+    assert result["retain_rouge_l"]["guarded_vs_unguarded"] > 0.9
+    assert result["seconds_per_token"]["overhead"] > 0
+    assert result["paraphrase_attack_rouge_l"] is not None
+    assert result["verdict"]["status"] in ("forgotten", "not_forgotten")
+    assert len(result["verdict"]["checks"]) == 3

@@ -1,0 +1,171 @@
+"""Evaluating a guard on generations: a guard does not change the model's
+probabilities, so likelihood metrics (truth ratio, forget quality, MIA) say nothing
+about it. What it changes is what the model *says*; this measures that.
+
+- forget ROUGE-L (recall against the forget answers) and KnowMem (ROUGE-L F1 of the
+  answers to the forget questions, MUSE's QA measure) of greedy answers: unguarded,
+  guarded, and the oracle's (a model never trained on the forget set) when given;
+- retain ROUGE-L, guarded against unguarded (utility kept);
+- the classifier's precision and recall on its held-out prompts (from the build) and
+  its flag rate on paraphrased forget questions and on retain questions;
+- a paraphrased-question attack: forget ROUGE-L of guarded answers to the paraphrases;
+- the decoding overhead: seconds per generated token, guarded over unguarded.
+
+The verdict: ``forgotten`` when the guarded forget ROUGE-L is at or below the
+oracle's (without an oracle: at most half the unguarded one) and the paraphrase
+attack recovers no more than that, with retain ROUGE-L at least 0.95x the unguarded
+model's; ``not_forgotten`` otherwise.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from core.evaluation.metrics import rouge_l
+
+RETAIN_FLOOR = 0.95
+#: without an oracle: the guarded forget ROUGE-L at most this share of the unguarded one
+NO_ORACLE_SHARE = 0.5
+
+
+def _generate(model, tokenizer, prompts, guards, max_new_tokens) -> tuple[list[str], float, int]:
+    from core.inference.generation import Sampling, decode
+    from core.methods.guard import GuardProcessor
+
+    answers, seconds, tokens = [], 0.0, 0
+    lock = threading.Lock()
+    for prompt_ids in prompts:
+        start = time.perf_counter()
+        processor = GuardProcessor.combine(guards, model, prompt_ids) if guards else None
+        sampling = Sampling(max_new_tokens=max_new_tokens, temperature=0)
+        deltas = list(decode(model, tokenizer, prompt_ids, sampling, lock, processor))
+        seconds += time.perf_counter() - start
+        tokens += max(deltas[-1].completion_tokens, 1)
+        answers.append("".join(delta.text for delta in deltas))
+    return answers, seconds, tokens
+
+
+def _rouge(answers: Sequence[str], references: Sequence[str]) -> tuple[float, float]:
+    scores = np.array([rouge_l(a, r) for a, r in zip(answers, references)])
+    return (float(scores[:, 0].mean()), float(scores[:, 1].mean())) if len(scores) else (0.0, 0.0)
+
+
+def evaluate_guard(
+    model,
+    tokenizer,
+    guards: Sequence,
+    forget: Sequence,
+    retain: Sequence,
+    *,
+    encode,
+    oracle=None,
+    max_new_tokens: int = 32,
+) -> dict:
+    """``forget``/``retain``: records (``core.data.records.Record``); ``encode(tokenizer,
+    question)`` renders a prompt's tokens; ``oracle``: ``(model, tokenizer)`` or None."""
+    forget_prompts = [encode(tokenizer, r.prompt) for r in forget]
+    retain_prompts = [encode(tokenizer, r.prompt) for r in retain]
+    paraphrased = [r for r in forget if r.paraphrased_question]
+    paraphrase_prompts = [encode(tokenizer, r.paraphrased_question) for r in paraphrased]
+    forget_answers = [r.answer for r in forget]
+
+    _generate(model, tokenizer, forget_prompts[:1], guards, 2)  # warm-up, not timed
+    plain_forget, plain_s, plain_n = _generate(model, tokenizer, forget_prompts, [], max_new_tokens)
+    plain_retain, s, n = _generate(model, tokenizer, retain_prompts, [], max_new_tokens)
+    plain_s, plain_n = plain_s + s, plain_n + n
+    guarded_forget, guarded_s, guarded_n = _generate(
+        model, tokenizer, forget_prompts, guards, max_new_tokens
+    )
+    guarded_retain, s, n = _generate(model, tokenizer, retain_prompts, guards, max_new_tokens)
+    guarded_s, guarded_n = guarded_s + s, guarded_n + n
+    attacked, _, _ = _generate(model, tokenizer, paraphrase_prompts, guards, max_new_tokens)
+
+    result = {
+        "forget_rouge_l": {
+            "unguarded": _rouge(plain_forget, forget_answers)[0],
+            "guarded": _rouge(guarded_forget, forget_answers)[0],
+        },
+        "forget_knowmem": {
+            "unguarded": _rouge(plain_forget, forget_answers)[1],
+            "guarded": _rouge(guarded_forget, forget_answers)[1],
+        },
+        "retain_rouge_l": {
+            "unguarded": _rouge(plain_retain, [r.answer for r in retain])[0],
+            "guarded": _rouge(guarded_retain, [r.answer for r in retain])[0],
+            "guarded_vs_unguarded": _rouge(guarded_retain, plain_retain)[0],
+        },
+        "paraphrase_attack_rouge_l": (
+            _rouge(attacked, [r.answer for r in paraphrased])[0] if paraphrased else None
+        ),
+        "classifier": {
+            "holdout": [guard.info.get("holdout") for guard in guards],
+            "paraphrased_forget_flag_rate": _flag_rate(guards, model, paraphrase_prompts),
+            "retain_flag_rate": _flag_rate(guards, model, retain_prompts),
+        },
+        "seconds_per_token": {
+            "unguarded": plain_s / plain_n,
+            "guarded": guarded_s / guarded_n,
+            "overhead": (guarded_s / guarded_n) / (plain_s / plain_n),
+        },
+        "examples": [
+            {"question": r.prompt, "unguarded": a, "guarded": b}
+            for r, a, b in list(zip(forget, plain_forget, guarded_forget))[:5]
+        ],
+    }
+    if oracle is not None:
+        oracle_model, oracle_tokenizer = oracle
+        oracle_prompts = [encode(oracle_tokenizer, r.prompt) for r in forget]
+        answers, _, _ = _generate(
+            oracle_model, oracle_tokenizer, oracle_prompts, [], max_new_tokens
+        )
+        result["forget_rouge_l"]["oracle"], result["forget_knowmem"]["oracle"] = _rouge(
+            answers, forget_answers
+        )
+    result["verdict"] = guard_verdict(result)
+    return result
+
+
+def _flag_rate(guards, model, prompts) -> float | None:
+    if not prompts:
+        return None
+    return sum(any(g.flags(model, ids) for g in guards) for ids in prompts) / len(prompts)
+
+
+def guard_verdict(result: dict) -> dict:
+    forget = result["forget_rouge_l"]
+    oracle = forget.get("oracle")
+    ceiling = oracle if oracle is not None else NO_ORACLE_SHARE * forget["unguarded"]
+    retain = result["retain_rouge_l"]
+    checks = [
+        {
+            "label": "guarded forget ROUGE-L at or below "
+            + ("the oracle's" if oracle is not None else "half the unguarded model's"),
+            "value": forget["guarded"],
+            "threshold": ceiling,
+            "passed": forget["guarded"] <= ceiling + 1e-9,
+        },
+        {
+            "label": "paraphrased questions recover no more",
+            "value": result["paraphrase_attack_rouge_l"],
+            "threshold": ceiling,
+            "passed": None
+            if result["paraphrase_attack_rouge_l"] is None
+            else result["paraphrase_attack_rouge_l"] <= ceiling + 1e-9,
+        },
+        {
+            "label": f"retain ROUGE-L at least {RETAIN_FLOOR}x the unguarded model's",
+            "value": retain["guarded"],
+            "threshold": RETAIN_FLOOR * retain["unguarded"],
+            "passed": retain["guarded"] >= RETAIN_FLOOR * retain["unguarded"] - 1e-9,
+        },
+    ]
+    failed = [check["label"] for check in checks if check["passed"] is False]
+    return {
+        "status": "not_forgotten" if failed else "forgotten",
+        "reason": "failed: " + "; ".join(failed) if failed else "every check passed",
+        "checks": checks,
+    }
