@@ -30,11 +30,13 @@ def build_guard_folder(
     hyperparameters: dict | None = None,
     oracle: str | None = None,
     evaluate: bool = True,
+    base_name: str | None = None,
 ) -> dict:
     """Build the guard of ``forget`` against ``retain`` on ``model`` (the reference the
     guard will be used with, e.g. ``demo-target``) into ``out``, evaluate it
     (``core.evaluation.guard``, against ``oracle`` when given) into
-    ``evaluation.json``; the manifest."""
+    ``evaluation.json``; the manifest. ``base_name``: the name the guard will be used
+    with when ``model`` is a local copy of it (the worker's case)."""
     from core.data.encoding import encode_prompt
     from core.data.records import read_records
     from core.methods.guard import GuardHyperparameters, build_guard, save_guard
@@ -57,7 +59,7 @@ def build_guard_folder(
         prompts(retain_set.records),
         [r.answer for r in forget_set.records],
         [r.answer for r in retain_set.records],
-        base_model=model,
+        base_model=base_name or model,
         hp=hp,
     )
     save_guard(guard, out)
@@ -90,7 +92,7 @@ def build_guard_folder(
         "format": MANIFEST_FORMAT,
         "kind": "guard",
         "created_at": datetime.now(timezone.utc).isoformat(),
-        "base_model": model,
+        "base_model": base_name or model,
         "method": "guard",
         "hyperparameters": hp.model_dump(),
         "prompt_template": prompt_template,
@@ -98,7 +100,44 @@ def build_guard_folder(
         "classifier_holdout": guard.info["holdout"],
         "spans": len(guard.info["spans"]),
         "verdict": evaluation["verdict"] if evaluation else None,
+        "seed": hp.seed,
         "files": list_files(out),
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     return manifest
+
+
+def run_guard_job(spec, inputs, workdir: Path, *, reporter, lookup, settings):
+    """A job with ``method: guard``: the guard (and its evaluation) is the job's output,
+    published like a checkpoint and asked for as ``<model>+<job id>``."""
+    import time
+
+    from core.pipeline import JobOutcome
+
+    reporter.event("phase", "building the guard: classifier, spans, evaluation")
+    started = time.monotonic()
+    folder = workdir / "guard"
+    manifest = build_guard_folder(
+        inputs.model,
+        inputs.forget,
+        inputs.retain,
+        folder,
+        settings=settings,
+        lookup=lookup,
+        prompt_template=spec.prompt_template,
+        hyperparameters=spec.hyperparameters,
+        oracle=inputs.oracle_model,
+        evaluate=spec.evaluation.enabled,
+        base_name=spec.model,
+    )
+    manifest["metadata"] = spec.metadata
+    verdict = manifest["verdict"]
+    return JobOutcome(
+        checkpoint_dir=folder,
+        manifest=manifest,
+        history=[],
+        steps=0,
+        trained_tokens=0,
+        train_seconds=time.monotonic() - started,
+        verdict={**verdict, "target_met": verdict["status"] == "forgotten"} if verdict else None,
+    )

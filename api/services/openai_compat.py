@@ -23,16 +23,23 @@ PASSED_HEADERS = ("cache-control",)
 
 
 def list_models(session: Session) -> dict:
-    return model_list(repo.all_models(session))
+    return model_list(repo.all_models(session), repo.guard_variants(session))
 
 
 def get_model(session: Session, name: str) -> dict:
-    try:
-        return model_object(repo.get_model_by_name(session, name))
-    except NotFound:
-        raise OpenAIError(
-            404, f"the model {name!r} does not exist", code="model_not_found", param="model"
-        ) from None
+    """The model ``name`` names: a registered model, or ``<base>+<guard>...`` whose
+    every part is registered (the serving process checks that the guards fit)."""
+    rows = []
+    for part in name.split("+"):
+        try:
+            rows.append(repo.get_model_by_name(session, part))
+        except NotFound:
+            raise OpenAIError(
+                404, f"the model {part!r} does not exist", code="model_not_found", param="model"
+            ) from None
+    if len(rows) == 1:
+        return model_object(rows[0])
+    return model_object(rows[-1], name=name, owned_by="guard")
 
 
 class InferenceProxy:
@@ -97,6 +104,5 @@ async def generate(
     registered here (404 ``model_not_found`` otherwise), then forward it unchanged: fields we do not
     interpret may mean something to the server behind (vLLM)."""
     request = parse_request(endpoint, body)
-    for part in request.model.split("+"):  # base+guard: each part is registered
-        await db.run(get_model, part)
+    await db.run(get_model, request.model)
     return await proxy.forward(endpoint, body)

@@ -140,32 +140,50 @@ def guard_verdict(result: dict) -> dict:
     oracle = forget.get("oracle")
     ceiling = oracle if oracle is not None else NO_ORACLE_SHARE * forget["unguarded"]
     retain = result["retain_rouge_l"]
+    attack = result["paraphrase_attack_rouge_l"]
     checks = [
-        {
-            "label": "guarded forget ROUGE-L at or below "
+        _check(
+            "forget_rouge_l",
+            "guarded forget ROUGE-L at or below "
             + ("the oracle's" if oracle is not None else "half the unguarded model's"),
-            "value": forget["guarded"],
-            "threshold": ceiling,
-            "passed": forget["guarded"] <= ceiling + 1e-9,
-        },
-        {
-            "label": "paraphrased questions recover no more",
-            "value": result["paraphrase_attack_rouge_l"],
-            "threshold": ceiling,
-            "passed": None
-            if result["paraphrase_attack_rouge_l"] is None
-            else result["paraphrase_attack_rouge_l"] <= ceiling + 1e-9,
-        },
-        {
-            "label": f"retain ROUGE-L at least {RETAIN_FLOOR}x the unguarded model's",
-            "value": retain["guarded"],
-            "threshold": RETAIN_FLOOR * retain["unguarded"],
-            "passed": retain["guarded"] >= RETAIN_FLOOR * retain["unguarded"] - 1e-9,
-        },
+            forget["guarded"],
+            ceiling,
+            forget["guarded"] <= ceiling + 1e-9,
+            "ROUGE-L recall of the guarded model's greedy answers to the forget questions",
+        ),
+        _check(
+            "paraphrase_attack",
+            "paraphrased questions recover no more",
+            attack,
+            ceiling,
+            None if attack is None else attack <= ceiling + 1e-9,
+            "the same, asking the forget set's paraphrased questions",
+        ),
+        _check(
+            "retain_rouge_l",
+            f"retain ROUGE-L at least {RETAIN_FLOOR}x the unguarded model's",
+            retain["guarded"],
+            RETAIN_FLOOR * retain["unguarded"],
+            retain["guarded"] >= RETAIN_FLOOR * retain["unguarded"] - 1e-9,
+            "ROUGE-L recall of the guarded model's answers to retain questions",
+        ),
     ]
     failed = [check["label"] for check in checks if check["passed"] is False]
     return {
         "status": "not_forgotten" if failed else "forgotten",
+        "forgotten": not failed,
         "reason": "failed: " + "; ".join(failed) if failed else "every check passed",
         "checks": checks,
+    }
+
+
+def _check(name, label, value, threshold, passed, description) -> dict:
+    """One check, in the shape of the training verdict's (core.evaluation.verdict)."""
+    return {
+        "name": name,
+        "label": label,
+        "value": value,
+        "threshold": threshold,
+        "passed": passed,
+        "description": description,
     }

@@ -186,18 +186,21 @@ def invalid_param(exc: ValidationError) -> OpenAIError:
     return OpenAIError(400, f"{param}: {message}" if param else message, code=code, param=param)
 
 
-def model_list(rows) -> dict:
-    """Registry rows (``core.db.tables.Model``) as OpenAI's model list; ``owned_by``
-    says where each came from (demo, registered, job_output)."""
-    return {"object": "list", "data": [model_object(row) for row in rows]}
+def model_list(rows, variants=()) -> dict:
+    """Registry rows (``core.db.tables.Model``) as OpenAI's model list, then the
+    guarded variants (``(name, guard row)``, owned by ``guard``); ``owned_by`` says
+    where each came from (demo, registered, job_output)."""
+    data = [model_object(row) for row in rows]
+    data += [model_object(row, name=name, owned_by="guard") for name, row in variants]
+    return {"object": "list", "data": data}
 
 
-def model_object(row) -> dict:
+def model_object(row, *, name: str | None = None, owned_by: str | None = None) -> dict:
     return {
-        "id": row.name,
+        "id": name or row.name,
         "object": "model",
         "created": int(row.created_at.timestamp()),
-        "owned_by": row.kind,
+        "owned_by": owned_by or row.kind,
     }
 
 

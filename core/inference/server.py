@@ -76,10 +76,10 @@ class InferenceService:
                 return None
 
     def list_models(self) -> dict:
-        from core.db.model_registry import all_models
+        from core.db.model_registry import all_models, guard_variants
 
         with self.sessions() as session:
-            return model_list(all_models(session))
+            return model_list(all_models(session), guard_variants(session))
 
     def prepare(self, request: ChatCompletionRequest | CompletionRequest) -> Prepared:
         from core.inference.generation import Sampling, encode_chat, encode_completion_prompt

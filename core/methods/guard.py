@@ -46,7 +46,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+
+from core.methods.guard_spec import GUARD_METHOD, GuardHyperparameters
+
+__all__ = ["GUARD_METHOD", "GuardHyperparameters"]
 
 GUARD_FILE = "guard.json"
 CLASSIFIER_FILE = "classifier.safetensors"
@@ -58,22 +61,6 @@ SENTENCE_WORDS = frozenset(
     "And But Or As By From With To Yes No I We You".split()
 )
 ENTITY = re.compile(r"[A-Z][\w'-]*(?:\s+[A-Z][\w'-]*)*|\d[\d,.:/-]*\d|\d")
-
-
-class GuardHyperparameters(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    hidden_size: int = Field(64, ge=4, le=4096, description="Width of the classifier's MLP.")
-    epochs: int = Field(300, ge=1, le=10_000, description="Full-batch classifier epochs.")
-    learning_rate: float = Field(1e-2, gt=0, le=1, description="Classifier Adam rate.")
-    threshold: float = Field(0.5, gt=0, lt=1, description="Flag a prompt above this score.")
-    semantic_threshold: float = Field(
-        0.9, gt=0, le=1, description="Embedding cosine above which a token is a span's."
-    )
-    holdout_fraction: float = Field(
-        0.2, ge=0, lt=1, description="Prompts kept out of classifier training, for its scores."
-    )
-    seed: int = 0
 
 
 def extract_spans(forget_answers: Sequence[str], retain_answers: Sequence[str]) -> list[str]:

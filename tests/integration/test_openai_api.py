@@ -234,6 +234,31 @@ def test_a_guard_on_another_model_or_alone_is_refused(client, guard):
         ask(client, model="demo-target+no-such-guard")
 
 
+@pytest.mark.slow
+def test_a_guard_job_publishes_a_guarded_variant(service, client, tiny_demo):
+    body = {
+        "model": "demo-target",
+        "forget": "ds_demo_forget10",
+        "retain": "ds_demo_retain90",
+        "method": "guard",
+        "hyperparameters": {"epochs": 100},
+        "evaluation": {"oracle": "demo-retrain"},
+    }
+    created = service.http.post("/v1/jobs", json=body)
+    assert created.status_code == 201, created.text
+    job = service.wait_for(created.json()["id"], lambda j: j["status"] in TERMINAL)
+    assert job["status"] == "succeeded", f"{job}\n{service.tail_logs()}"
+    assert job["verdict"]["status"] in ("forgotten", "not_forgotten")
+    variant = f"demo-target+{job['id']}"
+    assert variant in {model.id for model in client.models.list()}
+    assert client.models.retrieve(variant).owned_by == "guard"
+    forget = json.loads(tiny_demo.data["forget10"].read_text().splitlines()[0])
+    plain = ask(client, messages=question(forget)).choices[0].message.content
+    guarded = ask(client, model=variant, messages=question(forget)).choices[0].message.content
+    assert guarded != plain
+    assert forget["subject"] not in guarded
+
+
 def question(record: dict) -> list[dict]:
     return [{"role": "user", "content": record["question"]}]
 
