@@ -32,7 +32,9 @@ RETAIN_FLOOR = 0.95
 NO_ORACLE_SHARE = 0.5
 
 
-def _generate(model, tokenizer, prompts, guards, max_new_tokens) -> tuple[list[str], float, int]:
+def _answers(model, tokenizer, prompts, guards, max_new_tokens) -> tuple[list, float, int]:
+    """Greedy answers with ``guards`` (none: unguarded), the seconds they took (the
+    guard's classification included) and the tokens generated."""
     from core.inference.generation import Sampling, decode
     from core.methods.guard import GuardProcessor
 
@@ -47,6 +49,22 @@ def _generate(model, tokenizer, prompts, guards, max_new_tokens) -> tuple[list[s
         tokens += max(deltas[-1].completion_tokens, 1)
         answers.append("".join(delta.text for delta in deltas))
     return answers, seconds, tokens
+
+
+def _paired(model, tokenizer, prompts, guards, max_new_tokens):
+    """Unguarded and guarded answers, prompt by prompt in turn, so that both timings
+    see the same machine load; ``(plain, guarded, seconds per token of each)``."""
+    plain, guarded = [], []
+    totals = {"plain": [0.0, 0], "guarded": [0.0, 0]}
+    for prompt_ids in prompts:
+        for key, answers, used in (("plain", plain, []), ("guarded", guarded, guards)):
+            (answer,), seconds, tokens = _answers(
+                model, tokenizer, [prompt_ids], used, max_new_tokens
+            )
+            answers.append(answer)
+            totals[key][0] += seconds
+            totals[key][1] += tokens
+    return plain, guarded, totals
 
 
 def _rouge(answers: Sequence[str], references: Sequence[str]) -> tuple[float, float]:
@@ -73,16 +91,16 @@ def evaluate_guard(
     paraphrase_prompts = [encode(tokenizer, r.paraphrased_question) for r in paraphrased]
     forget_answers = [r.answer for r in forget]
 
-    _generate(model, tokenizer, forget_prompts[:1], guards, 2)  # warm-up, not timed
-    plain_forget, plain_s, plain_n = _generate(model, tokenizer, forget_prompts, [], max_new_tokens)
-    plain_retain, s, n = _generate(model, tokenizer, retain_prompts, [], max_new_tokens)
-    plain_s, plain_n = plain_s + s, plain_n + n
-    guarded_forget, guarded_s, guarded_n = _generate(
+    _answers(model, tokenizer, forget_prompts[:1], guards, 2)  # warm-up, not timed
+    plain_forget, guarded_forget, forget_time = _paired(
         model, tokenizer, forget_prompts, guards, max_new_tokens
     )
-    guarded_retain, s, n = _generate(model, tokenizer, retain_prompts, guards, max_new_tokens)
-    guarded_s, guarded_n = guarded_s + s, guarded_n + n
-    attacked, _, _ = _generate(model, tokenizer, paraphrase_prompts, guards, max_new_tokens)
+    plain_retain, guarded_retain, retain_time = _paired(
+        model, tokenizer, retain_prompts, guards, max_new_tokens
+    )
+    attacked, _, _ = _answers(model, tokenizer, paraphrase_prompts, guards, max_new_tokens)
+    plain_s, plain_n = (forget_time["plain"][i] + retain_time["plain"][i] for i in (0, 1))
+    guarded_s, guarded_n = (forget_time["guarded"][i] + retain_time["guarded"][i] for i in (0, 1))
 
     result = {
         "forget_rouge_l": {
@@ -119,9 +137,7 @@ def evaluate_guard(
     if oracle is not None:
         oracle_model, oracle_tokenizer = oracle
         oracle_prompts = [encode(oracle_tokenizer, r.prompt) for r in forget]
-        answers, _, _ = _generate(
-            oracle_model, oracle_tokenizer, oracle_prompts, [], max_new_tokens
-        )
+        answers, _, _ = _answers(oracle_model, oracle_tokenizer, oracle_prompts, [], max_new_tokens)
         result["forget_rouge_l"]["oracle"], result["forget_knowmem"]["oracle"] = _rouge(
             answers, forget_answers
         )
