@@ -153,6 +153,12 @@ def test_errors_take_openai_shape(client):
     assert too_long.value.code == "context_length_exceeded"
     assert too_long.value.body["param"] == "messages"
 
+    # Refused by the serving process before a stream starts: passed on as it came.
+    with pytest.raises(openai.BadRequestError) as too_many:
+        ask(client, max_tokens=100_000, stream=True)
+    assert too_many.value.code == "context_length_exceeded"
+    assert too_many.value.body["param"] == "max_tokens"
+
 
 @pytest.mark.slow
 def test_a_finished_jobs_model_answers(service, client):
