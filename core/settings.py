@@ -143,6 +143,9 @@ class Settings(BaseSettings):
     inference_max_models: int = Field(
         2, ge=1, description="Models a serving process keeps loaded (least recently used go)."
     )
+    inference_max_batch: int = Field(
+        8, ge=1, le=256, description="Requests to one model a serving process decodes together."
+    )
 
     demo_on_start: bool = Field(True, description="Build and register demo assets at first start.")
     demo_preset: str = Field("demo", description="Demo asset preset: tiny or demo.")

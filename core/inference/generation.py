@@ -1,8 +1,8 @@
 """Prompt rendering and token-by-token decoding for the model-serving process.
 
-One request decodes with its own KV cache; the forward pass of each step runs under
-the model's lock, so concurrent requests on one model take turns step by step (a slow
-streaming client does not hold the model for its whole answer).
+The serving process decodes requests in batches (``decode_batch``, fed by
+``core.inference.batching``); ``decode`` runs one sequence (evaluation, tests). Every
+forward pass runs under the model's lock, which a guard's classifier shares.
 
 Sampling: temperature 0 is greedy (argmax, deterministic); otherwise logits are
 divided by the temperature, cut to the smallest set of tokens whose probability mass
@@ -108,6 +108,54 @@ def pick_token(logits: torch.Tensor, sampling: Sampling, generator: torch.Genera
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
+class TextStream:
+    """One sequence's tokens as text deltas: stops at an end-of-sequence token, a stop
+    sequence or ``max_new_tokens``; text that could be the start of a stop sequence,
+    or half of a multi-byte character, is held back until the next tokens settle it."""
+
+    def __init__(self, tokenizer, sampling: Sampling, eos: set[int]):
+        self.tokenizer, self.sampling, self.eos = tokenizer, sampling, eos
+        self.holdback = max((len(stop) - 1 for stop in sampling.stop), default=0)
+        self.generated: list[int] = []
+        self.emitted = 0
+        self.text = ""
+        self.done = False
+
+    def push(self, token: int) -> list[Delta]:
+        if token in self.eos:
+            return self._finish("stop")
+        self.generated.append(token)
+        self.text = self.tokenizer.decode(self.generated, skip_special_tokens=True)
+        stops = (self.text.find(stop) for stop in self.sampling.stop)
+        stop_at = min((i for i in stops if i >= 0), default=-1)
+        if stop_at >= 0:
+            self.text = self.text[:stop_at]
+            return self._finish("stop")
+        deltas = []
+        settled = len(self.text) - self.holdback
+        if self.text.endswith("\ufffd"):  # an incomplete UTF-8 sequence so far
+            settled = min(settled, len(self.text) - 1)
+        if settled > self.emitted:
+            deltas.append(Delta(self.text[self.emitted : settled], None, len(self.generated)))
+            self.emitted = settled
+        if len(self.generated) >= self.sampling.max_new_tokens:
+            deltas += self._finish("length")
+        return deltas
+
+    def _finish(self, reason: str) -> list[Delta]:
+        self.done = True
+        return [Delta(self.text[self.emitted :], reason, len(self.generated))]
+
+
+def seeded_generator(sampling: Sampling, device) -> torch.Generator:
+    generator = torch.Generator(device=device)
+    if sampling.seed is not None:
+        generator.manual_seed(sampling.seed)
+    else:
+        generator.seed()
+    return generator
+
+
 def decode(
     model,
     tokenizer,
@@ -116,47 +164,79 @@ def decode(
     lock: threading.Lock,
     processor: Callable[[list[int], torch.Tensor], torch.Tensor] | None = None,
 ) -> Iterator[Delta]:
-    """Deltas of generated text, the last with its finish reason; ``processor`` may
-    change each step's logits given the tokens generated so far. Text that could be
-    the start of a stop sequence, or half of a multi-byte character, is held back
-    until the next tokens settle it."""
+    """Deltas of one sequence's generated text (``TextStream``), the last with its
+    finish reason; ``processor`` may change each step's logits given the tokens
+    generated so far. The serving process batches requests instead (``decode_batch``)."""
     device = next(model.parameters()).device
-    generator = torch.Generator(device=device)
-    if sampling.seed is not None:
-        generator.manual_seed(sampling.seed)
-    else:
-        generator.seed()
-    eos = eos_token_ids(model, tokenizer)
-    holdback = max((len(stop) - 1 for stop in sampling.stop), default=0)
+    generator = seeded_generator(sampling, device)
+    stream = TextStream(tokenizer, sampling, eos_token_ids(model, tokenizer))
     cache_argument = kv_cache_argument(model)
     inputs = torch.tensor([prompt_ids], device=device)
     cache = None
-    generated: list[int] = []
-    emitted = 0
-    text = ""
-    finish = "length"
-    for _ in range(sampling.max_new_tokens):
+    while not stream.done:
         with lock, torch.inference_mode():
             output = model(input_ids=inputs, use_cache=True, **{cache_argument: cache})
         cache = output["cache"] if "cache" in output else output["past_key_values"]
         logits = output.logits[0, -1]
         if processor is not None:  # a guard (core.methods.guard.GuardProcessor)
-            logits = processor(generated, logits)
+            logits = processor(stream.generated, logits)
         token = pick_token(logits, sampling, generator)
-        if token in eos:
-            finish = "stop"
-            break
-        generated.append(token)
-        text = tokenizer.decode(generated, skip_special_tokens=True)
-        stop_at = min((i for i in (text.find(s) for s in sampling.stop) if i >= 0), default=-1)
-        if stop_at >= 0:
-            text, finish = text[:stop_at], "stop"
-            break
-        settled = len(text) - holdback
-        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence so far
-            settled = min(settled, len(text) - 1)
-        if settled > emitted:
-            yield Delta(text[emitted:settled], completion_tokens=len(generated))
-            emitted = settled
+        yield from stream.push(token)
         inputs = torch.tensor([[token]], device=device)
-    yield Delta(text[emitted:], finish_reason=finish, completion_tokens=len(generated))
+
+
+@dataclass
+class Row:
+    """One request in a batch: its prompt, sampling, guard, and where deltas go."""
+
+    prompt_ids: list[int]
+    sampling: Sampling
+    processor: Callable[[list[int], torch.Tensor], torch.Tensor] | None
+    emit: Callable[[Delta], None]
+
+
+def decode_batch(model, tokenizer, rows: Sequence[Row], lock: threading.Lock) -> None:
+    """Decode several requests together: prompts left-padded into one batch, one
+    forward pass per step for all of them, each row sampled with its own parameters
+    and stopped on its own (a finished row idles until the batch ends)."""
+    device = next(model.parameters()).device
+    eos = eos_token_ids(model, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos, default=0)
+    width = max(len(row.prompt_ids) for row in rows)
+    inputs = torch.tensor(
+        [[pad] * (width - len(row.prompt_ids)) + row.prompt_ids for row in rows], device=device
+    )
+    attention = torch.tensor(
+        [[0] * (width - len(row.prompt_ids)) + [1] * len(row.prompt_ids) for row in rows],
+        device=device,
+    )
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    streams = [TextStream(tokenizer, row.sampling, eos) for row in rows]
+    generators = [seeded_generator(row.sampling, device) for row in rows]
+    cache_argument = kv_cache_argument(model)
+    cache = None
+    while not all(stream.done for stream in streams):
+        with lock, torch.inference_mode():
+            output = model(
+                input_ids=inputs,
+                attention_mask=attention,
+                position_ids=positions,
+                use_cache=True,
+                **{cache_argument: cache},
+            )
+        cache = output["cache"] if "cache" in output else output["past_key_values"]
+        next_tokens = []
+        for index, (row, stream) in enumerate(zip(rows, streams)):
+            if stream.done:
+                next_tokens.append(pad)
+                continue
+            logits = output.logits[index, -1]
+            if row.processor is not None:
+                logits = row.processor(stream.generated, logits)
+            token = pick_token(logits, row.sampling, generators[index])
+            for delta in stream.push(token):
+                row.emit(delta)
+            next_tokens.append(token)
+        inputs = torch.tensor(next_tokens, device=device)[:, None]
+        attention = torch.cat([attention, attention.new_ones(len(rows), 1)], dim=1)
+        positions = positions[:, -1:] + 1

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from core.errors import InvalidRequest, NotFound
+from core.inference.batching import Batcher
 from core.models.loading import fetch_model, load_model
 from core.settings import Settings
 from core.spec import DEFAULT_PROMPT_TEMPLATE
@@ -38,6 +39,8 @@ class LoadedModel:
     lock: threading.Lock = field(default_factory=threading.Lock)
     #: guards decoding applies (core.methods.guard.Guard)
     guards: list = field(default_factory=list)
+    #: decodes this model's requests in batches (core.inference.batching)
+    batcher: object = None
 
 
 def context_length(model, tokenizer) -> int:
@@ -70,9 +73,10 @@ class ModelCache:
         *,
         max_models: int,
         device: str,
+        max_batch: int = 8,
     ):
         self.settings, self.lookup = settings, lookup
-        self.max_models, self.device = max_models, device
+        self.max_models, self.device, self.max_batch = max_models, device, max_batch
         self.loaded: OrderedDict[str, LoadedModel] = OrderedDict()
         self.guard = threading.Lock()
         self.loading: dict[str, threading.Lock] = {}
@@ -130,7 +134,8 @@ class ModelCache:
             with self.guard:
                 self.loaded[name] = entry
                 while len(self.loaded) > self.max_models:
-                    evicted, _ = self.loaded.popitem(last=False)
+                    evicted, old = self.loaded.popitem(last=False)
+                    old.batcher.close()
                     log.info("unloaded model %s (more than %d held)", evicted, self.max_models)
                 self.loading.pop(name, None)
             return entry
@@ -165,10 +170,12 @@ class ModelCache:
         )
         model.to(self.device).eval()
         log.info("loaded model %s on %s", name, self.device)
-        return LoadedModel(
+        entry = LoadedModel(
             name=name,
             model=model,
             tokenizer=tokenizer,
             context_length=context_length(model, tokenizer),
             prompt_template=trained_prompt_template(folder),
         )
+        entry.batcher = Batcher(model, tokenizer, entry.lock, self.max_batch)
+        return entry

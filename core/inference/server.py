@@ -64,6 +64,7 @@ class InferenceService:
             self.registry_lookup,
             max_models=settings.inference_max_models,
             device=default_device(),
+            max_batch=settings.inference_max_batch,
         )
 
     def registry_lookup(self, name: str) -> str | None:
@@ -126,8 +127,6 @@ class InferenceService:
         )
 
     def deltas(self, prepared: Prepared, prompt_ids: list[int]):
-        from core.inference.generation import decode
-
         loaded = prepared.loaded
         processor = None
         if loaded.guards:
@@ -135,9 +134,7 @@ class InferenceService:
 
             with loaded.lock:  # the classifiers read the model's hidden states
                 processor = GuardProcessor.combine(loaded.guards, loaded.model, prompt_ids)
-        return decode(
-            loaded.model, loaded.tokenizer, prompt_ids, prepared.sampling, loaded.lock, processor
-        )
+        return loaded.batcher.submit(prompt_ids, prepared.sampling, processor)
 
     def complete(self, prepared: Prepared) -> dict:
         chat = isinstance(prepared.request, ChatCompletionRequest)

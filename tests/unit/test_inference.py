@@ -88,3 +88,27 @@ def test_bad_parameters_are_400s_naming_them(body, param):
         parse_request("chat/completions", body)
     assert error.value.status == 400 and error.value.param == param
     assert error.value.body()["error"]["type"] == "invalid_request_error"
+
+
+def test_a_batch_decodes_each_request_as_alone(tiny_target):
+    from core.inference.batching import Batcher
+
+    model, tokenizer = tiny_target
+    model.eval()
+    questions = ["Where was the author born?", "Who?", "What did the author's father do for work?"]
+    prompts = [encode_chat(tokenizer, [("user", q)], TEMPLATE) for q in questions]
+    assert len({len(ids) for ids in prompts}) > 1  # left padding is exercised
+    alone = [
+        "".join(d.text for d in decode(model, tokenizer, ids, Sampling(12, temperature=0), lock))
+        for ids, lock in zip(prompts, [threading.Lock()] * 3)
+    ]
+    batcher = Batcher(model, tokenizer, threading.Lock(), max_batch=8)
+    try:
+        # Submitted together, read afterwards: the three share one batch.
+        streams = [batcher.submit(ids, Sampling(12, temperature=0)) for ids in prompts]
+        together = ["".join(d.text for d in stream) for stream in streams]
+        limited = list(batcher.submit(prompts[0], Sampling(2, temperature=0)))
+    finally:
+        batcher.close()
+    assert together == alone
+    assert limited[-1].finish_reason in ("length", "stop") and limited[-1].completion_tokens <= 2
