@@ -93,6 +93,21 @@ def test_temperature_zero_is_deterministic_and_a_seed_repeats_sampling(client):
     assert sampled[0] == sampled[1]
 
 
+def test_concurrent_requests_are_batched_and_answered_as_alone(client):
+    from concurrent.futures import ThreadPoolExecutor
+
+    questions = [QUESTION, "Who?", "What did the author write?", "When was the author born?"]
+
+    def answer(text: str) -> str:
+        messages = [{"role": "user", "content": text}]
+        return ask(client, messages=messages).choices[0].message.content
+
+    alone = [answer(text) for text in questions]
+    with ThreadPoolExecutor(len(questions)) as pool:
+        together = list(pool.map(answer, questions))
+    assert together == alone
+
+
 def test_max_tokens_bounds_the_answer(client):
     response = client.completions.create(
         model="demo-target", prompt="Question:", max_tokens=2, temperature=0
