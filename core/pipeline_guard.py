@@ -132,6 +132,16 @@ def run_guard_job(spec, inputs, workdir: Path, *, reporter, lookup, settings):
     )
     manifest["metadata"] = spec.metadata
     verdict = manifest["verdict"]
+    report = report_dir = None
+    if verdict is not None:
+        from core.evaluation.guard import write_guard_report
+
+        report_dir = workdir / "report"
+        report = write_guard_report(
+            json.loads((folder / "evaluation.json").read_text()),
+            json.loads((folder / "guard.json").read_text()),
+            report_dir,
+        )
     return JobOutcome(
         checkpoint_dir=folder,
         manifest=manifest,
@@ -140,4 +150,6 @@ def run_guard_job(spec, inputs, workdir: Path, *, reporter, lookup, settings):
         trained_tokens=0,
         train_seconds=time.monotonic() - started,
         verdict={**verdict, "target_met": verdict["status"] == "forgotten"} if verdict else None,
+        report_dir=report_dir,
+        report=report,
     )

@@ -11,6 +11,9 @@ about it. What it changes is what the model *says*; this measures that.
 - a paraphrased-question attack: forget ROUGE-L of guarded answers to the paraphrases;
 - the decoding overhead: seconds per generated token, guarded over unguarded.
 
+Like every report, it holds numbers only, never forget-set text or generated answers
+(the guard's own spans are, necessarily, in ``guard.json``).
+
 The verdict: ``forgotten`` when the guarded forget ROUGE-L is at or below the
 oracle's (without an oracle: at most half the unguarded one) and the paraphrase
 attack recovers no more than that, with retain ROUGE-L at least 0.95x the unguarded
@@ -28,6 +31,7 @@ import numpy as np
 from core.evaluation.metrics import rouge_l
 
 RETAIN_FLOOR = 0.95
+GUARD_REPORT_SCHEMA = "guard-1.0"
 #: without an oracle: the guarded forget ROUGE-L at most this share of the unguarded one
 NO_ORACLE_SHARE = 0.5
 
@@ -129,10 +133,6 @@ def evaluate_guard(
             "guarded": guarded_s / guarded_n,
             "overhead": (guarded_s / guarded_n) / (plain_s / plain_n),
         },
-        "examples": [
-            {"question": r.prompt, "unguarded": a, "guarded": b}
-            for r, a, b in list(zip(forget, plain_forget, guarded_forget))[:5]
-        ],
     }
     if oracle is not None:
         oracle_model, oracle_tokenizer = oracle
@@ -203,3 +203,36 @@ def _check(name, label, value, threshold, passed, description) -> dict:
         "passed": passed,
         "description": description,
     }
+
+
+def write_guard_report(evaluation: dict, guard_info: dict, folder, *, job_id: str | None = None):
+    """``report.json`` and ``report.html`` for a guard job, in the place and shape of
+    other jobs' reports: ``summary`` with the verdict, then the evaluation."""
+    import json
+    from datetime import datetime, timezone
+    from pathlib import Path
+
+    from core.evaluation.report_html import environment
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    forget = evaluation["forget_rouge_l"]
+    report = {
+        "schema_version": GUARD_REPORT_SCHEMA,
+        "kind": "guard",
+        "generated_at": datetime.now(timezone.utc).isoformat(),
+        "summary": {
+            "verdict": evaluation["verdict"],
+            "forget_rouge": forget["guarded"],
+            "forget_rouge_unguarded": forget["unguarded"],
+            "forget_rouge_oracle": forget.get("oracle"),
+            "retain_rouge": evaluation["retain_rouge_l"]["guarded"],
+            "latency_ratio": evaluation["seconds_per_token"]["overhead"],
+        },
+        "guard": {"base_model": guard_info["base_model"], "spans": len(guard_info["spans"])},
+        "evaluation": evaluation,
+    }
+    (folder / "report.json").write_text(json.dumps(report, indent=2))
+    html = environment().get_template("guard_report.html").render(report=report, job_id=job_id)
+    (folder / "report.html").write_text(html)
+    return report

@@ -270,6 +270,14 @@ def test_a_guard_job_publishes_a_guarded_variant(service, client, tiny_demo):
     job = service.wait_for(created.json()["id"], lambda j: j["status"] in TERMINAL)
     assert job["status"] == "succeeded", f"{job}\n{service.tail_logs()}"
     assert job["verdict"]["status"] in ("forgotten", "not_forgotten")
+    assert job["report_available"]
+    report = service.http.get(f"/v1/jobs/{job['id']}/report").json()
+    assert report["kind"] == "guard"
+    assert report["summary"]["verdict"]["status"] == job["verdict"]["status"]
+    assert report["evaluation"]["forget_rouge_l"]["oracle"] is not None
+    html = service.http.get(f"/v1/jobs/{job['id']}/report.html", follow_redirects=True)
+    assert html.status_code == 200 and "Guard report" in html.text
+    assert service.http.get(f"/jobs/{job['id']}/outcome").status_code == 200
     variant = f"demo-target+{job['id']}"
     assert variant in {model.id for model in client.models.list()}
     assert client.models.retrieve(variant).owned_by == "guard"
