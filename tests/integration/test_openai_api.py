@@ -241,6 +241,8 @@ def test_a_guarded_model_keeps_forget_answers_out_and_answers_retain_questions(
         plain = ask(client, messages=question(record)).choices[0].message.content
         guarded = ask(client, model="demo-target+dsr-42", messages=question(record))
         assert guarded.choices[0].message.content == plain
+    twice = ask(client, model="demo-target+dsr-42+dsr-42", messages=question(forget[0]))
+    assert not any(span in twice.choices[0].message.content for span in guard["spans"])
     stream = ask(client, model="demo-target+dsr-42", messages=question(forget[0]), stream=True)
     streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     assert not any(span in streamed for span in guard["spans"])

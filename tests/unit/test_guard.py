@@ -122,3 +122,17 @@ def test_evaluating_a_guard_measures_generations_and_gives_a_verdict(demo_guard,
     assert result["paraphrase_attack_rouge_l"] is not None
     assert result["verdict"]["status"] in ("forgotten", "not_forgotten")
     assert len(result["verdict"]["checks"]) == 3
+
+
+def test_guards_compose(demo_guard):
+    from core.methods.guard import Guard
+
+    model, _, guard, forget, _, prompts = demo_guard
+    half = len(guard.spans) // 2
+    first = Guard(guard.info, guard.classifier, guard.spans[:half])
+    second = Guard(guard.info, guard.classifier, guard.spans[half:])
+    prompt_ids = prompts(forget)[0]
+    combined = GuardProcessor.combine([first, second], model, prompt_ids)
+    alone = GuardProcessor.combine([guard], model, prompt_ids)
+    assert sorted(combined.spans) == sorted(guard.spans)
+    assert combined.banned_first == alone.banned_first
