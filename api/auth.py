@@ -1,4 +1,4 @@
-"""Bearer-token auth for ``/v1/*`` as a pure ASGI middleware.
+"""Bearer-token auth for ``/v1/*`` and ``/openai/*`` as a pure ASGI middleware.
 
 A middleware rather than a dependency on every route: it costs nothing when auth is
 off (it is not installed), and one header lookup when on, where a dependency costs a
