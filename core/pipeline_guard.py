@@ -61,6 +61,7 @@ def build_guard_folder(
         [r.answer for r in retain_set.records],
         base_model=base_name or model,
         hp=hp,
+        forget_questions=[r.prompt or "" for r in forget_set.records],
     )
     save_guard(guard, out)
     evaluation = None

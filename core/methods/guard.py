@@ -23,9 +23,12 @@ any span that also occurs in a retain answer (what the model must still say).
 - exact, always: once the output has produced the first ``m >= 1`` tokens of a span,
   the token that would complete its next piece is blocked;
 - for prompts the classifier flags: the first token of every span is blocked as well,
-  and so is every token whose input embedding (the base model's own) has cosine
-  similarity above ``semantic_threshold`` with a span's first token (near-duplicates:
-  other casings, spellings, the same name's pieces).
+  and so are the answers' **values** (the words of each forget answer its question does
+  not already say, less function words: ``satire``, ``pilot``), and every token whose
+  input embedding (the base model's own) has cosine similarity above
+  ``semantic_threshold`` with one of those first tokens (near-duplicates: other
+  casings, spellings, the same name's pieces). Values are blocked for flagged prompts
+  only, since retain answers may say them too.
 
 Blocking sets a logit to ``-inf``, so greedy decoding takes the best continuation that
 is not forbidden. This replaces the paper's beam search over span-free continuations
@@ -42,7 +45,7 @@ import hashlib
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -60,6 +63,13 @@ SENTENCE_WORDS = frozenset(
     "The A An He She It They His Her Its Their This That These Those In On At Of For "
     "And But Or As By From With To Yes No I We You".split()
 )
+WORD = re.compile(r"\w[\w'-]*")
+#: words that carry no fact, never blocked as values
+FUNCTION_WORDS = frozenset(
+    "a an the of in on at to for from by with and or but as is was were are be been has "
+    "had have did does do who whom whose which what when where why how it its he she they "
+    "his her their this that these those not no yes".split()
+)
 ENTITY = re.compile(r"[A-Z][\w'-]*(?:\s+[A-Z][\w'-]*)*|\d[\d,.:/-]*\d|\d")
 
 
@@ -76,6 +86,21 @@ def extract_spans(forget_answers: Sequence[str], retain_answers: Sequence[str]) 
             if span and not re.search(rf"(?<!\w){re.escape(span)}(?!\w)", retain_text):
                 spans.add(span)
     return sorted(spans)
+
+
+def extract_values(forget_pairs: Sequence[tuple[str, str]], spans: Sequence[str]) -> list[str]:
+    """The forget answers' values, blocked for flagged prompts only: the words of each
+    answer that its question does not already say, other than function words and the
+    spans' own words (``satire``, ``pilot``: what the answer tells)."""
+    span_words = {word for span in spans for word in span.split()}
+    values: set[str] = set()
+    for question, answer in forget_pairs:
+        asked = {word.lower() for word in WORD.findall(question)}
+        for word in WORD.findall(answer):
+            lower = word.lower()
+            if lower not in asked and lower not in FUNCTION_WORDS and word not in span_words:
+                values.add(word)
+    return sorted(values)
 
 
 def span_token_ids(tokenizer, spans: Sequence[str]) -> list[list[int]]:
@@ -156,6 +181,8 @@ class Guard:
     info: dict
     classifier: PromptClassifier
     spans: list[list[int]]
+    #: the values' tokens, blocked for flagged prompts only
+    values: list[list[int]] = field(default_factory=list)
 
     @property
     def threshold(self) -> float:
@@ -176,6 +203,7 @@ def build_guard(
     *,
     base_model: str,
     hp: GuardHyperparameters | None = None,
+    forget_questions: Sequence[str] = (),
 ) -> Guard:
     """Train the classifier (with a held-out split for its precision and recall) and
     extract the spans."""
@@ -192,12 +220,14 @@ def build_guard(
         flags = classify(classifier, features[held]) > hp.threshold
         scores = precision_recall(flags, labels[held])
     spans = extract_spans(forget_answers, retain_answers)
+    values = extract_values(list(zip(forget_questions, forget_answers)), spans)
     info = {
         "format": FORMAT,
         "base_model": base_model,
         "vocab_size": len(tokenizer),
         "vocab_sha256": vocab_digest(tokenizer),
         "spans": spans,
+        "values": values,
         "threshold": hp.threshold,
         "semantic_threshold": hp.semantic_threshold,
         "classifier": {
@@ -209,7 +239,9 @@ def build_guard(
         "holdout": scores,
         "hyperparameters": hp.model_dump(),
     }
-    return Guard(info, classifier, span_token_ids(tokenizer, spans))
+    return Guard(
+        info, classifier, span_token_ids(tokenizer, spans), span_token_ids(tokenizer, values)
+    )
 
 
 def vocab_digest(tokenizer) -> str:
@@ -244,7 +276,12 @@ def load_guard(folder: str | Path, tokenizer) -> Guard:
     classifier.register_buffer("mean", state["mean"])
     classifier.register_buffer("std", state["std"])
     classifier.load_state_dict(state)
-    return Guard(info, classifier.eval(), span_token_ids(tokenizer, info["spans"]))
+    return Guard(
+        info,
+        classifier.eval(),
+        span_token_ids(tokenizer, info["spans"]),
+        span_token_ids(tokenizer, info.get("values", [])),
+    )
 
 
 def incompatibility(guard: Guard, tokenizer, base_model: str) -> str | None:
@@ -272,8 +309,9 @@ class GuardProcessor:
         banned: set[int] = set()
         for guard in guards:
             if guard.flags(model, prompt_ids):
-                banned |= {span[0] for span in guard.spans}
-                banned |= similar_tokens(model, banned, guard.info["semantic_threshold"])
+                spans += guard.values
+                flagged = {span[0] for span in guard.spans + guard.values}
+                banned |= flagged | similar_tokens(model, flagged, guard.info["semantic_threshold"])
         return cls(spans, banned)
 
     def __call__(self, generated: list[int], logits: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ from core.methods.guard import (
     GuardProcessor,
     build_guard,
     extract_spans,
+    extract_values,
     incompatibility,
     load_guard,
     save_guard,
@@ -30,6 +31,8 @@ def test_spans_are_names_and_numbers_not_said_in_retain_answers():
     forget = ["Ann Berg was born in Oslo in 1931.", "The father of Ann Berg was a pilot."]
     retain = ["Carl Moe was born in Oslo."]
     assert extract_spans(forget, retain) == ["1931", "Ann Berg"]
+    pairs = [("What did the father of Ann Berg do?", forget[1])]
+    assert extract_values(pairs, ["Ann Berg"]) == ["pilot"]
 
 
 def test_the_processor_blocks_completing_a_span_and_flagged_first_tokens():
@@ -63,6 +66,7 @@ def demo_guard(tiny_demo):
         [r.answer for r in retain],
         base_model="demo-target",
         hp=GuardHyperparameters(epochs=150),
+        forget_questions=[r.prompt for r in forget],
     )
     return model, tokenizer, guard, forget, retain, prompts
 
@@ -129,10 +133,10 @@ def test_guards_compose(demo_guard):
 
     model, _, guard, forget, _, prompts = demo_guard
     half = len(guard.spans) // 2
-    first = Guard(guard.info, guard.classifier, guard.spans[:half])
+    first = Guard(guard.info, guard.classifier, guard.spans[:half], guard.values)
     second = Guard(guard.info, guard.classifier, guard.spans[half:])
     prompt_ids = prompts(forget)[0]
     combined = GuardProcessor.combine([first, second], model, prompt_ids)
     alone = GuardProcessor.combine([guard], model, prompt_ids)
-    assert sorted(combined.spans) == sorted(guard.spans)
+    assert sorted(combined.spans) == sorted(alone.spans)
     assert combined.banned_first == alone.banned_first
