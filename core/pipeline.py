@@ -156,6 +156,12 @@ def run_job(
             settings=settings,
             resume=resume,
         )
+    if spec.method == "guard":  # its output is a guard, not weights (core.methods.guard)
+        from core.pipeline_guard import run_guard_job
+
+        return run_guard_job(
+            spec, inputs, workdir, reporter=reporter, lookup=lookup, settings=settings
+        )
     return _run_unlearning(spec, inputs, workdir, reporter, lookup, settings, resume)
 
 

@@ -25,6 +25,7 @@ from core.data.templates import TEMPLATE_PATTERN, check_template
 from core.errors import InvalidRequest
 from core.methods import DEFAULT_METHOD, get_method
 from core.methods.base import UnlearningHyperparameters
+from core.methods.guard_spec import GUARD_METHOD, GuardHyperparameters
 
 DEFAULT_PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
 #: the truth-ratio KS p-value at or above which forget and holdout count as alike
@@ -253,7 +254,11 @@ class JobSpec(StrictModel):
         None, min_length=1, max_length=2048, description="Training set reference (finetune)."
     )
     retain: str | None = Field(None, max_length=2048, description="Retain set reference.")
-    method: str = Field(DEFAULT_METHOD, description="Unlearning method (GET /v1/methods).")
+    method: str = Field(
+        DEFAULT_METHOD,
+        description="Unlearning method (GET /v1/methods), or guard: a generation-time guard "
+        "instead of new weights (docs/inference.md).",
+    )
     hyperparameters: dict[str, Any] = Field(
         default_factory=dict, description="Method hyperparameters; defaults per method."
     )
@@ -316,6 +321,8 @@ class JobSpec(StrictModel):
                 return FinetuneHyperparameters.model_validate(self.hyperparameters)
             except ValidationError as exc:
                 raise invalid_request_from(exc, prefix="hyperparameters") from None
+        if self.method == GUARD_METHOD:
+            return self._guard_hyperparameters()
         method = get_method(self.method)
         try:
             hparams = method.parse_hyperparameters(self.hyperparameters)
@@ -327,6 +334,26 @@ class JobSpec(StrictModel):
                 "set; give one, or set hyperparameters.retain_loss to 'none'",
                 param="retain",
                 code="missing_retain_set",
+            )
+        return hparams
+
+    def _guard_hyperparameters(self) -> GuardHyperparameters:
+        """A guard job (core.methods.guard) trains a prompt classifier, not the model:
+        it needs the retain set (the prompts to tell apart) and takes no LoRA."""
+        try:
+            hparams = GuardHyperparameters.model_validate(self.hyperparameters)
+        except ValidationError as exc:
+            raise invalid_request_from(exc, prefix="hyperparameters") from None
+        if not self.retain:
+            raise InvalidRequest(
+                "method 'guard' needs a retain set: its classifier learns to tell forget "
+                "prompts from retain prompts",
+                param="retain",
+                code="missing_retain_set",
+            )
+        if self.lora is not None:
+            raise InvalidRequest(
+                "lora: a guard leaves the weights as they are", param="lora", code="invalid_value"
             )
         return hparams
 

@@ -294,11 +294,7 @@ class JobRunner:
                     self.store.uri(source),
                     "job_output",
                     job_id=job.id,
-                    description=(
-                        f"{spec.method} unlearning of {spec.model}"
-                        if spec.kind == "unlearn"
-                        else f"{spec.model} fine-tuned on {spec.train}"
-                    ),
+                    description=_output_description(spec),
                 )
                 session.commit()
                 return model.id
@@ -306,6 +302,14 @@ class JobRunner:
         for folder in (prefix, last_prefix, reports):
             self.store.delete_prefix(f"{folder}/")
         raise Cancelled("cancelled before the checkpoint was published")
+
+
+def _output_description(spec: JobSpec) -> str:
+    if spec.kind == "finetune":
+        return f"{spec.model} fine-tuned on {spec.train}"
+    if spec.method == "guard":
+        return f"a guard on {spec.model}: ask for {spec.model}+<this name>"
+    return f"{spec.method} unlearning of {spec.model}"
 
 
 def _checkpoint_files(folder, manifest: dict) -> list[dict]:
