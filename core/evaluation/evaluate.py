@@ -245,7 +245,7 @@ def _evaluate_set(
             min_k=spec.min_k_fraction,
         )
     aggregates = _aggregate(columns)
-    if not spec.store_generations:
+    if spec.store_generations is False:  # None: not decided by a job spec, keep
         columns.pop("generation", None)
         columns.pop("verbmem_generation", None)
     samples = {"index": indices, "line": [r.line for r in chosen], **columns}
