@@ -1,0 +1,143 @@
+"""Sending webhook deliveries: what the workers run.
+
+Every worker's parent process runs a :class:`WebhookSender` thread (started by
+``worker.celery_app`` when the worker is ready), in embedded mode and in production
+alike: it needs no broker, and it does not wait in the job queue behind a training
+run. Each pass takes the due deliveries (``core.db.webhooks.claim_due``: several
+workers never send one delivery at once), sends each one signed, and records the
+attempt; failures are retried with exponential backoff.
+
+The URL is checked again before every attempt (DNS may have changed since the
+webhook was registered: a rebinding attack), and the request goes to the very address
+that was checked, with the original host in ``Host`` (and as the TLS server name), so
+a second lookup cannot send it elsewhere. Redirects are not followed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import httpx
+
+from core.db.webhooks import DueDelivery, claim_due, record_attempt
+from core.errors import InvalidRequest
+from core.settings import Settings
+from core.webhooks.signing import (
+    DELIVERY_HEADER,
+    EVENT_HEADER,
+    SIGNATURE_HEADER,
+    signature_header,
+)
+from core.webhooks.urls import check_webhook_url
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "Obliviate-Webhooks/1"
+#: deliveries one claim takes; a pass claims again while it keeps finding a full batch
+BATCH = 20
+
+
+@dataclass(frozen=True)
+class Attempt:
+    status_code: int | None
+    error: str | None
+    duration_ms: int
+
+
+def delivery_body(payload: dict) -> bytes:
+    """The bytes sent (and signed): compact JSON."""
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def send(delivery: DueDelivery, settings: Settings) -> Attempt:
+    """POST one delivery, signed; never raises for what the receiver or the network
+    does."""
+    body = delivery_body(delivery.payload)
+    try:
+        checked = check_webhook_url(delivery.url, allow_private=settings.webhook_allow_private)
+    except InvalidRequest as exc:
+        return Attempt(None, f"refused, not sent: {exc.message}", 0)
+    address = checked.addresses[0]
+    literal = f"[{address}]" if address.version == 6 else str(address)
+    target = checked.parts._replace(netloc=f"{literal}:{checked.port}").geturl()
+    headers = {
+        "Host": checked.parts.netloc,
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        EVENT_HEADER: delivery.event,
+        DELIVERY_HEADER: delivery.id,
+        SIGNATURE_HEADER: signature_header(delivery.secret, body),
+    }
+    extensions = {"sni_hostname": checked.host} if checked.parts.scheme == "https" else {}
+    started = time.monotonic()
+    try:
+        with httpx.Client(
+            timeout=settings.webhook_timeout_s, follow_redirects=False, trust_env=False
+        ) as client:
+            response = client.post(target, content=body, headers=headers, extensions=extensions)
+    except httpx.HTTPError as exc:
+        elapsed = int((time.monotonic() - started) * 1000)
+        return Attempt(None, f"{type(exc).__name__}: {exc}".rstrip(": "), elapsed)
+    elapsed = int((time.monotonic() - started) * 1000)
+    if 200 <= response.status_code < 300:
+        return Attempt(response.status_code, None, elapsed)
+    return Attempt(
+        response.status_code,
+        f"the receiver answered HTTP {response.status_code}: {response.text[:200]}",
+        elapsed,
+    )
+
+
+def deliver_due(sessions, settings: Settings) -> int:
+    """One pass: send every delivery that is due. Returns how many were attempted."""
+    attempted = 0
+    while True:
+        with sessions() as session:
+            due = claim_due(session, lease_s=settings.webhook_timeout_s + 30, limit=BATCH)
+        for delivery in due:
+            attempt = send(delivery, settings)
+            with sessions() as session:
+                status = record_attempt(
+                    session,
+                    delivery.id,
+                    status_code=attempt.status_code,
+                    error=attempt.error,
+                    duration_ms=attempt.duration_ms,
+                    backoff_s=settings.webhook_backoff_s,
+                    max_attempts=settings.webhook_max_attempts,
+                )
+            log.info(
+                "webhook delivery %s (%s) attempt %d: %s",
+                delivery.id,
+                delivery.event,
+                delivery.attempts + 1,
+                status if attempt.error is None else f"{status}, {attempt.error}",
+                extra={"delivery_id": delivery.id, "status": status},
+            )
+        attempted += len(due)
+        if len(due) < BATCH:
+            return attempted
+
+
+class WebhookSender(threading.Thread):
+    """Sends due deliveries every ``webhook_interval_s`` until stopped."""
+
+    def __init__(self, sessions, settings: Settings):
+        super().__init__(name="obliviate-webhooks", daemon=True)
+        self.sessions, self.settings = sessions, settings
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.settings.webhook_interval_s):
+            try:
+                deliver_due(self.sessions, self.settings)
+            except Exception:  # noqa: BLE001 - the database may be back next round
+                log.exception("webhook delivery pass failed")
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=self.settings.webhook_timeout_s + 5)
