@@ -18,11 +18,20 @@ WebhookEvent = Literal[
 DeliveryStatus = Literal["pending", "delivered", "failed"]
 
 
+_PORT = "(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
+#: The shape of a webhook URL: http(s), a host name or IPv4 address, an optional port,
+#: then printable ASCII (percent-encode the rest). Whether the host resolves, and to an
+#: address the service may send to, is checked against DNS (422 unresolvable_webhook_url,
+#: forbidden_webhook_url).
+WEBHOOK_URL_PATTERN = f"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9.-]+(?::{_PORT})?(?:[/?#][!-~]*)?$"
+
+
 class WebhookCreate(StrictBody):
     url: str = Field(
         ...,
         min_length=1,
         max_length=2048,
+        pattern=WEBHOOK_URL_PATTERN,
         description="http(s) endpoint on a public address (loopback, private and "
         "link-local addresses only with OBLIVIATE_WEBHOOK_ALLOW_PRIVATE).",
     )

@@ -19,6 +19,7 @@ from api.schemas.webhooks import (
 from core.db import webhooks as repo
 from core.db.audit import add_audit_entry
 from core.db.tables import WEBHOOK_EVENTS
+from core.errors import InvalidRequest
 from core.settings import Settings
 from core.spec import invalid_request_from
 from core.webhooks.urls import check_webhook_url
@@ -35,11 +36,7 @@ def create_webhook(
     try:
         fields = WebhookCreate.model_validate(body)
     except ValidationError as exc:
-        error = invalid_request_from(exc)
-        if exc.errors()[0]["type"] == "literal_error" and (error.param or "").startswith("events"):
-            error.code = "unknown_event"
-            error.message = f"{error.param}: unknown event; one of {', '.join(WEBHOOK_EVENTS)}"
-        raise error from None
+        raise _invalid(exc) from None
     check_webhook_url(fields.url, allow_private=settings.webhook_allow_private)
     webhook = repo.create_webhook(
         session,
@@ -94,3 +91,20 @@ def list_deliveries(
     return ListObject[WebhookDeliveryObject](
         data=data, has_more=page.has_more, last_id=data[-1].id if data else None
     )
+
+
+def _invalid(exc: ValidationError) -> InvalidRequest:
+    """The first error, with a code of its own for an unknown event or a URL that is
+    not http(s)://host[:port][/path]."""
+    error = invalid_request_from(exc)
+    kind, param = exc.errors()[0]["type"], error.param or ""
+    if kind == "literal_error" and param.startswith("events."):
+        error.code = "unknown_event"
+        error.message = f"{param}: unknown event; one of {', '.join(WEBHOOK_EVENTS)}"
+    elif kind == "string_pattern_mismatch" and param == "url":
+        error.code = "invalid_webhook_url"
+        error.message = (
+            "url: not an http(s)://host[:port][/path] URL (a host name or IPv4 address; "
+            "percent-encode non-ASCII characters)"
+        )
+    return error
