@@ -64,3 +64,21 @@ def test_forbidden_addresses():
         assert is_forbidden_address(resolve_addresses(address)[0]), address
     for address in ("93.184.216.34", "8.8.8.8", "2606:4700::1111"):
         assert not is_forbidden_address(resolve_addresses(address)[0]), address
+
+
+def test_the_documented_recipe_verifies_a_delivery():
+    """docs/webhooks.md's language-neutral recipe, run as written."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "webhooks.md").read_text()
+    recipe = next(
+        block.split("```", 1)[0]
+        for block in doc.split("```python")[1:]
+        if "compare_digest" in block.split("```", 1)[0]
+    )
+    header = signature_header(SECRET, BODY)
+    for secret, body, expected in ((SECRET, BODY, True), ("whsec_x", BODY, False),
+                                   (SECRET, BODY + b"!", False)):  # fmt: skip
+        scope = {"header": header, "secret": secret, "raw_body": body}
+        exec(recipe, scope)  # noqa: S102 - our own documentation
+        assert scope["ok"] is expected
