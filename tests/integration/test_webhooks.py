@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -298,3 +298,20 @@ def test_disabling_stops_pending_deliveries(
     assert endpoint.requests == []
     [delivery] = deliveries(private_client, webhook["id"])
     assert delivery["status"] == "failed" and "disabled" in delivery["last_error"]
+
+
+def test_a_job_the_reaper_fails_is_an_event_too(private_client, session_factory):
+    webhook = register(private_client, PUBLIC_URL, ["job.failed"])
+    with session_factory() as session:
+        job = make_job(session)
+        jobs.claim_job(session, job.id, "worker-a")
+        later = jobs.utcnow() + timedelta(hours=1)  # its heartbeat is an hour old by then
+        reaped = jobs.reap_stale_jobs(
+            session, now=later, stale_after_s=60, requeue_queued_after_s=60, max_attempts=1
+        )
+        session.commit()
+    assert reaped == []
+    [delivery] = deliveries(private_client, webhook["id"])
+    assert delivery["event"] == "job.failed" and delivery["status"] == "pending"
+    failed = delivery["payload"]["data"]["job"]
+    assert failed["id"] == job.id and failed["error"]["code"] == "worker_lost"
