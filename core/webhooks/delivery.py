@@ -37,8 +37,10 @@ from core.webhooks.urls import check_webhook_url
 log = logging.getLogger(__name__)
 
 USER_AGENT = "Obliviate-Webhooks/1"
-#: deliveries one claim takes; a pass claims again while it keeps finding a full batch
-BATCH = 20
+#: attempts in one pass at most (then the sender sleeps its interval)
+MAX_PER_PASS = 100
+#: how long past its timeout an attempt's lease lasts (then another sender may retry it)
+LEASE_MARGIN_S = 30
 
 
 @dataclass(frozen=True)
@@ -92,35 +94,38 @@ def send(delivery: DueDelivery, settings: Settings) -> Attempt:
     )
 
 
-def deliver_due(sessions, settings: Settings) -> int:
-    """One pass: send every delivery that is due. Returns how many were attempted."""
+def deliver_due(sessions, settings: Settings, *, max_per_pass: int = MAX_PER_PASS) -> int:
+    """One pass: send the deliveries that are due, one claim at a time (so a lease
+    covers one attempt, however slow the receivers before it were). Returns how many
+    were attempted."""
     attempted = 0
-    while True:
+    while attempted < max_per_pass:
         with sessions() as session:
-            due = claim_due(session, lease_s=settings.webhook_timeout_s + 30, limit=BATCH)
-        for delivery in due:
-            attempt = send(delivery, settings)
-            with sessions() as session:
-                status = record_attempt(
-                    session,
-                    delivery.id,
-                    status_code=attempt.status_code,
-                    error=attempt.error,
-                    duration_ms=attempt.duration_ms,
-                    backoff_s=settings.webhook_backoff_s,
-                    max_attempts=settings.webhook_max_attempts,
-                )
-            log.info(
-                "webhook delivery %s (%s) attempt %d: %s",
+            due = claim_due(session, lease_s=settings.webhook_timeout_s + LEASE_MARGIN_S, limit=1)
+        if not due:
+            break
+        [delivery] = due
+        attempt = send(delivery, settings)
+        with sessions() as session:
+            status = record_attempt(
+                session,
                 delivery.id,
-                delivery.event,
-                delivery.attempts + 1,
-                status if attempt.error is None else f"{status}, {attempt.error}",
-                extra={"delivery_id": delivery.id, "status": status},
+                status_code=attempt.status_code,
+                error=attempt.error,
+                duration_ms=attempt.duration_ms,
+                backoff_s=settings.webhook_backoff_s,
+                max_attempts=settings.webhook_max_attempts,
             )
-        attempted += len(due)
-        if len(due) < BATCH:
-            return attempted
+        attempted += 1
+        log.info(
+            "webhook delivery %s (%s) attempt %d: %s",
+            delivery.id,
+            delivery.event,
+            delivery.attempts + 1,
+            status if attempt.error is None else f"{status}, {attempt.error}",
+            extra={"delivery_id": delivery.id, "status": status},
+        )
+    return attempted
 
 
 class WebhookSender(threading.Thread):

@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.main import create_app
-from core.db import jobs
+from core.db import jobs, webhooks
 from core.webhooks.delivery import deliver_due
 from core.webhooks.signing import verify_signature
 from tests.fixtures.api import make_job, make_settings
@@ -315,3 +315,16 @@ def test_a_job_the_reaper_fails_is_an_event_too(private_client, session_factory)
     assert delivery["event"] == "job.failed" and delivery["status"] == "pending"
     failed = delivery["payload"]["data"]["job"]
     assert failed["id"] == job.id and failed["error"]["code"] == "worker_lost"
+
+
+def test_a_due_delivery_is_leased_to_one_sender(private_client, session_factory):
+    register(private_client, PUBLIC_URL, ["job.succeeded"])
+    end_job(session_factory, "succeeded")
+    now = jobs.utcnow() + timedelta(seconds=1)
+    with session_factory() as first, session_factory() as second:
+        taken = webhooks.claim_due(first, lease_s=60, now=now)
+        assert len(taken) == 1 and taken[0].url == PUBLIC_URL
+        assert webhooks.claim_due(second, lease_s=60, now=now) == []
+        # A sender that died mid-attempt: the delivery comes due again after the lease.
+        later = now + timedelta(seconds=61)
+        assert [d.id for d in webhooks.claim_due(second, lease_s=60, now=later)] == [taken[0].id]
