@@ -328,3 +328,17 @@ def test_a_due_delivery_is_leased_to_one_sender(private_client, session_factory)
         # A sender that died mid-attempt: the delivery comes due again after the lease.
         later = now + timedelta(seconds=61)
         assert [d.id for d in webhooks.claim_due(second, lease_s=60, now=later)] == [taken[0].id]
+
+
+def test_deliveries_are_paged_newest_first(private_client, session_factory):
+    webhook = register(private_client, PUBLIC_URL, ["job.succeeded", "job.failed"])
+    first = end_job(session_factory, "succeeded")
+    second = end_job(session_factory, "failed")
+    path = f"/v1/webhooks/{webhook['id']}/deliveries"
+    page = private_client.get(path, params={"limit": 1}).json()
+    assert [d["payload"]["data"]["job"]["id"] for d in page["data"]] == [second]
+    assert page["has_more"] and page["data"][0]["event"] == "job.failed"
+    rest = private_client.get(path, params={"limit": 1, "after": page["last_id"]}).json()
+    assert [d["payload"]["data"]["job"]["id"] for d in rest["data"]] == [first]
+    assert not rest["has_more"]
+    assert private_client.get(path, params={"after": "not an id"}).status_code == 422
