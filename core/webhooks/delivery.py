@@ -37,6 +37,8 @@ from core.webhooks.urls import check_webhook_url
 log = logging.getLogger(__name__)
 
 USER_AGENT = "Obliviate-Webhooks/1"
+#: how much of a receiver's answer is read (and logged with a failed attempt)
+ANSWER_BYTES = 200
 #: attempts in one pass at most (then the sender sleeps its interval)
 MAX_PER_PASS = 100
 #: how long past its timeout an attempt's lease lasts (then another sender may retry it)
@@ -63,9 +65,6 @@ def send(delivery: DueDelivery, settings: Settings) -> Attempt:
         checked = check_webhook_url(delivery.url, allow_private=settings.webhook_allow_private)
     except InvalidRequest as exc:
         return Attempt(None, f"refused, not sent: {exc.message}", 0)
-    address = checked.addresses[0]
-    literal = f"[{address}]" if address.version == 6 else str(address)
-    target = checked.parts._replace(netloc=f"{literal}:{checked.port}").geturl()
     headers = {
         "Host": checked.parts.netloc,
         "Content-Type": "application/json",
@@ -76,22 +75,44 @@ def send(delivery: DueDelivery, settings: Settings) -> Attempt:
     }
     extensions = {"sni_hostname": checked.host} if checked.parts.scheme == "https" else {}
     started = time.monotonic()
-    try:
-        with httpx.Client(
-            timeout=settings.webhook_timeout_s, follow_redirects=False, trust_env=False
-        ) as client:
-            response = client.post(target, content=body, headers=headers, extensions=extensions)
-    except httpx.HTTPError as exc:
-        elapsed = int((time.monotonic() - started) * 1000)
-        return Attempt(None, f"{type(exc).__name__}: {exc}".rstrip(": "), elapsed)
+    with httpx.Client(
+        timeout=settings.webhook_timeout_s, follow_redirects=False, trust_env=False
+    ) as client:
+        # Each checked address in the resolver's order, as a browser would: the next
+        # one only when the connection itself was refused (localhost as ::1 and
+        # 127.0.0.1, with a receiver on one of them).
+        for index, address in enumerate(checked.addresses):
+            literal = f"[{address}]" if address.version == 6 else str(address)
+            target = checked.parts._replace(netloc=f"{literal}:{checked.port}").geturl()
+            try:
+                status_code, answer = _post(client, target, body, headers, extensions)
+                break
+            except httpx.ConnectError as exc:
+                if index + 1 < len(checked.addresses):
+                    continue
+                error = exc
+            except httpx.HTTPError as exc:
+                error = exc
+            elapsed = int((time.monotonic() - started) * 1000)
+            return Attempt(None, f"{type(error).__name__}: {error}".rstrip(": "), elapsed)
     elapsed = int((time.monotonic() - started) * 1000)
-    if 200 <= response.status_code < 300:
-        return Attempt(response.status_code, None, elapsed)
-    return Attempt(
-        response.status_code,
-        f"the receiver answered HTTP {response.status_code}: {response.text[:200]}",
-        elapsed,
-    )
+    if 200 <= status_code < 300:
+        return Attempt(status_code, None, elapsed)
+    return Attempt(status_code, f"the receiver answered HTTP {status_code}: {answer}", elapsed)
+
+
+def _post(client: httpx.Client, target: str, body: bytes, headers, extensions) -> tuple[int, str]:
+    """The status code and the start of the answer (whatever the receiver sends, at
+    most ANSWER_BYTES of it are read)."""
+    with client.stream(
+        "POST", target, content=body, headers=headers, extensions=extensions
+    ) as response:
+        answer = b""
+        for chunk in response.iter_bytes():
+            answer += chunk
+            if len(answer) >= ANSWER_BYTES:
+                break
+    return response.status_code, answer[:ANSWER_BYTES].decode("utf-8", "replace")
 
 
 def deliver_due(sessions, settings: Settings, *, max_per_pass: int = MAX_PER_PASS) -> int:

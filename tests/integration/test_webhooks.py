@@ -5,6 +5,7 @@ backoff, refused when the address is forbidden at delivery time)."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from datetime import datetime, timedelta
@@ -342,3 +343,18 @@ def test_deliveries_are_paged_newest_first(private_client, session_factory):
     assert [d["payload"]["data"]["job"]["id"] for d in rest["data"]] == [first]
     assert not rest["has_more"]
     assert private_client.get(path, params={"after": "not an id"}).status_code == 422
+
+
+def test_a_receiver_that_is_down_is_logged_and_retried(
+    private_client, private_settings, session_factory
+):
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    webhook = register(private_client, f"http://127.0.0.1:{port}/hook", ["job.succeeded"])
+    end_job(session_factory, "succeeded")
+    assert deliver_due(session_factory, private_settings) == 1
+    [delivery] = deliveries(private_client, webhook["id"])
+    assert delivery["status"] == "pending" and delivery["attempts"] == 1
+    assert delivery["last_status_code"] is None and "ConnectError" in delivery["last_error"]
+    assert delivery["next_attempt_at"] is not None
