@@ -358,3 +358,20 @@ def test_a_receiver_that_is_down_is_logged_and_retried(
     assert delivery["status"] == "pending" and delivery["attempts"] == 1
     assert delivery["last_status_code"] is None and "ConnectError" in delivery["last_error"]
     assert delivery["next_attempt_at"] is not None
+
+
+def test_the_python_client(live_server, session_factory):
+    from obliviate_client import ApiError, Client
+
+    with Client(live_server.url) as client:
+        created = client.webhooks.create(PUBLIC_URL, ["job.succeeded"], description="ops")
+        assert created.secret.startswith("whsec_") and created.active
+        assert client.webhooks.get(created.id).secret is None
+        assert [webhook.id for webhook in client.webhooks.list()] == [created.id]
+        end_job(session_factory, "succeeded")
+        [delivery] = client.webhooks.deliveries(created.id)
+        assert delivery.event == "job.succeeded" and delivery.status == "pending"
+        assert not client.webhooks.disable(created.id).active
+        with pytest.raises(ApiError) as refused:
+            client.webhooks.create("http://127.0.0.1/hook", ["job.failed"])
+        assert refused.value.code == "forbidden_webhook_url"
