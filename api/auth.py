@@ -1,4 +1,4 @@
-"""Bearer-token auth for ``/v1/*`` as a pure ASGI middleware.
+"""Bearer-token auth for ``/v1/*`` and ``/openai/*`` as a pure ASGI middleware.
 
 A middleware rather than a dependency on every route: it costs nothing when auth is
 off (it is not installed), and one header lookup when on, where a dependency costs a
@@ -18,12 +18,15 @@ import hmac
 from http.cookies import SimpleCookie
 from urllib.parse import unquote
 
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.errors import error_response
+from core.inference.protocol import error_body
 
 ANONYMOUS = "anonymous"
-PROTECTED_PREFIX = "/v1/"
+#: the API, and the OpenAI-compatible inference endpoint beside it
+PROTECTED_PREFIXES = ("/v1/", "/openai/")
 #: the dashboard's sign-in cookie: the API key, percent-encoded
 SESSION_COOKIE = "obliviate_key"
 READ_METHODS = ("GET", "HEAD")
@@ -66,7 +69,7 @@ class BearerAuthMiddleware:
         self.keys = [key.encode() for key in api_keys]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(PROTECTED_PREFIX):
+        if scope["type"] != "http" or not scope["path"].startswith(PROTECTED_PREFIXES):
             await self.app(scope, receive, send)
             return
         token = self._bearer_token(scope)
@@ -80,9 +83,12 @@ class BearerAuthMiddleware:
             scope.setdefault("state", {})["principal"] = principal_of(token.decode())
             await self.app(scope, receive, send)
             return
-        response = error_response(
-            401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"}
-        )
+        headers = {"WWW-Authenticate": "Bearer"}
+        if scope["path"].startswith("/openai/"):  # in the shape OpenAI's clients parse
+            body = error_body(message, "authentication_error", None, "invalid_api_key")
+            response = JSONResponse(body, status_code=401, headers=headers)
+        else:
+            response = error_response(401, "unauthorized", message, headers=headers)
         await response(scope, receive, send)
 
     @staticmethod

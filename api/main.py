@@ -30,11 +30,13 @@ from api.routers import (
     jobs,
     methods,
     models,
+    openai_compat,
     streams,
     webhooks,
     well_known,
 )
 from api.schemas.common import ErrorResponse
+from api.services.openai_compat import InferenceProxy
 from api.state import Resources
 from api.streams.hub import StreamHub
 from core.logs import configure_logging
@@ -64,10 +66,12 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
             resources.read_database, poll_interval_s=settings.stream_poll_interval_s
         )
         app.state.stream_hub.start()
+        app.state.inference = InferenceProxy(settings)
         try:
             yield
         finally:
             await app.state.stream_hub.stop()
+            await app.state.inference.close()
             reaper.stop()
             resources.close()
 
@@ -110,4 +114,7 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
         webhooks,
     ):
         app.include_router(module.router, responses=ERROR_RESPONSES)
+    # OpenAI-compatible inference: an OpenAI client's base_url is http://HOST:PORT/openai/v1.
+    # OpenAI's API reference documents it (and docs/inference.md what we support), not ours.
+    app.include_router(openai_compat.router, include_in_schema=False)
     return app

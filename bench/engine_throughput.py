@@ -73,7 +73,7 @@ from torch.utils._pytree import tree_flatten  # noqa: E402
 from torch.utils.weak import WeakIdKeyDictionary  # noqa: E402
 
 from core.data.encoding import IGNORE_INDEX, EncodedExample, collate  # noqa: E402
-from core.methods import ga, get_method, npo, simnpo  # noqa: E402
+from core.methods import ga, get_method, loku, npo, simnpo  # noqa: E402
 from core.models.scoring import sequence_nll  # noqa: E402
 from core.spec import DEFAULT_PROMPT_TEMPLATE, LoraSpec  # noqa: E402
 from core.training.loop import (  # noqa: E402
@@ -86,7 +86,7 @@ from core.training.loop import (  # noqa: E402
 )
 
 LOOPS = ("obliviate", "baseline")
-METHODS = ("ga", "graddiff", "npo", "simnpo")
+METHODS = ("ga", "graddiff", "npo", "simnpo", "loku")
 DEMO_CACHE = REPO / ".cache" / "bench" / "demo-bench"
 DEMO_FALLBACK = Path("/tmp/obliviate-engine-bench/demo-demo")
 #: bf16 dense tensor-core peaks (TFLOP/s) for MFU when --peak-tflops is not given
@@ -190,11 +190,13 @@ class Config:
     retain_loss: str | None = None  # None: the method's default
     lora: bool = False
     checkpointing: bool = False  # gradient checkpointing
+    fila: bool = False  # LoRA initialised by FILA (its Fisher pass counts in the timing)
 
     @property
     def label(self) -> str:
         label = self.method + (f"[{self.retain_loss}]" if self.retain_loss else "")
-        return label + ("+lora" if self.lora else "") + ("+ckpt" if self.checkpointing else "")
+        label += "+lora" if self.lora else ""
+        return label + ("+fila" if self.fila else "") + ("+ckpt" if self.checkpointing else "")
 
 
 CONFIGS = (
@@ -209,6 +211,11 @@ CONFIGS = (
     Config("npo", "kl", lora=True),
     # LoRA with gradient checkpointing: activations shrink, the weights dominate
     Config("npo", lora=True, checkpointing=True),
+    # LoKU in full, with LoRA, and with LoRA initialised by FILA (one Fisher pass over
+    # forget and retain sets before training)
+    Config("loku"),
+    Config("loku", lora=True),
+    Config("loku", lora=True, fila=True),
 )
 
 
@@ -318,13 +325,23 @@ def hyperparameters(job: dict, n_forget: int):
 # The baseline: a reference copy queried at every step
 
 
-def forget_loss(method_name: str, nll, n_tokens, ref_nll, hparams):
+def forget_loss(method_name: str, nll, n_tokens, ref_nll, hparams, logits=None, labels=None):
     """The batch-mean forget loss, through each method's pure function."""
+    if method_name == "loku":
+        return loku.inverted_hinge_loss(logits[:, :-1], labels[:, 1:])
     if method_name == "npo":
         return npo.forget_loss(nll, ref_nll, hparams.beta)
     if method_name == "simnpo":
         return simnpo.forget_loss(nll, n_tokens, hparams.beta, hparams.gamma)
     return ga.forget_loss(nll, n_tokens)  # ga, graddiff
+
+
+def autocast_for(device, hparams):
+    return torch.autocast(
+        device_type=torch.device(device).type,
+        dtype=torch.bfloat16,
+        enabled=hparams.precision == "bf16",
+    )
 
 
 def baseline_training(
@@ -345,16 +362,17 @@ def baseline_training(
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if lora is not None:
         model = apply_lora(model, lora, hparams.gradient_checkpointing)
+    if lora is not None and lora.init == "fila":
+        from core.training.fila import fila_initialise
+
+        with autocast_for(device, hparams):
+            fila_initialise(model, forget, retain, pad_id, hparams.batch_size, device, seed=seed)
     model.train()
 
     params = [p for p in model.parameters() if p.requires_grad]
     total_steps = total_optimizer_steps(len(forget), hparams)
     optimizer, scheduler = make_optimizer(params, hparams, total_steps)
-    autocast = torch.autocast(
-        device_type=torch.device(device).type,
-        dtype=torch.bfloat16,
-        enabled=hparams.precision == "bf16",
-    )
+    autocast = autocast_for(device, hparams)
 
     def forward(net, examples):
         batch = {k: v.to(device) for k, v in collate(examples, pad_id).items()}
@@ -386,7 +404,7 @@ def baseline_training(
                         ref_logits, _ = forward(ref_model, forget_batch)
                         ref_nll, _ = sequence_nll(ref_logits, batch["labels"])
                 loss = hparams.forget_coeff * forget_loss(
-                    method.name, nll, n_answer, ref_nll, hparams
+                    method.name, nll, n_answer, ref_nll, hparams, logits, batch["labels"]
                 )
                 if use_retain:
                     logits, batch = forward(model, retain_batch)
@@ -514,7 +532,7 @@ def run_job(job: dict) -> dict:
         torch.cuda.reset_peak_memory_stats()
     model, pad_id, forget, retain = load_workload(job)
     method, hparams = hyperparameters(job, len(forget))
-    lora = LoraSpec() if job["lora"] else None
+    lora = LoraSpec(init="fila" if job.get("fila") else "default") if job["lora"] else None
     n_params = sum(p.numel() for p in model.parameters())
     weights = _nbytes(model.parameters())  # before LoRA adds adapters to the same modules
     tracker = LiveTensorBytes() if job["track_memory"] else None
@@ -868,6 +886,7 @@ def main(argv: list[str] | None = None) -> int:
                     "retain_loss_effective": config.retain_loss or retain_default,
                     "lora": config.lora,
                     "checkpointing": config.checkpointing,
+                    "fila": config.fila,
                     "label": config.label,
                     "steps": args.steps or workload.steps,
                     "repeats": args.repeats or workload.repeats,

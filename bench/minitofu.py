@@ -47,6 +47,15 @@ from core.spec import DEFAULT_PROMPT_TEMPLATE, EvaluationSpec  # noqa: E402
 from core.training.loop import run_training  # noqa: E402
 
 METHODS = ("ga", "graddiff", "npo", "simnpo")
+#: rows beside them: FLAT with and without a retain set, LoKU in full, with LoRA and with
+#: FILA-initialised LoRA (``--methods flat,flat-noretain,loku,loku+lora,loku+fila``)
+EXTRA_ROWS = ("flat", "flat-noretain", "loku", "loku+lora", "loku+fila")
+#: row name -> (method, LoRA spec or None), for rows not named after their method
+VARIANTS = {
+    "flat-noretain": ("flat", None),
+    "loku+lora": ("loku", {"r": 8, "alpha": 16}),
+    "loku+fila": ("loku", {"r": 8, "alpha": 16, "init": "fila"}),
+}
 UTILITY_FLOOR = 0.9
 MAX_LENGTH = 128
 
@@ -77,6 +86,13 @@ DEFAULTS = {
         "gamma": 3.0,
         "forget_coeff": 1.0,
     },
+    # Settled by `--sweep flatloku` (seed 0, 8-9 settings each, the same selection rule:
+    # best forget quality at model utility >= 0.9x the original's).
+    "flat": {"learning_rate": 3e-4, "epochs": 10, "retain_loss": "nll", "retain_coeff": 1.0},
+    "flat-noretain": {"learning_rate": 3e-4, "epochs": 3, "retain_loss": "none"},
+    "loku": {"learning_rate": 1e-3, "epochs": 5, "retain_coeff": 1.0},
+    "loku+lora": {"learning_rate": 3e-3, "epochs": 5, "retain_coeff": 1.0},
+    "loku+fila": {"learning_rate": 1e-3, "epochs": 10, "retain_coeff": 1.0},
 }
 
 # The sweep gives every method the same budget, 36 settings: learning rate x epochs x
@@ -131,7 +147,26 @@ SWEEP_PUSH = {
     "npo": {**SWEEP_PUSH_AXES, "beta": [0.05, 0.2]},
     "simnpo": {**SWEEP_PUSH_AXES, "beta": [1.0], "gamma": [1.0, 3.0], "forget_coeff": [1.0]},
 }
-SWEEPS = {"grid": SWEEP, "kl": SWEEP_KL, "push": SWEEP_PUSH}
+# FLAT and LoKU (`--sweep flatloku --methods flat,flat-noretain,loku,loku+lora,loku+fila`):
+# 8 settings per row (9 forget-only), a smaller budget than the others' 36 + 12 + 12.
+# Forget-only FLAT has no retain weight, so it gets shorter runs and lower rates instead.
+SWEEP_FLAT_LOKU_AXES = {
+    "learning_rate": [3e-4, 1e-3],
+    "epochs": [5, 10],
+    "retain_coeff": [1.0, 5.0],
+}
+SWEEP_FLAT_LOKU = {
+    "flat": {**SWEEP_FLAT_LOKU_AXES, "retain_loss": ["nll"]},
+    "flat-noretain": {
+        "learning_rate": [1e-4, 3e-4, 1e-3],
+        "epochs": [1, 2, 3],
+        "retain_loss": ["none"],
+    },
+    "loku": SWEEP_FLAT_LOKU_AXES,
+    "loku+lora": {**SWEEP_FLAT_LOKU_AXES, "learning_rate": [1e-3, 3e-3]},
+    "loku+fila": {**SWEEP_FLAT_LOKU_AXES, "learning_rate": [1e-3, 3e-3]},
+}
+SWEEPS = {"grid": SWEEP, "kl": SWEEP_KL, "push": SWEEP_PUSH, "flatloku": SWEEP_FLAT_LOKU}
 #: floors of model utility (x the original's) at which sweeps are compared
 FLOORS = (0.8, 0.85, 0.9, 0.95)
 #: bump when a change to the engine or the evaluation invalidates cached runs
@@ -206,9 +241,11 @@ class Bench:
 
     def run(self, method: str, overrides: dict, seed: int) -> dict:
         """One unlearning run and its evaluation; cached by configuration, since the
-        runs are deterministic and a sweep is long."""
+        runs are deterministic and a sweep is long. ``method`` may name a row of
+        ``VARIANTS``."""
+        name = [method] if method not in VARIANTS else [method, VARIANTS[method]]
         key = json.dumps(
-            [RUNS_VERSION, self.preset, method, seed, {**COMMON, **overrides}], sort_keys=True
+            [RUNS_VERSION, self.preset, *name, seed, {**COMMON, **overrides}], sort_keys=True
         )
         if key in self.cache:
             return dict(self.cache[key])
@@ -229,15 +266,27 @@ class Bench:
             tmp.write_text(json.dumps(self.cache))
             tmp.replace(self.cache_file)
 
-    def _run(self, method: str, overrides: dict, seed: int) -> dict:
+    def _run(self, row: str, overrides: dict, seed: int) -> dict:
+        from core.spec import LoraSpec
+
+        method, lora = VARIANTS.get(row, (row, None))
         model, _ = load_model(str(self.assets.target), dtype="fp32")
         hparams = get_method(method).parse_hyperparameters({**COMMON, **overrides})
         started = time.monotonic()
         result = run_training(
-            model, self.tokenizer, self.forget, self.retain, get_method(method), hparams, seed=seed
+            model,
+            self.tokenizer,
+            self.forget,
+            self.retain if hparams.retain_loss != "none" else None,
+            get_method(method),
+            hparams,
+            seed=seed,
+            lora=LoraSpec(**lora) if lora else None,
         )
+        if lora:
+            result.model = result.model.merge_and_unload()
         train_s = time.monotonic() - started
-        after = self.evaluate(result.model, f"{method} seed {seed}")
+        after = self.evaluate(result.model, f"{row} seed {seed}")
         row = self.reference_row(after)
         row.update(
             seed=seed,
@@ -279,7 +328,7 @@ def _num(value) -> str:
 
 
 def print_table(methods: dict, log) -> None:
-    header = f"{'model':<10}{'FQ':>10}{'log10 FQ':>10}{'MU':>8}{'MU/orig':>9}{'P(forget)':>11}{'P(retain)':>11}{'PrivLeak':>10}"
+    header = f"{'model':<14}{'FQ':>10}{'log10 FQ':>10}{'MU':>8}{'MU/orig':>9}{'P(forget)':>11}{'P(retain)':>11}{'PrivLeak':>10}"
     log(header)
     log("-" * len(header))
 
@@ -289,7 +338,7 @@ def print_table(methods: dict, log) -> None:
 
     for name, row in methods.items():
         log(
-            f"{name:<10}{fmt(row, 'forget_quality', 10, '.2e')}{fmt(row, 'log10_forget_quality', 10, '.2f')}"
+            f"{name:<14}{fmt(row, 'forget_quality', 10, '.2e')}{fmt(row, 'log10_forget_quality', 10, '.2f')}"
             f"{fmt(row, 'model_utility', 8)}{fmt(row, 'model_utility_ratio', 9)}"
             f"{fmt(row, 'forget_probability', 11)}{fmt(row, 'retain_probability', 11)}"
             f"{fmt(row, 'privleak', 10, '.1f')}"
@@ -529,7 +578,11 @@ def main(argv: list[str] | None = None) -> int:
         default="1,2,3",
         help="comma-separated seeds (the sweep chose on seed 0; these are held out)",
     )
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help=f"comma-separated rows; beyond the methods: {', '.join(EXTRA_ROWS)}",
+    )
     parser.add_argument("--cache", type=Path, default=REPO / ".cache" / "bench")
     parser.add_argument(
         "--sweep",
@@ -537,7 +590,8 @@ def main(argv: list[str] | None = None) -> int:
         const=["grid"],
         type=lambda value: value.split(","),
         help="run hyperparameter sweeps instead, comma-separated: grid (round 1), kl (2), "
-        "push (3); the best per utility floor is taken over all of them",
+        "push (3), flatloku (FLAT and LoKU rows); the best per utility floor is taken over all "
+        "of them",
     )
     parser.add_argument(
         "--fresh", action="store_true", help="ignore runs cached by earlier invocations"

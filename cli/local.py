@@ -125,3 +125,48 @@ def resolve_job_inputs(spec: JobSpec, settings: Settings, base: Path) -> JobInpu
 def spec_data_param(spec) -> str:
     """The field that names the set a job trains on."""
     return "forget" if spec.kind == "unlearn" else "train"
+
+
+def run_unlearn(spec_file: Path, out: Path):
+    """Run the job of ``spec_file`` in this process and return its ``JobOutcome``.
+
+    In one rank of several (``--num-processes``, or torchrun / accelerate launch across
+    machines) only rank 0 shows progress, writes ``out/metrics.jsonl`` and returns the
+    outcome; the other ranks train and return None.
+    """
+    import yaml
+
+    from cli.progress import CliReporter, make_progress
+    from core.pipeline import NullReporter, run_job
+    from core.settings import get_settings
+    from core.spec import parse_job_spec
+    from core.training import distributed
+
+    settings = get_settings()
+    raw = yaml.safe_load(spec_file.read_text())
+    spec = parse_job_spec(raw if isinstance(raw, dict) else {})
+    inputs = resolve_job_inputs(spec, settings, spec_file.parent.resolve())
+    if not distributed.is_main():
+        run_job(spec, inputs, out, reporter=NullReporter(), settings=settings)
+        return None
+    with make_progress() as progress:
+        reporter = CliReporter(progress, out)
+        try:
+            return run_job(spec, inputs, out, reporter=reporter, settings=settings)
+        finally:
+            reporter.close()
+
+
+def run_unlearn_processes(spec_file: Path, out: Path, num_processes: int):
+    """Run the job of ``spec_file`` in ``num_processes`` data-parallel processes on this
+    machine (gloo on CPU, nccl on GPUs, one GPU per process). Rank 0 shows progress,
+    evaluates and saves; its ``JobOutcome`` is returned. A rank that dies fails the
+    run with ``rank_failed``."""
+    from core.training import distributed
+
+    return distributed.run_in_processes(num_processes, _unlearn_rank, spec_file, out, workdir=out)
+
+
+def _unlearn_rank(spec_file: Path, out: Path):
+    """One rank of :func:`run_unlearn_processes`: the ``JobOutcome`` on rank 0."""
+    return run_unlearn(spec_file, out)

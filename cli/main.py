@@ -140,29 +140,27 @@ def unlearn(
     out: Path = typer.Option(
         ..., "--out", "-o", help="Output folder for checkpoint, metrics and report."
     ),
+    num_processes: int = typer.Option(
+        1,
+        "--num-processes",
+        min=1,
+        help="Data-parallel processes on this machine: one per GPU (nccl), or CPU "
+        "processes (gloo) without GPUs. Same result as 1 at the same effective batch.",
+    ),
 ):
     """Run one unlearning job locally, with a progress bar."""
-    import yaml
-
-    from cli.local import resolve_job_inputs
+    from cli.local import run_unlearn, run_unlearn_processes
     from core.errors import ObliviateError
-    from core.pipeline import run_job
-    from core.settings import get_settings
-    from core.spec import parse_job_spec
 
-    settings = get_settings()
     try:
-        raw = yaml.safe_load(spec_file.read_text())
-        spec = parse_job_spec(raw if isinstance(raw, dict) else {})
-        inputs = resolve_job_inputs(spec, settings, spec_file.parent.resolve())
-        with make_progress() as progress:
-            reporter = CliReporter(progress, out)
-            try:
-                outcome = run_job(spec, inputs, out, reporter=reporter, settings=settings)
-            finally:
-                reporter.close()
+        if num_processes > 1:
+            outcome = run_unlearn_processes(spec_file, out, num_processes)
+        else:
+            outcome = run_unlearn(spec_file, out)
     except ObliviateError as error:
         _fail(error)
+    if outcome is None:  # not rank 0 of a torchrun / accelerate launch: rank 0 reports
+        return
     (out / "manifest.json").write_text(json.dumps(outcome.manifest, indent=2))
     console.print(
         f"checkpoint: [bold]{outcome.checkpoint_dir}[/] ({outcome.steps} steps, "
@@ -265,6 +263,44 @@ def finetune(
 
 
 @app.command()
+def guard(
+    model: str = typer.Argument(..., help="The model the guard is for: folder or registered name."),
+    forget: Path = typer.Argument(..., exists=True, dir_okay=False, help="Forget set."),
+    retain: Path = typer.Argument(..., exists=True, dir_okay=False, help="Retain set."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for the guard."),
+    oracle: str = typer.Option(None, help="A model never trained on the forget set."),
+):
+    """Build a GUARD (generation-time unlearning): a prompt classifier and the forget
+    set's forbidden spans, applied when decoding; the weights stay as they are. Register
+    the folder (POST /v1/models) and ask for <model>+<guard name> (docs/inference.md)."""
+    from cli.local import registered_models
+    from core.errors import ObliviateError
+    from core.pipeline_guard import build_guard_folder
+    from core.settings import get_settings
+
+    settings = get_settings()
+    models = registered_models(settings)
+    try:
+        manifest = build_guard_folder(
+            model,
+            forget,
+            retain,
+            out,
+            settings=settings,
+            lookup=lambda name: str(models[name]) if name in models else None,
+            oracle=oracle,
+        )
+    except ObliviateError as error:
+        _fail(error)
+    _print_verdict({"verdict": manifest["verdict"]})
+    holdout = manifest["classifier_holdout"]
+    console.print(
+        f"guard: [bold]{out}[/] ({manifest['spans']} spans; classifier held-out precision "
+        f"{holdout.get('precision')}, recall {holdout.get('recall')})"
+    )
+
+
+@app.command()
 def methods():
     """List the unlearning methods and their default hyperparameters."""
     from core.methods import METHODS
@@ -287,13 +323,18 @@ def serve(
     log_format: str = typer.Option(
         None, help="text or json, for the API and the worker (default OBLIVIATE_LOG_FORMAT)."
     ),
+    inference: bool = typer.Option(
+        True, help="Also start the model-serving process behind /openai/v1."
+    ),
+    inference_port: int = typer.Option(None, help="Its port on 127.0.0.1; default --port + 1."),
 ):
-    """Start the service: migrations, demo assets, a worker, and the API."""
+    """Start the service: migrations, demo assets, a worker, the model-serving process
+    and the API."""
     import os
 
     import uvicorn
 
-    from cli.serve import exit_on_sigterm, start_worker, stop_worker
+    from cli.serve import exit_on_sigterm, start_inference, start_worker, stop_worker
     from core.db.migrate import upgrade
     from core.logs import configure_logging
     from core.settings import get_settings
@@ -303,6 +344,10 @@ def serve(
             _fail(ValueError(f"--log-format must be text or json, got {log_format!r}"))
         # Through the environment, so uvicorn's workers and the worker process see it too.
         os.environ["OBLIVIATE_LOG_FORMAT"] = log_format
+        get_settings.cache_clear()
+    if inference:
+        inference_port = inference_port or port + 1
+        os.environ["OBLIVIATE_INFERENCE_URL"] = f"http://127.0.0.1:{inference_port}"
         get_settings.cache_clear()
     settings = get_settings()
     configure_logging(settings.log_format, settings.log_level)
@@ -315,6 +360,7 @@ def serve(
         _install_demo(settings)
     exit_on_sigterm()
     process = start_worker(settings) if worker else None
+    server = start_inference(settings, inference_port) if inference else None
     try:
         uvicorn.run(
             "api.main:create_app",
@@ -329,8 +375,31 @@ def serve(
             access_log=False,
         )
     finally:
-        if process is not None:
-            stop_worker(process)
+        for child in (server, process):
+            if child is not None:
+                stop_worker(child)
+
+
+@app.command(name="inference")
+def run_inference(
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    port: int = typer.Option(8001, help="Port (the API's OBLIVIATE_INFERENCE_URL)."),
+):
+    """Serve registered models for generation (OpenAI-compatible, under /v1): the
+    process the API's /openai/v1 forwards to. Loads torch; one per GPU."""
+    import uvicorn
+
+    from core.settings import get_settings
+
+    uvicorn.run(
+        "core.inference.server:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        log_level=get_settings().log_level.lower(),
+        log_config=None,
+        access_log=False,
+    )
 
 
 @app.command(name="worker")

@@ -2,7 +2,8 @@
 
 ``serve`` runs migrations, installs the demo (first start only; cached after), starts
 one Celery worker process beside it (embedded mode: the broker is a folder, so no
-other server is needed), and serves the API with uvicorn until interrupted.
+other server is needed) and the model-serving process (``obliviate inference``), and
+serves the API with uvicorn until interrupted.
 """
 
 from __future__ import annotations
@@ -81,6 +82,18 @@ def start_worker(settings: Settings) -> subprocess.Popen:
     from core.queue import all_queues
 
     command = worker_command(settings, queues=None if settings.worker_gpus else all_queues())
+    return subprocess.Popen(
+        command,
+        env=worker_environment(settings),
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
+    )
+
+
+def start_inference(settings: Settings, port: int) -> subprocess.Popen:
+    """The model-serving process beside ``serve``, on loopback: the API forwards
+    ``/openai/v1`` to it."""
+    command = [sys.executable, "-m", "cli.main", "inference", "--port", str(port)]
     return subprocess.Popen(
         command,
         env=worker_environment(settings),

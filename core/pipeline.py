@@ -9,6 +9,10 @@ target is met or the budget spent (``core.verification``) -> publish the chosen 
 finetune (``core.pipeline_finetune``): train on ``train`` -> checkpoint -> evaluate the
 result (reusable as another job's oracle, ``job:<id>``).
 
+In a job of several processes (``core.training.distributed``) every rank loads the data
+and the model and trains its share; only rank 0 evaluates, probes, saves the run state,
+the checkpoint and the report, and reports progress.
+
 A run can stop and go on: at every evaluation point (and when paused) the full training
 state is saved under ``<workdir>/run`` (``core.run_folder``); ``run_job(...,
 resume=True)`` with that folder in place continues where it stopped.
@@ -131,7 +135,17 @@ def run_job(
     names)."""
     reporter = reporter or NullReporter()
     if spec.kind == "finetune":
+        from core.errors import InvalidRequest
         from core.pipeline_finetune import run_finetune_job
+        from core.training import distributed
+
+        if distributed.world_size() > 1:
+            raise InvalidRequest(
+                "a fine-tuning job runs in one process; launch it without torchrun or "
+                "--num-processes",
+                param="resources.gpus",
+                code="unsupported_strategy",
+            )
 
         return run_finetune_job(
             spec,
@@ -142,6 +156,12 @@ def run_job(
             settings=settings,
             resume=resume,
         )
+    if spec.method == "guard":  # its output is a guard, not weights (core.methods.guard)
+        from core.pipeline_guard import run_guard_job
+
+        return run_guard_job(
+            spec, inputs, workdir, reporter=reporter, lookup=lookup, settings=settings
+        )
     return _run_unlearning(spec, inputs, workdir, reporter, lookup, settings, resume)
 
 
@@ -151,10 +171,12 @@ def _run_unlearning(spec, inputs, workdir, reporter, lookup, settings, resume) -
     from core.methods import get_method
     from core.models.loading import load_model
     from core.runtime import default_device
+    from core.training import distributed
     from core.training.auto import resolve_hyperparameters
     from core.training.loop import Callbacks, run_training, weights_dtype
     from core.training.state import TrainingState, load_trainable_weights
 
+    main = distributed.is_main()
     method = get_method(spec.method)
     hparams = spec.method_hyperparameters()
     names = inputs.names
@@ -182,7 +204,11 @@ def _run_unlearning(spec, inputs, workdir, reporter, lookup, settings, resume) -
         hparams = hparams.model_copy(update=saved_info["resolved"])
     else:
         hparams, decided = resolve_hyperparameters(
-            hparams, model, n_examples=len(forget_set), lora=spec.lora is not None
+            hparams,
+            model,
+            n_examples=len(forget_set),
+            lora=spec.lora is not None,
+            processes=distributed.world_size(),
         )
     learning_rate = hparams.learning_rate
     for name, how in decided.items():
@@ -190,7 +216,7 @@ def _run_unlearning(spec, inputs, workdir, reporter, lookup, settings, resume) -
 
     evaluator = None
     before = None
-    if spec.evaluation.enabled:
+    if spec.evaluation.enabled and main:
         from core.evaluation import EvaluationResult
         from core.pipeline_eval import JobEvaluator
 
@@ -218,18 +244,19 @@ def _run_unlearning(spec, inputs, workdir, reporter, lookup, settings, resume) -
         )
     epochs = target.max_epochs if target is not None and holdout_set is not None else hparams.epochs
     hparams = hparams.model_copy(update={"epochs": epochs})
-    run.write_json(
-        INFO_FILE,
-        {
-            "resolved": {
-                "learning_rate": hparams.learning_rate,
-                "gradient_accumulation_steps": hparams.gradient_accumulation_steps,
+    if main:
+        run.write_json(
+            INFO_FILE,
+            {
+                "resolved": {
+                    "learning_rate": hparams.learning_rate,
+                    "gradient_accumulation_steps": hparams.gradient_accumulation_steps,
+                },
+                "decided": decided,
+                "epochs": epochs,
+                "method": method.name,
             },
-            "decided": decided,
-            "epochs": epochs,
-            "method": method.name,
-        },
-    )
+        )
 
     forget_examples = encode_record_set(
         tokenizer, forget_set, max_length=hparams.max_length, template=template
@@ -242,7 +269,7 @@ def _run_unlearning(spec, inputs, workdir, reporter, lookup, settings, resume) -
 
     training_state = TrainingState.load(run.state_dir) if resume else None
     monitor = None
-    if target is not None:
+    if target is not None and main:
         monitor = _make_monitor(
             spec,
             target,
@@ -291,11 +318,22 @@ def _run_unlearning(spec, inputs, workdir, reporter, lookup, settings, resume) -
             new_schedule=bool(resume and spec.continue_from),
         )
     except Paused as paused:
+        if not main:
+            raise
         paused.state.extra = {"monitor": _monitor_extra(monitor)}
         paused.state.save(run.state_dir)
         reporter.state_saved(run.root, paused.state.step)
         raise
 
+    if not main:  # rank 0 publishes; the others only trained
+        return JobOutcome(
+            checkpoint_dir=workdir / "checkpoint",
+            manifest={},
+            history=result.history,
+            steps=result.steps,
+            trained_tokens=result.trained_tokens,
+            train_seconds=result.elapsed_s,
+        )
     model = result.model
     last_step = result.steps
     selected = None

@@ -47,7 +47,10 @@ def quiet_transformers() -> None:
 
 
 def default_device() -> str:
-    """Where a job's models live: the (first) GPU when there is one."""
+    """Where a job's models live: the (first) GPU when there is one; in a job of several
+    processes, this process's GPU (``LOCAL_RANK``)."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{os.environ['LOCAL_RANK']}" if "LOCAL_RANK" in os.environ else "cuda"

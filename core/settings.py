@@ -149,6 +149,25 @@ class Settings(BaseSettings):
         "INFO", description="Lowest level logged."
     )
 
+    inference_url: str = Field(
+        "http://127.0.0.1:8001",
+        description="Where /openai/v1 generation is forwarded: the model-serving process "
+        "(obliviate inference; obliviate serve starts one and sets this) or any "
+        "OpenAI-compatible server, e.g. vLLM (docs/inference.md).",
+    )
+    inference_api_key: str | None = Field(
+        None, description="Bearer token the API sends to the inference server, if it wants one."
+    )
+    inference_timeout_s: float = Field(
+        600.0, gt=0, description="How long the API waits on the inference server's answer."
+    )
+    inference_max_models: int = Field(
+        2, ge=1, description="Models a serving process keeps loaded (least recently used go)."
+    )
+    inference_max_batch: int = Field(
+        8, ge=1, le=256, description="Requests to one model a serving process decodes together."
+    )
+
     demo_on_start: bool = Field(True, description="Build and register demo assets at first start.")
     demo_preset: str = Field("demo", description="Demo asset preset: tiny or demo.")
 

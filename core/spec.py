@@ -25,6 +25,7 @@ from core.data.templates import TEMPLATE_PATTERN, check_template
 from core.errors import InvalidRequest
 from core.methods import DEFAULT_METHOD, get_method
 from core.methods.base import UnlearningHyperparameters
+from core.methods.guard_spec import GUARD_METHOD, GuardHyperparameters
 
 DEFAULT_PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
 #: the truth-ratio KS p-value at or above which forget and holdout count as alike
@@ -82,6 +83,11 @@ class LoraSpec(StrictModel):
         "all-linear", description="Module names to adapt, or all linear layers."
     )
     merge: bool = Field(False, description="Also publish the merged full model.")
+    init: Literal["default", "fila"] = Field(
+        "default",
+        description="default: peft's (B = 0); fila: LoKU's Fisher-weighted initialisation, "
+        "adapters start on the directions that matter most for the forget set.",
+    )
 
 
 class RelearnSpec(StrictModel):
@@ -206,6 +212,13 @@ class TargetSpec(StrictModel):
 MAX_JOB_GPUS = 8
 
 
+#: Sharded strategies a user may ask for by name, and what to use instead for now.
+UNSUPPORTED_STRATEGIES = {
+    "fsdp": "a model that does not fit one GPU needs LoRA or a larger GPU",
+    "deepspeed": "ZeRO-3 configurations are not read",
+}
+
+
 class ResourcesSpec(StrictModel):
     """What a job needs from the worker that runs it. The API publishes the job to the
     queue for its GPU count (``core.queue.queue_for``); only workers whose GPU slots
@@ -215,7 +228,15 @@ class ResourcesSpec(StrictModel):
         1,
         ge=1,
         le=MAX_JOB_GPUS,
-        description="GPUs the job runs on (one worker slot of this many devices).",
+        description="GPUs the job runs on (one worker slot of this many devices); more "
+        "than 1 runs the job in that many data-parallel processes (docs/distributed.md).",
+    )
+    strategy: str = Field(
+        "ddp",
+        description="How processes share the job: ddp (every process holds the whole model "
+        "and a share of each batch). fsdp and deepspeed are not supported yet and are "
+        "refused with unsupported_strategy.",
+        json_schema_extra={"enum": ["ddp"]},
     )
 
 
@@ -233,7 +254,11 @@ class JobSpec(StrictModel):
         None, min_length=1, max_length=2048, description="Training set reference (finetune)."
     )
     retain: str | None = Field(None, max_length=2048, description="Retain set reference.")
-    method: str = Field(DEFAULT_METHOD, description="Unlearning method (GET /v1/methods).")
+    method: str = Field(
+        DEFAULT_METHOD,
+        description="Unlearning method (GET /v1/methods), or guard: a generation-time guard "
+        "instead of new weights (docs/inference.md).",
+    )
     hyperparameters: dict[str, Any] = Field(
         default_factory=dict, description="Method hyperparameters; defaults per method."
     )
@@ -296,6 +321,8 @@ class JobSpec(StrictModel):
                 return FinetuneHyperparameters.model_validate(self.hyperparameters)
             except ValidationError as exc:
                 raise invalid_request_from(exc, prefix="hyperparameters") from None
+        if self.method == GUARD_METHOD:
+            return self._guard_hyperparameters()
         method = get_method(self.method)
         try:
             hparams = method.parse_hyperparameters(self.hyperparameters)
@@ -310,15 +337,59 @@ class JobSpec(StrictModel):
             )
         return hparams
 
+    def _guard_hyperparameters(self) -> GuardHyperparameters:
+        """A guard job (core.methods.guard) trains a prompt classifier, not the model:
+        it needs the retain set (the prompts to tell apart) and takes no LoRA."""
+        try:
+            hparams = GuardHyperparameters.model_validate(self.hyperparameters)
+        except ValidationError as exc:
+            raise invalid_request_from(exc, prefix="hyperparameters") from None
+        if not self.retain:
+            raise InvalidRequest(
+                "method 'guard' needs a retain set: its classifier learns to tell forget "
+                "prompts from retain prompts",
+                param="retain",
+                code="missing_retain_set",
+            )
+        if self.lora is not None:
+            raise InvalidRequest(
+                "lora: a guard leaves the weights as they are", param="lora", code="invalid_value"
+            )
+        return hparams
+
     def validated(self) -> JobSpec:
         """Check everything that can be checked without loading data or models."""
         self._check_kind()
+        self._check_resources()
         self.method_hyperparameters()
         if self.evaluation.store_generations is None:
             # Data minimisation: a deletion request's report must not copy the very
             # text it was filed to remove.
             self.evaluation.store_generations = self.deletion_request is None
         return self
+
+    def _check_resources(self) -> None:
+        strategy = self.resources.strategy
+        if strategy in UNSUPPORTED_STRATEGIES:
+            raise InvalidRequest(
+                f"resources.strategy: {strategy} is not supported yet; jobs run data-parallel "
+                f"(ddp), each process holding the whole model ({UNSUPPORTED_STRATEGIES[strategy]}"
+                "; see docs/distributed.md)",
+                param="resources.strategy",
+                code="unsupported_strategy",
+            )
+        if strategy != "ddp":
+            raise InvalidRequest(
+                f"resources.strategy: {strategy!r} is not a strategy; use ddp",
+                param="resources.strategy",
+                code="invalid_value",
+            )
+        if self.kind == "finetune" and self.resources.gpus > 1:
+            raise InvalidRequest(
+                "resources.gpus: a fine-tuning job runs in one process; ask for 1 GPU",
+                param="resources.gpus",
+                code="unsupported_strategy",
+            )
 
     def _check_kind(self) -> None:
         def refuse(param: str, message: str) -> None:

@@ -47,8 +47,10 @@ class DbReporter:
         self._metrics: list[dict] = []
         self._evaluations: list[dict] = []
         self._failed_tries = 0
+        #: written with each heartbeat once a step was trained; until then (and in the
+        #: process that launched a job's ranks, where rank 0 reports) only liveness
         self._progress = {
-            "step": 0,
+            "step": None,
             "total_steps": None,
             "epoch": None,
             "trained_tokens": None,

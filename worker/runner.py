@@ -171,15 +171,28 @@ class JobRunner:
         resumed_at = self._fetch_run(job, spec, attempt, workdir, reporter)
         mirror = RunMirror(self.store, job.id)
         reporter.on_state_saved = lambda folder, step: mirror.upload(folder, step)
-        outcome = run_job(
-            spec,
-            inputs,
-            workdir,
-            reporter=CancelBetweenPhases(reporter),
-            lookup=resolver.registry_lookup,
-            settings=self.settings,
-            resume=resumed_at is not None,
-        )
+        if spec.resources.gpus > 1:
+            from worker.ranks import run_job_in_processes
+
+            outcome = run_job_in_processes(
+                self.settings,
+                job.id,
+                attempt,
+                spec,
+                inputs,
+                workdir,
+                resume=resumed_at is not None,
+            )
+        else:
+            outcome = run_job(
+                spec,
+                inputs,
+                workdir,
+                reporter=CancelBetweenPhases(reporter),
+                lookup=resolver.registry_lookup,
+                settings=self.settings,
+                resume=resumed_at is not None,
+            )
         if reporter.should_cancel():
             raise Cancelled("cancelled after training")
         reporter.event("phase", "uploading checkpoint")
@@ -281,11 +294,7 @@ class JobRunner:
                     self.store.uri(source),
                     "job_output",
                     job_id=job.id,
-                    description=(
-                        f"{spec.method} unlearning of {spec.model}"
-                        if spec.kind == "unlearn"
-                        else f"{spec.model} fine-tuned on {spec.train}"
-                    ),
+                    description=_output_description(spec),
                 )
                 session.commit()
                 return model.id
@@ -293,6 +302,14 @@ class JobRunner:
         for folder in (prefix, last_prefix, reports):
             self.store.delete_prefix(f"{folder}/")
         raise Cancelled("cancelled before the checkpoint was published")
+
+
+def _output_description(spec: JobSpec) -> str:
+    if spec.kind == "finetune":
+        return f"{spec.model} fine-tuned on {spec.train}"
+    if spec.method == "guard":
+        return f"a guard on {spec.model}: ask for {spec.model}+<this name>"
+    return f"{spec.method} unlearning of {spec.model}"
 
 
 def _checkpoint_files(folder, manifest: dict) -> list[dict]:

@@ -329,7 +329,7 @@ def heartbeat(
     job_id: str,
     *,
     attempt: int | None = None,
-    step: int,
+    step: int | None = None,
     total_steps: int | None = None,
     epoch: float | None = None,
     trained_tokens: int | None = None,
@@ -340,11 +340,13 @@ def heartbeat(
     ``cancelling`` (stop and clean up) or anything but ``running`` (stop: the job was
     reaped or finished elsewhere). None when ``attempt`` no longer holds the job (it was
     reaped and claimed again): stop, and write nothing more. Progress is only written
-    while the job is active and held. ``heartbeat_at`` is the database's clock; ``now``
+    while the job is active and held, and only what is given (a worker that has not
+    trained a step yet, or whose ranks report for it, leaves the step as it is). ``heartbeat_at`` is the database's clock; ``now``
     only sets ``updated_at``. Commits."""
     now = now or utcnow()
-    values: dict[str, Any] = {"step": step, "heartbeat_at": database_now(), "updated_at": now}
+    values: dict[str, Any] = {"heartbeat_at": database_now(), "updated_at": now}
     optional = {
+        "step": step,
         "total_steps": total_steps,
         "epoch": epoch,
         "trained_tokens": trained_tokens,

@@ -73,5 +73,24 @@ def list_models(session: Session, *, after: str | None = None, limit: int = 20) 
     return paginate(session, select(Model), Model.id, after=after, limit=limit)
 
 
+def all_models(session: Session) -> list[Model]:
+    """Every registered model, oldest first (the OpenAI listing is not paginated)."""
+    return list(session.scalars(select(Model).order_by(Model.id)))
+
+
+def guard_variants(session: Session) -> list[tuple[str, Model]]:
+    """``(<base>+<guard>, the guard's row)`` for every guard a job published (method
+    guard): the name the guarded model is asked for by (core.methods.guard)."""
+    from core.db.tables import Job
+
+    rows = session.execute(
+        select(Job.model, Model)
+        .join(Job, Job.id == Model.job_id)
+        .where(Model.kind == "job_output", Job.method == "guard")
+        .order_by(Model.id)
+    ).all()
+    return [(f"{base}+{model.name}", model) for base, model in rows]
+
+
 def _name_taken(name: str) -> Conflict:
     return Conflict(f"a model named {name!r} already exists", param="name", code="model_exists")

@@ -144,6 +144,12 @@ def relearn_probability(
     unseen = [forget_examples[i] for i in order[cut:]]
     pad = pad_token_id(tokenizer)
     params = [p for p in model.parameters() if p.requires_grad]
+    # A LoRA model merged for publishing has no trainable weights left: the attacker
+    # fine-tunes all of them (and they are restored after, like any other).
+    unfrozen = [] if params else list(model.parameters())
+    for param in unfrozen:
+        param.requires_grad_(True)
+    params = params or unfrozen
     saved = trainable_weights(model)
     was_training = model.training
     device = next(model.parameters()).device
@@ -176,5 +182,7 @@ def relearn_probability(
         for param in params:
             param.grad = None
         load_trainable_weights(model, saved)
+        for param in unfrozen:
+            param.requires_grad_(False)
         model.train(was_training)
     return unseen_probability, holdout_probability

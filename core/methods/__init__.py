@@ -7,12 +7,14 @@ Adding a method: write ``core/methods/<name>.py`` with a hyperparameter schema, 
 from __future__ import annotations
 
 from core.errors import InvalidRequest
-from core.methods import ga, graddiff, npo, simnpo
+from core.methods import flat, ga, graddiff, loku, npo, simnpo
 from core.methods.base import Method, UnlearningHyperparameters
 
 DEFAULT_METHOD = "simnpo"
 
-METHODS: dict[str, Method] = {m.METHOD.name: m.METHOD for m in (simnpo, npo, graddiff, ga)}
+METHODS: dict[str, Method] = {
+    m.METHOD.name: m.METHOD for m in (simnpo, npo, graddiff, ga, flat, loku)
+}
 
 
 def get_method(name: str) -> Method:

@@ -111,6 +111,12 @@ class ForgetInputs:
     nll: torch.Tensor  # summed answer-token NLL under the current model
     n_tokens: torch.Tensor  # answer tokens per sequence
     ref_nll: torch.Tensor | None = None  # summed NLL under the model before unlearning
+    #: logits ``[B, T, V]`` and labels ``[B, T]`` of the batch (LoKU's token-level loss)
+    logits: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    #: the same for each example's companion (FLAT's template answer to the same
+    #: prompt), when the method builds companions
+    companion: ForgetInputs | None = None
 
 
 @dataclass
@@ -145,6 +151,10 @@ class Method:
     forget_term: Callable[[ForgetInputs, UnlearningHyperparameters], LossTerm]
     needs_reference_nll: bool = False
     paper: str | None = None
+    #: ``companions(forget, tokenizer, hparams, seed)``: one more example per forget
+    #: example, scored beside it in every forget forward (FLAT: a template answer to the
+    #: same prompt); built once before training
+    companions: Callable | None = None
 
     def parse_hyperparameters(self, values: dict | None) -> UnlearningHyperparameters:
         return self.hyperparameters.model_validate(values or {})

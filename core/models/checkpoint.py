@@ -65,6 +65,11 @@ def save_checkpoint(
         for config in model.peft_config.values():
             config.base_model_name_or_path = info.get("base_model")
         model.save_pretrained(folder)
+        if getattr(model, "fila_offsets", None):
+            from core.training.fila import fold_into_saved_adapter
+
+            # The live base holds W - s B0 A0; the saved adapter applies to W itself.
+            fold_into_saved_adapter(folder, model.fila_offsets)
         tokenizer.save_pretrained(folder)
         if merge_lora:
             merged = model.merge_and_unload()

@@ -34,8 +34,9 @@ log = logging.getLogger(__name__)
 RegistryLookup = Callable[[str], "str | None"]
 
 COMPLETE_MARKER = ".obliviate-complete"
-#: What makes a folder a model: a transformers config, or a peft adapter's.
-MODEL_FOLDER_FILES = ("config.json", "adapter_config.json")
+#: What makes a folder a model: a transformers config, a peft adapter's, or a guard's
+#: (core.methods.guard: served on top of its base model).
+MODEL_FOLDER_FILES = ("config.json", "adapter_config.json", "guard.json")
 CHUNK_BYTES = 1 << 20
 #: What a damaged, encrypted or otherwise unreadable zip or (compressed) tar raises.
 #: OSError covers gzip's and bz2's bad data (no errno); one with an errno is a disk

@@ -5,7 +5,8 @@ processes`` forget examples, each paired with a retain example drawn at random, 
 normalizes every loss term by the *whole block* (sequences or answer tokens, known from
 the labels before any forward pass). So batch 8 x accumulation 1 and batch 2 x
 accumulation 4 give the same update, and the result does not depend on the GPU count
-at the same effective batch. accelerate handles devices, mixed precision and DDP.
+at the same effective batch. accelerate handles devices, mixed precision and DDP;
+``core.training.distributed`` shares blocks out, reduces metrics and lets rank 0 decide.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from core.data.encoding import IGNORE_INDEX, EncodedExample, collate
 from core.errors import Cancelled, NonFiniteLoss, Paused
 from core.methods.base import ForgetInputs, LossTerm, Method, UnlearningHyperparameters
 from core.models.scoring import sequence_nll
+from core.training import distributed
 from core.training.divergence import check_step, non_finite_message
 from core.training.state import (
     TrainingState,
@@ -97,7 +99,7 @@ class Callbacks:
     on_evaluation: Callable[[EvaluationPoint], bool] | None = None
 
     def event(self, kind: str, message: str, **data) -> None:
-        if self.on_event:
+        if self.on_event and distributed.is_main():
             self.on_event(kind, message, data)
 
 
@@ -139,6 +141,7 @@ def weights_dtype(precision: str, lora: bool) -> str:
 
 
 def make_accelerator(precision: str):
+    import torch
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
 
@@ -146,7 +149,15 @@ def make_accelerator(precision: str):
     # own precision, so start every run from a clean state.
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
-    return Accelerator(mixed_precision=resolve_mixed_precision(precision))
+    distributed.refuse_sharding_launch()
+    distributed.init_process_group()
+    # Several processes without GPUs: accelerate's multi-CPU mode (gloo) needs cpu=True.
+    cpu = distributed.world_size() > 1 and not torch.cuda.is_available()
+    threads = torch.get_num_threads()
+    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(precision), cpu=cpu)
+    # Its multi-CPU set-up picks a thread count of its own; keep core.runtime's.
+    torch.set_num_threads(threads)
+    return accelerator
 
 
 def total_optimizer_steps(n_forget: int, hparams, num_processes: int = 1) -> int:
@@ -304,10 +315,15 @@ def run_training(
                 with accelerator.autocast():
                     ref_nll = reference_nll(model, forget, pad_id, hparams.batch_size * 2, device)
 
+        companions = (
+            method.companions(forget, tokenizer, hparams, seed) if method.companions else None
+        )
+        fila = lora is not None and lora.init == "fila"
         ref_model = None
-        if use_retain and hparams.retain_loss == "kl" and lora is None:
+        if use_retain and hparams.retain_loss == "kl" and (lora is None or fila):
             # Full fine-tuning changes every weight, so the KL reference needs a frozen copy;
-            # with LoRA the base model with adapters disabled serves instead (no copy).
+            # with LoRA the base model with adapters disabled serves instead (no copy),
+            # unless FILA moved part of the base weights into the adapters.
             ref_model = copy.deepcopy(model).eval().requires_grad_(False)
 
         if hparams.gradient_checkpointing:
@@ -316,6 +332,15 @@ def run_training(
             )
         if lora is not None:
             model = apply_lora(model, lora, hparams.gradient_checkpointing)
+        if fila:
+            from core.training.fila import fila_initialise
+
+            # Deterministic (seeded svd_lowrank), so a resumed run rebuilds the same base.
+            callbacks.event("phase", "FILA: Fisher-weighted LoRA initialisation")
+            with accelerator.autocast():
+                fila_initialise(
+                    model, forget, retain or [], pad_id, hparams.batch_size, device, seed=seed
+                )
         if resume is not None:
             load_trainable_weights(model, resume.weights)
         model.train()
@@ -404,7 +429,7 @@ def run_training(
             for block_start in range(start_block, len(order), block_size):
                 if step >= total_steps:
                     break
-                if callbacks.should_pause and callbacks.should_pause():
+                if distributed.rank0_decides(callbacks.should_pause, world):
                     raise Paused(
                         f"paused at step {step}",
                         state=capture(epoch, block_start, epoch_start_generator),
@@ -417,15 +442,16 @@ def run_training(
                     "forget": {"sequence": len(forget_block), "token": _block_tokens(forget_block)},
                     "retain": {"sequence": len(retain_block), "token": _block_tokens(retain_block)},
                 }
-                mine = block[rank::world]
+                mine, real = distributed.shard_block(block, rank, world)
                 micro_batches = [
-                    mine[i : i + hparams.batch_size]
+                    (mine[i : i + hparams.batch_size], real[i : i + hparams.batch_size])
                     for i in range(0, len(mine), hparams.batch_size)
                 ]
                 totals = {"loss": 0.0, "forget": 0.0, "retain": 0.0}
                 weights: list[torch.Tensor] = []
-                for micro_index, micro in enumerate(micro_batches):
-                    if callbacks.should_cancel and callbacks.should_cancel():
+                step_tokens = 0
+                for micro_index, (micro, keep) in enumerate(micro_batches):
+                    if distributed.rank0_decides(callbacks.should_cancel, world):
                         raise Cancelled(f"cancelled at step {step}")
                     sync = micro_index == len(micro_batches) - 1
                     with nullcontext() if sync or world == 1 else accelerator.no_sync(model):
@@ -438,6 +464,7 @@ def run_training(
                             pad_id,
                             world,
                             denominators,
+                            keep=keep,
                             forget_examples=[forget[order[i]] for i in micro],
                             forget_ref=ref_nll[[order[i] for i in micro]]
                             if ref_nll is not None
@@ -445,18 +472,23 @@ def run_training(
                             retain_examples=[retain[partners[i]] for i in micro]
                             if use_retain
                             else None,
+                            companion_examples=[companions[order[i]] for i in micro]
+                            if companions is not None
+                            else None,
                             lora=lora,
                         )
                     for key in totals:
                         totals[key] += parts[key]
-                    for index, value in zip(micro, parts["forget_nll"]):
-                        seen_forget[order[index]] = value
+                    for index, value, is_real in zip(micro, parts["forget_nll"], keep):
+                        if is_real:
+                            seen_forget[order[index]] = value
                     if use_retain:
-                        for index, value in zip(micro, parts["retain_nll"]):
-                            seen_retain[partners[index]] = value
+                        for index, value, is_real in zip(micro, parts["retain_nll"], keep):
+                            if is_real:
+                                seen_retain[partners[index]] = value
                     if micro_weights is not None:
                         weights.append(micro_weights)
-                    tokens += micro_tokens * world
+                    step_tokens += micro_tokens
                 grad_norm = (
                     accelerator.clip_grad_norm_(params, hparams.max_grad_norm)
                     if hparams.max_grad_norm
@@ -480,24 +512,41 @@ def run_training(
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
-                weight = torch.cat(weights) if weights else None
+                weight = torch.cat(weights) if weights else torch.empty(0)
+                # The step's metrics over all ranks: each holds its share of the block.
+                sums, (weight_min,), (weight_max,) = distributed.reduce_metrics(
+                    [
+                        totals["loss"],
+                        totals["forget"],
+                        totals["retain"],
+                        float(step_tokens),
+                        float(weight.sum()),
+                        float(weight.numel()),
+                    ],
+                    [float(weight.min()) if weight.numel() else math.inf],
+                    [float(weight.max()) if weight.numel() else -math.inf],
+                    world,
+                )
+                loss_sum, forget_sum, retain_sum, block_tokens, weight_sum, weight_count = sums
+                tokens += int(block_tokens)
+                has_weights = weight_count > 0
                 metrics = StepMetrics(
                     step=step,
                     total_steps=total_steps,
                     epoch=epoch + (block_start + len(block)) / len(order),
-                    loss=totals["loss"],
-                    forget_loss=totals["forget"] if hparams.forget_coeff > 0 else None,
-                    retain_loss=totals["retain"] if use_retain else None,
+                    loss=loss_sum,
+                    forget_loss=forget_sum if hparams.forget_coeff > 0 else None,
+                    retain_loss=retain_sum if use_retain else None,
                     lr=lr,
                     grad_norm=float(grad_norm),
-                    weight_mean=float(weight.mean()) if weight is not None else None,
-                    weight_min=float(weight.min()) if weight is not None else None,
-                    weight_max=float(weight.max()) if weight is not None else None,
+                    weight_mean=weight_sum / weight_count if has_weights else None,
+                    weight_min=weight_min if has_weights else None,
+                    weight_max=weight_max if has_weights else None,
                     tokens=tokens,
                     elapsed_s=time.monotonic() - started,
                 )
                 result.history.append(metrics)
-                if callbacks.on_step:
+                if callbacks.on_step and rank == 0:
                     callbacks.on_step(metrics)
                 check_step(  # a diverged run fails instead of publishing blown-up weights
                     metrics.values(),
@@ -512,7 +561,12 @@ def run_training(
                 due = (
                     step % evaluate_every_steps == 0 if evaluate_every_steps else epoch_end
                 ) or step >= total_steps
-                if callbacks.on_evaluation and due:
+                if world > 1 and due:
+                    # Rank 0 judges the point; it needs every rank's measurements.
+                    seen_forget = distributed.merge_dicts(seen_forget, world)
+                    seen_retain = distributed.merge_dicts(seen_retain, world)
+                stop = False
+                if callbacks.on_evaluation and due and rank == 0:
                     point = EvaluationPoint(
                         step=step,
                         epoch=metrics.epoch,
@@ -525,9 +579,10 @@ def run_training(
                         forget_nll=dict(seen_forget),
                         retain_nll=dict(seen_retain),
                     )
-                    if callbacks.on_evaluation(point):
-                        result.stopped_early = step < total_steps
-                        break
+                    stop = bool(callbacks.on_evaluation(point))
+                if due and distributed.rank0_decides(lambda s=stop: s, world):
+                    result.stopped_early = step < total_steps
+                    break
             if result.stopped_early or step >= total_steps:
                 break
 
@@ -578,51 +633,87 @@ def _micro_step(
     world,
     denominators,
     *,
+    keep,
     forget_examples,
     forget_ref,
     retain_examples,
+    companion_examples=None,
     lora,
 ):
-    """Forward + backward of one micro-batch; returns its share of the step's losses."""
+    """Forward + backward of one micro-batch; returns its share of the step's losses.
+
+    ``keep`` marks the real examples: the others pad a rank's share of a short block
+    (``distributed.shard_block``) and weigh zero.
+    """
     import torch
 
     device = accelerator.device
+    keep_mask = torch.tensor(keep, dtype=torch.bool, device=device)
     loss = torch.zeros((), device=device)
     parts = {"loss": 0.0, "forget": 0.0, "retain": 0.0, "forget_nll": [], "retain_nll": []}
     weights = None
-    n_tokens = sum(len(e.input_ids) for e in forget_examples)
+    n_tokens = sum(len(e.input_ids) for e, real in zip(forget_examples, keep) if real)
     with accelerator.autocast():
         if hparams.forget_coeff > 0:
             logits, batch = _forward_nll(model, forget_examples, pad_id, device)
             nll, n_answer = sequence_nll(logits, batch["labels"])
             parts["forget_nll"] = _per_token(nll, n_answer)
+            companion = None
+            if companion_examples:
+                n_tokens += sum(
+                    len(e.input_ids) for e, real in zip(companion_examples, keep) if real
+                )
+                companion_logits, companion_batch = _forward_nll(
+                    model, companion_examples, pad_id, device
+                )
+                companion = ForgetInputs(
+                    *sequence_nll(companion_logits, companion_batch["labels"]),
+                    logits=companion_logits,
+                    labels=companion_batch["labels"],
+                )
             term = method.forget_term(
                 ForgetInputs(
                     nll=nll,
                     n_tokens=n_answer,
                     ref_nll=forget_ref.to(device) if forget_ref is not None else None,
+                    logits=logits,
+                    labels=batch["labels"],
+                    companion=companion,
                 ),
                 hparams,
             )
-            forget_part = _reduce(term, denominators["forget"])
+            forget_part = _reduce(term, denominators["forget"], keep_mask)
             loss = loss + hparams.forget_coeff * forget_part
             parts["forget"] = float(forget_part.detach())
             weights = (
-                term.gradient_weight.detach().float().cpu()
+                term.gradient_weight.detach()[keep_mask].float().cpu()
                 if term.gradient_weight is not None
                 else None
             )
         if retain_examples:
-            n_tokens += sum(len(e.input_ids) for e in retain_examples)
+            n_tokens += sum(len(e.input_ids) for e, real in zip(retain_examples, keep) if real)
             retain_part, parts["retain_nll"] = _retain_term(
-                model, ref_model, hparams, retain_examples, pad_id, device, lora, denominators
+                model,
+                ref_model,
+                hparams,
+                retain_examples,
+                pad_id,
+                device,
+                lora,
+                denominators,
+                keep_mask,
             )
             loss = loss + hparams.retain_coeff * retain_part
             parts["retain"] = float(retain_part.detach())
-    if not torch.isfinite(loss):
+    # Every rank asks, so that a NaN on one of them stops all (none is left waiting in
+    # the backward pass's all-reduce).
+    bad_ranks = distributed.ranks_where(not bool(torch.isfinite(loss)), world)
+    if bad_ranks:
+        shown = f" ({float(loss.detach())})" if not torch.isfinite(loss) else ""
+        where = f" on rank {', '.join(map(str, bad_ranks))}" if world > 1 else ""
         raise NonFiniteLoss(
             non_finite_message(
-                f"non-finite loss ({float(loss.detach())})",
+                f"non-finite loss{shown}{where}",
                 hparams,
                 method.name,
                 accelerator.mixed_precision,
@@ -635,20 +726,28 @@ def _micro_step(
     return parts, weights, n_tokens
 
 
-def _reduce(term: LossTerm, denominators: dict[str, int]):
-    return term.per_sequence.sum() / denominators[term.reduction]
+def _reduce(term: LossTerm, denominators: dict[str, int], keep):
+    return _masked_sum(term.per_sequence, keep) / denominators[term.reduction]
 
 
-def _retain_term(model, ref_model, hparams, examples, pad_id, device, lora, denominators):
+def _masked_sum(per_sequence, keep):
+    """Sum over the real examples; padding weighs zero (``where``, not a product, so that
+    a padding copy's inf cannot turn the sum into NaN)."""
+    import torch
+
+    return torch.where(keep, per_sequence, torch.zeros_like(per_sequence)).sum()
+
+
+def _retain_term(model, ref_model, hparams, examples, pad_id, device, lora, denominators, keep):
     import torch
 
     logits, batch = _forward_nll(model, examples, pad_id, device)
     if hparams.retain_loss == "nll":
         nll, n_answer = sequence_nll(logits, batch["labels"])
-        return nll.sum() / denominators["retain"]["token"], _per_token(nll, n_answer)
+        return _masked_sum(nll, keep) / denominators["retain"]["token"], _per_token(nll, n_answer)
     with torch.no_grad():
         per_token = _per_token(*sequence_nll(logits.detach(), batch["labels"]))
-        if lora is not None:
+        if ref_model is None:
             with _unwrap(model).disable_adapter():
                 ref_logits = model(
                     input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
@@ -657,7 +756,8 @@ def _retain_term(model, ref_model, hparams, examples, pad_id, device, lora, deno
             ref_logits = ref_model(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
             ).logits
-    kl = answer_kl(logits, ref_logits, batch["labels"]).sum() / denominators["retain"]["token"]
+    kl = _masked_sum(answer_kl(logits, ref_logits, batch["labels"]), keep)
+    kl = kl / denominators["retain"]["token"]
     return kl, per_token
 
 

@@ -26,6 +26,12 @@ def test_methods_expose_schemas_and_defaults(client):
     assert beta["exclusiveMinimum"] == 0 and beta["maximum"] == 100
     assert npo["defaults"]["beta"] == beta["default"] == 0.1
     assert npo["defaults"]["learning_rate"] == "auto"
+    flat = client.get("/v1/methods/flat").json()
+    divergence = flat["hyperparameters_schema"]["properties"]["divergence"]
+    assert divergence["enum"] == ["tv", "kl", "reverse_kl", "js", "pearson", "hellinger"]
+    assert (flat["defaults"]["divergence"], flat["defaults"]["retain_loss"]) == ("tv", "none")
+    loku = client.get("/v1/methods/loku").json()
+    assert (loku["paper"], loku["defaults"]["epochs"]) == ("arXiv:2408.06621", 5)
     spec = client.get("/v1/job-spec").json()
     assert spec["target_defaults"]["utility_floor"] == 0.95
     assert {"target", "continue_from", "kind"} <= set(spec["json_schema"]["properties"])

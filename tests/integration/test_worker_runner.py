@@ -11,6 +11,7 @@ import time
 from datetime import timedelta
 
 import pytest
+import torch
 from sqlalchemy import select, text
 
 from core.bootstrap import demo_folder, install_demo
@@ -335,3 +336,131 @@ def test_a_cancel_is_seen_at_the_next_phase(session_factory, running_job):
     phases.event("evaluation", "evaluated the after model in 1.0s")  # not a phase change
     with pytest.raises(Cancelled):
         phases.event("phase", "relearning attack")
+
+
+# ------------------------------------------------------------------ several processes
+
+#: Two ranks need two devices: gloo CPU processes, or two GPUs under nccl.
+two_devices = pytest.mark.skipif(
+    torch.cuda.is_available() and torch.cuda.device_count() < 2,
+    reason="two ranks on one GPU: nccl needs a GPU per process",
+)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@two_devices
+def test_a_two_gpu_job_runs_in_two_processes_and_rank_0_publishes(
+    worker_settings, session_factory, store
+):
+    """resources.gpus 2 on CPU: two gloo ranks; rank 0 alone reports each step and
+    publishes one checkpoint; the losses are the one-process ones."""
+    body = {
+        "model": "demo-target",
+        "forget": FORGET,
+        "method": "ga",
+        "hyperparameters": {
+            "epochs": 1,
+            "batch_size": 4,
+            "gradient_accumulation_steps": 1,
+            "learning_rate": 1e-3,
+            "precision": "fp32",
+        },
+        "evaluation": {"enabled": False},
+        "target": None,
+    }
+    job_ids = []
+    for gpus, batch in ((1, 8), (2, 4)):
+        spec = {**body, "resources": {"gpus": gpus}}
+        spec["hyperparameters"] = {**body["hyperparameters"], "batch_size": batch}
+        with session_factory() as session:
+            job_ids.append(jobs.create_job(session, parse_job_spec(spec), FORGET).id)
+            session.commit()
+    runner = JobRunner(worker_settings, session_factory, store)
+    assert [runner.run(job_id) for job_id in job_ids] == ["succeeded", "succeeded"]
+    losses = []
+    with session_factory() as session:
+        for job_id in job_ids:
+            [checkpoint] = list_checkpoints(session, job_id)
+            assert stored_files_match(store, checkpoint)
+            metrics = jobs.list_metrics(session, job_id).items
+            assert [m.step for m in metrics] == [1]  # 8 records, blocks of 8; reported once
+            losses.append(metrics[0].values["loss"])
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@two_devices
+def test_a_cancel_stops_every_rank_of_a_two_gpu_job(worker_settings, session_factory, store):
+    """Rank 0 reads the cancel and broadcasts it: both ranks stop at the same step, the
+    job ends cancelled and nothing is published."""
+    body = {
+        "model": "demo-target",
+        "forget": LONG_FORGET,
+        "method": "ga",
+        "hyperparameters": {
+            "epochs": 1000,
+            "batch_size": 1,
+            "gradient_accumulation_steps": 1,
+            "learning_rate": 1e-3,
+            "precision": "fp32",
+        },
+        "evaluation": {"enabled": False},
+        "target": None,
+        "resources": {"gpus": 2},
+    }
+    with session_factory() as session:
+        job_id = jobs.create_job(session, parse_job_spec(body), LONG_FORGET).id
+        session.commit()
+    thread = start_training(
+        JobRunner(worker_settings, session_factory, store), session_factory, job_id
+    )
+    with session_factory() as session:
+        jobs.request_cancel(session, job_id)
+        session.commit()
+    assert thread.result_within(120) == "cancelled"
+    with session_factory() as session:
+        assert list_checkpoints(session, job_id) == []
+
+
+@two_devices
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_paused_two_gpu_job_resumes_where_it_stopped(worker_settings, session_factory, store):
+    """Rank 0 reads the pause, every rank stops at the same step, rank 0 saves the state;
+    the resumed job's ranks both continue from it."""
+    body = {
+        "model": "demo-target",
+        "forget": LONG_FORGET,
+        "method": "ga",
+        "hyperparameters": {
+            "epochs": 1000,
+            "max_steps": 200,
+            "batch_size": 1,
+            "gradient_accumulation_steps": 1,
+            "learning_rate": 1e-4,
+            "precision": "fp32",
+        },
+        "evaluation": {"enabled": False},
+        "target": None,
+        "resources": {"gpus": 2},
+    }
+    with session_factory() as session:
+        job_id = jobs.create_job(session, parse_job_spec(body), LONG_FORGET).id
+        session.commit()
+    runner = JobRunner(worker_settings, session_factory, store)
+    thread = start_training(runner, session_factory, job_id)
+    with session_factory() as session:
+        jobs.request_pause(session, job_id)
+        session.commit()
+    assert thread.result_within(120) == "paused"
+    paused_at = read_job(session_factory, job_id).step
+    assert 0 < paused_at < 200
+    with session_factory() as session:
+        jobs.resume_job(session, job_id)
+        session.commit()
+    assert runner.run(job_id) == "succeeded"
+    with session_factory() as session:
+        steps = [m.step for m in jobs.list_metrics(session, job_id, limit=1000).items]
+        [checkpoint] = list_checkpoints(session, job_id)
+    assert read_job(session_factory, job_id).step == 200
+    assert steps == list(range(1, 201))  # once each: none trained twice or skipped
+    assert stored_files_match(store, checkpoint)

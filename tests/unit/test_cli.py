@@ -68,6 +68,40 @@ def test_unlearn_writes_checkpoint_metrics_and_report(home, tmp_path):
     assert (out / "report" / "report.html").exists()
 
 
+@pytest.mark.parametrize(
+    "method,extra",
+    [
+        ("flat", {}),  # forget data only: no retain set
+        # with a target and merge: true, the verdict's relearning attack runs on the
+        # merged model, whose weights are all frozen (it trains and restores them all)
+        (
+            "loku",
+            {"retain": "ds_demo_retain90", "lora": {"r": 4, "init": "fila", "merge": True}},
+        ),
+    ],
+)
+def test_unlearn_runs_flat_without_retain_and_loku_with_fila(home, tmp_path, method, extra):
+    spec = {
+        "model": "demo-target",
+        "forget": "ds_demo_forget10",
+        "method": method,
+        "hyperparameters": {"learning_rate": 1e-3, "epochs": 1, "batch_size": 8},
+        "evaluation": {"holdout": "ds_demo_holdout", "max_new_tokens": 8},
+        "target": {"max_epochs": 1},
+        **extra,
+    }
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["unlearn", str(tmp_path / "job.yaml"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "checkpoint" / "manifest.json").read_text())
+    assert manifest["method"] == method
+    if method == "loku":
+        adapter = json.loads((out / "checkpoint" / "adapter_config.json").read_text())
+        assert adapter["r"] == 8  # FILA's rank-2r adapter for the original base
+        assert (out / "checkpoint" / "merged" / "model.safetensors").exists()
+
+
 def test_a_bad_spec_names_the_field(home, tmp_path):
     (tmp_path / "job.yaml").write_text(
         yaml.safe_dump(
@@ -89,7 +123,7 @@ def test_a_bad_spec_names_the_field(home, tmp_path):
 def test_methods_lists_every_method():
     result = CliRunner().invoke(app, ["methods"])
     assert result.exit_code == 0
-    for name in ("simnpo", "npo", "graddiff", "ga"):
+    for name in ("simnpo", "npo", "graddiff", "ga", "flat", "loku"):
         assert name in result.output
 
 

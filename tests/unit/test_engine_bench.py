@@ -26,7 +26,7 @@ def quick(bench, tmp_path_factory):
 
 def test_quick_run_reports_every_method_with_positive_numbers(bench, quick):
     rows = quick["rows"]
-    assert {row["method"] for row in rows} == {"ga", "graddiff", "npo", "simnpo"}
+    assert {row["method"] for row in rows} == {"ga", "graddiff", "npo", "simnpo", "loku"}
     assert {row["label"] for row in rows} == {config.label for config in bench.CONFIGS}
     for row in rows:
         for loop in ("obliviate", "baseline"):

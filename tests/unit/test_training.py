@@ -122,7 +122,15 @@ def test_same_seed_gives_the_same_loss_trace(tiny_demo, tiny_data):
 
 
 @pytest.mark.parametrize(
-    "method,retain_loss", [("npo", "nll"), ("graddiff", "nll"), ("ga", "none"), ("simnpo", "kl")]
+    "method,retain_loss",
+    [
+        ("npo", "nll"),
+        ("graddiff", "nll"),
+        ("ga", "none"),
+        ("simnpo", "kl"),
+        ("flat", "none"),
+        ("loku", "nll"),
+    ],
 )
 def test_batch_8_x_1_equals_batch_2_x_4(tiny_demo, tiny_data, method, retain_loss):
     """Token-normalized (GA, NLL retain) and sequence-normalized (NPO, SimNPO) terms alike

@@ -101,6 +101,8 @@ def test_every_n_steps_and_stopping_at_a_point(tiny_demo, tiny_data):
         ("simnpo", None, 6),  # mid-epoch, with KL retain and dropout
         # LoRA dropout draws from torch's global generator: resuming restores it too
         ("graddiff", LoraSpec(r=4, alpha=8, dropout=0.1), 5),
+        # FILA rebuilds the same base weights from the original model on resume
+        ("loku", LoraSpec(r=4, alpha=8, init="fila"), 5),
     ],
 )
 def test_resuming_from_a_saved_state_gives_the_uninterrupted_weights(
