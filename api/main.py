@@ -32,6 +32,7 @@ from api.routers import (
     models,
     openai_compat,
     streams,
+    webhooks,
     well_known,
 )
 from api.schemas.common import ErrorResponse
@@ -101,7 +102,17 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
     app.add_exception_handler(SignInRequired, redirect_to_sign_in)
     app.add_exception_handler(dashboard.PageError, dashboard.show_page_error)
     # streams before jobs: /v1/jobs/stream must not be read as the job "stream".
-    for module in (datasets, streams, jobs, methods, job_spec, models, deletion_requests, audit):
+    for module in (
+        datasets,
+        streams,
+        jobs,
+        methods,
+        job_spec,
+        models,
+        deletion_requests,
+        audit,
+        webhooks,
+    ):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     # OpenAI-compatible inference: an OpenAI client's base_url is http://HOST:PORT/openai/v1.
     # OpenAI's API reference documents it (and docs/inference.md what we support), not ours.

@@ -28,6 +28,7 @@ from pydantic import BaseModel
 
 from api.schemas.deletion_requests import DeletionRequestCreate
 from api.schemas.models import ModelCreate
+from api.schemas.webhooks import WebhookCreate
 from core.methods import DEFAULT_METHOD, METHODS
 from core.spec import JobSpec
 
@@ -52,6 +53,8 @@ STATE_ERROR_CODES = frozenset(
         "empty_dataset",
         "invalid_encoding",
         "answer_truncated",
+        "unresolvable_webhook_url",  # DNS
+        "forbidden_webhook_url",  # OBLIVIATE_WEBHOOK_ALLOW_PRIVATE
     }
 )
 #: Text without NUL (U+0000), which Postgres cannot store.
@@ -149,7 +152,7 @@ def install_openapi(app: FastAPI) -> None:
                 title=app.title, version=app.version, summary=app.summary, routes=app.routes
             )
             schemas = document.setdefault("components", {}).setdefault("schemas", {})
-            for model in (JobSpec, ModelCreate, DeletionRequestCreate):
+            for model in (JobSpec, ModelCreate, DeletionRequestCreate, WebhookCreate):
                 definition = model.model_json_schema(ref_template=REF)
                 schemas.update(definition.pop("$defs", {}))
                 schemas[model.__name__] = definition
@@ -158,7 +161,7 @@ def install_openapi(app: FastAPI) -> None:
             _add_reference_patterns(schemas)
             schemas["DeletionRequestCreate"]["properties"]["subject"]["pattern"] = NOT_BLANK_PATTERN
             request_schemas = _reachable(
-                schemas, ["JobSpec", "ModelCreate", "DeletionRequestCreate"]
+                schemas, ["JobSpec", "ModelCreate", "DeletionRequestCreate", "WebhookCreate"]
             )
             for name in request_schemas:
                 _forbid_nul(schemas[name])

@@ -47,6 +47,21 @@ class Settings(BaseSettings):
     allow_private_urls: bool = Field(
         False, description="Accept http(s) model URLs on private/loopback/link-local addresses."
     )
+    webhook_allow_private: bool = Field(
+        False,
+        description="Accept webhook URLs on loopback, private, link-local or multicast "
+        "addresses (checked at registration and at every delivery).",
+    )
+    webhook_max_attempts: int = Field(
+        8, ge=1, description="Delivery attempts before a webhook delivery is failed."
+    )
+    webhook_backoff_s: float = Field(
+        10.0, gt=0, description="Wait before the first retry; doubled after each failure."
+    )
+    webhook_timeout_s: float = Field(10.0, gt=0, description="Timeout of one delivery attempt.")
+    webhook_interval_s: float = Field(
+        2.0, gt=0, description="How often a worker sends the webhook deliveries that are due."
+    )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated bearer tokens; empty disables auth (embedded default).",

@@ -23,6 +23,8 @@ from obliviate_client.models import (
     Model,
     Page,
     StreamMessage,
+    Webhook,
+    WebhookDelivery,
 )
 
 __all__ = [
@@ -40,4 +42,6 @@ __all__ = [
     "Model",
     "Page",
     "StreamMessage",
+    "Webhook",
+    "WebhookDelivery",
 ]

@@ -20,6 +20,8 @@ from obliviate_client.models import (
     Method,
     Metric,
     Model,
+    Webhook,
+    WebhookDelivery,
 )
 
 
@@ -219,3 +221,40 @@ def list_audit(
         object_id=object_id, action=action, principal=principal, after=after, limit=limit
     )
     return Call("GET", "/v1/audit", params=params, parse=AuditEntry, page=True)
+
+
+# -- webhooks ---------------------------------------------------------------------------
+
+
+def create_webhook(url: str, events: list[str], *, description: str | None) -> Call:
+    # Not repeated after a lost answer: it has no Idempotency-Key, and a second webhook
+    # would get every event twice.
+    body: dict[str, Any] = {"url": url, "events": list(events)}
+    if description is not None:
+        body["description"] = description
+    return Call("POST", "/v1/webhooks", json=body, parse=Webhook, retry=False)
+
+
+def get_webhook(webhook_id: str) -> Call:
+    return Call("GET", f"/v1/webhooks/{webhook_id}", parse=Webhook)
+
+
+def list_webhooks(*, after: str | None, limit: int) -> Call:
+    return Call(
+        "GET", "/v1/webhooks", params=_params(after=after, limit=limit), parse=Webhook, page=True
+    )
+
+
+def disable_webhook(webhook_id: str) -> Call:
+    return Call("DELETE", f"/v1/webhooks/{webhook_id}", parse=Webhook)
+
+
+def list_webhook_deliveries(webhook_id: str, *, after: str | None, limit: int) -> Call:
+    params = _params(after=after, limit=limit)
+    return Call(
+        "GET",
+        f"/v1/webhooks/{webhook_id}/deliveries",
+        params=params,
+        parse=WebhookDelivery,
+        page=True,
+    )

@@ -42,6 +42,8 @@ from obliviate_client.models import (
     Model,
     Page,
     StreamMessage,
+    Webhook,
+    WebhookDelivery,
 )
 from obliviate_client.sse import aiter_sse, iter_sse
 
@@ -128,6 +130,7 @@ class Client:
         self.methods = Methods(self)
         self.deletion_requests = DeletionRequests(self)
         self.audit = Audit(self)
+        self.webhooks = Webhooks(self)
 
     def __enter__(self) -> Client:
         return self
@@ -413,6 +416,32 @@ class Audit:
                 after=after,
                 limit=page_size,
             )
+        )
+
+
+class Webhooks:
+    def __init__(self, client: Client):
+        self._client = client
+
+    def create(self, url: str, events: list[str], *, description: str | None = None) -> Webhook:
+        """The answer's ``secret`` signs every delivery; it is shown this once."""
+        return self._client.call(calls.create_webhook(url, events, description=description))
+
+    def get(self, webhook_id: str) -> Webhook:
+        return self._client.call(calls.get_webhook(webhook_id))
+
+    def list(self, *, page_size: int = 100) -> Iterator[Webhook]:
+        return self._client.paginate(
+            lambda after: calls.list_webhooks(after=after, limit=page_size)
+        )
+
+    def disable(self, webhook_id: str) -> Webhook:
+        return self._client.call(calls.disable_webhook(webhook_id))
+
+    def deliveries(self, webhook_id: str, *, page_size: int = 100) -> Iterator[WebhookDelivery]:
+        """Newest first."""
+        return self._client.paginate(
+            lambda after: calls.list_webhook_deliveries(webhook_id, after=after, limit=page_size)
         )
 
 

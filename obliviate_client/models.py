@@ -254,6 +254,43 @@ class AuditEntry(ApiModel):
     entry_hash: str | None = None
 
 
+class Webhook(ApiModel):
+    id: str
+    object: Literal["webhook"] = "webhook"
+    url: str
+    events: list[str]
+    description: str | None = None
+    active: bool
+    created_at: datetime
+    disabled_at: datetime | None = None
+    #: the signing secret: only in the answer to ``create``
+    secret: str | None = None
+
+
+class DeliveryAttempt(ApiModel):
+    attempt: int
+    at: datetime
+    status_code: int | None = None
+    error: str | None = None
+    duration_ms: int
+
+
+class WebhookDelivery(ApiModel):
+    id: str
+    object: Literal["webhook_delivery"] = "webhook_delivery"
+    webhook_id: str
+    event: str
+    status: str
+    attempts: int
+    next_attempt_at: datetime | None = None
+    last_status_code: int | None = None
+    last_error: str | None = None
+    created_at: datetime
+    delivered_at: datetime | None = None
+    payload: dict[str, Any]
+    attempt_log: list[DeliveryAttempt]
+
+
 class Page(ApiModel, Generic[T]):
     """One cursor page of a list."""
 

@@ -37,3 +37,26 @@ def _check_slots(sender=None, **_) -> None:
 @signals.worker_process_init.connect
 def _pin_child(**_) -> None:
     pin_to_slot()
+
+
+_webhook_sender = None
+
+
+@signals.worker_ready.connect
+def _start_webhook_sender(**_) -> None:
+    """The parent process sends webhook deliveries (core.webhooks.delivery) on a
+    connection per pass (NullPool: nothing open for a forked child to inherit)."""
+    global _webhook_sender
+    from core.db.engine import make_engine, make_session_factory
+    from core.webhooks.delivery import WebhookSender
+
+    settings = get_settings()
+    sessions = make_session_factory(make_engine(settings.database_url, pooled=False))
+    _webhook_sender = WebhookSender(sessions, settings)
+    _webhook_sender.start()
+
+
+@signals.worker_shutdown.connect
+def _stop_webhook_sender(**_) -> None:
+    if _webhook_sender is not None:
+        _webhook_sender.stop()

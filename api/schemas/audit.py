@@ -16,6 +16,8 @@ AuditAction = Literal[
     "job.resumed",
     "job.finished",
     "certificate.issued",
+    "webhook.created",
+    "webhook.disabled",
 ]
 
 
@@ -25,7 +27,7 @@ class AuditEntryObject(BaseModel):
     at: datetime
     principal: str
     action: AuditAction
-    object_type: Literal["dataset", "deletion_request", "job"]
+    object_type: Literal["dataset", "deletion_request", "job", "webhook"]
     object_id: str
     data: dict[str, Any] | None
     prev_hash: str | None = None

@@ -46,6 +46,8 @@ AUDIT_ACTIONS = (
     "job.resumed",
     "job.finished",
     "certificate.issued",
+    "webhook.created",
+    "webhook.disabled",
 )
 
 _INSERT = AuditEntry.__table__.insert()

@@ -52,6 +52,7 @@ from core.db.tables import (
     Report,
 )
 from core.db.types import UTCDateTime, utcnow
+from core.db.webhooks import job_ended
 from core.errors import Conflict, NotFound
 
 if TYPE_CHECKING:
@@ -559,6 +560,7 @@ def finish_job(
             **({"target_met": verdict.get("target_met")} if verdict else {}),
         },
     )
+    job_ended(session, job_id, now=now)
     session.commit()
     return ended
 
@@ -618,6 +620,8 @@ def request_cancel(
                     object_id=job_id,
                     data={"status": target},
                 )
+            if target == "cancelled":
+                job_ended(session, job_id, now=now)
             return _fresh(session, job_id)
     raise Conflict(f"job {job_id} kept changing state; retry", param="job_id")
 
@@ -859,6 +863,7 @@ def reap_stale_jobs(
                 object_id=job_id,
                 data={"status": values["status"], "error_code": values.get("error_code")},
             )
+            job_ended(session, job_id, now=now)
 
     return to_enqueue
 

@@ -290,3 +290,56 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     entries: Mapped[int] = mapped_column(BigInteger)
     head_hash: Mapped[str] = mapped_column(String(64))
+
+
+WEBHOOK_EVENTS = (
+    "job.succeeded",
+    "job.failed",
+    "job.cancelled",
+    "deletion_request.fulfilled",
+    "deletion_request.needs_attention",
+)
+DELIVERY_STATUSES = ("pending", "delivered", "failed")
+
+
+class Webhook(Base):
+    """An endpoint that is sent the events it subscribed to (``core.db.webhooks``).
+    Service-wide for now; a tenant column scopes it once tenants exist. Deleting one
+    disables it (``disabled_at``): its deliveries stay readable."""
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[str] = mapped_column(IdString, primary_key=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    events: Mapped[list[str]] = mapped_column(JSONDoc)
+    #: the HMAC key deliveries are signed with; shown to the client once, at creation
+    secret: Mapped[str] = mapped_column(String(128))
+    description: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class WebhookDelivery(Base):
+    """One event for one webhook: written in the transaction of the event (an outbox),
+    sent by the workers (``core.webhooks.delivery``), retried with backoff until
+    ``delivered`` or ``failed``. ``attempt_log`` holds every attempt's outcome."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_webhook_id_id", "webhook_id", "id"),
+        Index("ix_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[str] = mapped_column(IdString, primary_key=True)
+    webhook_id: Mapped[str] = mapped_column(IdString, ForeignKey("webhooks.id"))
+    event: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: when a sender may take it next (also a sender's lease while it sends)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    attempt_log: Mapped[list[dict[str, Any]]] = mapped_column(JSONDoc)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

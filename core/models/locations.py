@@ -18,9 +18,7 @@ A reference is one of:
 
 from __future__ import annotations
 
-import ipaddress
 import re
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -28,6 +26,7 @@ from urllib.parse import urlparse
 from urllib.request import url2pathname
 
 from core.errors import ModelLocationError
+from core.net import UnresolvableHost, first_forbidden, resolve_addresses
 from core.settings import Settings
 from core.storage.locations import parse_s3_url
 
@@ -146,17 +145,16 @@ def check_public_url(url: str, settings: Settings, *, param: str = "model") -> N
     if settings.allow_private_urls:
         return
     try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
-    except socket.gaierror:
+        addresses = resolve_addresses(host)
+    except UnresolvableHost:
         raise ModelLocationError(
             f"cannot resolve host {host!r}", param=param, code="model_not_found"
         ) from None
-    for address in addresses:
-        ip = ipaddress.ip_address(address.split("%")[0])
-        if not ip.is_global or ip.is_multicast:
-            raise ModelLocationError(
-                f"{host} resolves to {ip}, a private, loopback or link-local address; "
-                "model URLs must be public",
-                param=param,
-                code="model_location_not_allowed",
-            )
+    ip = first_forbidden(addresses)
+    if ip is not None:
+        raise ModelLocationError(
+            f"{host} resolves to {ip}, a private, loopback or link-local address; "
+            "model URLs must be public",
+            param=param,
+            code="model_location_not_allowed",
+        )

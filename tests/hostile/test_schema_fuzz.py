@@ -29,7 +29,12 @@ EXAMPLES = int(os.environ.get("OBLIVIATE_SCHEMA_FUZZ_EXAMPLES", "10"))
 SEED = os.environ.get("OBLIVIATE_SCHEMA_FUZZ_SEED", "14")
 #: Operations whose acceptance depends on stored state: positive cases may be 422 there
 #: (the hooks' state_rules_only check narrows it to the state codes).
-STATEFUL_OPERATIONS = [("POST", "/v1/jobs"), ("POST", "/v1/models"), ("POST", "/v1/datasets")]
+STATEFUL_OPERATIONS = [
+    ("POST", "/v1/jobs"),
+    ("POST", "/v1/models"),
+    ("POST", "/v1/datasets"),
+    ("POST", "/v1/webhooks"),  # DNS, and which addresses are allowed
+]
 
 CONFIG = """
 # Live streams (SSE) never end by themselves: read the first event, not until timeout.
