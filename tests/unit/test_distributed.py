@@ -384,9 +384,9 @@ def test_a_dead_rank_or_rank_0_error_stops_every_rank(tmp_path):
     assert distributed.launch(2, distributed.world_size) == {0: 2, 1: 2}
     with pytest.raises(ObliviateError) as error:
         distributed.run_in_processes(2, _exit_on_rank_1, workdir=tmp_path)
-    assert error.value.code == "rank_failed" and "process 1 of 2" in error.value.message, (
-        error.value
-    )
+    # Which process the error names is a race: rank 1's exit, or rank 0's barrier
+    # failing on the connection rank 1 dropped, whichever the launcher sees first.
+    assert error.value.code == "rank_failed" and " of 2 failed" in error.value.message, error.value
     with pytest.raises(ObliviateError) as error:
         distributed.run_in_processes(2, _fail_on_rank_0, workdir=tmp_path)
     assert (error.value.code, error.value.param) == ("invalid_data", "forget")
