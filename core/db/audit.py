@@ -26,6 +26,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from core.db.pagination import Page, paginate
@@ -94,15 +95,19 @@ def add_audit_entry(
         raise ValueError(f"audit action must be one of {AUDIT_ACTIONS}, got {action!r}")
     connection = session.connection()
     # Lock the head first: from here to commit no other append can interleave.
-    head = connection.execute(
-        _HEAD.update()
-        .where(_HEAD.c.id == HEAD_ID)
-        .values(entries=_HEAD.c.entries + 1)
-        .returning(_HEAD.c.head_hash)
-    ).first()
-    if head is None:  # an emptied log (tests truncate it): start a new chain
-        connection.execute(_HEAD.insert().values(id=HEAD_ID, entries=1, head_hash=GENESIS))
-    prev_hash = head.head_hash if head is not None else GENESIS
+    head = _advance_head(connection)
+    if head is None:
+        # An emptied log (tests truncate it): recreate the head. ON CONFLICT DO NOTHING,
+        # since a concurrent append may be recreating it too (it then waits for that
+        # one to commit, and advances the row it made).
+        insert = (postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert)(
+            _HEAD
+        )
+        connection.execute(
+            insert.values(id=HEAD_ID, entries=0, head_hash=GENESIS).on_conflict_do_nothing()
+        )
+        head = _advance_head(connection)
+    prev_hash = head.head_hash
     fields = {
         "at": utcnow(),
         "principal": principal,
@@ -114,6 +119,15 @@ def add_audit_entry(
     digest = entry_hash(prev_hash, **fields)
     connection.execute(_INSERT, {**fields, "prev_hash": prev_hash, "entry_hash": digest})
     connection.execute(_HEAD.update().where(_HEAD.c.id == HEAD_ID).values(head_hash=digest))
+
+
+def _advance_head(connection):
+    return connection.execute(
+        _HEAD.update()
+        .where(_HEAD.c.id == HEAD_ID)
+        .values(entries=_HEAD.c.entries + 1)
+        .returning(_HEAD.c.head_hash)
+    ).first()
 
 
 @dataclass
