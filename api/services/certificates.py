@@ -115,6 +115,7 @@ def _body(
     report = artifacts.get_report(session, job.id)
     summary = report.summary if report is not None else {}
     output = session.get(Model, job.output_model_id) if job.output_model_id else None
+    published = _published_checkpoint(session, job.id)
     return {
         "version": certificates.CERTIFICATE_VERSION,
         "certificate_id": certificate_id,
@@ -141,8 +142,8 @@ def _body(
             "started_at": job.started_at.isoformat() if job.started_at else None,
             "finished_at": job.finished_at.isoformat() if job.finished_at else None,
         },
-        "model_before": _model_before(session, store, job),
-        "model_after": _model_after(session, job, output),
+        "model_before": _model_before(session, store, job, published),
+        "model_after": _model_after(output, published),
         "data": _data(session, job),
         "evidence": Evidence.from_summary(summary).model_dump(),
         "verdict": job.verdict,
@@ -150,7 +151,7 @@ def _body(
     }
 
 
-def _model_before(session: Session, store: ObjectStore, job: Job) -> dict[str, Any]:
+def _model_before(session: Session, store: ObjectStore, job: Job, published) -> dict[str, Any]:
     """The base model as the job named it, with the digest of its files the worker
     recorded in the published checkpoint's manifest (``base_model_sha256``: null for a
     hub model)."""
@@ -158,12 +159,11 @@ def _model_before(session: Session, store: ObjectStore, job: Job) -> dict[str, A
     return {
         "reference": job.model,
         "source": registered.source if registered is not None else job.model,
-        "sha256": _manifest(session, store, job.id).get("base_model_sha256"),
+        "sha256": _manifest(store, published).get("base_model_sha256"),
     }
 
 
-def _manifest(session: Session, store: ObjectStore, job_id: str) -> dict[str, Any]:
-    published = _published_checkpoint(session, job_id)
+def _manifest(store: ObjectStore, published) -> dict[str, Any]:
     if published is None:
         return {}
     try:
@@ -172,8 +172,7 @@ def _manifest(session: Session, store: ObjectStore, job_id: str) -> dict[str, An
         return {}
 
 
-def _model_after(session: Session, job: Job, output: Model | None) -> dict[str, Any]:
-    published = _published_checkpoint(session, job.id)
+def _model_after(output: Model | None, published) -> dict[str, Any]:
     return {
         "name": output.name if output is not None else None,
         "source": output.source if output is not None else None,
