@@ -38,8 +38,13 @@ _jobs = Job.__table__
 _requests = DeletionRequest.__table__
 
 _linked = _jobs.c.deletion_request_id == _requests.c.id
-_proved_forgotten = (_jobs.c.status == "succeeded") & (
-    _jobs.c.verdict["status"].as_string() == FORGOTTEN
+#: a guard (GUARD, generation-time) blocks answers at decoding but leaves the data in
+#: the weights: it protects what is served, it does not fulfil a request to forget
+GUARD_METHOD = "guard"
+_proved_forgotten = (
+    (_jobs.c.status == "succeeded")
+    & (_jobs.c.method != GUARD_METHOD)
+    & (_jobs.c.verdict["status"].as_string() == FORGOTTEN)
 )
 #: Correlated subqueries over the jobs index on deletion_request_id: one aggregate row
 #: per request (count() of no rows is 0, so a request without jobs is "open").
@@ -107,11 +112,21 @@ class DeletionRequestView:
 
 
 def proved_forgotten(job: Row) -> bool:
-    return job.status == "succeeded" and (job.verdict or {}).get("status") == FORGOTTEN
+    return (
+        job.status == "succeeded"
+        and job.method != GUARD_METHOD
+        and (job.verdict or {}).get("status") == FORGOTTEN
+    )
 
 
 def _attention_reason(jobs: Sequence[Row]) -> str:
     succeeded = next((job for job in jobs if job.status == "succeeded"), None)
+    if succeeded is not None and succeeded.method == GUARD_METHOD:
+        return (
+            f"job {succeeded.id} built a guard: it keeps the subject out of the guarded "
+            "model's answers, but the data stays in the weights. Serve the guarded variant "
+            "meanwhile, and submit an unlearning job to fulfil the request"
+        )
     if succeeded is not None:
         verdict = succeeded.verdict or {}
         if not verdict:

@@ -345,3 +345,23 @@ def test_a_job_that_ran_to_the_end_without_proof_needs_attention(
     response = client.get(f"/v1/deletion-requests/{request_id}/certificate")
     assert error_of(response) == (409, "certificate_not_available", "deletion_request_id")
     assert "needs_attention" in response.json()["error"]["message"]
+
+
+def test_a_guard_does_not_fulfil_a_request(client, session_factory):
+    """A guard keeps the subject out of generated answers, but the weights still hold
+    it: even with a passing guard verdict the request needs an unlearning job."""
+    from sqlalchemy import update
+
+    from core.db.tables import Job
+
+    request_id = create(client, {"subject": "author 4"}).json()["id"]
+    with session_factory() as session:
+        job_id = make_job(session, deletion_request=request_id).id
+        session.execute(update(Job).where(Job.id == job_id).values(method="guard"))
+        session.commit()
+        finish_succeeded(session, job_id, FORGOTTEN)
+    view = request_of(client, request_id)
+    assert (view["status"], view["fulfilled_by"]) == ("needs_attention", None)
+    assert f"job {job_id} built a guard" in view["status_reason"]
+    response = client.get(f"/v1/deletion-requests/{request_id}/certificate")
+    assert error_of(response) == (409, "certificate_not_available", "deletion_request_id")
