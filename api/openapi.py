@@ -29,7 +29,8 @@ from pydantic import BaseModel
 from api.schemas.deletion_requests import DeletionRequestCreate
 from api.schemas.models import ModelCreate
 from api.schemas.webhooks import WebhookCreate
-from core.methods import DEFAULT_METHOD, METHODS
+from core.methods import DEFAULT_METHOD, LISTED_METHODS, METHODS
+from core.methods.guard_spec import GUARD_METHOD, GuardHyperparameters
 from core.spec import JobSpec
 
 REF = "#/components/schemas/{model}"
@@ -194,8 +195,10 @@ def _add_method_variants(schemas: dict) -> None:
     """``kind`` decides what a job trains on, and ``hyperparameters`` follow it: an
     unlearning job needs ``forget`` (no ``train``) and its hyperparameters follow
     ``method``, one ``oneOf`` variant per registered method (the default's also matches
-    when ``method`` is absent); a fine-tuning job needs ``train`` (no ``forget``, no
-    ``deletion_request``) and takes fine-tuning hyperparameters whatever ``method`` says."""
+    when ``method`` is absent), and one for GUARD (a retain set, no ``lora``:
+    ``JobSpec._guard_hyperparameters``); a fine-tuning job needs ``train`` (no
+    ``forget``, no ``deletion_request``) and takes fine-tuning hyperparameters whatever
+    ``method`` says."""
     from core.training.finetune import FinetuneHyperparameters
 
     job = schemas["JobSpec"]
@@ -210,13 +213,25 @@ def _add_method_variants(schemas: dict) -> None:
         if name != DEFAULT_METHOD:
             variant["required"] = ["method"]
         methods.append(variant)
+    methods.append(
+        {
+            "title": f"{GUARD_METHOD} job",
+            "properties": {
+                "method": {"const": GUARD_METHOD},
+                "hyperparameters": _component(schemas, GuardHyperparameters),
+                "retain": {"type": "string", "minLength": 1},
+                "lora": {"type": "null"},
+            },
+            "required": ["method", "retain"],
+        }
+    )
     unlearn = {
         "title": "unlearning job",
         "properties": {
             "kind": {"const": "unlearn"},
             "forget": {"type": "string"},
             "train": {"type": "null"},
-            "method": {"enum": list(METHODS)},
+            "method": {"enum": list(LISTED_METHODS)},
         },
         "required": ["forget"],
         "oneOf": methods,

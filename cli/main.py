@@ -302,12 +302,19 @@ def guard(
 
 @app.command()
 def methods():
-    """List the unlearning methods and their default hyperparameters."""
-    from core.methods import METHODS
+    """List the methods a job may name, what each publishes and its default
+    hyperparameters (guard: a decoding-time guard, not new weights)."""
+    from rich.markup import escape
 
-    for method in METHODS.values():
+    from core.methods import LISTED_METHODS, OUTPUT_DESCRIPTIONS
+
+    for method in LISTED_METHODS.values():
         defaults = method.parse_hyperparameters({}).model_dump()
-        console.print(f"[bold]{method.name}[/]: {method.description}")
+        console.print(
+            f"[bold]{method.name}[/] (output: {method.output}): {escape(method.description)}"
+        )
+        if method.output != "weights":
+            console.print("  " + escape(OUTPUT_DESCRIPTIONS[method.output]))
         console.print("  " + ", ".join(f"{k}={v}" for k, v in defaults.items()))
 
 

@@ -168,6 +168,10 @@ def list_methods() -> Call:
     return Call("GET", "/v1/methods", parse=Method, page=True)
 
 
+def get_method(name: str) -> Call:
+    return Call("GET", f"/v1/methods/{name}", parse=Method)
+
+
 # -- deletion requests and the audit log ------------------------------------------------
 
 

@@ -354,7 +354,12 @@ class Methods:
         self._client = client
 
     def list(self) -> list[Method]:
+        """Every method a job may name; ``output`` says what it publishes (``guard``:
+        a decoding-time guard, not new weights)."""
         return self._client.call(calls.list_methods()).data
+
+    def get(self, name: str) -> Method:
+        return self._client.call(calls.get_method(name))
 
 
 class DeletionRequests:

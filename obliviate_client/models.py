@@ -187,6 +187,11 @@ class Method(ApiModel):
     paper: str | None = None
     hyperparameters_schema: dict[str, Any]
     defaults: dict[str, Any]
+    #: what a job publishes: "weights", or "guard" (decoding-time; the weights do not
+    #: change, so a guard job alone does not fulfil a deletion request); servers before
+    #: the field listed training methods only
+    output: str = "weights"
+    output_description: str | None = None
 
 
 class Evidence(ApiModel):

@@ -28,7 +28,7 @@ from core.db.deletion_requests import DELETION_REQUEST_STATUSES
 from core.db.ids import ID_PATTERN
 from core.db.tables import JOB_STATUSES
 from core.errors import ObliviateError
-from core.methods import METHODS
+from core.methods import LISTED_METHODS
 
 router = APIRouter(include_in_schema=False)
 
@@ -60,14 +60,14 @@ async def jobs_page(
     method: str | None = None,
     after: After = None,
 ) -> HTMLResponse:
-    method = method if method in METHODS else None
+    method = method if method in LISTED_METHODS else None
     page = await _load(db, dashboard.job_list, statuses=status or [], method=method, after=after)
     return render(
         request,
         "jobs.html",
         page=page,
         statuses=JOB_STATUSES,
-        methods=list(METHODS),
+        methods=list(LISTED_METHODS),
         chosen_statuses=status or [],
         chosen_method=method,
         first_page=after is None,

@@ -31,7 +31,7 @@ from api.schemas.jobs import (
 from api.services import artifacts, jobs
 from core.db.tables import JobEvent, JobMetric
 from core.errors import InvalidRequest, NotFound
-from core.methods import METHODS, get_method
+from core.methods import LISTED_METHODS, get_method
 from core.methods.guard_spec import GUARD_METHOD
 from core.spec import JobSpec, metadata_problem
 
@@ -81,7 +81,7 @@ async def list_jobs(
     status: Annotated[list[JobStatus] | None, Query(description="Repeatable.")] = None,
     method: Annotated[
         str | None,
-        Query(json_schema_extra={"enum": [*METHODS, GUARD_METHOD]}, description="A method name."),
+        Query(json_schema_extra={"enum": list(LISTED_METHODS)}, description="A method name."),
     ] = None,
     updated_after: Annotated[
         str | None,

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from core.methods import Method
+from core.methods import OUTPUT_DESCRIPTIONS, GuardMethod, Method
 
 
 class MethodObject(BaseModel):
@@ -15,9 +15,17 @@ class MethodObject(BaseModel):
     paper: str | None
     hyperparameters_schema: dict[str, Any]
     defaults: dict[str, Any]
+    output: Literal["weights", "guard"] = Field(
+        description="What a job of this method publishes: weights (a checkpoint registered "
+        "as a model), or guard (a decoding-time guard served as <model>+<job id>; the "
+        "weights do not change)."
+    )
+    output_description: str = Field(
+        description="What that output means, for deletion requests in particular."
+    )
 
     @classmethod
-    def from_method(cls, method: Method) -> MethodObject:
+    def from_method(cls, method: Method | GuardMethod) -> MethodObject:
         return cls(
             name=method.name,
             title=method.title,
@@ -25,4 +33,6 @@ class MethodObject(BaseModel):
             paper=method.paper,
             hyperparameters_schema=method.hyperparameters.model_json_schema(),
             defaults=method.hyperparameters().model_dump(mode="json"),
+            output=method.output,
+            output_description=OUTPUT_DESCRIPTIONS[method.output],
         )

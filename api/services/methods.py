@@ -4,23 +4,24 @@ from functools import cache
 
 from api.schemas.methods import MethodObject
 from core.errors import NotFound
-from core.methods import METHODS, get_method
+from core.methods import LISTED_METHODS
 
 
 @cache
 def list_methods() -> list[MethodObject]:
+    """The training methods, then GUARD (its ``output`` is ``guard``, not ``weights``)."""
     # Schemas are fixed for the life of the process: build them once.
-    return [MethodObject.from_method(method) for method in METHODS.values()]
+    return [MethodObject.from_method(method) for method in LISTED_METHODS.values()]
 
 
 def get_method_object(name: str) -> MethodObject:
-    if name not in METHODS:
+    if name not in LISTED_METHODS:
         raise NotFound(
-            f"no method {name!r}; choose one of {', '.join(METHODS)}",
+            f"no method {name!r}; choose one of {', '.join(LISTED_METHODS)}",
             param="name",
             code="method_not_found",
         )
-    return MethodObject.from_method(get_method(name))
+    return MethodObject.from_method(LISTED_METHODS[name])
 
 
 @cache

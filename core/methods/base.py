@@ -142,6 +142,23 @@ class LossTerm:
         return self.per_sequence.sum() / self.n_tokens.sum()
 
 
+#: What a job of a method publishes (``output`` in GET /v1/methods): new weights, or a
+#: guard applied at decoding time (``core.methods.guard_spec``).
+MethodOutput = Literal["weights", "guard"]
+
+#: The consequences of each output, for whoever picks a method.
+OUTPUT_DESCRIPTIONS: dict[str, str] = {
+    "weights": "New weights: a checkpoint (or LoRA adapter) registered as a model under "
+    "the job's id. A succeeded job whose forgetting verdict is forgotten fulfils the "
+    "deletion request it serves (once every job linked to the request has ended).",
+    "guard": "A guard, not weights: guard.json and a prompt classifier, served as the "
+    "model variant <model>+<job id> on /openai/v1, which keeps the forget answers out of "
+    "generated text. The weights do not change and the data stays in them, so a guard "
+    "does not fulfil a deletion request on its own: a request whose only succeeded job "
+    "is a guard ends needs_attention until an unlearning job proves forgetting.",
+}
+
+
 @dataclass(frozen=True)
 class Method:
     name: str
@@ -155,6 +172,8 @@ class Method:
     #: example, scored beside it in every forget forward (FLAT: a template answer to the
     #: same prompt); built once before training
     companions: Callable | None = None
+    #: every training method publishes new weights
+    output: MethodOutput = "weights"
 
     def parse_hyperparameters(self, values: dict | None) -> UnlearningHyperparameters:
         return self.hyperparameters.model_validate(values or {})

@@ -8,6 +8,7 @@ from fastapi.testclient import TestClient
 from api.main import create_app
 from core.db import jobs
 from core.methods import METHODS
+from core.methods.guard_spec import GuardHyperparameters
 from tests.fixtures.api import job_body, make_settings, upload_dataset
 from tests.fixtures.services import free_port
 
@@ -19,7 +20,12 @@ def error_of(response) -> tuple[int, str, str | None]:
 
 def test_methods_expose_schemas_and_defaults(client):
     listing = client.get("/v1/methods").json()
-    assert [m["name"] for m in listing["data"]] == list(METHODS)
+    assert [m["name"] for m in listing["data"]] == [*METHODS, "guard"]
+    for listed in listing["data"]:
+        assert client.get(f"/v1/methods/{listed['name']}").json() == listed
+        expected = "guard" if listed["name"] == "guard" else "weights"
+        assert (listed["object"], listed["output"]) == ("method", expected), listed["name"]
+        assert listed["output_description"]
     npo = client.get("/v1/methods/npo").json()
     assert npo["object"] == "method" and npo["paper"] == "arXiv:2404.05868"
     beta = npo["hyperparameters_schema"]["properties"]["beta"]
@@ -37,6 +43,63 @@ def test_methods_expose_schemas_and_defaults(client):
     assert {"target", "continue_from", "kind"} <= set(spec["json_schema"]["properties"])
     assert "hidden size" in spec["auto_rules"]["learning_rate"]
     assert error_of(client.get("/v1/methods/nope")) == (404, "method_not_found", "name")
+
+
+def test_guard_is_a_method_with_its_own_hyperparameters_and_output(client):
+    """GUARD is listed with the schema of the hyperparameters a guard job validates
+    against (core.methods.guard_spec), and says that its output is not new weights."""
+    guard = client.get("/v1/methods/guard").json()
+    assert guard["paper"] == "arXiv:2505.13312" and "retain set" in guard["description"]
+    assert guard["output"] == "guard"
+    assert "does not fulfil a deletion request" in guard["output_description"]
+    assert "needs_attention" in guard["output_description"]
+    assert guard["defaults"] == GuardHyperparameters().model_dump(mode="json")
+    assert guard["hyperparameters_schema"] == GuardHyperparameters.model_json_schema()
+    properties = guard["hyperparameters_schema"]["properties"]
+    assert set(properties) == set(GuardHyperparameters.model_fields) == set(guard["defaults"])
+    assert all(field.get("description") for field in properties.values())
+    assert (properties["threshold"]["exclusiveMaximum"], properties["epochs"]["type"]) == (
+        1,
+        "integer",
+    )
+    assert guard["defaults"]["hidden_size"] == properties["hidden_size"]["default"] == 64
+    npo = client.get("/v1/methods/npo").json()
+    assert npo["output"] == "weights" and "fulfils" in npo["output_description"]
+
+
+def test_the_job_schemas_accept_a_guard_job_and_its_rules(client):
+    """A guard job is valid against the job spec's JSON schema (GET /v1/job-spec) and
+    the OpenAPI document's JobSpec, whose guard variant states its rules: a retain set,
+    no lora, GUARD's own hyperparameters. So does every listed method's default job."""
+    jsonschema_rs = pytest.importorskip("jsonschema_rs")
+    guard_job = {
+        "model": "demo-target",
+        "forget": "ds_demo_forget10",
+        "retain": "ds_demo_retain90",
+        "method": "guard",
+        "hyperparameters": {"epochs": 100, "threshold": 0.6},
+    }
+    spec_schema = client.get("/v1/job-spec").json()["json_schema"]
+    assert jsonschema_rs.is_valid(spec_schema, guard_job)
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    document = {"$ref": "#/components/schemas/JobSpec", "components": {"schemas": schemas}}
+    valid = jsonschema_rs.validator_for(document).is_valid
+    assert valid(guard_job)
+    without_retain = {k: v for k, v in guard_job.items() if k != "retain"}
+    assert not valid(without_retain)
+    assert not valid({**guard_job, "lora": {"r": 8}})
+    assert not valid({**guard_job, "hyperparameters": {"beta": 0.1}})  # npo's, not GUARD's
+    assert not valid({**guard_job, "hyperparameters": {"threshold": 1}})
+    for name in [m["name"] for m in client.get("/v1/methods").json()["data"]]:
+        assert valid({**guard_job, "method": name, "hyperparameters": {}}), name
+    # What the schema says, the API does: the guard job passes validation (here it
+    # stops at the datasets, which this database does not have).
+    assert error_of(client.post("/v1/jobs", json=guard_job))[1] == "unknown_dataset"
+    assert error_of(client.post("/v1/jobs", json=without_retain)) == (
+        422,
+        "missing_retain_set",
+        "retain",
+    )
 
 
 def test_models_register_get_list(client, api_settings):

@@ -58,6 +58,18 @@ def test_errors_carry_the_api_error_and_are_not_retried(live_server):
         assert missing.value.code == "job_not_found"
 
 
+def test_the_client_lists_guard_among_the_methods(live_server):
+    with Client(live_server.url, backoff=0.01) as client:
+        listed = {method.name: method for method in client.methods.list()}
+        assert listed["guard"].output == "guard" and listed["npo"].output == "weights"
+        guard = client.methods.get("guard")
+        assert guard == listed["guard"] and guard.defaults["holdout_fraction"] == 0.2
+        assert "needs_attention" in guard.output_description
+        with pytest.raises(ApiError) as missing:
+            client.methods.get("nope")
+        assert missing.value.code == "method_not_found"
+
+
 def test_lists_page_on_and_wait_follows_the_stream(live_server, session_factory):
     with session_factory() as session:
         ids = [make_job(session).id for _ in range(5)]

@@ -114,6 +114,10 @@ def test_job_pages_show_state_verdict_and_downloads(signed_in, session_factory):
     assert "status-succeeded" in listing.text
     filtered = signed_in.get("/", params={"status": "failed"})
     assert job.id not in filtered.text and "match these filters" in filtered.text
+    # The method filter offers every method a job may name, GUARD's guard jobs too.
+    assert '<option value="guard">guard</option>' in listing.text
+    guards = signed_in.get("/", params={"method": "guard"}).text
+    assert '<option value="guard" selected>guard</option>' in guards and job.id not in guards
 
     page = signed_in.get(f"/jobs/{job.id}").text
     assert "Verdict: Not forgotten" in page and "-28.0" in page

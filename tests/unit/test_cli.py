@@ -124,7 +124,9 @@ def test_methods_lists_every_method():
     result = CliRunner().invoke(app, ["methods"])
     assert result.exit_code == 0
     for name in ("simnpo", "npo", "graddiff", "ga", "flat", "loku"):
-        assert name in result.output
+        assert f"{name} (output: weights)" in result.output
+    assert "guard (output: guard)" in result.output
+    assert "holdout_fraction=0.2" in result.output and "needs_attention" in result.output
 
 
 def test_finetune_teaches_a_model_its_data_and_writes_a_loadable_checkpoint(home, tmp_path):
