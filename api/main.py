@@ -58,8 +58,11 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
             await run_in_threadpool(upgrade, settings.database_url)
         resources = await run_in_threadpool(Resources.open, settings)
         app.state.resources = resources
-        # Every API process also watches for dead workers and lost messages.
-        reaper = ReaperThread(resources.database.session_factory, resources.celery, settings)
+        # Every API process also watches for dead workers and lost messages, and shreds
+        # forget sets whose retention ran out.
+        reaper = ReaperThread(
+            resources.database.session_factory, resources.celery, settings, resources.store
+        )
         reaper.start()
         # One poller per process feeds every live stream it serves.
         app.state.stream_hub = StreamHub(

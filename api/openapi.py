@@ -41,6 +41,7 @@ ERROR_REF = {"$ref": REF.format(model="ErrorResponse")}
 STATE_ERROR_CODES = frozenset(
     {
         "unknown_dataset",
+        "dataset_shredded",
         "unknown_model",
         "unknown_deletion_request",
         "unknown_oracle_job",

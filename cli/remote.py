@@ -326,6 +326,20 @@ def upload(
         )
 
 
+@datasets_app.command("shred")
+def shred(dataset_id: str, as_json: bool = JsonOption):
+    """Crypto-shred a dataset: destroy its key and stored file. Its sha256 and record
+    count stay; jobs can no longer use it. Idempotent."""
+    dataset = _run(lambda: _client().datasets.shred(dataset_id))
+    if as_json:
+        _print_json(dataset)
+    else:
+        out.print(
+            f"[bold]{dataset.id}[/] shredded at {dataset.shredded_at:%Y-%m-%d %H:%M:%S} UTC; "
+            f"kept: sha256 {dataset.sha256}, {dataset.record_count} records"
+        )
+
+
 @datasets_app.command("list")
 def list_datasets(as_json: bool = JsonOption):
     """Datasets, newest first."""

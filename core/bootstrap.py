@@ -32,6 +32,7 @@ def demo_folder(settings: Settings, preset: str | None = None):
 def install_demo(settings: Settings, session_factory, store, *, progress=None) -> DemoAssets:
     """Build (cached) and register the demo assets; idempotent."""
     from core.datasets import record_dataset, store_dataset_file
+    from core.envelope import load_or_create_master_key
 
     assets = build_demo_assets(demo_folder(settings), settings.demo_preset, progress=progress)
     with session_factory() as session:
@@ -40,7 +41,12 @@ def install_demo(settings: Settings, session_factory, store, *, progress=None) -
         for dataset_id, path in sorted(wanted.items()):
             if dataset_id not in present:
                 stored = store_dataset_file(
-                    store, path, filename=path.name, name=f"demo-{path.stem}", dataset_id=dataset_id
+                    store,
+                    path,
+                    master_key=load_or_create_master_key(settings.master_key_file),
+                    filename=path.name,
+                    name=f"demo-{path.stem}",
+                    dataset_id=dataset_id,
                 )
                 record_dataset(session, stored)
         for name, folder in DEMO_MODELS.items():

@@ -1,6 +1,7 @@
 """The reaper: no job stays ``running`` after its worker died, and no ``queued`` job is
 lost with a broker message (the database is the source of truth; the broker only
-carries messages).
+carries messages). Its thread also runs the hourly retention sweep that shreds forget
+sets (``core.shredding``).
 
 It runs as a thread in every API process rather than as a Celery task: a task would
 wait in the same queue behind the long training job it is meant to watch. Several API
@@ -14,8 +15,10 @@ import threading
 import time
 
 from core.db.jobs import mark_enqueue_failed, reap_stale_jobs, requested_gpus
+from core.db.types import utcnow
 from core.queue import all_queues, enqueue_job, waiting_job_ids
 from core.settings import Settings
+from core.shredding import sweep_retention
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +89,17 @@ def reap_and_requeue(
     return job_ids
 
 
+#: How often the reaper thread also runs the retention sweep (retention is in days).
+RETENTION_SWEEP_INTERVAL_S = 3600.0
+
+
 class ReaperThread(threading.Thread):
-    def __init__(self, sessions, publisher, settings: Settings):
+    def __init__(self, sessions, publisher, settings: Settings, store=None):
         super().__init__(name="obliviate-reaper", daemon=True)
         self.sessions, self.publisher, self.settings = sessions, publisher, settings
+        #: where the retention sweep deletes shredded files (no sweep without it)
+        self.store = store
+        self.next_sweep = 0.0
         # A worker that holds a message longer than it may stay silent is dead.
         self.lost_messages = LostMessages(
             publisher, grace_s=settings.requeue_queued_after_s, held_for_s=settings.stale_after_s
@@ -102,6 +112,24 @@ class ReaperThread(threading.Thread):
                 reap_and_requeue(self.sessions, self.publisher, self.settings, self.lost_messages)
             except Exception:  # noqa: BLE001 - try again next round
                 log.exception("reaper pass failed")
+            self.sweep_if_due()
+
+    def sweep_if_due(self) -> None:
+        """Shred the forget sets whose retention ran out, at most once an interval."""
+        if self.store is None or self.settings.forget_set_retention_days is None:
+            return
+        if time.monotonic() < self.next_sweep:
+            return
+        self.next_sweep = time.monotonic() + RETENTION_SWEEP_INTERVAL_S
+        try:
+            sweep_retention(
+                self.sessions,
+                self.store,
+                self.settings.forget_set_retention_days,
+                now=utcnow(),
+            )
+        except Exception:  # noqa: BLE001 - try again next interval
+            log.exception("retention sweep failed")
 
     def stop(self) -> None:
         self._stop_event.set()

@@ -72,6 +72,19 @@ class Settings(BaseSettings):
         "default: home/keys/signing-ed25519.pem, made at first use. Every API replica "
         "must share it.",
     )
+    master_key_file: Path | None = Field(
+        None,
+        description="Master key (base64 of 32 bytes) that wraps each dataset's own "
+        "encryption key; default: home/keys/master.key, made at first use. Every API "
+        "replica and worker must share it; losing it loses every encrypted dataset.",
+    )
+    forget_set_retention_days: float | None = Field(
+        None,
+        ge=0,
+        description="Days after a deletion request is fulfilled before the forget sets "
+        "of its jobs are shredded automatically; unset keeps them until shredded on "
+        "request (POST /v1/datasets/{id}/shred).",
+    )
     max_upload_bytes: int = Field(200 * 1024 * 1024, gt=0, description="Upload size limit.")
     # Expansion limits: what a dataset or model may grow to once decoded, decompressed or
     # extracted, whatever its size on the wire (issue 14). Each has its own error code.
@@ -228,6 +241,8 @@ class Settings(BaseSettings):
             self.storage_url = (self.home / "store").as_uri()
         if self.signing_key_file is None:
             self.signing_key_file = self.home / "keys" / "signing-ed25519.pem"
+        if self.master_key_file is None:
+            self.master_key_file = self.home / "keys" / "master.key"
         # The service's own folders (registered and demo models, a local object store)
         # are always loadable; anything else must be listed.
         own = [self.home]

@@ -100,6 +100,11 @@ class RelearnSpec(StrictModel):
     batch_size: int = Field(8, ge=1, le=1024, description="Attack batch size.")
 
 
+#: The evaluation settings that name a dataset (``utility`` is a list of them; ``oracle``
+#: names a model).
+EVALUATION_DATASET_FIELDS = ("forget", "retain", "holdout", "knowmem_forget", "knowmem_retain")
+
+
 class EvaluationSpec(StrictModel):
     """What the before/after report measures. Every set defaults to what the job has."""
 

@@ -143,6 +143,11 @@ def get_dataset(dataset_id: str) -> Call:
     return Call("GET", f"/v1/datasets/{dataset_id}", parse=Dataset)
 
 
+def shred_dataset(dataset_id: str) -> Call:
+    # Idempotent on the server: a repeat changes nothing, so retrying is safe.
+    return Call("POST", f"/v1/datasets/{dataset_id}/shred", parse=Dataset)
+
+
 def list_datasets(*, after: str | None, limit: int) -> Call:
     return Call(
         "GET", "/v1/datasets", params=_params(after=after, limit=limit), parse=Dataset, page=True

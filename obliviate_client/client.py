@@ -329,6 +329,11 @@ class Datasets:
     def get(self, dataset_id: str) -> Dataset:
         return self._client.call(calls.get_dataset(dataset_id))
 
+    def shred(self, dataset_id: str) -> Dataset:
+        """Destroy the dataset's key and stored file (idempotent); see
+        docs/data-retention.md."""
+        return self._client.call(calls.shred_dataset(dataset_id))
+
     def list(self, *, page_size: int = 100) -> Iterator[Dataset]:
         return self._client.paginate(
             lambda after: calls.list_datasets(after=after, limit=page_size)

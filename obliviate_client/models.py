@@ -166,6 +166,8 @@ class Dataset(ApiModel):
     columns: list[str]
     has_truth_ratio_fields: bool
     created_at: datetime
+    encrypted: bool = False
+    shredded_at: datetime | None = None
 
 
 class Model(ApiModel):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from core.datasets import fetch_dataset_file
 from core.db.artifacts import get_report
 from core.db.audit import submitter_of
 from core.db.datasets import get_dataset
@@ -43,8 +44,13 @@ def checkpoint_prefix(job_id: str, attempt: int, name: str = "final") -> str:
 
 
 class InputResolver:
-    def __init__(self, sessions, settings: Settings, store: ObjectStore):
+    """``data_dir``: where datasets are decrypted to. The runner gives the job's own
+    working folder, removed when the job ends, so no plaintext copy of a forget set
+    outlives its job on a worker's disk (and none survives the set's shredding)."""
+
+    def __init__(self, sessions, settings: Settings, store: ObjectStore, data_dir: Path):
         self.sessions, self.settings, self.store = sessions, settings, store
+        self.data_dir = data_dir
         self.names: dict[str, str] = {}
 
     def registry_lookup(self, name: str) -> str | None:
@@ -59,9 +65,11 @@ class InputResolver:
             return None
         with self.sessions() as session:  # closed before the download
             row = get_dataset(session, dataset_id)
-        path = self.settings.cache_dir / "datasets" / row.id / row.filename
+        path = self.data_dir / row.id / row.filename
         if not path.is_file() or sha256_file(path) != row.sha256:
-            self.store.download_file(row.storage_key, path)
+            fetch_dataset_file(
+                self.store, row, path, master_key_file=self.settings.master_key_file, param=role
+            )
         self.names[role] = row.filename
         return path
 

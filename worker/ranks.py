@@ -66,7 +66,7 @@ def _job_rank(
 
     sessions = make_session_factory(make_engine(settings.database_url, pool_size=1, pre_ping=True))
     store = store_from_settings(settings)
-    lookup = InputResolver(sessions, settings, store).registry_lookup
+    lookup = InputResolver(sessions, settings, store, workdir / "data").registry_lookup
     if not distributed.is_main():
         run_job(
             spec,

@@ -166,7 +166,7 @@ class JobRunner:
         from core.pipeline import run_job
 
         spec = JobSpec.model_validate(job.spec)
-        resolver = InputResolver(self.sessions, self.settings, self.store)
+        resolver = InputResolver(self.sessions, self.settings, self.store, workdir / "data")
         inputs = resolver.resolve(spec, job)
         resumed_at = self._fetch_run(job, spec, attempt, workdir, reporter)
         mirror = RunMirror(self.store, job.id)

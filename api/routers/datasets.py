@@ -24,7 +24,8 @@ async def upload_dataset(
     principal: PrincipalDep,
 ) -> DatasetObject:
     """Multipart: ``file`` (JSONL, CSV or Parquet) and optional ``name``. Every record is
-    validated; errors name the file, line and field (``forget.jsonl:12:answer``). 413
+    validated; errors name the file, line and field (``forget.jsonl:12:answer``). The
+    file is stored encrypted under a key of its own (see docs/data-retention.md). 413
     when the file is over ``OBLIVIATE_MAX_UPLOAD_BYTES`` (``file_too_large``) or expands
     past a data limit: ``too_many_records``, ``decoded_too_large``, ``line_too_large``,
     ``cell_too_large``."""
@@ -36,6 +37,7 @@ async def upload_dataset(
             upload,
             upload.fields.get("name"),
             DataLimits.from_settings(settings),
+            settings.master_key_file,
         )
     finally:
         upload.discard()
@@ -51,3 +53,14 @@ async def list_datasets(db: ReadDatabaseDep, after: After = None, limit: Limit =
 @router.get("/{dataset_id}", response_model=DatasetObject)
 async def get_dataset(dataset_id: str, db: ReadDatabaseDep) -> DatasetObject:
     return await db.run(datasets.get_dataset, dataset_id)
+
+
+@router.post("/{dataset_id}/shred", response_model=DatasetObject)
+async def shred_dataset(
+    dataset_id: str, db: DatabaseDep, store: StoreDep, principal: PrincipalDep
+) -> DatasetObject:
+    """Crypto-shred: destroy the dataset's key, then its stored file; every copy of the
+    ciphertext becomes unreadable. The dataset stays listed with its sha256, record count
+    and ``shredded_at``; a job that names it fails with ``dataset_shredded``. Idempotent.
+    409 ``dataset_in_use`` while an unfinished job reads it."""
+    return await db.run(datasets.shred, store, dataset_id, principal=principal)

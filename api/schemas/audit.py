@@ -9,6 +9,7 @@ from core.db.tables import AuditEntry
 
 AuditAction = Literal[
     "dataset.created",
+    "dataset.shredded",
     "deletion_request.created",
     "job.submitted",
     "job.cancel_requested",

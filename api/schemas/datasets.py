@@ -21,6 +21,10 @@ class DatasetObject(BaseModel):
     columns: list[str]
     has_truth_ratio_fields: bool
     created_at: datetime
+    #: stored encrypted under a key of its own (False: stored before encryption, or shredded)
+    encrypted: bool
+    #: when its key and file were destroyed; the sha256 and counts stay
+    shredded_at: datetime | None = None
 
     @classmethod
     def from_row(cls, dataset: Dataset) -> DatasetObject:
@@ -36,4 +40,6 @@ class DatasetObject(BaseModel):
             columns=dataset.columns,
             has_truth_ratio_fields=dataset.has_truth_ratio_fields,
             created_at=dataset.created_at,
+            encrypted=dataset.wrapped_key is not None,
+            shredded_at=dataset.shredded_at,
         )

@@ -17,6 +17,7 @@ from api.services.idempotency import (
     store_idempotency_key,
 )
 from api.services.models import vet_model_location
+from core.datasets import shredded_error
 from core.db import jobs as repo
 from core.db.artifacts import get_report
 from core.db.audit import add_audit_entry
@@ -25,11 +26,11 @@ from core.db.references import existing_references
 from core.errors import InvalidRequest, NotFound
 from core.queue import enqueue_job
 from core.settings import Settings
-from core.spec import JobSpec, parse_job_spec
+from core.spec import EVALUATION_DATASET_FIELDS, JobSpec, parse_job_spec
 
-#: The evaluation settings that name a dataset (``utility`` is a list of them; ``oracle``
-#: names a model). A test fails when EvaluationSpec grows a text field not listed here.
-EVALUATION_DATASET_FIELDS = ("forget", "retain", "holdout", "knowmem_forget", "knowmem_retain")
+#: The evaluation settings that name a model (those naming a dataset:
+#: EVALUATION_DATASET_FIELDS). A test fails when EvaluationSpec grows a text field not
+#: listed in one of them.
 EVALUATION_MODEL_FIELDS = ("oracle",)
 
 
@@ -119,6 +120,8 @@ def check_references(session: Session, settings: Settings, spec: JobSpec) -> Non
         deletion_request_ids=[spec.deletion_request] if spec.deletion_request else [],
     )
     for param, value in datasets:
+        if value in known.shredded_datasets:
+            raise shredded_error(value, param)
         if value not in known.datasets:
             raise InvalidRequest(
                 f"{param}: no dataset with id {value!r}; upload it with POST /v1/datasets",

@@ -38,8 +38,11 @@ from core.db.types import utcnow
 WORKER = "worker"
 #: jobs the reaper ends (worker_lost, time_limit, a cancel nobody finished)
 REAPER = "reaper"
+#: forget sets shredded when their retention period ran out (core.shredding)
+RETENTION = "retention"
 AUDIT_ACTIONS = (
     "dataset.created",
+    "dataset.shredded",
     "deletion_request.created",
     "job.submitted",
     "job.cancel_requested",

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from sqlalchemy import Row, case, func, select
 from sqlalchemy.orm import Session
 
 from core.db.ids import is_id, new_id
 from core.db.pagination import Page
-from core.db.tables import TERMINAL_STATUSES, DeletionRequest, Job, Model, Report
+from core.db.tables import TERMINAL_STATUSES, Dataset, DeletionRequest, Job, Model, Report
 from core.errors import NotFound
 
 DELETION_REQUEST_STATUSES = ("open", "in_progress", "fulfilled", "needs_attention")
@@ -239,3 +240,40 @@ def _linked_jobs(session: Session, request_ids: Iterable[str]) -> dict[str, list
     for job in session.connection().execute(statement):
         by_request.setdefault(job.deletion_request_id, []).append(job)
     return by_request
+
+
+#: The evaluation settings that hold the subject's data too (not retain, holdout, utility).
+_FORGET_SIDE_EVALUATION_FIELDS = ("forget", "knowmem_forget")
+
+
+def forget_sets_due(session: Session, fulfilled_before: datetime) -> list[str]:
+    """The datasets to shred once their retention ran out: the forget sets (and forget-
+    side evaluation sets) of jobs linked to a request fulfilled before
+    ``fulfilled_before``, not shredded yet, and not the forget set of any other request
+    still waiting (open, in progress, needing attention, or fulfilled more recently),
+    which may need it again. A request was fulfilled when its last linked job ended."""
+    fulfilled_at = select(func.max(_jobs.c.finished_at)).where(_linked).scalar_subquery()
+    due = select(_requests.c.id).where(_STATUS == "fulfilled", fulfilled_at <= fulfilled_before)
+    rows = session.execute(
+        select(
+            _jobs.c.deletion_request_id.in_(due).label("due"),
+            _jobs.c.forget_dataset_id,
+            _jobs.c.spec,
+        ).where(_jobs.c.deletion_request_id.is_not(None))
+    )
+    due_sets: set[str] = set()
+    kept_sets: set[str] = set()
+    for row in rows:
+        evaluation = row.spec.get("evaluation") or {}
+        named = {evaluation.get(field) for field in _FORGET_SIDE_EVALUATION_FIELDS}
+        (due_sets if row.due else kept_sets).update({row.forget_dataset_id, *named} - {None})
+    candidates = sorted(due_sets - kept_sets)
+    if not candidates:
+        return []
+    return list(
+        session.scalars(
+            select(Dataset.id)
+            .where(Dataset.id.in_(candidates), Dataset.shredded_at.is_(None))
+            .order_by(Dataset.id)
+        )
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from sqlalchemy import bindparam, literal, select, union_all
+from sqlalchemy import bindparam, case, literal, select, union_all
 from sqlalchemy.orm import Session
 
 from core.db.ids import is_id
@@ -18,9 +18,10 @@ _deletion_requests = DeletionRequest.__table__.c
 
 # Built once (expanding IN parameters): constructing it costs more than running it.
 _EXISTING = union_all(
-    select(literal("dataset").label("kind"), _datasets.id.label("ref")).where(
-        _datasets.id.in_(bindparam("dataset_ids", expanding=True))
-    ),
+    select(
+        case((_datasets.shredded_at.is_(None), "dataset"), else_="shredded_dataset").label("kind"),
+        _datasets.id.label("ref"),
+    ).where(_datasets.id.in_(bindparam("dataset_ids", expanding=True))),
     select(literal("model").label("kind"), _models.name.label("ref")).where(
         _models.name.in_(bindparam("model_names", expanding=True))
     ),
@@ -31,9 +32,10 @@ _EXISTING = union_all(
 
 
 class ExistingReferences(NamedTuple):
-    datasets: set[str]
+    datasets: set[str]  # usable: not shredded
     models: set[str]
     deletion_requests: set[str]
+    shredded_datasets: set[str]
 
 
 def existing_references(
@@ -43,7 +45,8 @@ def existing_references(
     model_names: Iterable[str],
     deletion_request_ids: Iterable[str] = (),
 ) -> ExistingReferences:
-    """Which of the dataset ids, model names and deletion request ids exist. Values
+    """Which of the dataset ids, model names and deletion request ids exist (datasets
+    that were shredded apart from the usable ones). Values
     that cannot be ids or names are not looked up (so never reach the database)."""
     parameters = {
         "dataset_ids": sorted({value for value in dataset_ids if is_id(value, "ds")}),
@@ -52,8 +55,15 @@ def existing_references(
             {value for value in deletion_request_ids if is_id(value, "dr")}
         ),
     }
-    found: dict[str, set[str]] = {"dataset": set(), "model": set(), "deletion_request": set()}
+    found: dict[str, set[str]] = {
+        "dataset": set(),
+        "shredded_dataset": set(),
+        "model": set(),
+        "deletion_request": set(),
+    }
     if any(parameters.values()):
         for kind, ref in session.connection().execute(_EXISTING, parameters):
             found[kind].add(ref)
-    return ExistingReferences(found["dataset"], found["model"], found["deletion_request"])
+    return ExistingReferences(
+        found["dataset"], found["model"], found["deletion_request"], found["shredded_dataset"]
+    )

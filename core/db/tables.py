@@ -17,6 +17,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -73,6 +74,11 @@ class Dataset(Base):
     columns: Mapped[list[str]] = mapped_column(JSONDoc)
     has_truth_ratio_fields: Mapped[bool] = mapped_column(Boolean)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: the dataset's own data key, encrypted by the master key (core.envelope); NULL for
+    #: a file stored before encryption (read as plain) and for a shredded dataset
+    wrapped_key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    #: when the key and the stored file were destroyed; the row (hashes, counts) stays
+    shredded_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Model(Base):

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from api.main import create_app
 from core.storage import open_store
-from tests.fixtures.api import QA_RECORDS, jsonl, make_settings
+from tests.fixtures.api import QA_RECORDS, jsonl, make_settings, read_stored_dataset
 
 
 def upload(client, content: bytes, filename: str = "forget.jsonl", **form):
@@ -26,7 +26,7 @@ def error_of(response) -> tuple[int, str, str | None]:
     return response.status_code, error["code"], error["param"]
 
 
-def test_upload_validates_stores_and_lists(client, api_settings):
+def test_upload_validates_stores_and_lists(client, api_settings, tmp_path):
     content = jsonl(
         [
             {
@@ -46,7 +46,9 @@ def test_upload_validates_stores_and_lists(client, api_settings):
     assert dataset["sha256"] == hashlib.sha256(content).hexdigest()
     assert dataset["size_bytes"] == len(content) and dataset["has_truth_ratio_fields"] is True
     store = open_store(api_settings.storage_url)
-    assert store.get_bytes(f"datasets/{dataset['id']}/tofu_forget.jsonl") == content
+    stored = store.get_bytes(f"datasets/{dataset['id']}/tofu_forget.jsonl")
+    assert stored.startswith(b"OBLVENC1") and b"question" not in stored  # ciphertext
+    assert read_stored_dataset(api_settings, dataset["id"], tmp_path) == content
 
     csv_id = upload(client, b"prompt,completion\nhi,there\n", filename="r.csv").json()["id"]
     table = pa.table({"text": ["one document", "another"]})
@@ -206,4 +208,4 @@ def test_upload_to_s3_storage(tmp_path, sqlite_template, s3_server):
         dataset = upload(client, content).json()
         assert client.get("/readyz").json()["components"]["storage"] == {"status": "ok"}
     store = open_store(bucket_prefix, endpoint_url=s3_server, region="us-east-1")
-    assert store.get_bytes(f"datasets/{dataset['id']}/forget.jsonl") == content
+    assert read_stored_dataset(settings, dataset["id"], tmp_path, store) == content
