@@ -2,8 +2,8 @@
 effective batch: the same loss trace and final weights, for full fine-tuning and LoRA
 and every registered method (the scenarios of ``test_distributed``), with a last block
 smaller than the process count. Rank 0 alone evaluates, on an unsharded copy; the
-training state it saves is the one a single process saves, and a run resumes from it
-under either strategy. ``obliviate unlearn --num-processes 2 --strategy fsdp``
+training state it saves (at an evaluation point or a pause) is the one a single process
+saves, and a run resumes from it under either strategy. ``obliviate unlearn --num-processes 2 --strategy fsdp``
 publishes the one-process checkpoint.
 
 All two-process runs happen in one spawn (one process group); the one-process
@@ -18,7 +18,7 @@ import os
 import pytest
 import torch
 
-from core.errors import NonFiniteLoss
+from core.errors import NonFiniteLoss, Paused
 from core.training import distributed
 from core.training.loop import Callbacks
 from core.training.state import trainable_weights
@@ -105,6 +105,17 @@ def _rank_main(rank: int, world: int, port: int, out_dir: str) -> None:
         resume = copy.deepcopy(shared[0])  # loading shares its tensors, which then train on
         record["resumed"] = _train_fsdp(method, lora, {}, 4, 1, resume=resume)["weights"]
         results[("captured", method, lora)] = record
+    asked = []
+
+    def pause_before_step_3():
+        asked.append(True)  # asked on rank 0 only, before every block
+        return len(asked) == 3
+
+    try:
+        _train_fsdp("ga", False, {}, 4, 1, callbacks=Callbacks(should_pause=pause_before_step_3))
+        results["paused"] = None
+    except Paused as paused:
+        results["paused"] = paused.state
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     torch.distributed.destroy_process_group()
 
@@ -187,6 +198,23 @@ def test_fsdp_evaluation_points_and_saved_states_are_the_single_process_ones(
     resumed_here = _train(method, lora, {}, *ONE_PROCESS, resume=TrainingState.load(tmp_path))
     for weights in (mine["final"], mine["resumed"], resumed_here["weights"]):
         torch.testing.assert_close(weights, one["weights"], rtol=1e-4, atol=1e-4)
+
+
+@two_devices
+def test_a_pause_under_fsdp_saves_the_evaluation_point_state(two_processes):
+    """Paused before step 3 (every rank gathers): the state an evaluation point after
+    step 2 saves."""
+    rank0, rank1 = two_processes
+    paused, captured = rank0["paused"], rank0[("captured", "ga", False)]["state"]
+    assert rank1["paused"] is not None  # every rank stops
+    assert (paused.step, paused.epoch, paused.block_start) == (2, 1, 0)
+    assert (captured.step, captured.epoch, captured.block_start) == (2, 1, 0)
+    for key, value in captured.weights.items():
+        torch.testing.assert_close(paused.weights[key], value, rtol=0, atol=0)
+    assert paused.optimizer["param_groups"] == captured.optimizer["param_groups"]
+    for index, moments in captured.optimizer["state"].items():
+        for key, value in moments.items():
+            torch.testing.assert_close(paused.optimizer["state"][index][key], value)
 
 
 def test_fsdp_is_a_strategy_and_fp16_under_fsdp_is_refused():
