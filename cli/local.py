@@ -127,8 +127,9 @@ def spec_data_param(spec) -> str:
     return "forget" if spec.kind == "unlearn" else "train"
 
 
-def run_unlearn(spec_file: Path, out: Path):
-    """Run the job of ``spec_file`` in this process and return its ``JobOutcome``.
+def run_unlearn(spec_file: Path, out: Path, strategy: str | None = None):
+    """Run the job of ``spec_file`` in this process and return its ``JobOutcome``
+    (``strategy``, when given, replaces the spec's ``resources.strategy``).
 
     In one rank of several (``--num-processes``, or torchrun / accelerate launch across
     machines) only rank 0 shows progress, writes ``out/metrics.jsonl`` and returns the
@@ -144,7 +145,14 @@ def run_unlearn(spec_file: Path, out: Path):
 
     settings = get_settings()
     raw = yaml.safe_load(spec_file.read_text())
-    spec = parse_job_spec(raw if isinstance(raw, dict) else {})
+    raw = raw if isinstance(raw, dict) else {}
+    if strategy is not None:
+        resources = raw.get("resources")
+        raw["resources"] = {
+            **(resources if isinstance(resources, dict) else {}),
+            "strategy": strategy,
+        }
+    spec = parse_job_spec(raw)
     inputs = resolve_job_inputs(spec, settings, spec_file.parent.resolve())
     if not distributed.is_main():
         run_job(spec, inputs, out, reporter=NullReporter(), settings=settings)
@@ -157,16 +165,20 @@ def run_unlearn(spec_file: Path, out: Path):
             reporter.close()
 
 
-def run_unlearn_processes(spec_file: Path, out: Path, num_processes: int):
+def run_unlearn_processes(
+    spec_file: Path, out: Path, num_processes: int, strategy: str | None = None
+):
     """Run the job of ``spec_file`` in ``num_processes`` data-parallel processes on this
     machine (gloo on CPU, nccl on GPUs, one GPU per process). Rank 0 shows progress,
     evaluates and saves; its ``JobOutcome`` is returned. A rank that dies fails the
     run with ``rank_failed``."""
     from core.training import distributed
 
-    return distributed.run_in_processes(num_processes, _unlearn_rank, spec_file, out, workdir=out)
+    return distributed.run_in_processes(
+        num_processes, _unlearn_rank, spec_file, out, strategy, workdir=out
+    )
 
 
-def _unlearn_rank(spec_file: Path, out: Path):
+def _unlearn_rank(spec_file: Path, out: Path, strategy: str | None = None):
     """One rank of :func:`run_unlearn_processes`: the ``JobOutcome`` on rank 0."""
-    return run_unlearn(spec_file, out)
+    return run_unlearn(spec_file, out, strategy)

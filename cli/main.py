@@ -147,6 +147,13 @@ def unlearn(
         help="Data-parallel processes on this machine: one per GPU (nccl), or CPU "
         "processes (gloo) without GPUs. Same result as 1 at the same effective batch.",
     ),
+    strategy: str | None = typer.Option(
+        None,
+        "--strategy",
+        help="How the processes share the model: ddp (each holds it whole) or fsdp (each "
+        "holds a shard of the weights, gradients and optimizer state). Default: the "
+        "spec's resources.strategy (ddp).",
+    ),
 ):
     """Run one unlearning job locally, with a progress bar."""
     from cli.local import run_unlearn, run_unlearn_processes
@@ -154,9 +161,9 @@ def unlearn(
 
     try:
         if num_processes > 1:
-            outcome = run_unlearn_processes(spec_file, out, num_processes)
+            outcome = run_unlearn_processes(spec_file, out, num_processes, strategy)
         else:
-            outcome = run_unlearn(spec_file, out)
+            outcome = run_unlearn(spec_file, out, strategy)
     except ObliviateError as error:
         _fail(error)
     if outcome is None:  # not rank 0 of a torchrun / accelerate launch: rank 0 reports

@@ -217,10 +217,13 @@ class TargetSpec(StrictModel):
 MAX_JOB_GPUS = 8
 
 
-#: Sharded strategies a user may ask for by name, and what to use instead for now.
+#: How a job's processes share the model (docs/distributed.md).
+STRATEGIES = ("ddp", "fsdp")
+
+#: Strategies a user may ask for by name that the engine does not run, and what to use.
 UNSUPPORTED_STRATEGIES = {
-    "fsdp": "a model that does not fit one GPU needs LoRA or a larger GPU",
-    "deepspeed": "ZeRO-3 configurations are not read",
+    "deepspeed": "ZeRO-3 configurations are not read; fsdp shards the weights, gradients "
+    "and optimizer state instead",
 }
 
 
@@ -239,9 +242,11 @@ class ResourcesSpec(StrictModel):
     strategy: str = Field(
         "ddp",
         description="How processes share the job: ddp (every process holds the whole model "
-        "and a share of each batch). fsdp and deepspeed are not supported yet and are "
-        "refused with unsupported_strategy.",
-        json_schema_extra={"enum": ["ddp"]},
+        "and a share of each batch) or fsdp (every process holds a shard of the weights, "
+        "gradients and optimizer state, for models whose training state does not fit one "
+        "GPU; rank 0 still gathers the whole weights to evaluate and save). Both give the "
+        "same result. deepspeed is not supported and is refused with unsupported_strategy.",
+        json_schema_extra={"enum": list(STRATEGIES)},
     )
 
 
@@ -366,7 +371,14 @@ class JobSpec(StrictModel):
         """Check everything that can be checked without loading data or models."""
         self._check_kind()
         self._check_resources()
-        self.method_hyperparameters()
+        hparams = self.method_hyperparameters()
+        if self.resources.strategy == "fsdp" and getattr(hparams, "precision", None) == "fp16":
+            raise InvalidRequest(
+                "hyperparameters.precision: fp16 is not supported under fsdp (its gradient "
+                "scaler was not tried on sharded gradients); use bf16, bf16-pure or fp32",
+                param="hyperparameters.precision",
+                code="unsupported_strategy",
+            )
         if self.evaluation.store_generations is None:
             # Data minimisation: a deletion request's report must not copy the very
             # text it was filed to remove.
@@ -377,15 +389,14 @@ class JobSpec(StrictModel):
         strategy = self.resources.strategy
         if strategy in UNSUPPORTED_STRATEGIES:
             raise InvalidRequest(
-                f"resources.strategy: {strategy} is not supported yet; jobs run data-parallel "
-                f"(ddp), each process holding the whole model ({UNSUPPORTED_STRATEGIES[strategy]}"
-                "; see docs/distributed.md)",
+                f"resources.strategy: {strategy} is not supported; use ddp or fsdp "
+                f"({UNSUPPORTED_STRATEGIES[strategy]}; see docs/distributed.md)",
                 param="resources.strategy",
                 code="unsupported_strategy",
             )
-        if strategy != "ddp":
+        if strategy not in STRATEGIES:
             raise InvalidRequest(
-                f"resources.strategy: {strategy!r} is not a strategy; use ddp",
+                f"resources.strategy: {strategy!r} is not a strategy; use ddp or fsdp",
                 param="resources.strategy",
                 code="invalid_value",
             )

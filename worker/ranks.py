@@ -3,7 +3,8 @@
 The worker child that claimed the job is pinned to a slot of N devices
 (``worker.devices``); it launches N ranks (``core.training.distributed``), one per
 device, and waits. Every rank resolves the registry, loads the data and the model and
-trains its share of each block; rank 0 alone reports progress to the database, saves
+trains its share of each block (holding the whole model under ``resources.strategy``
+ddp, a shard of it under fsdp: ``core.training.fsdp``); rank 0 alone reports progress to the database, saves
 the resumable state to the object store, evaluates and writes the checkpoint and the
 report into the job's work folder. The claiming process keeps the job's heartbeat and
 publishes rank 0's outcome as for a one-process job. A rank that crashes or dies fails

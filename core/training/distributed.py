@@ -1,5 +1,5 @@
-"""One job in several processes (DDP): who this process is, how a block is shared, and
-what the processes agree on.
+"""One job in several processes (DDP, or FSDP through ``core.training.fsdp``): who this
+process is, how a block is shared, and what the processes agree on.
 
 The training loop (``core.training.loop``) divides every loss term by the whole block's
 sequences or answer tokens, all processes together, and DDP averages gradients, so the
@@ -84,8 +84,10 @@ def init_process_group() -> None:
 
 def refuse_sharding_launch() -> None:
     """``accelerate launch`` with an FSDP or DeepSpeed configuration would have accelerate
-    wrap the model in a way this engine does not support (checkpoints, evaluation and
-    the KL reference assume whole weights on every rank): refuse rather than run it."""
+    wrap the model itself, with options (sharding strategy, wrap policy, offloading,
+    ZeRO stages) this engine does not read: refuse rather than run it as something else.
+    FSDP is the job's ``resources.strategy: fsdp`` (``--strategy fsdp``), which
+    ``core.training.fsdp`` applies under a plain multi-GPU launch."""
     from core.errors import InvalidRequest
 
     for variable, strategy in (
@@ -93,9 +95,14 @@ def refuse_sharding_launch() -> None:
         ("ACCELERATE_USE_DEEPSPEED", "deepspeed"),
     ):
         if os.environ.get(variable, "false").lower() == "true":
+            instead = (
+                "set resources.strategy: fsdp in the job spec (or --strategy fsdp)"
+                if strategy == "fsdp"
+                else "deepspeed is not supported; resources.strategy: fsdp shards instead"
+            )
             raise InvalidRequest(
-                f"{strategy} is not supported yet ({variable} is set by the accelerate "
-                "configuration): launch with a plain multi-GPU configuration (DDP); see "
+                f"an accelerate configuration with {strategy} is not read ({variable} is "
+                f"set): launch with a plain multi-GPU configuration and {instead}; see "
                 "docs/distributed.md",
                 param="resources.strategy",
                 code="unsupported_strategy",

@@ -5,13 +5,15 @@ processes`` forget examples, each paired with a retain example drawn at random, 
 normalizes every loss term by the *whole block* (sequences or answer tokens, known from
 the labels before any forward pass). So batch 8 x accumulation 1 and batch 2 x
 accumulation 4 give the same update, and the result does not depend on the GPU count
-at the same effective batch. accelerate handles devices, mixed precision and DDP;
+at the same effective batch. accelerate handles devices, mixed precision and DDP
+(``core.training.fsdp`` shards the model instead under ``strategy="fsdp"``);
 ``core.training.distributed`` shares blocks out, reduces metrics and lets rank 0 decide.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 import time
@@ -21,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 from core.data.encoding import IGNORE_INDEX, EncodedExample, collate
-from core.errors import Cancelled, NonFiniteLoss, Paused
+from core.errors import Cancelled, InvalidRequest, NonFiniteLoss, Paused
 from core.methods.base import ForgetInputs, LossTerm, Method, UnlearningHyperparameters
 from core.models.scoring import sequence_nll
 from core.training import distributed
@@ -267,6 +269,7 @@ def run_training(
     evaluate_every_steps: int | None = None,
     resume: TrainingState | None = None,
     new_schedule: bool = False,
+    strategy: str = "ddp",
 ) -> TrainResult:
     """Train ``model`` in place with ``method`` and return it with the step history.
 
@@ -279,7 +282,9 @@ def run_training(
     weights, from which references (NPO's NLLs, a KL copy) are rebuilt as at the start.
     ``new_schedule`` lets a resumed run have another length than the one it came from
     (a finished job continued with a larger budget): the schedule then follows the new
-    length from the step reached.
+    length from the step reached. ``strategy``: how several processes share the model,
+    ``ddp`` (each holds it whole) or ``fsdp`` (each holds a shard, ``core.training.fsdp``);
+    one process trains the same either way.
     """
     import torch
     from accelerate.utils import set_seed
@@ -296,6 +301,14 @@ def run_training(
         set_seed(seed)
         accelerator = make_accelerator(hparams.precision)
         device = accelerator.device
+        sharded = strategy == "fsdp" and accelerator.num_processes > 1
+        if sharded and accelerator.mixed_precision == "fp16":
+            raise InvalidRequest(
+                "precision fp16 is not supported under fsdp (its gradient scaler was not "
+                "tried on sharded gradients): use bf16, bf16-pure or fp32",
+                param="hyperparameters.precision",
+                code="unsupported_strategy",
+            )
         pad_id = (
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         )
@@ -345,12 +358,24 @@ def run_training(
             load_trainable_weights(model, resume.weights)
         model.train()
 
+        whole = None  # under FSDP, rank 0's unsharded copy for evaluation and saving
+        if sharded:
+            from core.training import fsdp
+
+            fsdp.broadcast_weights(model)
+            if accelerator.is_main_process:
+                # On the CPU between evaluation points; fully_shard moves the shards back.
+                whole = copy.deepcopy(model.to("cpu"))
+            fsdp.shard(model, device)
+            if ref_model is not None:
+                fsdp.shard(ref_model, device)
         params = [p for p in model.parameters() if p.requires_grad]
         total_steps = total_optimizer_steps(len(forget), hparams, accelerator.num_processes)
         optimizer, scheduler = make_optimizer(params, hparams, total_steps)
-        model, optimizer = accelerator.prepare(model, optimizer)
-        if ref_model is not None:
-            ref_model.to(device)
+        if not sharded:
+            model, optimizer = accelerator.prepare(model, optimizer)
+            if ref_model is not None:
+                ref_model.to(device)
 
         world, rank = accelerator.num_processes, accelerator.process_index
         block_size = hparams.effective_batch_size * world
@@ -365,7 +390,10 @@ def run_training(
                     f"the saved training state planned {resume.total_steps} steps, this run "
                     f"{total_steps}: resume with the same data and hyperparameters"
                 )
-            optimizer.load_state_dict(resume.optimizer)
+            if sharded:
+                fsdp.load_optimizer_state(model, optimizer, resume.optimizer)
+            else:
+                optimizer.load_state_dict(resume.optimizer)
             scheduler.load_state_dict(resume.scheduler)
             if new_schedule:
                 # The restored LambdaLR keeps this run's lambdas (its length): set the
@@ -391,8 +419,20 @@ def run_training(
             method=method.name,
         )
 
-        def capture(epoch_index: int, next_block: int, epoch_generator) -> TrainingState:
-            """The state after the current step, continuing at ``next_block``."""
+        def gather() -> tuple[dict, dict | None]:
+            """Under FSDP, on every rank: the trainable weights and the optimizer state,
+            whole, on rank 0 (which also loads the weights into its unsharded copy)."""
+            weights = fsdp.full_trainable_weights(model)
+            optimizer_state = fsdp.full_optimizer_state(model, optimizer)
+            if whole is not None:
+                load_trainable_weights(whole, weights)
+            return weights, optimizer_state
+
+        def capture(
+            epoch_index: int, next_block: int, epoch_generator, gathered=None
+        ) -> TrainingState:
+            """The state after the current step, continuing at ``next_block``
+            (``gathered``: :func:`gather`'s, under FSDP)."""
             if next_block >= len(forget):
                 epoch_index, next_block, epoch_generator = epoch_index + 1, 0, generator
             return TrainingState(
@@ -404,8 +444,10 @@ def run_training(
                 total_steps=total_steps,
                 history=[asdict(m) for m in result.history],
                 order_generator=epoch_generator.get_state(),
-                weights=trainable_weights(accelerator.unwrap_model(model)),
-                optimizer=optimizer.state_dict(),
+                weights=gathered[0]
+                if gathered
+                else trainable_weights(accelerator.unwrap_model(model)),
+                optimizer=gathered[1] if gathered else optimizer.state_dict(),
                 scheduler=scheduler.state_dict(),
                 ref_nll=ref_nll,
                 **capture_rng(),
@@ -432,7 +474,9 @@ def run_training(
                 if distributed.rank0_decides(callbacks.should_pause, world):
                     raise Paused(
                         f"paused at step {step}",
-                        state=capture(epoch, block_start, epoch_start_generator),
+                        state=capture(
+                            epoch, block_start, epoch_start_generator, gather() if sharded else None
+                        ),
                     )
                 block = list(range(block_start, min(block_start + block_size, len(order))))
                 forget_block = [forget[order[i]] for i in block]
@@ -454,7 +498,13 @@ def run_training(
                     if distributed.rank0_decides(callbacks.should_cancel, world):
                         raise Cancelled(f"cancelled at step {step}")
                     sync = micro_index == len(micro_batches) - 1
-                    with nullcontext() if sync or world == 1 else accelerator.no_sync(model):
+                    if sharded:
+                        fsdp.set_gradient_sync(model, sync)
+                    with (
+                        nullcontext()
+                        if sync or world == 1 or sharded
+                        else accelerator.no_sync(model)
+                    ):
                         parts, micro_weights, micro_tokens = _micro_step(
                             model,
                             ref_model,
@@ -489,11 +539,16 @@ def run_training(
                     if micro_weights is not None:
                         weights.append(micro_weights)
                     step_tokens += micro_tokens
-                grad_norm = (
-                    accelerator.clip_grad_norm_(params, hparams.max_grad_norm)
-                    if hparams.max_grad_norm
-                    else _grad_norm(params)
-                )
+                if sharded:  # the norm over every rank's shards (no clipping at inf)
+                    grad_norm = accelerator.clip_grad_norm_(
+                        params, hparams.max_grad_norm or math.inf
+                    )
+                else:
+                    grad_norm = (
+                        accelerator.clip_grad_norm_(params, hparams.max_grad_norm)
+                        if hparams.max_grad_norm
+                        else _grad_norm(params)
+                    )
                 # A finite loss can still give inf/NaN gradients (overflow in backward); one
                 # such step corrupts every weight. fp16 is the exception: its gradient scaler
                 # expects overflows, skips that step and lowers the scale.
@@ -565,28 +620,37 @@ def run_training(
                     # Rank 0 judges the point; it needs every rank's measurements.
                     seen_forget = distributed.merge_dicts(seen_forget, world)
                     seen_retain = distributed.merge_dicts(seen_retain, world)
+                # Under FSDP every rank gathers the point's weights into rank 0's copy.
+                gathered = gather() if sharded and due else None
                 stop = False
                 if callbacks.on_evaluation and due and rank == 0:
                     point = EvaluationPoint(
                         step=step,
                         epoch=metrics.epoch,
                         total_steps=total_steps,
-                        model=accelerator.unwrap_model(model),
+                        model=whole.to(device) if sharded else accelerator.unwrap_model(model),
                         final=step >= total_steps,
-                        capture_state=lambda e=epoch, b=next_block, g=epoch_start_generator: (
-                            capture(e, b, g)
+                        capture_state=functools.partial(
+                            capture, epoch, next_block, epoch_start_generator, gathered
                         ),
                         forget_nll=dict(seen_forget),
                         retain_nll=dict(seen_retain),
                     )
                     stop = bool(callbacks.on_evaluation(point))
+                    if sharded:
+                        whole.to("cpu")
                 if due and distributed.rank0_decides(lambda s=stop: s, world):
                     result.stopped_early = step < total_steps
                     break
             if result.stopped_early or step >= total_steps:
                 break
 
-        result.model = accelerator.unwrap_model(model)
+        if sharded:
+            gathered = fsdp.full_trainable_weights(model)
+            if whole is not None:
+                load_trainable_weights(whole, gathered)
+        # Rank 0's unsharded copy under FSDP (the other ranks' shards are of no use after)
+        result.model = whole.to(device) if whole is not None else accelerator.unwrap_model(model)
         result.steps, result.trained_tokens = step, tokens
         result.elapsed_s = time.monotonic() - started
         # Evaluation and saving follow in this process: drop AdamW's moments (twice the
