@@ -1,9 +1,9 @@
-"""Bearer-token auth for ``/v1/*`` and ``/openai/*`` as a pure ASGI middleware.
+"""Bearer-token authentication for ``/v1/*`` and ``/openai/*`` as a pure ASGI middleware.
 
-A middleware rather than a dependency on every route: it costs nothing when auth is
-off (it is not installed), and one header lookup when on, where a dependency costs a
-round of FastAPI's dependency solving on every request. It also answers 401 for
-unknown ``/v1`` paths, so routes are not enumerable without a key.
+A middleware rather than a dependency: it answers 401 before routing, so unknown
+``/v1`` paths are not enumerable without a key, and it binds the caller's tenant for
+everything the request runs (``core.tenancy``). The keys are the keyring's
+(``api.keyring``); roles and tenants are checked after routing (``api.authz``).
 
 The dashboard signs a person in by keeping their API key in a cookie (HttpOnly,
 SameSite=Strict). The cookie counts for reads only (GET and HEAD): the browser can then
@@ -13,8 +13,6 @@ still needs the ``Authorization`` header, which no other site can make a browser
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from http.cookies import SimpleCookie
 from urllib.parse import unquote
 
@@ -22,24 +20,18 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.errors import error_response
+from api.keyring import ANONYMOUS, OPEN_CALLER, Keyring, principal_of
 from core.inference.protocol import error_body
+from core.logs import bind as bind_log_context
+from core.tenancy import bind_tenant
 
-ANONYMOUS = "anonymous"
+__all__ = ["ANONYMOUS", "BearerAuthMiddleware", "principal_of", "session_token"]
+
 #: the API, and the OpenAI-compatible inference endpoint beside it
 PROTECTED_PREFIXES = ("/v1/", "/openai/")
 #: the dashboard's sign-in cookie: the API key, percent-encoded
 SESSION_COOKIE = "obliviate_key"
 READ_METHODS = ("GET", "HEAD")
-
-
-def principal_of(token: str) -> str:
-    """What idempotency keys are scoped to: a digest, never the key itself."""
-    return "key:" + hashlib.sha256(token.encode()).hexdigest()[:32]
-
-
-def authenticate(token: str, api_keys: list[str]) -> str | None:
-    """The principal of ``token`` when it is one of ``api_keys``, else None."""
-    return principal_of(token) if _known(token.encode(), [k.encode() for k in api_keys]) else None
 
 
 def session_token(cookie_header: str | None) -> str | None:
@@ -55,32 +47,40 @@ def session_token(cookie_header: str | None) -> str | None:
     return unquote(morsel.value) if morsel is not None and morsel.value else None
 
 
-def _known(token: bytes, keys: list[bytes]) -> bool:
-    # Compare against every key in constant time, so timing reveals nothing.
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(token, key)
-    return matched
-
-
 class BearerAuthMiddleware:
-    def __init__(self, app: ASGIApp, api_keys: list[str]):
+    """Who is calling: a ``Caller`` on ``scope["state"]["caller"]`` and the caller's
+    tenant bound for the request (``core.tenancy``); 401 for a missing or unknown key.
+    What the caller may do is decided after routing (``api.authz``)."""
+
+    def __init__(self, app: ASGIApp, keyring: Keyring):
         self.app = app
-        self.keys = [key.encode() for key in api_keys]
+        self.keyring = keyring
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(PROTECTED_PREFIXES):
             await self.app(scope, receive, send)
             return
-        token = self._bearer_token(scope)
-        if token is None and scope["method"] in READ_METHODS:
-            token = self._session_token(scope)
-        if token is None:
-            message = "send an API key as 'Authorization: Bearer <key>'"
-        elif not _known(token, self.keys):
-            message = "invalid API key"
+        resources = scope["app"].state.resources
+        caller = message = None
+        if await self.keyring.is_open(resources.read_database):
+            caller = OPEN_CALLER
         else:
-            scope.setdefault("state", {})["principal"] = principal_of(token.decode())
+            token = self._bearer_token(scope)
+            if token is None and scope["method"] in READ_METHODS:
+                token = self._session_token(scope)
+            if token is None:
+                message = "send an API key as 'Authorization: Bearer <key>'"
+            else:
+                caller = await self.keyring.caller(
+                    token.decode("latin-1"), resources.read_database, resources.database
+                )
+                if caller is None:
+                    message = "invalid API key (unknown or revoked)"
+        if caller is not None:
+            state = scope.setdefault("state", {})
+            state.update(caller=caller, principal=caller.principal, tenant=caller.tenant)
+            bind_tenant(caller.tenant)
+            bind_log_context(tenant=caller.tenant)
             await self.app(scope, receive, send)
             return
         headers = {"WWW-Authenticate": "Bearer"}

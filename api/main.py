@@ -10,12 +10,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import BearerAuthMiddleware
+from api.authz import OwnerCache, authorize
 from api.dashboard.signin import SignInRequired, redirect_to_sign_in
 from api.errors import install_error_handlers
+from api.keyring import Keyring
 from api.metrics import MetricsMiddleware, RequestMetrics
 from api.openapi import install_openapi
 from api.request_log import RequestLogMiddleware
@@ -28,6 +30,7 @@ from api.routers import (
     health,
     job_spec,
     jobs,
+    keys,
     methods,
     models,
     openai_compat,
@@ -43,7 +46,12 @@ from core.logs import configure_logging
 from core.reaper import ReaperThread
 from core.settings import Settings, get_settings
 
-ERROR_RESPONSES = {status: {"model": ErrorResponse} for status in (400, 401, 404, 409, 413, 422)}
+#: every router of /v1 and /openai/v1: the caller's role and tenant are checked
+AUTHORIZED = [Depends(authorize)]
+
+ERROR_RESPONSES = {
+    status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 409, 413, 422)
+}
 
 
 def create_app(settings: Settings | None = None, *, run_migrations: bool = True) -> FastAPI:
@@ -91,8 +99,9 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
     app.state.metrics = RequestMetrics()
     install_error_handlers(app)
     install_openapi(app)
-    if settings.api_keys:
-        app.add_middleware(BearerAuthMiddleware, api_keys=settings.api_keys)
+    app.state.keyring = Keyring(settings.api_keys)
+    app.state.owner_cache = OwnerCache()
+    app.add_middleware(BearerAuthMiddleware, keyring=app.state.keyring)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(RequestLogMiddleware)  # outermost: every response gets its id
 
@@ -115,9 +124,10 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
         deletion_requests,
         audit,
         webhooks,
+        keys,
     ):
-        app.include_router(module.router, responses=ERROR_RESPONSES)
+        app.include_router(module.router, responses=ERROR_RESPONSES, dependencies=AUTHORIZED)
     # OpenAI-compatible inference: an OpenAI client's base_url is http://HOST:PORT/openai/v1.
     # OpenAI's API reference documents it (and docs/inference.md what we support), not ours.
-    app.include_router(openai_compat.router, include_in_schema=False)
+    app.include_router(openai_compat.router, include_in_schema=False, dependencies=AUTHORIZED)
     return app

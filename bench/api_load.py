@@ -9,6 +9,7 @@ less CPU from the server on a small machine; ``--client httpx`` to compare).
 
     python bench/api_load.py                     # 3 workers, 16 connections, 15 s/phase
     python bench/api_load.py --workers 2 --duration 20 --concurrency 64
+    python bench/api_load.py --auth              # with a database API key (issue 9)
 
 Not a test: it prints figures. Goal on 2 cores: >= 1,000 GET /v1/jobs/{id} per second
 at p99 <= 50 ms, >= 300 POST /v1/jobs per second.
@@ -106,9 +107,13 @@ class RawHttpConnection:
             self.writer.close()
 
 
+#: sent with every request: the API key with --auth
+AUTH_HEADERS: dict[str, str] = {}
+
+
 def raw_request(method: str, path: str, body: bytes | None = None, headers: dict | None = None):
     lines = [f"{method} {path} HTTP/1.1", "Host: bench", "Connection: keep-alive"]
-    for name, value in (headers or {}).items():
+    for name, value in {**AUTH_HEADERS, **(headers or {})}.items():
         lines.append(f"{name}: {value}")
     if body is not None:
         lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
@@ -160,7 +165,10 @@ async def drive_httpx(
                 started = time.perf_counter()
                 try:
                     response = await client.request(
-                        method, path, content=body, headers={"content-type": "application/json"}
+                        method,
+                        path,
+                        content=body,
+                        headers={"content-type": "application/json", **AUTH_HEADERS},
                     )
                 except httpx.HTTPError:
                     result.errors += 1
@@ -315,7 +323,7 @@ def stop_server(process: subprocess.Popen) -> None:
 
 
 def http_json(method: str, url: str, body: bytes | None = None, content_type="application/json"):
-    request = urllib.request.Request(url, data=body, method=method)
+    request = urllib.request.Request(url, data=body, method=method, headers=AUTH_HEADERS)
     if body is not None:
         request.add_header("Content-Type", content_type)
     with urllib.request.urlopen(request, timeout=30) as reply:
@@ -430,6 +438,11 @@ def main() -> None:
     parser.add_argument(
         "--phases", default="read,read-304,submit", help="comma-separated: read, read-304, submit"
     )
+    parser.add_argument(
+        "--auth",
+        action="store_true",
+        help="send a submitter key made in the database (keys hashed, tenant-scoped)",
+    )
     args = parser.parse_args()
     args.load_before = " ".join(f"{value:.1f}" for value in os.getloadavg())
 
@@ -452,12 +465,14 @@ def main() -> None:
     server = None
     try:
         upgrade(database_url)
+        if args.auth:
+            AUTH_HEADERS["Authorization"] = f"Bearer {make_key(database_url)}"
         server = start_server(args, env, port)
         base_url = f"http://127.0.0.1:{port}"
         body, job_ids = seed(base_url, args.jobs)
         etags = {}
         for job_id in job_ids:
-            request = urllib.request.Request(f"{base_url}/v1/jobs/{job_id}")
+            request = urllib.request.Request(f"{base_url}/v1/jobs/{job_id}", headers=AUTH_HEADERS)
             with urllib.request.urlopen(request) as reply:
                 etags[job_id] = reply.headers["ETag"]
         submit_bytes = json.dumps(body).encode()
@@ -506,6 +521,19 @@ def main() -> None:
         import shutil
 
         shutil.rmtree(home, ignore_errors=True)
+
+
+def make_key(database_url: str) -> str:
+    from core.db import keys, make_engine, make_session_factory
+
+    engine = make_engine(database_url, pool_size=1)
+    try:
+        with make_session_factory(engine)() as session:
+            _, secret = keys.create_key(session, tenant="bench", role="submitter")
+            session.commit()
+    finally:
+        engine.dispose()
+    return secret
 
 
 def _conditional_get(job_ids: list[str], etags: dict[str, str]) -> bytes:

@@ -34,10 +34,12 @@ _add_remote_commands()
 def _add_verify_commands() -> None:
     """``verify`` (a certificate, offline) and ``audit verify`` (the log's hash chain)."""
     from cli.audit import audit_app
+    from cli.keys import keys_app
     from cli.verify import verify
 
     app.command(name="verify")(verify)
     app.add_typer(audit_app, name="audit")
+    app.add_typer(keys_app, name="keys")
 
 
 _add_verify_commands()
@@ -370,6 +372,7 @@ def serve(
         f"state in [bold]{settings.home}[/] (database {settings.database_url.split('@')[-1]})"
     )
     upgrade(settings.database_url)
+    _say_whether_open(settings, host)
     if settings.demo_on_start if demo is None else demo:
         _install_demo(settings)
     exit_on_sigterm()
@@ -392,6 +395,27 @@ def serve(
         for child in (server, process):
             if child is not None:
                 stop_worker(child)
+
+
+def _say_whether_open(settings, host: str) -> None:
+    """With no API key anywhere the API is open: fine on loopback, said loudly elsewhere."""
+    if settings.api_keys:
+        return
+    from core.db import make_engine, make_session_factory
+    from core.db.keys import any_live_keys
+
+    engine = make_engine(settings.database_url, pool_size=1)
+    try:
+        with make_session_factory(engine)() as session:
+            if any_live_keys(session):
+                return
+    finally:
+        engine.dispose()
+    style = "yellow" if host in ("127.0.0.1", "localhost", "::1") else "bold red"
+    console.print(
+        f"[{style}]no API keys: the API is open to anyone who can reach {host}[/]; make "
+        "one with [bold]obliviate keys create --tenant NAME --role admin[/] (docs/access.md)"
+    )
 
 
 @app.command(name="inference")

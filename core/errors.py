@@ -68,6 +68,13 @@ class NotFound(ObliviateError):
     http_status = 404
 
 
+class Forbidden(ObliviateError):
+    """The caller is known, but its role does not allow this."""
+
+    code = "forbidden"
+    http_status = 403
+
+
 class Conflict(ObliviateError):
     code = "conflict"
     http_status = 409

@@ -12,6 +12,7 @@
 from obliviate_client.client import AsyncClient, Client
 from obliviate_client.errors import ApiError
 from obliviate_client.models import (
+    ApiKey,
     AuditEntry,
     Checkpoint,
     Dataset,
@@ -29,6 +30,7 @@ from obliviate_client.models import (
 
 __all__ = [
     "ApiError",
+    "ApiKey",
     "AsyncClient",
     "AuditEntry",
     "Checkpoint",

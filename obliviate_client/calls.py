@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from obliviate_client.models import (
+    ApiKey,
     AuditEntry,
     Checkpoint,
     Dataset,
@@ -267,3 +268,24 @@ def list_webhook_deliveries(webhook_id: str, *, after: str | None, limit: int) -
         parse=WebhookDelivery,
         page=True,
     )
+
+
+# -- API keys ---------------------------------------------------------------------------
+
+
+def create_key(role: str, *, name: str | None) -> Call:
+    # Not repeated after a lost answer: the key is shown only in it.
+    body: dict[str, Any] = {"role": role}
+    if name is not None:
+        body["name"] = name
+    return Call("POST", "/v1/keys", json=body, parse=ApiKey, retry=False)
+
+
+def list_keys(*, after: str | None, limit: int) -> Call:
+    return Call(
+        "GET", "/v1/keys", params=_params(after=after, limit=limit), parse=ApiKey, page=True
+    )
+
+
+def revoke_key(key_id: str) -> Call:
+    return Call("DELETE", f"/v1/keys/{key_id}", parse=ApiKey)

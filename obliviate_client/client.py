@@ -30,6 +30,7 @@ from obliviate_client.calls import Call
 from obliviate_client.errors import ApiError
 from obliviate_client.models import (
     TERMINAL_STATUSES,
+    ApiKey,
     AuditEntry,
     Checkpoint,
     Dataset,
@@ -131,6 +132,7 @@ class Client:
         self.deletion_requests = DeletionRequests(self)
         self.audit = Audit(self)
         self.webhooks = Webhooks(self)
+        self.keys = Keys(self)
 
     def __enter__(self) -> Client:
         return self
@@ -453,6 +455,23 @@ class Webhooks:
         return self._client.paginate(
             lambda after: calls.list_webhook_deliveries(webhook_id, after=after, limit=page_size)
         )
+
+
+class Keys:
+    """The caller's tenant's API keys (an admin key's calls)."""
+
+    def __init__(self, client: Client):
+        self._client = client
+
+    def create(self, role: str, *, name: str | None = None) -> ApiKey:
+        """The answer's ``key`` is shown this once; the service keeps only its hash."""
+        return self._client.call(calls.create_key(role, name=name))
+
+    def list(self, *, page_size: int = 100) -> Iterator[ApiKey]:
+        return self._client.paginate(lambda after: calls.list_keys(after=after, limit=page_size))
+
+    def revoke(self, key_id: str) -> ApiKey:
+        return self._client.call(calls.revoke_key(key_id))
 
 
 def _choose_checkpoint(checkpoints: list[Checkpoint], job_id: str, wanted: str) -> Checkpoint:

@@ -274,6 +274,20 @@ class Webhook(ApiModel):
     secret: str | None = None
 
 
+class ApiKey(ApiModel):
+    id: str
+    object: Literal["api_key"] = "api_key"
+    tenant: str
+    role: str
+    name: str | None = None
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None
+    #: the key itself: only in the answer to ``create``
+    key: str | None = None
+
+
 class DeliveryAttempt(ApiModel):
     attempt: int
     at: datetime

@@ -37,6 +37,7 @@ from core.run_folder import RUN
 from core.settings import Settings, get_settings
 from core.spec import JobSpec
 from core.storage import ObjectStore
+from core.tenancy import bind_tenant, tenant_bound
 from worker.inputs import InputResolver, checkpoint_prefix, report_prefix
 from worker.reporter import DbReporter
 from worker.run_mirror import RunMirror
@@ -60,13 +61,20 @@ class JobRunner:
     def run(self, job_id: str) -> str | None:
         """Returns the final status, or None when the job was not ours to run (not
         queued, or taken from this attempt by the reaper meanwhile)."""
+        with tenant_bound(None):  # whatever this run binds ends with it
+            return self._run(job_id)
+
+    def _run(self, job_id: str) -> str | None:
         with self.sessions() as session:
             job = claim_job(session, job_id, self.worker_id)
         if job is None:
             log.info("job %s is not queued (duplicate message or cancelled); skipping", job_id)
             return None
         attempt = job.attempts
-        bind(job_id=job_id, attempt=attempt)  # on every log line of this run
+        # Everything the run reads and writes is its tenant's (its models, its audit
+        # entries, its webhooks).
+        bind_tenant(job.tenant_id)
+        bind(job_id=job_id, attempt=attempt, tenant=job.tenant_id)  # on every log line
         if attempt > 1:
             with self.sessions() as session:
                 published = published_output(session, job_id)

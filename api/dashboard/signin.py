@@ -1,8 +1,9 @@
 """Signing a person in to the dashboard with an API key.
 
 The key is checked like a bearer token, then kept in an HttpOnly, SameSite=Strict
-cookie, which the API accepts for reads only (``api.auth``). With no keys configured
-(the embedded default) nobody needs to sign in.
+cookie, which the API accepts for reads only (``api.auth``). With no keys anywhere
+(the embedded default) nobody needs to sign in. A signed-in page shows only the key's
+tenant's objects, like the API.
 """
 
 from __future__ import annotations
@@ -13,7 +14,11 @@ from urllib.parse import quote
 from fastapi import Depends, Request
 from fastapi.responses import RedirectResponse
 
-from api.auth import ANONYMOUS, SESSION_COOKIE, authenticate, session_token
+from api.auth import SESSION_COOKIE, session_token
+from api.authz import Caller
+from api.keyring import OPEN_CALLER
+from core.errors import Forbidden
+from core.tenancy import ROLE_PERMISSIONS, bind_tenant, roles_with
 
 #: how long a sign-in lasts in the browser
 SESSION_SECONDS = 12 * 3600
@@ -24,20 +29,41 @@ class SignInRequired(Exception):
         self.next_path = next_path
 
 
+async def dashboard_caller(request: Request) -> Caller:
+    """Who is looking: OPEN_CALLER when the service has no keys; else the signed-in
+    key's caller (its tenant bound for the page), or a redirect to the sign-in page."""
+    keyring = request.app.state.keyring
+    resources = request.app.state.resources
+    if await keyring.is_open(resources.read_database):
+        caller = OPEN_CALLER
+    else:
+        token = session_token(request.headers.get("cookie"))
+        caller = None
+        if token:
+            caller = await keyring.caller(token, resources.read_database, resources.database)
+        if caller is None:
+            raise SignInRequired(request.url.path)
+    request.state.caller = caller
+    bind_tenant(caller.tenant)
+    return caller
+
+
 async def dashboard_principal(request: Request) -> str:
-    """Who is looking: ``anonymous`` when auth is off; else the signed-in key's
-    principal, or a redirect to the sign-in page."""
-    keys = request.app.state.settings.api_keys
-    if not keys:
-        return ANONYMOUS
-    token = session_token(request.headers.get("cookie"))
-    principal = authenticate(token, keys) if token else None
-    if principal is None:
-        raise SignInRequired(request.url.path)
-    return principal
+    caller = await dashboard_caller(request)
+    return caller.principal
+
+
+async def dashboard_auditor(request: Request) -> str:
+    """The audit page's viewer: a role with the audit permission."""
+    caller = await dashboard_caller(request)
+    if "audit" not in ROLE_PERMISSIONS.get(caller.role, ()):
+        roles = " or ".join(roles_with("audit"))
+        raise Forbidden(f"the audit log needs the {roles} role; yours is {caller.role}")
+    return caller.principal
 
 
 DashboardPrincipal = Annotated[str, Depends(dashboard_principal)]
+DashboardAuditor = Annotated[str, Depends(dashboard_auditor)]
 
 
 def safe_next(path: str | None) -> str:

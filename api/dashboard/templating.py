@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import HTMLResponse
 
+from api.keyring import OPEN_CALLER
 from core.evaluation.report_html import environment
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -46,11 +47,11 @@ env.globals.update(TERMINAL=TERMINAL)
 
 
 def render(request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
-    settings = request.app.state.settings
     html = env.get_template(template).render(
         request=request,
         path=request.url.path,
-        auth_on=bool(settings.api_keys),
+        # Signing in is on unless this page's caller is the open service's.
+        auth_on=getattr(request.state, "caller", None) is not OPEN_CALLER,
         **context,
     )
     return HTMLResponse(html, status_code=status_code, headers={"Content-Security-Policy": CSP})

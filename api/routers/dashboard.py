@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from api.auth import authenticate
 from api.dashboard.signin import (
+    DashboardAuditor,
     DashboardPrincipal,
     safe_next,
     sign_in_redirect,
@@ -123,7 +123,7 @@ async def deletion_request_page(
 async def audit_page(
     request: Request,
     db: ReadDatabaseDep,
-    principal: DashboardPrincipal,
+    principal: DashboardAuditor,
     object_id: Annotated[str | None, Query(pattern=ID_PATTERN.pattern)] = None,
     action: AuditAction | None = None,
     who: Annotated[str | None, Query(pattern=PRINCIPAL_PATTERN)] = None,
@@ -144,7 +144,7 @@ async def audit_page(
 
 @router.get("/sign-in", response_class=HTMLResponse)
 async def sign_in_page(request: Request, next: str = "/") -> Response:
-    if not request.app.state.settings.api_keys:
+    if await _open(request):
         return RedirectResponse(safe_next(next), status_code=303)
     return render(request, "sign_in.html", next=safe_next(next), error=None)
 
@@ -154,13 +154,23 @@ async def sign_in(request: Request) -> Response:
     form = await request.form()
     token = str(form.get("api_key") or "").strip()
     next_path = safe_next(str(form.get("next") or "/"))
-    keys = request.app.state.settings.api_keys
-    if not keys:
+    if await _open(request):
         return RedirectResponse(next_path, status_code=303)
-    if not token or authenticate(token, keys) is None:
+    caller = None
+    if token:
+        resources = request.app.state.resources
+        caller = await request.app.state.keyring.caller(
+            token, resources.read_database, resources.database
+        )
+    if caller is None:
         error = "That API key is not valid." if token else "Enter an API key."
         return render(request, "sign_in.html", status_code=401, next=next_path, error=error)
     return sign_in_redirect(next_path, token, secure=request.url.scheme == "https")
+
+
+async def _open(request: Request) -> bool:
+    """No keys anywhere: nobody signs in."""
+    return await request.app.state.keyring.is_open(request.app.state.resources.read_database)
 
 
 @router.post("/sign-out")

@@ -19,6 +19,8 @@ AuditAction = Literal[
     "certificate.issued",
     "webhook.created",
     "webhook.disabled",
+    "key.created",
+    "key.revoked",
 ]
 
 
@@ -28,7 +30,7 @@ class AuditEntryObject(BaseModel):
     at: datetime
     principal: str
     action: AuditAction
-    object_type: Literal["dataset", "deletion_request", "job", "webhook"]
+    object_type: Literal["dataset", "deletion_request", "job", "webhook", "api_key"]
     object_id: str
     data: dict[str, Any] | None
     prev_hash: str | None = None

@@ -37,6 +37,8 @@ class StreamItem:
     data: str
     #: a ``job`` snapshot of a job that has ended (nothing more will follow)
     final: bool = False
+    #: the job's tenant: a stream of every job sends only its caller's tenant's
+    tenant: str | None = None
 
 
 @dataclass
@@ -56,8 +58,9 @@ def from_microseconds(value: int) -> datetime:
     return datetime.fromtimestamp(value / 1_000_000, tz=timezone.utc)
 
 
-def row_item(source: StreamSource, row) -> StreamItem:
-    return StreamItem(source.kind, row.job_id, row.id, source.to_object(row).model_dump_json())
+def row_item(source: StreamSource, row, tenant: str | None) -> StreamItem:
+    data = source.to_object(row).model_dump_json()
+    return StreamItem(source.kind, row.job_id, row.id, data, tenant=tenant)
 
 
 def job_item(row: JobRow) -> StreamItem:
@@ -67,6 +70,7 @@ def job_item(row: JobRow) -> StreamItem:
         microseconds(row.updated_at),
         JobObject.from_row(row).model_dump_json(),
         final=row.status in TERMINAL_STATUSES,
+        tenant=row.tenant_id,
     )
 
 
@@ -93,15 +97,19 @@ def read_changes(
     that the first read missed (a writer whose clock lags)."""
     found = Changes()
     rows = changes.changed_jobs(session, updated_after=jobs_updated_after)
+    new_rows = {}
     for source in SOURCES:
         new = changes.rows_after(session, source.table, after[source.kind], limit=PAGE)
         found.more |= len(new) == PAGE
         new += changes.rows_with_ids(session, source.table, missing.get(source.kind, ()))
-        found.rows[source.kind] = [row_item(source, row) for row in new]
+        new_rows[source] = new
     seen = {row.id for row in rows}
-    touched = {item.job_id for items in found.rows.values() for item in items} - seen
+    touched = {row.job_id for new in new_rows.values() for row in new} - seen
     if touched:
         rows += changes.changed_jobs(session, updated_after=None, job_ids=sorted(touched))
+    tenants = {row.id: row.tenant_id for row in rows}
+    for source, new in new_rows.items():
+        found.rows[source.kind] = [row_item(source, row, tenants.get(row.job_id)) for row in new]
     for row in rows:
         signature = job_signature(row)
         found.signatures[row.id] = signature
@@ -128,7 +136,8 @@ def backlog(
     rows = changes.rows_after(
         session, source.table, after, through=through, job_id=job_id, limit=PAGE
     )
-    return [row_item(source, row) for row in rows]
+    tenants = changes.job_tenants(session, {row.job_id for row in rows})
+    return [row_item(source, row, tenants.get(row.job_id)) for row in rows]
 
 
 def jobs_updated_after(session: Session, moment: datetime) -> list[StreamItem]:

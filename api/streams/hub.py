@@ -49,6 +49,8 @@ class Subscription:
     job_id: str | None
     kinds: frozenset[str]
     position: dict[str, int]
+    #: a stream of every job sends only this tenant's (None: every tenant's)
+    tenant: str | None = None
     #: the hub's settled position when the subscription started: the backlog to read
     #: from the database ends here, the hub's changes begin after it
     settled: dict[str, int] = field(default_factory=dict)
@@ -57,7 +59,7 @@ class Subscription:
 
     def accepts(self, item: StreamItem) -> bool:
         """Whether ``item`` is new to this stream; advances its position."""
-        if item.kind not in self.kinds:
+        if item.kind not in self.kinds or not self.sees(item):
             return False
         if item.kind == JOB:
             self.position[JOB] = max(self.position.get(JOB, 0), item.position)
@@ -67,8 +69,11 @@ class Subscription:
         self.position[item.kind] = item.position
         return True
 
+    def sees(self, item: StreamItem) -> bool:
+        return self.tenant is None or item.tenant == self.tenant
+
     def offer(self, item: StreamItem) -> None:
-        if self.dropped or item.kind not in self.kinds:
+        if self.dropped or item.kind not in self.kinds or not self.sees(item):
             return
         try:
             self.queue.put_nowait(item)
@@ -116,11 +121,17 @@ class StreamHub:
 
     # -- subscriptions -------------------------------------------------------------------
     async def subscribe(
-        self, *, job_id: str | None, kinds: Iterable[str], position: dict[str, int]
+        self,
+        *,
+        job_id: str | None,
+        kinds: Iterable[str],
+        position: dict[str, int],
+        tenant: str | None = None,
     ) -> Subscription:
         await self._ready.wait()
         subscription = Subscription(
             job_id=job_id,
+            tenant=tenant,
             kinds=frozenset(kinds),
             position=dict(position),
             settled={kind: mark.settled for kind, mark in self._watermarks.items()},

@@ -18,6 +18,7 @@ from api.streams.cursor import format_position
 from api.streams.hub import CLOCK_SLACK, StreamHub, Subscription
 from api.streams.sources import JOB, KINDS, SOURCES
 from core.db.types import utcnow
+from core.tenancy import current_tenant
 
 #: How long a browser waits before reconnecting (the SSE ``retry`` field).
 RETRY_MS = 2000
@@ -127,7 +128,9 @@ async def jobs_stream(
 ) -> AsyncIterator[bytes]:
     """Every job's changes. Fresh (``position`` None): from now on, opened by
     ``event: ready``. Resumed: first what was missed since ``position``."""
-    subscription = await hub.subscribe(job_id=None, kinds=kinds, position=position or {})
+    subscription = await hub.subscribe(
+        job_id=None, kinds=kinds, position=position or {}, tenant=current_tenant()
+    )
     try:
         if position is None:
             started = microseconds(utcnow())

@@ -30,8 +30,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from core.db.pagination import Page, paginate
-from core.db.tables import AuditEntry, AuditHead
+from core.db.tables import AuditEntry, AuditHead, Dataset, DeletionRequest, Job
 from core.db.types import utcnow
+from core.tenancy import DEFAULT_TENANT, current_tenant, scoped
 
 #: The principal of writes the worker makes (the API's are ``anonymous`` or
 #: ``key:<digest>``, see ``api.auth``).
@@ -52,6 +53,8 @@ AUDIT_ACTIONS = (
     "certificate.issued",
     "webhook.created",
     "webhook.disabled",
+    "key.created",
+    "key.revoked",
 )
 
 _INSERT = AuditEntry.__table__.insert()
@@ -91,9 +94,12 @@ def add_audit_entry(
     object_type: str,
     object_id: str,
     data: dict[str, Any] | None = None,
+    tenant: str | None = None,
 ) -> None:
     """Append one entry to the chain (not committed); ``at`` is this process's UTC
-    clock, to the microsecond (it is hashed, so it must be known before the insert)."""
+    clock, to the microsecond (it is hashed, so it must be known before the insert).
+    The entry belongs to ``tenant``, else to the bound tenant, else (the reaper, a
+    management command) to the tenant of the job it is about."""
     if action not in AUDIT_ACTIONS:
         raise ValueError(f"audit action must be one of {AUDIT_ACTIONS}, got {action!r}")
     connection = session.connection()
@@ -120,8 +126,19 @@ def add_audit_entry(
         "data": data,
     }
     digest = entry_hash(prev_hash, **fields)
-    connection.execute(_INSERT, {**fields, "prev_hash": prev_hash, "entry_hash": digest})
+    tenant = tenant or current_tenant() or _owner_of(connection, object_type, object_id)
+    connection.execute(
+        _INSERT, {**fields, "prev_hash": prev_hash, "entry_hash": digest, "tenant_id": tenant}
+    )
     connection.execute(_HEAD.update().where(_HEAD.c.id == HEAD_ID).values(head_hash=digest))
+
+
+def _owner_of(connection, object_type: str, object_id: str) -> str:
+    table = {"job": Job, "dataset": Dataset, "deletion_request": DeletionRequest}.get(object_type)
+    owner = None
+    if table is not None:
+        owner = connection.scalar(select(table.tenant_id).where(table.id == object_id))
+    return owner or DEFAULT_TENANT
 
 
 def _advance_head(connection):
@@ -210,7 +227,7 @@ def list_audit_entries(
     limit: int = 100,
 ) -> Page[AuditEntry]:
     """Oldest first (the order things happened); ``after`` is the last id seen."""
-    statement = select(AuditEntry)
+    statement = scoped(select(AuditEntry), AuditEntry.tenant_id)
     if object_id is not None:
         statement = statement.where(AuditEntry.object_id == object_id)
     if action is not None:

@@ -68,3 +68,11 @@ def changed_jobs(
         return []
     statement = select(*JOB_VIEW_COLUMNS).select_from(_JOB_VIEW_FROM).where(or_(*conditions))
     return list(session.connection().execute(statement).all())
+
+
+def job_tenants(session: Session, job_ids: Collection[str]) -> dict[str, str]:
+    """The tenant of each of ``job_ids``, in one query."""
+    if not job_ids:
+        return {}
+    statement = select(_jobs.c.id, _jobs.c.tenant_id).where(_jobs.c.id.in_(sorted(job_ids)))
+    return dict(session.execute(statement).all())

@@ -16,6 +16,10 @@ from core.db.references import existing_references
 from core.db.tables import TERMINAL_STATUSES, Dataset, Job
 from core.errors import NotFound
 from core.spec import EVALUATION_DATASET_FIELDS
+from core.tenancy import owner_tenant, scoped, visible
+
+#: ids of the datasets every tenant shares (core.bootstrap's demo datasets)
+SHARED_DATASET_PREFIX = "ds_demo_"
 
 
 def create_dataset(
@@ -36,6 +40,8 @@ def create_dataset(
 ) -> Dataset:
     dataset = Dataset(
         id=dataset_id,
+        # The demo datasets are every tenant's (stable ids, installed at start).
+        tenant_id=None if dataset_id.startswith(SHARED_DATASET_PREFIX) else owner_tenant(),
         name=name,
         filename=filename,
         format=format,
@@ -55,7 +61,7 @@ def create_dataset(
 
 def get_dataset(session: Session, dataset_id: str) -> Dataset:
     dataset = session.get(Dataset, dataset_id) if is_id(dataset_id, "ds") else None
-    if dataset is None:
+    if dataset is None or not visible(dataset.tenant_id):
         raise NotFound(
             f"no dataset with id {dataset_id!r}", param="dataset_id", code="dataset_not_found"
         )
@@ -69,7 +75,8 @@ def existing_dataset_ids(session: Session, ids: Iterable[str]) -> set[str]:
 
 
 def list_datasets(session: Session, *, after: str | None = None, limit: int = 20) -> Page[Dataset]:
-    return paginate(session, select(Dataset), Dataset.id, after=after, limit=limit)
+    statement = scoped(select(Dataset), Dataset.tenant_id, shared_when_null=True)
+    return paginate(session, statement, Dataset.id, after=after, limit=limit)
 
 
 def datasets_of_job(forget_dataset_id: str, retain_dataset_id: str | None, spec: dict) -> set[str]:

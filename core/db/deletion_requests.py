@@ -28,6 +28,7 @@ from core.db.ids import is_id, new_id
 from core.db.pagination import Page
 from core.db.tables import TERMINAL_STATUSES, Dataset, DeletionRequest, Job, Model, Report
 from core.errors import NotFound
+from core.tenancy import owner_tenant, scoped
 
 DELETION_REQUEST_STATUSES = ("open", "in_progress", "fulfilled", "needs_attention")
 #: the verdict that fulfils a request
@@ -159,6 +160,7 @@ def create_deletion_request(
     """Insert a request (flushed, not committed); it is ``open``, with no jobs yet."""
     request = DeletionRequest(
         id=new_id("dr"),
+        tenant_id=owner_tenant(),
         subject=subject,
         description=description,
         external_ref=external_ref,
@@ -172,7 +174,8 @@ def create_deletion_request(
 def get_deletion_request(session: Session, request_id: str) -> DeletionRequestView:
     row = None
     if is_id(request_id, "dr"):
-        row = session.execute(_VIEW.where(DeletionRequest.id == request_id)).first()
+        statement = _VIEW.where(DeletionRequest.id == request_id)
+        row = session.execute(scoped(statement, DeletionRequest.tenant_id)).first()
     if row is None:
         raise NotFound(
             f"no deletion request with id {request_id!r}",
@@ -190,7 +193,7 @@ def list_deletion_requests(
     limit: int = 20,
 ) -> Page[DeletionRequestView]:
     """Newest first; ``after`` is the last id of the previous page."""
-    statement = _VIEW
+    statement = scoped(_VIEW, DeletionRequest.tenant_id)
     if statuses:
         statement = statement.where(_STATUS.in_(list(statuses)))
     if after is not None:

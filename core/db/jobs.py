@@ -54,6 +54,7 @@ from core.db.tables import (
 from core.db.types import UTCDateTime, utcnow
 from core.db.webhooks import job_ended
 from core.errors import Conflict, NotFound
+from core.tenancy import owner_tenant, scoped, visible
 
 if TYPE_CHECKING:
     from core.spec import JobSpec
@@ -184,6 +185,7 @@ def insert_job(
         "seed": spec.seed,
         "metadata": dict(spec.metadata),
         "deletion_request_id": spec.deletion_request,
+        "tenant_id": owner_tenant(),
         "created_at": now,
         "updated_at": now,
         "enqueued_at": now,
@@ -200,13 +202,15 @@ def insert_job(
 
 def get_job(session: Session, job_id: str) -> Job:
     job = session.get(Job, job_id) if is_id(job_id, "job") else None
-    if job is None:
+    if job is None or not visible(job.tenant_id):
         raise _job_not_found(job_id)
     return job
 
 
 def get_job_status(session: Session, job_id: str) -> str:
-    status = session.scalar(select(Job.status).where(Job.id == job_id)) if is_id(job_id) else None
+    status = None
+    if is_id(job_id):
+        status = session.scalar(scoped(select(Job.status).where(Job.id == job_id), Job.tenant_id))
     if status is None:
         raise _job_not_found(job_id)
     return status
@@ -217,7 +221,7 @@ def get_job_row(session: Session, job_id: str) -> JobRow:
     row = None
     if is_id(job_id):
         row = session.connection().execute(_JOB_VIEW_BY_ID, {"job_id": job_id}).first()
-    if row is None:
+    if row is None or not visible(row.tenant_id):
         raise _job_not_found(job_id)
     return row
 
@@ -233,7 +237,7 @@ def list_jobs(
     limit: int = 20,
 ) -> Page[JobRow]:
     """Newest first; ``after`` is the last id of the previous page."""
-    statement = select(*JOB_VIEW_COLUMNS).select_from(_JOB_VIEW_FROM)
+    statement = scoped(select(*JOB_VIEW_COLUMNS).select_from(_JOB_VIEW_FROM), _jobs.c.tenant_id)
     if statuses:
         statement = statement.where(_jobs.c.status.in_(list(statuses)))
     if method:
@@ -250,7 +254,8 @@ def list_jobs(
 
 
 def count_jobs_by_status(session: Session) -> dict[str, int]:
-    counts = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+    statement = scoped(select(Job.status, func.count()), Job.tenant_id).group_by(Job.status)
+    counts = dict(session.execute(statement).all())
     return {status: counts.get(status, 0) for status in JOB_STATUSES}
 
 

@@ -12,6 +12,7 @@ from core.db.pagination import Page, paginate
 from core.db.tables import MODEL_KINDS, Model
 from core.errors import Conflict, NotFound
 from core.models.locations import NAME_PATTERN
+from core.tenancy import owner_tenant, scoped, visible
 
 
 def register_model(
@@ -45,6 +46,8 @@ def register_model(
         return existing
     model = Model(
         id=new_id("mdl"),
+        # The demo models are every tenant's.
+        tenant_id=None if kind == "demo" else owner_tenant(),
         name=name,
         source=source,
         kind=kind,
@@ -64,18 +67,20 @@ def get_model_by_name(session: Session, name: str) -> Model:
     model = None
     if NAME_PATTERN.match(name):
         model = session.scalar(select(Model).where(Model.name == name))
-    if model is None:
+    if model is None or not visible(model.tenant_id):
         raise NotFound(f"no model named {name!r}", param="name", code="model_not_found")
     return model
 
 
 def list_models(session: Session, *, after: str | None = None, limit: int = 20) -> Page[Model]:
-    return paginate(session, select(Model), Model.id, after=after, limit=limit)
+    statement = scoped(select(Model), Model.tenant_id, shared_when_null=True)
+    return paginate(session, statement, Model.id, after=after, limit=limit)
 
 
 def all_models(session: Session) -> list[Model]:
     """Every registered model, oldest first (the OpenAI listing is not paginated)."""
-    return list(session.scalars(select(Model).order_by(Model.id)))
+    statement = scoped(select(Model), Model.tenant_id, shared_when_null=True)
+    return list(session.scalars(statement.order_by(Model.id)))
 
 
 def guard_variants(session: Session) -> list[tuple[str, Model]]:
@@ -83,12 +88,12 @@ def guard_variants(session: Session) -> list[tuple[str, Model]]:
     guard): the name the guarded model is asked for by (core.methods.guard)."""
     from core.db.tables import Job
 
-    rows = session.execute(
+    statement = (
         select(Job.model, Model)
         .join(Job, Job.id == Model.job_id)
         .where(Model.kind == "job_output", Job.method == "guard")
-        .order_by(Model.id)
-    ).all()
+    )
+    rows = session.execute(scoped(statement, Model.tenant_id).order_by(Model.id)).all()
     return [(f"{base}+{model.name}", model) for base, model in rows]
 
 

@@ -63,6 +63,8 @@ class Dataset(Base):
     __tablename__ = "datasets"
 
     id: Mapped[str] = mapped_column(IdString, primary_key=True)
+    #: the owning tenant (core.tenancy); null for the demo assets every tenant shares
+    tenant_id: Mapped[str | None] = mapped_column(String(64), index=True)
     name: Mapped[str] = mapped_column(String(256))
     filename: Mapped[str] = mapped_column(String(256))
     format: Mapped[str] = mapped_column(String(16))
@@ -85,6 +87,8 @@ class Model(Base):
     __tablename__ = "models"
 
     id: Mapped[str] = mapped_column(IdString, primary_key=True)
+    #: the owning tenant (core.tenancy); null for the demo assets every tenant shares
+    tenant_id: Mapped[str | None] = mapped_column(String(64), index=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
     source: Mapped[str] = mapped_column(String(2048))
     kind: Mapped[str] = mapped_column(String(16))
@@ -101,6 +105,8 @@ class Job(Base):
     )
 
     id: Mapped[str] = mapped_column(IdString, primary_key=True)
+    #: the owning tenant (core.tenancy)
+    tenant_id: Mapped[str] = mapped_column(String(64), index=True, server_default="default")
     status: Mapped[str] = mapped_column(String(16))
     method: Mapped[str] = mapped_column(String(64))
     model: Mapped[str] = mapped_column(String(2048))
@@ -244,6 +250,8 @@ class DeletionRequest(Base):
     __tablename__ = "deletion_requests"
 
     id: Mapped[str] = mapped_column(IdString, primary_key=True)
+    #: the owning tenant (core.tenancy)
+    tenant_id: Mapped[str] = mapped_column(String(64), index=True, server_default="default")
     subject: Mapped[str] = mapped_column(String(512))
     description: Mapped[str | None] = mapped_column(Text)
     external_ref: Mapped[str | None] = mapped_column(String(256))
@@ -275,6 +283,8 @@ class AuditEntry(Base):
     __tablename__ = "audit_log"
 
     id: Mapped[int] = mapped_column(BigSerial, primary_key=True, autoincrement=True)
+    #: the owning tenant (core.tenancy)
+    tenant_id: Mapped[str] = mapped_column(String(64), index=True, server_default="default")
     # The writer's UTC clock (it is hashed, so known before the insert); the default,
     # the database's clock, is for rows written before the hash chain.
     at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
@@ -310,12 +320,13 @@ DELIVERY_STATUSES = ("pending", "delivered", "failed")
 
 class Webhook(Base):
     """An endpoint that is sent the events it subscribed to (``core.db.webhooks``).
-    Service-wide for now; a tenant column scopes it once tenants exist. Deleting one
-    disables it (``disabled_at``): its deliveries stay readable."""
+    Deleting one disables it (``disabled_at``): its deliveries stay readable."""
 
     __tablename__ = "webhooks"
 
     id: Mapped[str] = mapped_column(IdString, primary_key=True)
+    #: the owning tenant (core.tenancy)
+    tenant_id: Mapped[str] = mapped_column(String(64), index=True, server_default="default")
     url: Mapped[str] = mapped_column(String(2048))
     events: Mapped[list[str]] = mapped_column(JSONDoc)
     #: the HMAC key deliveries are signed with; shown to the client once, at creation
@@ -349,3 +360,30 @@ class WebhookDelivery(Base):
     attempt_log: Mapped[list[dict[str, Any]]] = mapped_column(JSONDoc)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Tenant(Base):
+    """An organisation: it owns objects, and its keys see only its objects."""
+
+    __tablename__ = "tenants"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ApiKey(Base):
+    """An API key of one tenant with one role (``core.tenancy.ROLE_PERMISSIONS``). Only
+    the key's sha256 is kept; ``prefix`` (its first characters) lets people tell keys
+    apart in listings."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(IdString, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(64), ForeignKey("tenants.id"), index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str | None] = mapped_column(String(256))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -5,8 +5,8 @@ the job (a job that ends always gets its deliveries; a rolled-back end never sen
 one), and the workers' sender (``core.webhooks.delivery``) takes the due ones with
 :func:`claim_due`, sends them and records each attempt with :func:`record_attempt`.
 
-Webhooks are service-wide for now; once tenants exist a ``tenant_id`` column scopes
-them, and :func:`_subscribers` is where an event picks the tenant's webhooks.
+A webhook belongs to a tenant and is sent only that tenant's events
+(:func:`_subscribers`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from core.db.pagination import Page, paginate
 from core.db.tables import WEBHOOK_EVENTS, Job, Webhook, WebhookDelivery
 from core.db.types import utcnow
 from core.errors import NotFound
+from core.tenancy import owner_tenant, scoped, visible
 
 #: how a job's status names its event
 JOB_EVENTS = {status: f"job.{status}" for status in ("succeeded", "failed", "cancelled")}
@@ -46,6 +47,7 @@ def create_webhook(
     """Insert a webhook (flushed, not committed)."""
     webhook = Webhook(
         id=new_id("wh"),
+        tenant_id=owner_tenant(),
         url=url,
         events=list(dict.fromkeys(events)),
         secret=secret,
@@ -59,7 +61,7 @@ def create_webhook(
 
 def get_webhook(session: Session, webhook_id: str) -> Webhook:
     webhook = session.get(Webhook, webhook_id) if is_id(webhook_id, "wh") else None
-    if webhook is None:
+    if webhook is None or not visible(webhook.tenant_id):
         raise NotFound(
             f"no webhook with id {webhook_id!r}", param="webhook_id", code="webhook_not_found"
         )
@@ -68,7 +70,8 @@ def get_webhook(session: Session, webhook_id: str) -> Webhook:
 
 def list_webhooks(session: Session, *, after: str | None, limit: int) -> Page[Webhook]:
     """Newest first, disabled ones included (their deliveries stay readable)."""
-    return paginate(session, select(Webhook), Webhook.id, after=after, limit=limit)
+    statement = scoped(select(Webhook), Webhook.tenant_id)
+    return paginate(session, statement, Webhook.id, after=after, limit=limit)
 
 
 def disable_webhook(session: Session, webhook_id: str, *, now: datetime | None = None) -> bool:
@@ -101,13 +104,19 @@ def list_deliveries(
 
 
 def emit(
-    session: Session, event: str, data: dict[str, Any], *, now: datetime | None = None
+    session: Session,
+    event: str,
+    data: dict[str, Any],
+    *,
+    tenant: str,
+    now: datetime | None = None,
 ) -> list[str]:
-    """Queue ``event`` for every active webhook that subscribed to it (not committed:
-    it is sent only if the caller's transaction commits). Returns the delivery ids."""
+    """Queue ``event`` for every active webhook of ``tenant`` that subscribed to it (not
+    committed: it is sent only if the caller's transaction commits). Returns the
+    delivery ids."""
     if event not in WEBHOOK_EVENTS:
         raise ValueError(f"webhook event must be one of {WEBHOOK_EVENTS}, got {event!r}")
-    webhooks = _subscribers(session, event)
+    webhooks = _subscribers(session, event, tenant)
     if not webhooks:
         return []
     now = now or utcnow()
@@ -151,6 +160,7 @@ def job_ended(session: Session, job_id: str, *, now: datetime | None = None) -> 
             Job.error_message,
             Job.verdict,
             Job.finished_at,
+            Job.tenant_id,
         ).where(Job.id == job_id)
     ).one()
     if job.status not in JOB_EVENTS:
@@ -174,6 +184,7 @@ def job_ended(session: Session, job_id: str, *, now: datetime | None = None) -> 
                 "finished_at": job.finished_at.isoformat() if job.finished_at else None,
             }
         },
+        tenant=job.tenant_id,
         now=now,
     )
     if job.deletion_request_id is not None:
@@ -194,15 +205,18 @@ def job_ended(session: Session, job_id: str, *, now: datetime | None = None) -> 
                         "job_id": job.id,
                     }
                 },
+                tenant=job.tenant_id,
                 now=now,
             )
 
 
-def _subscribers(session: Session, event: str) -> list[str]:
-    """The active webhooks that take ``event`` (the event lists are short JSON arrays,
-    matched here rather than with each database's JSON operators)."""
+def _subscribers(session: Session, event: str, tenant: str) -> list[str]:
+    """``tenant``'s active webhooks that take ``event`` (the event lists are short JSON
+    arrays, matched here rather than with each database's JSON operators)."""
     rows = session.execute(
-        select(Webhook.id, Webhook.events).where(Webhook.disabled_at.is_(None))
+        select(Webhook.id, Webhook.events).where(
+            Webhook.disabled_at.is_(None), Webhook.tenant_id == tenant
+        )
     ).all()
     return [row.id for row in rows if event in (row.events or [])]
 

@@ -19,7 +19,7 @@ def test_a_request_id_is_honoured_echoed_and_logged(client, caplog):
     [record] = _request_records(caplog)
     assert record.request_id == "req-42.a:b" and record.status == 200
     assert record.route == "/v1/methods" and record.method == "GET"
-    assert record.principal == "anonymous" and record.tenant is None
+    assert record.principal == "anonymous" and record.tenant == "default"  # open mode
 
 
 def test_an_unusable_request_id_is_replaced(client, caplog):

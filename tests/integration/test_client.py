@@ -128,11 +128,29 @@ def test_client_models_have_the_servers_fields(api_settings):
         "WebhookObject": models.Webhook,
         "WebhookDeliveryObject": models.WebhookDelivery,
         "DeliveryAttempt": models.DeliveryAttempt,
+        "KeyObject": models.ApiKey,
     }
-    #: fields the client knows are coming (issue 8), or that only stream items carry
-    ahead = {"verdict", "id", "job_id", "secret"}
+    #: fields the client knows are coming (issue 8), that only stream items carry, or
+    #: that only the answer to a create carries
+    ahead = {"verdict", "id", "job_id", "secret", "key"}
     for server_name, client_model in pairs.items():
         server = set(schemas[server_name]["properties"])
         client = set(client_model.model_fields)
         assert server <= client, f"{client_model.__name__} lacks {server - client}"
         assert client - server <= ahead, f"{client_model.__name__} has {client - server}"
+
+
+def test_an_admin_key_manages_its_tenants_keys(live_server, database_url):
+    from tests.integration.test_api_tenancy import make_key
+
+    _, admin = make_key(database_url, "acme", "admin")
+    client = Client(live_server.url, api_key=admin)
+    made = client.keys.create("auditor", name="privacy office")
+    assert made.key and made.key.startswith(made.prefix) and made.tenant == "acme"
+    assert made.id in [key.id for key in client.keys.list()]
+    # The keyring remembers a lookup for seconds; a revoke through the API drops it now.
+    assert list(Client(live_server.url, api_key=made.key).audit.list()) is not None
+    assert client.keys.revoke(made.id).revoked_at is not None
+    with pytest.raises(ApiError) as denied:
+        Client(live_server.url, api_key=made.key).jobs.get("job_01aaaaaaaaaaaaaaaaaaaaaaaa")
+    assert denied.value.status == 401
