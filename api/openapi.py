@@ -27,6 +27,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
 from api.schemas.deletion_requests import DeletionRequestCreate
+from api.schemas.keys import KeyCreate
 from api.schemas.models import ModelCreate
 from api.schemas.webhooks import WebhookCreate
 from core.methods import DEFAULT_METHOD, LISTED_METHODS, METHODS
@@ -147,6 +148,10 @@ ORACLE_PATTERN = (
 )
 
 
+#: the JSON bodies routes declare with ``json_body`` (FastAPI does not see them)
+REQUEST_BODIES = (JobSpec, ModelCreate, DeletionRequestCreate, WebhookCreate, KeyCreate)
+
+
 def install_openapi(app: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -154,7 +159,7 @@ def install_openapi(app: FastAPI) -> None:
                 title=app.title, version=app.version, summary=app.summary, routes=app.routes
             )
             schemas = document.setdefault("components", {}).setdefault("schemas", {})
-            for model in (JobSpec, ModelCreate, DeletionRequestCreate, WebhookCreate):
+            for model in REQUEST_BODIES:
                 definition = model.model_json_schema(ref_template=REF)
                 schemas.update(definition.pop("$defs", {}))
                 schemas[model.__name__] = definition
@@ -162,9 +167,7 @@ def install_openapi(app: FastAPI) -> None:
             _add_method_variants(schemas)
             _add_reference_patterns(schemas)
             schemas["DeletionRequestCreate"]["properties"]["subject"]["pattern"] = NOT_BLANK_PATTERN
-            request_schemas = _reachable(
-                schemas, ["JobSpec", "ModelCreate", "DeletionRequestCreate", "WebhookCreate"]
-            )
+            request_schemas = _reachable(schemas, [model.__name__ for model in REQUEST_BODIES])
             for name in request_schemas:
                 _forbid_nul(schemas[name])
             _add_links(document)

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from tests.fixtures.api import QA_RECORDS, jsonl
+from tests.fixtures.hostile import HOSTILE_API_KEY
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = int(os.environ.get("OBLIVIATE_SCHEMA_FUZZ_EXAMPLES", "10"))
@@ -112,6 +113,8 @@ def test_the_openapi_document_holds_under_schemathesis_with_all_checks(hostile_a
             str(tmp_path / "schemathesis.toml"),
             "run",
             f"{hostile_api.url}/openapi.json",
+            "--header",
+            f"Authorization: Bearer {HOSTILE_API_KEY}",
             "--checks",
             "all",
             "--max-examples",
