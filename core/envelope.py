@@ -37,6 +37,8 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from core.secret_files import create_once
+
 KEY_BYTES = 32
 WRAP_VERSION = b"\x01"
 MAGIC = b"OBLVENC1"
@@ -59,17 +61,7 @@ def load_or_create_master_key(path: Path) -> bytes:
     random bytes, one line), readable by the owner only. Called where datasets are
     stored; production mounts the file from a secret store instead: every API replica
     and worker must read the same key, and losing it loses every encrypted dataset."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        encoded = base64.b64encode(os.urandom(KEY_BYTES)) + b"\n"
-        # O_EXCL: two processes starting together keep the first key, not two.
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(encoded)
+    create_once(path, lambda: base64.b64encode(os.urandom(KEY_BYTES)) + b"\n")
     return load_master_key(path)
 
 
