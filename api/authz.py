@@ -64,6 +64,7 @@ RULES: dict[tuple[str, str], str] = {
     ("GET", "/v1/deletion-requests/{deletion_request_id}/certificate.html"): AUDIT,
     ("GET", "/v1/audit"): AUDIT,
     ("GET", "/v1/audit/verify"): AUDIT,
+    ("GET", "/v1/audit/checkpoints"): AUDIT,
     ("POST", "/v1/webhooks"): ADMIN,
     ("GET", "/v1/webhooks"): ADMIN,
     ("GET", "/v1/webhooks/{webhook_id}"): ADMIN,

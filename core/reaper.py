@@ -1,7 +1,8 @@
 """The reaper: no job stays ``running`` after its worker died, and no ``queued`` job is
 lost with a broker message (the database is the source of truth; the broker only
 carries messages). Its thread also runs the hourly retention sweep that shreds forget
-sets (``core.shredding``).
+sets (``core.shredding``) and signs checkpoints of the audit chain's head
+(``core.audit_checkpoints``).
 
 It runs as a thread in every API process rather than as a Celery task: a task would
 wait in the same queue behind the long training job it is meant to watch. Several API
@@ -14,6 +15,8 @@ import logging
 import threading
 import time
 
+from core.audit_checkpoints import checkpoint_now
+from core.certificates import load_or_create_private_key
 from core.db.jobs import mark_enqueue_failed, reap_stale_jobs, requested_gpus
 from core.db.types import utcnow
 from core.queue import all_queues, enqueue_job, waiting_job_ids
@@ -100,6 +103,8 @@ class ReaperThread(threading.Thread):
         #: where the retention sweep deletes shredded files (no sweep without it)
         self.store = store
         self.next_sweep = 0.0
+        self.next_checkpoint = 0.0
+        self._signing_key = None
         # A worker that holds a message longer than it may stay silent is dead.
         self.lost_messages = LostMessages(
             publisher, grace_s=settings.requeue_queued_after_s, held_for_s=settings.stale_after_s
@@ -113,6 +118,7 @@ class ReaperThread(threading.Thread):
             except Exception:  # noqa: BLE001 - try again next round
                 log.exception("reaper pass failed")
             self.sweep_if_due()
+            self.checkpoint_if_due()
 
     def sweep_if_due(self) -> None:
         """Shred the forget sets whose retention ran out, at most once an interval."""
@@ -130,6 +136,22 @@ class ReaperThread(threading.Thread):
             )
         except Exception:  # noqa: BLE001 - try again next interval
             log.exception("retention sweep failed")
+
+    def checkpoint_if_due(self) -> int | None:
+        """Sign the audit chain's head, if it moved, at most once an interval (every
+        replica may: one checkpoint per head is kept). The checkpoint's id, or None."""
+        if self.settings.signing_key_file is None:
+            return None
+        if time.monotonic() < self.next_checkpoint:
+            return None
+        self.next_checkpoint = time.monotonic() + self.settings.audit_checkpoint_interval_s
+        try:
+            if self._signing_key is None:
+                self._signing_key = load_or_create_private_key(self.settings.signing_key_file)
+            return checkpoint_now(self.sessions, self._signing_key, utcnow())
+        except Exception:  # noqa: BLE001 - try again next interval
+            log.exception("audit checkpoint failed")
+            return None
 
     def stop(self) -> None:
         self._stop_event.set()

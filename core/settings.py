@@ -72,6 +72,12 @@ class Settings(BaseSettings):
         "default: home/keys/signing-ed25519.pem, made at first use. Every API replica "
         "must share it.",
     )
+    audit_checkpoint_interval_s: float = Field(
+        3600.0,
+        gt=0,
+        description="How often each API process signs a checkpoint of the audit chain's "
+        "head with the signing key (only when the head moved since the last one).",
+    )
     master_key_file: Path | None = Field(
         None,
         description="Master key (base64 of 32 bytes) that wraps each dataset's own "

@@ -11,7 +11,9 @@ from typing import Any
 
 from obliviate_client.models import (
     ApiKey,
+    AuditCheckpoint,
     AuditEntry,
+    ChainCheck,
     Checkpoint,
     Dataset,
     DeletionRequest,
@@ -231,6 +233,15 @@ def list_audit(
         object_id=object_id, action=action, principal=principal, after=after, limit=limit
     )
     return Call("GET", "/v1/audit", params=params, parse=AuditEntry, page=True)
+
+
+def list_audit_checkpoints(*, after: int | None, limit: int) -> Call:
+    params = _params(after=after, limit=limit)
+    return Call("GET", "/v1/audit/checkpoints", params=params, parse=AuditCheckpoint, page=True)
+
+
+def verify_audit() -> Call:
+    return Call("GET", "/v1/audit/verify", parse=ChainCheck)
 
 
 # -- webhooks ---------------------------------------------------------------------------

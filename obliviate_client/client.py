@@ -31,7 +31,9 @@ from obliviate_client.errors import ApiError
 from obliviate_client.models import (
     TERMINAL_STATUSES,
     ApiKey,
+    AuditCheckpoint,
     AuditEntry,
+    ChainCheck,
     Checkpoint,
     Dataset,
     DeletionRequest,
@@ -429,6 +431,16 @@ class Audit:
                 limit=page_size,
             )
         )
+
+    def checkpoints(self, *, page_size: int = 1000) -> Iterator[AuditCheckpoint]:
+        """The signed checkpoints of the audit chain's head, oldest first."""
+        return self._client.paginate(
+            lambda after: calls.list_audit_checkpoints(after=after, limit=page_size)
+        )
+
+    def verify(self) -> ChainCheck:
+        """The chain and every checkpoint, recomputed by the server."""
+        return self._client.call(calls.verify_audit())
 
 
 class Webhooks:

@@ -261,6 +261,31 @@ class AuditEntry(ApiModel):
     entry_hash: str | None = None
 
 
+class AuditCheckpoint(ApiModel):
+    """A signed copy of the audit chain's head: keep these outside the service, and
+    check them with ``obliviate audit verify --checkpoints FILE``."""
+
+    id: int
+    object: Literal["audit_checkpoint"] = "audit_checkpoint"
+    at: datetime
+    entries: int
+    head_hash: str
+    algorithm: str = "Ed25519"
+    key_id: str
+    signature: str
+
+
+class ChainCheck(ApiModel):
+    object: Literal["audit_chain_check"] = "audit_chain_check"
+    valid: bool
+    entries: int
+    head_hash: str | None = None
+    entry_id: int | None = None
+    problem: str | None = None
+    checkpoints: int = 0
+    checkpoint_id: int | None = None
+
+
 class Webhook(ApiModel):
     id: str
     object: Literal["webhook"] = "webhook"

@@ -4,18 +4,24 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from api.deps import ReadDatabaseDep
+from api.deps import ReadDatabaseDep, SettingsDep
 from api.routers.params import Cursor
-from api.schemas.audit import AuditAction, AuditEntryObject, ChainCheckObject
+from api.schemas.audit import (
+    AuditAction,
+    AuditCheckpointObject,
+    AuditEntryObject,
+    ChainCheckObject,
+)
 from api.schemas.common import ListObject
 from api.services import audit
 from core.db.ids import ID_PATTERN
-from core.db.tables import AuditEntry
+from core.db.tables import AuditCheckpoint, AuditEntry
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 
 PRINCIPAL_PATTERN = r"^[A-Za-z0-9:_-]{1,64}$"
 EntryCursor = Cursor(AuditEntry.id, "Last entry id seen (`last_id`).")
+CheckpointCursor = Cursor(AuditCheckpoint.id, "Last checkpoint id seen (`last_id`).")
 
 
 @router.get("", response_model=ListObject[AuditEntryObject])
@@ -50,9 +56,27 @@ async def list_audit_entries(
 
 
 @router.get("/verify", response_model=ChainCheckObject)
-async def verify_audit_chain(db: ReadDatabaseDep) -> ChainCheckObject:
-    """Recompute the audit log's hash chain from its first entry: ``valid`` false names
-    the first entry that was edited, removed or moved (``entry_id``, ``problem``), or a
-    head that no longer matches (the newest entries removed). Reads the whole log: on a
-    large one, run ``obliviate audit verify`` beside the database instead."""
-    return await db.run(audit.verify_chain)
+async def verify_audit_chain(db: ReadDatabaseDep, settings: SettingsDep) -> ChainCheckObject:
+    """Recompute the audit log's hash chain from its first entry and check every signed
+    checkpoint of its head: ``valid`` false names the first entry that was edited,
+    removed or moved (``entry_id``, ``problem``), a head that no longer matches (the
+    newest entries removed), or a checkpoint (``checkpoint_id``) whose signature fails
+    or whose head the recomputed chain does not reach (history rewritten before it,
+    even re-hashed consistently). Reads the whole log: on a large one, run
+    ``obliviate audit verify`` beside the database instead."""
+    return await db.run(audit.verify_chain, key_path=settings.signing_key_file)
+
+
+@router.get("/checkpoints", response_model=ListObject[AuditCheckpointObject])
+async def list_audit_checkpoints(
+    db: ReadDatabaseDep,
+    after: CheckpointCursor = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> ListObject[AuditCheckpointObject]:
+    """The signed checkpoints of the audit chain's head, oldest first (page on with
+    ``after`` = ``last_id``). The service signs its head every
+    ``OBLIVIATE_AUDIT_CHECKPOINT_INTERVAL_S`` when it moved. Keep copies outside the
+    service: someone able to rewrite the database can delete checkpoints, not forge
+    them. A checkpoint holds a count and a hash of the service-wide chain, nothing of
+    its entries."""
+    return await db.run(audit.list_checkpoints, after=after, limit=limit)

@@ -5,7 +5,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from core.db.tables import AuditEntry
+from core.db.tables import AuditCheckpoint, AuditEntry
 
 AuditAction = Literal[
     "dataset.created",
@@ -61,4 +61,39 @@ class ChainCheckObject(BaseModel):
     entry_id: int | None = Field(
         None, description="The first entry that fails (null when only the head disagrees)."
     )
-    problem: str | None = Field(None, description="What failed: edited, removed or moved.")
+    problem: str | None = Field(
+        None,
+        description="What failed: an entry edited, removed or moved, or a checkpoint that "
+        "does not verify or does not match the chain.",
+    )
+    checkpoints: int = Field(0, description="Signed checkpoints whose signature and head verified.")
+    checkpoint_id: int | None = Field(
+        None, description="The checkpoint that fails (its signature, or its head)."
+    )
+
+
+class AuditCheckpointObject(BaseModel):
+    """A signed copy of the audit chain's head: at ``at`` the chain held ``entries``
+    entries, the newest hashing to ``head_hash``. ``signature`` is base64 Ed25519 by
+    the key ``key_id`` (``/.well-known/obliviate/signing-key``) over the canonical JSON
+    of ``{"at", "entries", "head_hash"}`` (keys sorted, no whitespace)."""
+
+    id: int
+    object: Literal["audit_checkpoint"] = "audit_checkpoint"
+    at: datetime
+    entries: int
+    head_hash: str
+    algorithm: Literal["Ed25519"] = "Ed25519"
+    key_id: str
+    signature: str
+
+    @classmethod
+    def from_row(cls, row: AuditCheckpoint) -> AuditCheckpointObject:
+        return cls(
+            id=row.id,
+            at=row.at,
+            entries=row.entries,
+            head_hash=row.head_hash,
+            key_id=row.key_id,
+            signature=row.signature,
+        )

@@ -4,11 +4,14 @@ record, through ``core.db.audit.add_audit_entry``)."""
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from api.schemas.audit import AuditEntryObject, ChainCheckObject
+from api.schemas.audit import AuditCheckpointObject, AuditEntryObject, ChainCheckObject
 from api.schemas.common import ListObject
+from api.services.certificates import signing_key
+from core import audit_checkpoints
 from core.db import audit as repo
 
 
@@ -30,5 +33,17 @@ def list_audit_entries(
     )
 
 
-def verify_chain(session: Session) -> ChainCheckObject:
-    return ChainCheckObject(**asdict(repo.verify_chain(session)))
+def verify_chain(session: Session, *, key_path: Path) -> ChainCheckObject:
+    """The chain and every checkpoint, with the service's own public key."""
+    keys = audit_checkpoints.public_keys_of(signing_key(key_path).public_key())
+    return ChainCheckObject(**asdict(audit_checkpoints.verify_log(session, keys)))
+
+
+def list_checkpoints(
+    session: Session, *, after: int | None, limit: int
+) -> ListObject[AuditCheckpointObject]:
+    page = audit_checkpoints.list_checkpoints(session, after=after, limit=limit)
+    data = [AuditCheckpointObject.from_row(row) for row in page.items]
+    return ListObject[AuditCheckpointObject](
+        data=data, has_more=page.has_more, last_id=data[-1].id if data else None
+    )

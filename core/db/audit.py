@@ -15,15 +15,21 @@ on Postgres, the write lock on SQLite) until the transaction commits: appends ar
 serialised, so the chain's order is the ids' order. ``verify_chain`` recomputes it and
 names the first entry that was edited, removed or moved; removing the newest entries
 shows as a head that no longer matches.
+
+Whoever can rewrite the whole chain and its head consistently is caught by the signed
+checkpoints of the head (``core.audit_checkpoints``): ``verify_chain`` given them
+checks that the chain, as recomputed, has at entry number ``entries`` exactly each
+checkpoint's ``head_hash``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -150,26 +156,57 @@ def _advance_head(connection):
     ).first()
 
 
+class SignedHead(Protocol):
+    """What a checkpoint claims (an ``AuditCheckpoint`` row, or a copy kept outside)."""
+
+    id: int
+    entries: int
+    head_hash: str
+
+
 @dataclass
 class ChainCheck:
-    """``valid`` when every entry's hash recomputes and links to the one before, and
-    the head names the newest. Otherwise ``entry_id`` (the first entry that fails, or
-    None when only the head disagrees) and ``problem`` say what."""
+    """``valid`` when every entry's hash recomputes and links to the one before, the
+    head names the newest, and every checkpoint given matches the chain. Otherwise
+    ``entry_id`` (the first entry that fails, or None when only the head or a
+    checkpoint disagrees), ``checkpoint_id`` (the checkpoint that fails, if one does)
+    and ``problem`` say what. ``checkpoints``: how many checkpoints verified."""
 
     valid: bool
     entries: int
     head_hash: str | None
     entry_id: int | None = None
     problem: str | None = None
+    checkpoints: int = 0
+    checkpoint_id: int | None = None
 
 
-def verify_chain(session: Session, *, batch: int = 10_000) -> ChainCheck:
+def _checkpoint_mismatch(checkpoint: SignedHead, actual: str, count: int, checked: int):
+    problem = (
+        f"checkpoint {checkpoint.id} signed the head at entry {checkpoint.entries} as "
+        f"{checkpoint.head_hash[:12]}..., the chain recomputes to {actual[:12]}... there: "
+        "entries up to it were rewritten after it was signed"
+    )
+    return ChainCheck(False, count, None, None, problem, checked, checkpoint.id)
+
+
+def verify_chain(
+    session: Session, *, checkpoints: Iterable[SignedHead] = (), batch: int = 10_000
+) -> ChainCheck:
     """Recompute the chain up to the head as it is now (read first, so that entries
     appended meanwhile, which come after it in id order, are not part of this check),
-    holding no more than ``batch`` entries at a time."""
+    holding no more than ``batch`` entries at a time, and check each of
+    ``checkpoints`` (read before the head, so none is newer than it; their signatures
+    are the caller's to check) against the recomputed chain."""
+    pending = sorted(checkpoints, key=lambda c: (c.entries, c.id))
     head = session.execute(select(_HEAD.c.entries, _HEAD.c.head_hash)).first()
     head_entries, head_hash = (head.entries, head.head_hash) if head else (0, GENESIS)
     prev_hash, count, last_id = GENESIS, 0, None
+    checked = 0
+    while checked < len(pending) and pending[checked].entries <= 0:
+        if pending[checked].head_hash != GENESIS:
+            return _checkpoint_mismatch(pending[checked], GENESIS, 0, checked)
+        checked += 1
     columns = (
         AuditEntry.id,
         AuditEntry.at,
@@ -194,7 +231,7 @@ def verify_chain(session: Session, *, batch: int = 10_000) -> ChainCheck:
                     "an entry before it was removed or the entries were reordered: its "
                     "previous hash is not the hash of the entry before it"
                 )
-                return ChainCheck(False, count, None, row.id, problem)
+                return ChainCheck(False, count, None, row.id, problem, checked)
             expected = entry_hash(
                 prev_hash,
                 at=row.at,
@@ -206,15 +243,26 @@ def verify_chain(session: Session, *, batch: int = 10_000) -> ChainCheck:
             )
             if row.entry_hash != expected:
                 problem = "its content was changed after it was written"
-                return ChainCheck(False, count, None, row.id, problem)
+                return ChainCheck(False, count, None, row.id, problem, checked)
             prev_hash, count, last_id = row.entry_hash, count + 1, row.id
+            while checked < len(pending) and pending[checked].entries == count:
+                if pending[checked].head_hash != prev_hash:
+                    return _checkpoint_mismatch(pending[checked], prev_hash, count, checked)
+                checked += 1
     if (head_entries, head_hash) != (count, prev_hash):
         problem = (
             f"the head records {head_entries} entries ending in {head_hash[:12]}..., the log "
             f"holds {count} ending in {prev_hash[:12]}...: the newest entries were removed"
         )
-        return ChainCheck(False, count, None, None, problem)
-    return ChainCheck(True, count, prev_hash)
+        return ChainCheck(False, count, None, None, problem, checked)
+    if checked < len(pending):
+        beyond = pending[checked]
+        problem = (
+            f"checkpoint {beyond.id} signed a head of {beyond.entries} entries, the log "
+            f"holds {count}: entries were removed after it was signed"
+        )
+        return ChainCheck(False, count, None, None, problem, checked, beyond.id)
+    return ChainCheck(True, count, prev_hash, checkpoints=checked)
 
 
 def list_audit_entries(

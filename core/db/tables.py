@@ -308,6 +308,23 @@ class AuditHead(Base):
     head_hash: Mapped[str] = mapped_column(String(64))
 
 
+class AuditCheckpoint(Base):
+    """A signed copy of the audit chain's head (``core.audit_checkpoints``): at ``at``
+    the chain held ``entries`` entries, the newest hashing to ``head_hash``.
+    ``signature`` (base64) is Ed25519, by the key ``key_id`` names, over the canonical
+    JSON of ``{at, entries, head_hash}``. Append-only, like the log (migration 0011)."""
+
+    __tablename__ = "audit_checkpoints"
+
+    id: Mapped[int] = mapped_column(BigSerial, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: one checkpoint per head: two API replicas signing the same head keep one
+    entries: Mapped[int] = mapped_column(BigInteger, unique=True)
+    head_hash: Mapped[str] = mapped_column(String(64))
+    key_id: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[str] = mapped_column(String(128))
+
+
 WEBHOOK_EVENTS = (
     "job.succeeded",
     "job.failed",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import text
 
-from core.db.tables import AuditEntry, JobEvent, JobMetric
+from core.db.tables import AuditCheckpoint, AuditEntry, JobEvent, JobMetric
 from core.db.types import integer_range
 from tests.fixtures.api import job_body, register_model, upload_dataset
 
@@ -26,6 +26,7 @@ def test_the_event_and_metric_ids_are_64_bit():
     assert integer_range(JobEvent.id)[1] == BIGINT_MAX
     assert integer_range(JobMetric.id)[1] == BIGINT_MAX
     assert integer_range(AuditEntry.id)[1] == BIGINT_MAX
+    assert integer_range(AuditCheckpoint.id)[1] == BIGINT_MAX
     assert integer_range(JobMetric.step)[1] == INT_MAX
 
 
@@ -35,6 +36,7 @@ def test_the_event_and_metric_ids_are_64_bit():
         ("/v1/jobs/{job}/events", "after", BIGINT_MAX),
         ("/v1/jobs/{job}/metrics", "after_step", INT_MAX),
         ("/v1/audit", "after", BIGINT_MAX),
+        ("/v1/audit/checkpoints", "after", BIGINT_MAX),
     ],
 )
 def test_a_cursor_above_its_column_is_422_and_at_its_maximum_is_an_empty_page(

@@ -124,6 +124,8 @@ def test_client_models_have_the_servers_fields(api_settings):
         "LinkedJob": models.LinkedJob,
         "Evidence": models.Evidence,
         "AuditEntryObject": models.AuditEntry,
+        "AuditCheckpointObject": models.AuditCheckpoint,
+        "ChainCheckObject": models.ChainCheck,
         "ErrorObject": models.ErrorObject,
         "WebhookObject": models.Webhook,
         "WebhookDeliveryObject": models.WebhookDelivery,
@@ -149,7 +151,11 @@ def test_an_admin_key_manages_its_tenants_keys(live_server, database_url):
     assert made.key and made.key.startswith(made.prefix) and made.tenant == "acme"
     assert made.id in [key.id for key in client.keys.list()]
     # The keyring remembers a lookup for seconds; a revoke through the API drops it now.
-    assert list(Client(live_server.url, api_key=made.key).audit.list()) is not None
+    auditor = Client(live_server.url, api_key=made.key)
+    assert list(auditor.audit.list()) is not None
+    check = auditor.audit.verify()
+    assert check.valid and check.entries >= 1, check
+    assert isinstance(list(auditor.audit.checkpoints()), list)
     assert client.keys.revoke(made.id).revoked_at is not None
     with pytest.raises(ApiError) as denied:
         Client(live_server.url, api_key=made.key).jobs.get("job_01aaaaaaaaaaaaaaaaaaaaaaaa")
