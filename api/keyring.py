@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import time
 
 from api.authz import Caller
 from core.db import keys as repo
 from core.tenancy import DEFAULT_TENANT
+
+log = logging.getLogger(__name__)
 
 ANONYMOUS = "anonymous"
 #: who calls a service that has no keys at all: the default tenant's admin
@@ -73,7 +76,10 @@ class Keyring:
         caller = found[1]
         if caller is not None and now - self._touched.get(caller.key_id, -1e9) > 60:
             self._touched[caller.key_id] = now
-            await write_database.run(repo.touch, caller.key_id)
+            try:
+                await write_database.run(repo.touch, caller.key_id)
+            except Exception:  # noqa: BLE001 - a missed last-used time must not fail the call
+                log.warning("could not record the last use of key %s", caller.key_id, exc_info=True)
         return caller
 
     def forget(self, key_id: str) -> None:
