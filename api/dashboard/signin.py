@@ -16,6 +16,7 @@ from fastapi.responses import RedirectResponse
 
 from api.auth import SESSION_COOKIE, session_token
 from api.authz import Caller
+from api.dashboard.page_error import PageError
 from api.keyring import OPEN_CALLER
 from core.errors import Forbidden
 from core.tenancy import ROLE_PERMISSIONS, bind_tenant, roles_with
@@ -58,7 +59,8 @@ async def dashboard_auditor(request: Request) -> str:
     caller = await dashboard_caller(request)
     if "audit" not in ROLE_PERMISSIONS.get(caller.role, ()):
         roles = " or ".join(roles_with("audit"))
-        raise Forbidden(f"the audit log needs the {roles} role; yours is {caller.role}")
+        error = Forbidden(f"the audit log needs the {roles} role; yours is {caller.role}")
+        raise PageError(error)
     return caller.principal
 
 

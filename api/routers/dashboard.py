@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from api.dashboard.page_error import PageError
 from api.dashboard.signin import (
     DashboardAuditor,
     DashboardPrincipal,
@@ -31,13 +32,6 @@ from core.errors import ObliviateError
 from core.methods import LISTED_METHODS
 
 router = APIRouter(include_in_schema=False)
-
-
-class PageError(Exception):
-    """A service error on a page: shown as an HTML page, not JSON."""
-
-    def __init__(self, error: ObliviateError):
-        self.error = error
 
 
 async def _load(db, function, *args, **kwargs):

@@ -260,7 +260,9 @@ def test_dashboard_pages_show_only_the_signed_in_tenants_objects(tenancy):
         assert (job in client.get("/").text) is expected, tenant
         assert client.get(f"/jobs/{job}").status_code == (200 if expected else 404), tenant
     # The audit page needs a role that may read the audit log.
-    assert client.get("/audit").status_code == 403
+    denied = client.get("/audit")
+    assert denied.status_code == 403 and "auditor or admin" in denied.text
+    assert denied.headers["content-type"].startswith("text/html")
     client.cookies.set(SESSION_COOKIE, keys["globex", "auditor"])
     audit = client.get("/audit")
     assert audit.status_code == 200 and job not in audit.text
