@@ -6,7 +6,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     OBLIVIATE_HOME=/var/lib/obliviate
 RUN pip install torch --index-url https://download.pytorch.org/whl/cpu \
     && useradd --create-home --uid 1000 obliviate \
-    && mkdir -p /var/lib/obliviate && chown obliviate /var/lib/obliviate
+    && mkdir -p /var/lib/obliviate /var/lib/obliviate-keys \
+    && chown obliviate /var/lib/obliviate /var/lib/obliviate-keys
 
 WORKDIR /app
 COPY pyproject.toml README.md alembic.ini ./

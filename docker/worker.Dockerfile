@@ -5,7 +5,8 @@ FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     OBLIVIATE_HOME=/var/lib/obliviate HF_HOME=/var/lib/obliviate/hf
 RUN useradd --create-home --uid 1000 obliviate \
-    && mkdir -p /var/lib/obliviate && chown obliviate /var/lib/obliviate
+    && mkdir -p /var/lib/obliviate /var/lib/obliviate-keys \
+    && chown obliviate /var/lib/obliviate /var/lib/obliviate-keys
 
 WORKDIR /app
 COPY pyproject.toml README.md alembic.ini ./
