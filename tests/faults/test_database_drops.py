@@ -52,7 +52,9 @@ def test_terminated_connections_fail_no_job_and_no_request(stack):
         answered += 3
         time.sleep(1.5)  # heartbeats, metric batches and the reaper hit the new pool
     job = stack.wait_for(job_id, lambda j: j["status"] in TERMINAL, timeout=300)[job_id]
-    assert job["status"] == "succeeded", (job, stack.tail_logs())
+    # On failure: what ended it, its last events, and the processes' logs (worker last).
+    last_events = [event["message"] for event in stack.events(job_id)][-5:]
+    assert job["status"] == "succeeded", (job.get("error"), last_events, stack.tail_logs())
     assert started_attempts(stack.events(job_id)) == [1]  # never reaped: heartbeats went on
     check_published_once(stack, job_id)
     check_nothing_stuck(stack)
