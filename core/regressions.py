@@ -26,6 +26,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from core.db.audit import WORKER, add_audit_entry
 from core.db.ids import new_id
 from core.db.tables import Certificate, Dataset, Job, Model, RegressionCheck
 from core.tenancy import owner_tenant, scoped
@@ -176,7 +177,8 @@ def regression_outcome(
 def record_regression_checks(
     session: Session, job_id: str, outcomes: Sequence[dict[str, Any]]
 ) -> list[RegressionCheck]:
-    """One row per outcome (flushed, not committed)."""
+    """One row per outcome (flushed, not committed), and a ``deletion_request.regressed``
+    audit entry for each request that regressed."""
     rows = []
     for outcome in outcomes:
         row = RegressionCheck(
@@ -191,6 +193,19 @@ def record_regression_checks(
         )
         session.add(row)
         rows.append(row)
+        if row.regressed:
+            add_audit_entry(
+                session,
+                principal=WORKER,
+                action="deletion_request.regressed",
+                object_type="deletion_request",
+                object_id=row.deletion_request_id,
+                data={
+                    "job_id": job_id,
+                    "certified_job_id": row.certified_job_id,
+                    "status": row.status,
+                },
+            )
     session.flush()
     return rows
 

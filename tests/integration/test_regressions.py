@@ -95,6 +95,10 @@ def test_a_later_job_rechecks_requests_certified_on_its_ancestors(client, sessio
     assert view["status"] == "fulfilled"
     assert view["regressions"][0]["status"] == "not_checked"
     assert request_of(client, unrelated)["regressions"] == []
+    entries = client.get(
+        "/v1/audit", params={"object_id": first, "action": "deletion_request.regressed"}
+    ).json()["data"]
+    assert [e["data"]["job_id"] for e in entries] == [later.id]
 
     # a newer check that finds it forgotten again clears the flag
     with session_factory() as session:
