@@ -95,9 +95,20 @@ class RegressionTarget:
         }
 
 
-def certified_ancestors(session: Session, base_model: str) -> list[RegressionTarget]:
-    """The certified requests to re-check for a job whose base model is ``base_model``."""
-    jobs = ancestor_jobs(base_model, _db_producer(session))
+def certified_ancestors(
+    session: Session, base_model: str, continue_from: str | None = None
+) -> list[RegressionTarget]:
+    """The certified requests to re-check for a job whose base model is ``base_model``
+    (and, with ``continue_from``, which continues that job's saved run: that job and its
+    own ancestors too)."""
+    producer = _db_producer(session)
+    jobs = ancestor_jobs(base_model, producer)
+    if continue_from is not None:
+        statement = select(Job.model).where(Job.id == continue_from)
+        model = session.scalar(scoped(statement, Job.tenant_id))
+        if model is not None:
+            chain = [continue_from, *ancestor_jobs(model, producer, max_hops=MAX_HOPS - 1)]
+            jobs += [job for job in chain if job not in jobs]
     if not jobs:
         return []
     statement = (

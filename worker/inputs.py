@@ -120,17 +120,17 @@ class InputResolver:
         )
         inputs.names = {**self.names, "job": job.id, **self.provenance(job.id, spec)}
         if evaluation.enabled:
-            inputs.regressions = self.regression_targets(spec.model)
+            inputs.regressions = self.regression_targets(spec.model, spec.continue_from)
         return inputs
 
-    def regression_targets(self, base_model: str) -> list:
+    def regression_targets(self, base_model: str, continue_from: str | None = None) -> list:
         """The certified requests whose certified model ``base_model`` descends from,
         with their forget and holdout files (``core.regressions``); a set that cannot be
         read any more is reported not checked, not a failed job."""
         from core.regressions import certified_ancestors
 
         with self.sessions() as session:
-            targets = certified_ancestors(session, base_model)
+            targets = certified_ancestors(session, base_model, continue_from)
         for index, target in enumerate(targets):
             if target.not_checked is not None:
                 continue

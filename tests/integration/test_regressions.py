@@ -67,6 +67,9 @@ def test_a_later_job_rechecks_requests_certified_on_its_ancestors(client, sessio
         assert targets[first].holdout_dataset_id == HOLDOUT and targets[first].not_checked is None
         assert "shredded" in targets[second].not_checked
         assert certified_ancestors(session, "demo-target") == []
+        # continuing the second job's saved run from the original base finds both too
+        continued = certified_ancestors(session, "demo-target", continue_from=second_job)
+        assert {t.request_id for t in continued} == {first, second}
 
         later = make_job(session, model=second_job)
         outcomes = [
