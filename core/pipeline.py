@@ -58,6 +58,9 @@ class JobInputs:
     oracle_result: dict | None = None
     #: human names for error messages and the manifest (e.g. the upload's file name)
     names: dict[str, str] = field(default_factory=dict)
+    #: certified requests to re-check with the new model (``core.regressions``), their
+    #: forget and holdout files in ``paths``
+    regressions: list = field(default_factory=list)
 
 
 class Reporter(Protocol):

@@ -178,7 +178,66 @@ class JobEvaluator:
                 "share_of_training": (eval_seconds / train_seconds) if train_seconds else None,
             },
         )
-        return out_dir, json.loads((out_dir / "report.json").read_text())
+        report = json.loads((out_dir / "report.json").read_text())
+        if self.inputs.regressions:
+            report["regressions"] = self._regressions(model)
+            (out_dir / "report.json").write_text(json.dumps(report))
+        return out_dir, report
+
+    def _regressions(self, model) -> list[dict]:
+        """Re-check the certified requests this job's base model was built on
+        (``core.regressions``): the verdict's forgetting checks on each request's forget
+        and holdout records with the new model, teacher-forced (no generation)."""
+        from core.regressions import regression_outcome
+        from core.spec import VERDICT_FORGET_THRESHOLD
+
+        self.reporter.event(
+            "phase",
+            "re-checking earlier certified forgetting",
+            requests=len(self.inputs.regressions),
+        )
+        spec = self.spec.evaluation.model_copy(update={"generate": False})
+        outcomes = []
+        for request in self.inputs.regressions:
+            forget = holdout = None
+            if request.not_checked is None:
+                result = evaluate_model(
+                    model,
+                    self.tokenizer,
+                    EvaluationSets(
+                        forget=read_records(request.paths["forget"]),
+                        holdout=read_records(request.paths["holdout"]),
+                    ),
+                    spec,
+                    template=self.spec.prompt_template,
+                    max_length=self.max_length,
+                )
+                forget = result.sets["forget"].samples
+                holdout = result.sets["holdout"].samples if "holdout" in result.sets else None
+            outcome = regression_outcome(
+                request, forget, holdout, default_threshold=VERDICT_FORGET_THRESHOLD
+            )
+            outcomes.append(outcome)
+            if outcome["regressed"]:
+                self.reporter.event(
+                    "regression",
+                    f"deletion request {request.request_id} (certified on job "
+                    f"{request.certified_job_id}) regressed: {outcome['reason']}",
+                    level="warning",
+                    request=request.request_id,
+                    certified_job=request.certified_job_id,
+                    status=outcome["status"],
+                )
+            else:
+                self.reporter.event(
+                    "regression",
+                    f"deletion request {request.request_id}: {outcome['status']}"
+                    + (f" ({outcome['reason']})" if outcome["status"] == "not_checked" else ""),
+                    request=request.request_id,
+                    certified_job=request.certified_job_id,
+                    status=outcome["status"],
+                )
+        return outcomes
 
     def _relearning_check(self, model, tokenizer, forget_examples, learning_rate):
         from core.evaluation.relearn import relearn_probability

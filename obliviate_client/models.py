@@ -232,6 +232,17 @@ class LinkedJob(ApiModel):
     report_url: str | None = None
 
 
+class RegressionCheck(ApiModel):
+    """A later job's re-check of a certified request's forget records."""
+
+    job_id: str
+    certified_job_id: str
+    status: str
+    regressed: bool
+    reason: str | None = None
+    checked_at: datetime
+
+
 class DeletionRequest(ApiModel):
     id: str
     object: Literal["deletion_request"] = "deletion_request"
@@ -245,6 +256,7 @@ class DeletionRequest(ApiModel):
     certificate_url: str | None = None
     job_count: int
     jobs: list[LinkedJob]
+    regressions: list[RegressionCheck] = []
     created_at: datetime
 
 

@@ -16,7 +16,7 @@ from core.db.audit import submitter_of
 from core.db.datasets import get_dataset
 from core.db.model_registry import get_model_by_name
 from core.db.tables import DeletionRequest
-from core.errors import InvalidRequest, NotFound
+from core.errors import InvalidRequest, NotFound, ObliviateError
 from core.models.checkpoint import sha256_file
 from core.models.loading import fetch_model
 from core.pipeline import JobInputs
@@ -119,7 +119,31 @@ class InputResolver:
             oracle_result=oracle_result,
         )
         inputs.names = {**self.names, "job": job.id, **self.provenance(job.id, spec)}
+        if evaluation.enabled:
+            inputs.regressions = self.regression_targets(spec.model, spec.continue_from)
         return inputs
+
+    def regression_targets(self, base_model: str, continue_from: str | None = None) -> list:
+        """The certified requests whose certified model ``base_model`` descends from,
+        with their forget and holdout files (``core.regressions``); a set that cannot be
+        read any more is reported not checked, not a failed job."""
+        from core.regressions import certified_ancestors
+
+        with self.sessions() as session:
+            targets = certified_ancestors(session, base_model, continue_from)
+        for index, target in enumerate(targets):
+            if target.not_checked is not None:
+                continue
+            try:
+                target.paths = {
+                    "forget": self.dataset(target.forget_dataset_id, f"regression{index}_forget"),
+                    "holdout": self.dataset(
+                        target.holdout_dataset_id, f"regression{index}_holdout"
+                    ),
+                }
+            except ObliviateError as error:
+                target.not_checked = f"its records could not be read: {error}"
+        return targets
 
     def provenance(self, job_id: str, spec: JobSpec) -> dict[str, str]:
         """What the report says about where the job came from: who submitted it and

@@ -33,6 +33,7 @@ from core.db.model_registry import register_model
 from core.errors import Cancelled, ObliviateError, Paused
 from core.logs import bind
 from core.models.checkpoint import MANIFEST, sha256_file
+from core.regressions import record_regression_checks
 from core.run_folder import RUN
 from core.settings import Settings, get_settings
 from core.spec import JobSpec
@@ -296,6 +297,9 @@ class JobRunner:
                         html_key=f"{reports}/report.html" if html else None,
                     )
                 source = prefix + "/merged" if outcome.manifest.get("merged") else prefix
+                record_regression_checks(
+                    session, job.id, (outcome.report or {}).get("regressions") or []
+                )
                 model = register_model(
                     session,
                     job.id,

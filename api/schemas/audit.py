@@ -17,6 +17,7 @@ AuditAction = Literal[
     "job.resumed",
     "job.finished",
     "certificate.issued",
+    "deletion_request.regressed",
     "webhook.created",
     "webhook.disabled",
     "key.created",

@@ -117,6 +117,32 @@ class LinkedJob(BaseModel):
         )
 
 
+class RegressionCheckObject(BaseModel):
+    """A later job's re-check of the request's forget records with its model, which was
+    built on the certified one (docs/certificates.md, "Regression re-checks")."""
+
+    job_id: str = Field(description="The later job whose model was re-checked.")
+    certified_job_id: str = Field(description="The job the certificate names.")
+    status: Literal["forgotten", "not_forgotten", "not_verifiable", "not_checked"] = Field(
+        description="The forgetting verdict on the later model, or not_checked (reason says "
+        "why: e.g. the forget set was shredded when its retention ran out)."
+    )
+    regressed: bool = Field(description="Checked, and no longer forgotten.")
+    reason: str | None
+    checked_at: datetime
+
+    @classmethod
+    def from_row(cls, row) -> RegressionCheckObject:
+        return cls(
+            job_id=row.job_id,
+            certified_job_id=row.certified_job_id,
+            status=row.status,
+            regressed=row.regressed,
+            reason=(row.result or {}).get("reason"),
+            checked_at=row.checked_at,
+        )
+
+
 class DeletionRequestObject(BaseModel):
     id: str
     object: Literal["deletion_request"] = "deletion_request"
@@ -128,7 +154,8 @@ class DeletionRequestObject(BaseModel):
         description="Derived from the linked jobs: open (none), in_progress (one is queued, "
         "running or cancelling), fulfilled (all ended, and one succeeded with a model its "
         "forgetting verdict found forgotten), needs_attention (all ended, none proved "
-        "forgetting; status_reason says why)."
+        "forgetting, or a later job built on the certified model brought the forget "
+        "records back; status_reason says why)."
     )
     status_reason: str = Field(description="Why the request has its status, and what to do.")
     fulfilled_by: str | None = Field(
@@ -140,6 +167,11 @@ class DeletionRequestObject(BaseModel):
     )
     job_count: int = Field(description="Every linked job; `jobs` lists the newest 100.")
     jobs: list[LinkedJob]
+    regressions: list[RegressionCheckObject] = Field(
+        default_factory=list,
+        description="Re-checks of the forget records by later jobs whose base model was "
+        "built on the certified one, newest first.",
+    )
     created_at: datetime
 
     @classmethod
@@ -161,6 +193,7 @@ class DeletionRequestObject(BaseModel):
             ),
             job_count=view.job_count,
             jobs=[LinkedJob.from_row(job) for job in view.jobs],
+            regressions=[RegressionCheckObject.from_row(row) for row in view.regressions],
             created_at=request.created_at,
         )
 

@@ -57,6 +57,7 @@ AUDIT_ACTIONS = (
     "job.resumed",
     "job.finished",
     "certificate.issued",
+    "deletion_request.regressed",
     "webhook.created",
     "webhook.disabled",
     "key.created",

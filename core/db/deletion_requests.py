@@ -12,7 +12,10 @@ so it cannot disagree with them:
   ``core.evaluation.verdict``). A job that merely ran to the end proves nothing;
 - ``needs_attention``: every linked job ended and none of them proved forgetting
   (failed, cancelled, or succeeded with a verdict of ``not_forgotten`` or
-  ``not_verifiable``); ``status_reason`` says which and why.
+  ``not_verifiable``); ``status_reason`` says which and why. Also a fulfilled request
+  whose newest regression re-check (``regression_checks``, ``core.regressions``: a later
+  job built on the certified model) found the forget records back, after it was
+  fulfilled.
 """
 
 from __future__ import annotations
@@ -21,12 +24,20 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import Row, case, func, select
+from sqlalchemy import Row, and_, case, exists, func, select
 from sqlalchemy.orm import Session
 
 from core.db.ids import is_id, new_id
 from core.db.pagination import Page
-from core.db.tables import TERMINAL_STATUSES, Dataset, DeletionRequest, Job, Model, Report
+from core.db.tables import (
+    TERMINAL_STATUSES,
+    Dataset,
+    DeletionRequest,
+    Job,
+    Model,
+    RegressionCheck,
+    Report,
+)
 from core.errors import NotFound
 from core.tenancy import owner_tenant, scoped
 
@@ -50,7 +61,7 @@ _proved_forgotten = (
 )
 #: Correlated subqueries over the jobs index on deletion_request_id: one aggregate row
 #: per request (count() of no rows is 0, so a request without jobs is "open").
-_STATUS = (
+_JOBS_STATUS = (
     select(
         case(
             (func.count() == 0, "open"),
@@ -61,6 +72,39 @@ _STATUS = (
     )
     .where(_linked)
     .scalar_subquery()
+)
+_checks = RegressionCheck.__table__
+_proved = _jobs.alias("proved")
+#: when the request was last proved forgotten, and its newest checked re-check after that
+_FULFILLED_AT = (
+    select(func.max(_proved.c.finished_at))
+    .where(
+        _proved.c.deletion_request_id == _requests.c.id,
+        _proved.c.status == "succeeded",
+        _proved.c.method != GUARD_METHOD,
+        _proved.c.verdict["status"].as_string() == FORGOTTEN,
+    )
+    .correlate(_requests)
+    .scalar_subquery()
+)
+_LAST_CHECK_AT = (
+    select(func.max(_checks.c.checked_at))
+    .where(_checks.c.deletion_request_id == _requests.c.id, _checks.c.status != "not_checked")
+    .correlate(_requests)
+    .scalar_subquery()
+)
+_REGRESSED = (
+    exists()
+    .where(
+        _checks.c.deletion_request_id == _requests.c.id,
+        _checks.c.regressed.is_(True),
+        _checks.c.checked_at == _LAST_CHECK_AT,
+        _checks.c.checked_at > _FULFILLED_AT,
+    )
+    .correlate(_requests)
+)
+_STATUS = case(
+    (and_(_JOBS_STATUS == "fulfilled", _REGRESSED), "needs_attention"), else_=_JOBS_STATUS
 )
 _JOB_COUNT = select(func.count()).where(_linked).scalar_subquery()
 _VIEW = select(DeletionRequest, _STATUS.label("status"), _JOB_COUNT.label("job_count"))
@@ -91,6 +135,17 @@ class DeletionRequestView:
     status: str
     job_count: int
     jobs: Sequence[Row] = field(default_factory=list)  # rows of LINKED_JOB_COLUMNS
+    #: regression re-checks by later jobs (``RegressionCheck`` rows), newest first
+    regressions: Sequence[RegressionCheck] = field(default_factory=list)
+
+    @property
+    def regressed_by(self) -> RegressionCheck | None:
+        """The newest re-check, when it found the forget records back (then the request
+        needs attention)."""
+        checked = [r for r in self.regressions if r.status != "not_checked"]
+        if self.status == "needs_attention" and checked and checked[0].regressed:
+            return checked[0]
+        return None
 
     @property
     def fulfilled_by(self) -> Row | None:
@@ -110,6 +165,14 @@ class DeletionRequestView:
         if self.status == "fulfilled":
             job = self.fulfilled_by
             return f"job {job.id} verified that its model forgot: {job.verdict.get('reason')}"
+        regressed = self.regressed_by
+        if regressed is not None:
+            return (
+                f"job {regressed.job_id}, built on the model of certified job "
+                f"{regressed.certified_job_id}, brought the forget records back (re-check "
+                f"verdict {regressed.status}: {regressed.result.get('reason')}). Submit "
+                f"another unlearning job on {regressed.job_id}'s model"
+            )
         return _attention_reason(self.jobs)
 
 
@@ -204,13 +267,19 @@ def list_deletion_requests(
 
 
 def _with_jobs(session: Session, rows: Sequence[Row]) -> list[DeletionRequestView]:
+    from core.regressions import regression_checks_of
+
     jobs = _linked_jobs(session, [row.DeletionRequest.id for row in rows if row.job_count])
+    checks = regression_checks_of(
+        session, [row.DeletionRequest.id for row in rows if row.job_count]
+    )
     return [
         DeletionRequestView(
             row.DeletionRequest,
             status=row.status,
             job_count=row.job_count,
             jobs=jobs.get(row.DeletionRequest.id, []),
+            regressions=checks.get(row.DeletionRequest.id, []),
         )
         for row in rows
     ]

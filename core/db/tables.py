@@ -275,6 +275,30 @@ class Certificate(Base):
     document: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
 
 
+class RegressionCheck(Base):
+    """A later job's re-check of a certified request's forget records (issue 9): the job
+    started from a model built on the certified one, so the forgetting may have come
+    back. ``status`` is the verdict on the new model, or ``not_checked`` (``result``
+    says why: a shredded forget set); ``regressed`` when a checked verdict is no longer
+    ``forgotten``. The request's newest check decides whether it needs attention."""
+
+    __tablename__ = "regression_checks"
+
+    id: Mapped[str] = mapped_column(IdString, primary_key=True)
+    #: the owning tenant (core.tenancy)
+    tenant_id: Mapped[str] = mapped_column(String(64), index=True, server_default="default")
+    deletion_request_id: Mapped[str] = mapped_column(
+        IdString, ForeignKey("deletion_requests.id"), index=True
+    )
+    #: the job whose model was re-checked, and the job the certificate names
+    job_id: Mapped[str] = mapped_column(IdString, ForeignKey("jobs.id"))
+    certified_job_id: Mapped[str] = mapped_column(IdString, ForeignKey("jobs.id"))
+    status: Mapped[str] = mapped_column(String(16))
+    regressed: Mapped[bool] = mapped_column(Boolean)
+    result: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
+    checked_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class AuditEntry(Base):
     """Append-only: triggers (see migration 0002) make UPDATE and DELETE fail on both
     databases. Written in the transaction of the action it records
