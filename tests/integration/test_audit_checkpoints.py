@@ -392,3 +392,68 @@ def test_the_cli_checks_checkpoints_and_copies_kept_outside(
         f"FAILED tenant default: after 3 good entries and 0 good checkpoints, checkpoint "
         f"{checkpoint.id}"
     ) in (" ".join(result.output.split()))
+
+
+def test_legacy_checkpoints_check_the_service_wide_chain(db_session, key):
+    """A checkpoint signed before migration 0013 (tenant null, over {at, entries,
+    head_hash} of the one chain of every tenant's entries): kept, it still catches an
+    entry rewritten before it, even with the tenant's chain re-hashed consistently."""
+    from core.audit_checkpoints import KeptCheckpoint, verify_every_tenant
+    from core.db.audit_legacy import legacy_entry_hash
+
+    session = db_session
+    add_entries(session, 2)
+    add_entries(session, 1, start=2, tenant="acme")
+    prev = "0" * 64
+    for row in session.execute(select(AuditEntry.__table__).order_by(AuditEntry.id)).all():
+        prev = legacy_entry_hash(
+            prev,
+            at=row.at,
+            principal=row.principal,
+            action=row.action,
+            object_type=row.object_type,
+            object_id=row.object_id,
+            data=row.data,
+        )
+    at = utcnow()
+    message = json.dumps(
+        {"at": at.isoformat(), "entries": 3, "head_hash": prev},
+        sort_keys=True,
+        separators=(",", ":"),
+    ).encode()
+    legacy = AuditCheckpoint(
+        tenant_id=None,
+        at=at,
+        entries=3,
+        head_hash=prev,
+        key_id=key_id_of(key.public_key()),
+        signature=base64.b64encode(key.sign(message)).decode(),
+    )
+    session.add(legacy)
+    session.commit()
+    keys = public_keys_of(key.public_key())
+    checks = verify_every_tenant(session, keys)
+    assert [(c.tenant, c.valid, c.checkpoints) for c in checks] == [
+        ("acme", True, 0),
+        (TENANT, True, 0),
+        (None, True, 1),
+    ]
+    kept = KeptCheckpoint.from_json(
+        {
+            "id": legacy.id,
+            "at": at.isoformat(),
+            "entries": 3,
+            "head_hash": prev,
+            "key_id": legacy.key_id,
+            "signature": legacy.signature,
+        }
+    )
+    assert kept.tenant_id is None  # a copy without a tenant is a legacy one
+
+    ids = session.scalars(select(AuditEntry.id).order_by(AuditEntry.id)).all()
+    rewrite_and_rehash(session, ids[0], "someone-else")
+    with triggers_lifted(session, "audit_checkpoints"):
+        session.execute(text("DELETE FROM audit_checkpoints"))
+    checks = verify_every_tenant(session, keys, [kept])
+    assert [(c.tenant, c.valid) for c in checks] == [("acme", True), (TENANT, True), (None, False)]
+    assert checks[-1].checkpoint_id == legacy.id and "rewritten" in checks[-1].problem
