@@ -274,7 +274,7 @@ class AuditEntry(ApiModel):
 
 
 class AuditCheckpoint(ApiModel):
-    """A signed copy of the audit chain's head: keep these outside the service, and
+    """A signed copy of a tenant's audit chain head: keep these outside the service, and
     check them with ``obliviate audit verify --checkpoints FILE``."""
 
     id: int
