@@ -1,7 +1,8 @@
 """How long the audit log's hash-chain verification takes (issue 9): ``--entries`` chained
-entries (default 1,000,000) are written to a temporary Postgres database, then
-``core.db.audit.verify_chain`` (what ``GET /v1/audit/verify`` and ``obliviate audit
-verify`` run) reads and recomputes them all.
+entries (default 1,000,000) of one tenant are written to a temporary Postgres database,
+then ``core.db.audit.verify_chain`` for that tenant (what ``GET /v1/audit/verify`` and
+``obliviate audit verify --tenant`` run) reads and recomputes them all. Chains are per
+tenant, so this is the cost of the largest tenant's check.
 
     python bench/audit_chain.py                   # 1,000,000 entries
     python bench/audit_chain.py --entries 100000
@@ -24,6 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+TENANT = "bench"
 POSTGRES_ADMIN_URL = os.environ.get(
     "OBLIVIATE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
@@ -40,7 +42,7 @@ def main() -> None:
     import psycopg
 
     from core.db import make_engine, make_session_factory
-    from core.db.audit import GENESIS, HEAD_ID, entry_hash, verify_chain
+    from core.db.audit import GENESIS, entry_hash, verify_chain
     from core.db.migrate import upgrade
 
     name = f"obliviate_bench_{uuid.uuid4().hex[:10]}"
@@ -67,7 +69,7 @@ def main() -> None:
                         "object_id": f"job_{i:026d}",
                         "data": {"method": "simnpo", "i": i},
                     }
-                    digest = entry_hash(prev, **fields)
+                    digest = entry_hash(prev, tenant=TENANT, **fields)
                     copy.write_row(
                         (
                             fields["at"],
@@ -78,15 +80,13 @@ def main() -> None:
                             json.dumps(fields["data"]),
                             prev,
                             digest,
-                            "bench",
+                            TENANT,
                         )
                     )
                     prev = digest
             connection.execute(
-                "INSERT INTO audit_head (id, entries, head_hash) VALUES (%s, %s, %s) "
-                "ON CONFLICT (id) DO UPDATE SET entries = excluded.entries, "
-                "head_hash = excluded.head_hash",
-                (HEAD_ID, args.entries, prev),
+                "INSERT INTO audit_head (tenant_id, entries, head_hash) VALUES (%s, %s, %s)",
+                (TENANT, args.entries, prev),
             )
         written = time.perf_counter() - started
         print(f"wrote {args.entries:,} chained entries in {written:.1f} s", flush=True)
@@ -95,7 +95,7 @@ def main() -> None:
         try:
             with make_session_factory(engine)() as session:
                 started = time.perf_counter()
-                result = verify_chain(session, batch=args.batch)
+                result = verify_chain(session, TENANT, batch=args.batch)
                 seconds = time.perf_counter() - started
         finally:
             engine.dispose()

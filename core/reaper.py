@@ -137,13 +137,13 @@ class ReaperThread(threading.Thread):
         except Exception:  # noqa: BLE001 - try again next interval
             log.exception("retention sweep failed")
 
-    def checkpoint_if_due(self) -> int | None:
-        """Sign the audit chain's head, if it moved, at most once an interval (every
-        replica may: one checkpoint per head is kept). The checkpoint's id, or None."""
+    def checkpoint_if_due(self) -> list[int]:
+        """Sign each tenant's audit chain head that moved, at most once an interval
+        (every replica may: one checkpoint per head is kept). The new checkpoints' ids."""
         if self.settings.signing_key_file is None:
-            return None
+            return []
         if time.monotonic() < self.next_checkpoint:
-            return None
+            return []
         self.next_checkpoint = time.monotonic() + self.settings.audit_checkpoint_interval_s
         try:
             if self._signing_key is None:
@@ -151,7 +151,7 @@ class ReaperThread(threading.Thread):
             return checkpoint_now(self.sessions, self._signing_key, utcnow())
         except Exception:  # noqa: BLE001 - try again next interval
             log.exception("audit checkpoint failed")
-            return None
+            return []
 
     def stop(self) -> None:
         self._stop_event.set()

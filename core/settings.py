@@ -75,8 +75,8 @@ class Settings(BaseSettings):
     audit_checkpoint_interval_s: float = Field(
         3600.0,
         gt=0,
-        description="How often each API process signs a checkpoint of the audit chain's "
-        "head with the signing key (only when the head moved since the last one).",
+        description="How often each API process signs a checkpoint of each tenant's audit "
+        "chain head with the signing key (only heads that moved since their last one).",
     )
     master_key_file: Path | None = Field(
         None,

@@ -433,7 +433,7 @@ class Audit:
         )
 
     def checkpoints(self, *, page_size: int = 1000) -> Iterator[AuditCheckpoint]:
-        """The signed checkpoints of the audit chain's head, oldest first."""
+        """The signed checkpoints of this key's tenant's audit chain head, oldest first."""
         return self._client.paginate(
             lambda after: calls.list_audit_checkpoints(after=after, limit=page_size)
         )

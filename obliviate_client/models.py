@@ -274,11 +274,13 @@ class AuditEntry(ApiModel):
 
 
 class AuditCheckpoint(ApiModel):
-    """A signed copy of the audit chain's head: keep these outside the service, and
+    """A signed copy of a tenant's audit chain head: keep these outside the service, and
     check them with ``obliviate audit verify --checkpoints FILE``."""
 
     id: int
     object: Literal["audit_checkpoint"] = "audit_checkpoint"
+    #: whose chain; None for a legacy checkpoint of the service-wide chain
+    tenant: str | None = None
     at: datetime
     entries: int
     head_hash: str
@@ -289,6 +291,8 @@ class AuditCheckpoint(ApiModel):
 
 class ChainCheck(ApiModel):
     object: Literal["audit_chain_check"] = "audit_chain_check"
+    #: whose chain was checked (each tenant has its own)
+    tenant: str | None = None
     valid: bool
     entries: int
     head_hash: str | None = None

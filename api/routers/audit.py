@@ -57,13 +57,15 @@ async def list_audit_entries(
 
 @router.get("/verify", response_model=ChainCheckObject)
 async def verify_audit_chain(db: ReadDatabaseDep, settings: SettingsDep) -> ChainCheckObject:
-    """Recompute the audit log's hash chain from its first entry and check every signed
-    checkpoint of its head: ``valid`` false names the first entry that was edited,
-    removed or moved (``entry_id``, ``problem``), a head that no longer matches (the
-    newest entries removed), or a checkpoint (``checkpoint_id``) whose signature fails
-    or whose head the recomputed chain does not reach (history rewritten before it,
-    even re-hashed consistently). Reads the whole log: on a large one, run
-    ``obliviate audit verify`` beside the database instead."""
+    """Recompute the caller's tenant's audit hash chain from its first entry and check
+    every signed checkpoint of its head: ``valid`` false names the first entry that was
+    edited, removed or moved (within the tenant's chain, or into or out of it:
+    ``entry_id``, ``problem``), a head that no longer matches (the newest entries
+    removed), or a checkpoint (``checkpoint_id``) whose signature fails or whose head
+    the recomputed chain does not reach (history rewritten before it, even re-hashed
+    consistently). Each tenant has its own chain; ``tenant`` names it. Reads the whole
+    chain: on a large one, run ``obliviate audit verify --tenant T`` beside the
+    database instead."""
     return await db.run(audit.verify_chain, key_path=settings.signing_key_file)
 
 
@@ -73,10 +75,9 @@ async def list_audit_checkpoints(
     after: CheckpointCursor = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> ListObject[AuditCheckpointObject]:
-    """The signed checkpoints of the audit chain's head, oldest first (page on with
-    ``after`` = ``last_id``). The service signs its head every
+    """The signed checkpoints of the caller's tenant's audit chain head, oldest first
+    (page on with ``after`` = ``last_id``). The service signs each tenant's head every
     ``OBLIVIATE_AUDIT_CHECKPOINT_INTERVAL_S`` when it moved. Keep copies outside the
     service: someone able to rewrite the database can delete checkpoints, not forge
-    them. A checkpoint holds a count and a hash of the service-wide chain, nothing of
-    its entries."""
+    them. A checkpoint holds the tenant, a count and a hash, nothing of its entries."""
     return await db.run(audit.list_checkpoints, after=after, limit=limit)

@@ -53,14 +53,22 @@ class AuditEntryObject(BaseModel):
 
 
 class ChainCheckObject(BaseModel):
-    """The audit chain recomputed from the first entry to the head."""
+    """A tenant's audit chain recomputed from its first entry to its head."""
 
     object: Literal["audit_chain_check"] = "audit_chain_check"
+    tenant: str | None = Field(
+        None,
+        description="Whose chain (each tenant has its own); null for the legacy "
+        "service-wide chain that checkpoints signed before migration 0013.",
+    )
     valid: bool
-    entries: int = Field(description="Entries that verified, in id order.")
+    entries: int = Field(description="The tenant's entries that verified, in id order.")
     head_hash: str | None = Field(description="The newest entry's hash (when valid).")
     entry_id: int | None = Field(
-        None, description="The first entry that fails (null when only the head disagrees)."
+        None,
+        description="The first entry that fails: edited, moved in from another tenant, or "
+        "the one after an entry removed or moved out (null when only the head or a "
+        "checkpoint disagrees).",
     )
     problem: str | None = Field(
         None,
@@ -74,13 +82,16 @@ class ChainCheckObject(BaseModel):
 
 
 class AuditCheckpointObject(BaseModel):
-    """A signed copy of the audit chain's head: at ``at`` the chain held ``entries``
-    entries, the newest hashing to ``head_hash``. ``signature`` is base64 Ed25519 by
-    the key ``key_id`` (``/.well-known/obliviate/signing-key``) over the canonical JSON
-    of ``{"at", "entries", "head_hash"}`` (keys sorted, no whitespace)."""
+    """A signed copy of a tenant's audit chain head: at ``at`` the chain of ``tenant``
+    held ``entries`` entries, the newest hashing to ``head_hash``. ``signature`` is
+    base64 Ed25519 by the key ``key_id`` (``/.well-known/obliviate/signing-key``) over
+    the canonical JSON of ``{"at", "entries", "head_hash", "tenant"}`` (keys sorted, no
+    whitespace). ``tenant`` null: a legacy checkpoint of the service-wide chain, signed
+    before migration 0013 over ``{"at", "entries", "head_hash"}``."""
 
     id: int
     object: Literal["audit_checkpoint"] = "audit_checkpoint"
+    tenant: str | None
     at: datetime
     entries: int
     head_hash: str
@@ -92,6 +103,7 @@ class AuditCheckpointObject(BaseModel):
     def from_row(cls, row: AuditCheckpoint) -> AuditCheckpointObject:
         return cls(
             id=row.id,
+            tenant=row.tenant_id,
             at=row.at,
             entries=row.entries,
             head_hash=row.head_hash,

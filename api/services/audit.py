@@ -13,6 +13,7 @@ from api.schemas.common import ListObject
 from api.services.certificates import signing_key
 from core import audit_checkpoints
 from core.db import audit as repo
+from core.tenancy import owner_tenant
 
 
 def list_audit_entries(
@@ -34,9 +35,11 @@ def list_audit_entries(
 
 
 def verify_chain(session: Session, *, key_path: Path) -> ChainCheckObject:
-    """The chain and every checkpoint, with the service's own public key."""
+    """The caller's tenant's chain and every checkpoint of it, with the service's own
+    public key."""
     keys = audit_checkpoints.public_keys_of(signing_key(key_path).public_key())
-    return ChainCheckObject(**asdict(audit_checkpoints.verify_log(session, keys)))
+    tenant = owner_tenant()
+    return ChainCheckObject(**asdict(audit_checkpoints.verify_log(session, keys, tenant=tenant)))
 
 
 def list_checkpoints(

@@ -305,10 +305,12 @@ class AuditEntry(Base):
     (``core.db.audit.add_audit_entry``)."""
 
     __tablename__ = "audit_log"
+    # A tenant's chain is read in id order (``core.db.audit.verify_chain``).
+    __table_args__ = (Index("ix_audit_log_tenant_id_id", "tenant_id", "id"),)
 
     id: Mapped[int] = mapped_column(BigSerial, primary_key=True, autoincrement=True)
-    #: the owning tenant (core.tenancy)
-    tenant_id: Mapped[str] = mapped_column(String(64), index=True, server_default="default")
+    #: the owning tenant (core.tenancy): whose hash chain the entry is part of
+    tenant_id: Mapped[str] = mapped_column(String(64), server_default="default")
     # The writer's UTC clock (it is hashed, so known before the insert); the default,
     # the database's clock, is for rows written before the hash chain.
     at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
@@ -323,27 +325,32 @@ class AuditEntry(Base):
 
 
 class AuditHead(Base):
-    """One row: how many entries the audit chain holds and the newest one's hash."""
+    """One row per tenant: how many entries its audit chain holds and the newest one's
+    hash (migration 0013; before it, one row for a service-wide chain)."""
 
     __tablename__ = "audit_head"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     entries: Mapped[int] = mapped_column(BigInteger)
     head_hash: Mapped[str] = mapped_column(String(64))
 
 
 class AuditCheckpoint(Base):
-    """A signed copy of the audit chain's head (``core.audit_checkpoints``): at ``at``
-    the chain held ``entries`` entries, the newest hashing to ``head_hash``.
-    ``signature`` (base64) is Ed25519, by the key ``key_id`` names, over the canonical
-    JSON of ``{at, entries, head_hash}``. Append-only, like the log (migration 0011)."""
+    """A signed copy of a tenant's audit chain head (``core.audit_checkpoints``): at
+    ``at`` the chain of ``tenant_id`` held ``entries`` entries, the newest hashing to
+    ``head_hash``. ``signature`` (base64) is Ed25519, by the key ``key_id`` names, over
+    the canonical JSON of ``{at, entries, head_hash, tenant}``. A null tenant marks a
+    legacy checkpoint, signed before migration 0013 over ``{at, entries, head_hash}`` of
+    the service-wide chain (``core.db.audit_legacy``). Append-only, like the log."""
 
     __tablename__ = "audit_checkpoints"
+    #: one checkpoint per head: two API replicas signing the same head keep one
+    __table_args__ = (UniqueConstraint("tenant_id", "entries"),)
 
     id: Mapped[int] = mapped_column(BigSerial, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str | None] = mapped_column(String(64))
     at: Mapped[datetime] = mapped_column(UTCDateTime)
-    #: one checkpoint per head: two API replicas signing the same head keep one
-    entries: Mapped[int] = mapped_column(BigInteger, unique=True)
+    entries: Mapped[int] = mapped_column(BigInteger)
     head_hash: Mapped[str] = mapped_column(String(64))
     key_id: Mapped[str] = mapped_column(String(64))
     signature: Mapped[str] = mapped_column(String(128))

@@ -9,6 +9,9 @@ Create Date: 2026-12-03
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -44,9 +47,14 @@ def upgrade() -> None:
     _chain_existing_entries()
 
 
-def _chain_existing_entries() -> None:
-    from core.db.audit import entry_hash
+def entry_hash(prev_hash: str, **fields) -> str:
+    """The rule of this revision (core.db.audit's changed in 0013, so kept here)."""
+    content = {**fields, "at": fields["at"].isoformat()}
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(f"{prev_hash}\n{canonical}".encode()).hexdigest()
 
+
+def _chain_existing_entries() -> None:
     bind = op.get_bind()
     log = sa.table(
         "audit_log",
