@@ -507,9 +507,11 @@ def _make_monitor(
     )
 
 
-#: retain and utility records scored at a verdict probe (per set): an estimate of
-#: utility for the stopping decision; the published model's verdict uses the full sets
-UTILITY_PROBE_SAMPLES = 32
+#: retain and utility records per set the original model is probed on: the verdict
+#: probes estimate utility on the first ``core.verification.UTILITY_QUICK_SAMPLES`` of
+#: them and confirm an estimate near the floor on all; the published model's verdict
+#: uses the full sets
+UTILITY_PROBE_SAMPLES = 128
 
 
 def _base_model_digest(path_or_id: str) -> str | None:

@@ -85,6 +85,35 @@ class Probe:
             return None
         return metrics.model_utility(components)
 
+    def prefix_like(self, other: Probe) -> Probe:
+        """This probe cut, set by set, to as many samples as ``other`` holds: its scores
+        on the same records when ``other`` scored a prefix of this probe's sets."""
+        columns = {}
+        for name, theirs in other.columns.items():
+            ours = self.columns.get(name)
+            if ours is None:
+                continue
+            n = len(next(iter(theirs.values()), []))
+            columns[name] = {key: values[:n] for key, values in ours.items()}
+        return Probe(columns=columns)
+
+    def extended(self, other: Probe) -> Probe:
+        """This probe's samples followed by ``other``'s, set by set."""
+        columns = {
+            name: {k: list(v) for k, v in sets.items()} for name, sets in self.columns.items()
+        }
+        for name, theirs in other.columns.items():
+            mine = columns.setdefault(name, {key: [] for key in theirs})
+            for key, values in theirs.items():
+                mine.setdefault(key, []).extend(values)
+        return Probe(columns=columns, seconds=self.seconds + other.seconds)
+
+    def with_sets(self, other: Probe) -> Probe:
+        """This probe and ``other``'s sets (which it does not hold) as one."""
+        return Probe(
+            columns={**self.columns, **other.columns}, seconds=self.seconds + other.seconds
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {"columns": self.columns, "seconds": self.seconds}
 
@@ -116,6 +145,39 @@ def sample_sets(sets: ProbeSets, max_samples: int, seed: int = 0) -> ProbeSets:
         retain=cap(sets.retain),
         utility={name: cap(records) for name, records in sets.utility.items()},
     )
+
+
+def split_utility_sets(sets: ProbeSets, n: int) -> tuple[ProbeSets, ProbeSets | None]:
+    """The retain and utility sets of ``sets`` as their first ``n`` records and the rest
+    (None when nothing is left over): a quick estimate, and what confirms it."""
+
+    def part(records: RecordSet | None, start: int, stop: int | None) -> RecordSet | None:
+        if records is None:
+            return None
+        return RecordSet(
+            name=records.name,
+            format=records.format,
+            kind=records.kind,
+            records=records.records[start:stop],
+            sha256=records.sha256,
+            size_bytes=records.size_bytes,
+            columns=records.columns,
+        )
+
+    head = ProbeSets(
+        forget=None,
+        retain=part(sets.retain, 0, n),
+        utility={name: part(records, 0, n) for name, records in sets.utility.items()},
+    )
+    rest_retain = part(sets.retain, n, None)
+    rest_utility = {
+        name: part(records, n, None) for name, records in sets.utility.items() if len(records) > n
+    }
+    if rest_retain is not None and not len(rest_retain):
+        rest_retain = None
+    if rest_retain is None and not rest_utility:
+        return head, None
+    return head, ProbeSets(forget=None, retain=rest_retain, utility=rest_utility)
 
 
 def probe_model(

@@ -1,0 +1,55 @@
+"""The verdict probe's utility estimate: a quick prefix of the retain and utility
+samples, confirmed on the rest, always against the original's scores on the same
+records (values derived by hand)."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.data.records import RecordSet
+from core.evaluation.probe import Probe, ProbeSets, split_utility_sets
+
+
+def records(name: str, n: int) -> RecordSet:
+    return RecordSet(
+        name=name,
+        format="jsonl",
+        kind="qa",
+        records=[f"{name}-{i}" for i in range(n)],  # only counted and sliced here
+        sha256="0" * 64,
+        size_bytes=0,
+        columns=["question", "answer"],
+    )
+
+
+def test_split_keeps_order_and_leaves_small_sets_whole():
+    sets = ProbeSets(
+        forget=records("forget", 5),
+        retain=records("retain", 40),
+        utility={"facts": records("facts", 10), "world": records("world", 33)},
+    )
+    quick, rest = split_utility_sets(sets, 32)
+    assert quick.forget is None and rest.forget is None
+    assert quick.retain.records == [f"retain-{i}" for i in range(32)]
+    assert rest.retain.records == [f"retain-{i}" for i in range(32, 40)]
+    assert len(quick.utility["facts"]) == 10 and "facts" not in rest.utility
+    assert rest.utility["world"].records == ["world-32"]
+
+
+def test_nothing_to_confirm_when_every_set_fits():
+    quick, rest = split_utility_sets(ProbeSets(forget=None, retain=records("retain", 32)), 32)
+    assert len(quick.retain) == 32 and rest is None
+
+
+def test_ratio_compares_the_same_records():
+    # The original: 0.8 on the first 32 retain records, 0.4 on the 8 after them.
+    original = Probe(columns={"retain": {"probability": [0.8] * 32 + [0.4] * 8}})
+    quick = Probe(columns={"retain": {"probability": [0.6] * 32}}, seconds=1.0)
+    rest = Probe(columns={"retain": {"probability": [0.4] * 8}}, seconds=0.5)
+
+    # Quick: 0.6 / 0.8 = 0.75, not 0.6 / 0.72 (the original's mean over all 40).
+    assert quick.utility() / original.prefix_like(quick).utility() == pytest.approx(0.75)
+    both = quick.extended(rest)
+    assert both.seconds == pytest.approx(1.5)
+    # All 40: (32 * 0.6 + 8 * 0.4) / 40 = 0.56 against 0.72.
+    assert both.utility() / original.prefix_like(both).utility() == pytest.approx(0.56 / 0.72)
