@@ -21,11 +21,23 @@ oracle. Prints a table and writes
 Methods are compared at a common utility floor (model utility >= 0.9x the original's),
 not each at its own best: ``--sweep`` runs the same grid budget for every method and
 reports, per method, the best forget quality among settings above the floor.
+
+``--methods guard`` adds GUARD (generation-time unlearning, ``bench/guard.py``): it
+trains nothing, so it has no forget quality or model utility; its row holds what it
+changes, the generated answers (``core.evaluation.guard``, one guard per seed): forget
+ROUGE-L and KnowMem guarded (and unguarded and the oracle's, measured the same way),
+retain ROUGE-L and its ratio to the unguarded original's, the classifier's held-out
+precision and recall, the paraphrased-question attack, tokens/s without and with the
+guard, the latency ratio, the guard's verdict, and the goal (forget ROUGE-L at or below
+the oracle's, retain >= 0.95x, latency <= 1.5x). A second table shows it beside every
+other row's generation figures (ROUGE-L and KnowMem from the evaluation). The guard
+row is not part of ``--target`` or ``--sweep``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import itertools
 import json
 import math
@@ -56,6 +68,8 @@ VARIANTS = {
     "loku+lora": ("loku", {"r": 8, "alpha": 16}),
     "loku+fila": ("loku", {"r": 8, "alpha": 16, "init": "fila"}),
 }
+#: rows that train nothing: GUARD, measured on generations (``--methods guard``)
+GENERATION_ROWS = ("guard",)
 UTILITY_FLOOR = 0.9
 MAX_LENGTH = 128
 
@@ -181,6 +195,9 @@ HEADLINE = (
     "forget_truth_ratio",
     "forget_rouge",
     "extraction_strength",
+    "retain_rouge",
+    # ROUGE-L F1 x 100 of greedy answers to the forget questions (MUSE KnowMem)
+    "knowmem",
 )
 
 
@@ -239,17 +256,44 @@ class Bench:
         comparison = compare(self.original, result, self.oracle)
         return {key: comparison.get(key) for key in HEADLINE}
 
-    def run(self, method: str, overrides: dict, seed: int) -> dict:
+    def run(self, method: str, overrides: dict, seed: int, *, complete: bool = False) -> dict:
         """One unlearning run and its evaluation; cached by configuration, since the
         runs are deterministic and a sweep is long. ``method`` may name a row of
-        ``VARIANTS``."""
+        ``VARIANTS``. ``complete``: run again a cached row that lacks a headline metric
+        (cached before it was added); sweeps, which rank by forget quality and utility
+        only, take such rows as they are."""
         name = [method] if method not in VARIANTS else [method, VARIANTS[method]]
         key = json.dumps(
             [RUNS_VERSION, self.preset, *name, seed, {**COMMON, **overrides}], sort_keys=True
         )
+        cached = self.cache.get(key)
+        if cached is not None and (not complete or set(HEADLINE) <= set(cached)):
+            return dict(cached)
+        row = self._run(method, overrides, seed)
+        self._save(key, row)
+        return dict(row)
+
+    def run_guard(self, seed: int) -> dict:
+        """A guard of forget10 on the target (``seed``: its classifier's), evaluated on
+        generations against the oracle (``bench/guard.py``); its row, cached like runs."""
+        hyperparameters = {"seed": seed}
+        key = json.dumps([RUNS_VERSION, self.preset, "guard", seed, hyperparameters])
         if key in self.cache:
             return dict(self.cache[key])
-        row = self._run(method, overrides, seed)
+        started = time.monotonic()
+        manifest, evaluation = _bench_guard().evaluate_demo_guard(self.assets, hyperparameters)
+        row = guard_row(evaluation)
+        row.update(
+            seed=seed,
+            spans=manifest["spans"],
+            seconds=round(time.monotonic() - started, 1),
+            hyperparameters=manifest["hyperparameters"],
+        )
+        self.log(
+            f"guard seed {seed}: {row['verdict']}, forget ROUGE-L {_num(row['forget_rouge'])} "
+            f"(oracle {_num(row['forget_rouge_oracle'])}), retain ratio "
+            f"{_num(row['retain_rouge_ratio'])}, latency x{_num(row['latency_ratio'])}"
+        )
         self._save(key, row)
         return dict(row)
 
@@ -295,6 +339,112 @@ class Bench:
             hyperparameters={**COMMON, **overrides},
         )
         return row
+
+
+def _bench_guard():
+    """``bench/guard.py``, imported by file: benchmarks are scripts, not a package."""
+    spec = importlib.util.spec_from_file_location(
+        "bench_guard", Path(__file__).with_name("guard.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+#: the guard row's per-seed figures (``guard_row``), averaged over seeds
+GUARD_KEYS = (
+    "forget_rouge",
+    "forget_rouge_unguarded",
+    "forget_rouge_oracle",
+    "knowmem",
+    "knowmem_unguarded",
+    "knowmem_oracle",
+    "retain_rouge",
+    "retain_rouge_unguarded",
+    "retain_rouge_ratio",
+    "paraphrase_rouge",
+    "classifier_precision",
+    "classifier_recall",
+    "paraphrased_forget_flag_rate",
+    "retain_flag_rate",
+    "tokens_per_second_unguarded",
+    "tokens_per_second_guarded",
+    "latency_ratio",
+)
+#: the goal the guard row is held to (issue 12, as bench/guard.py states it)
+GUARD_RETAIN_FLOOR = 0.95
+GUARD_LATENCY_CEILING = 1.5
+
+
+def guard_row(evaluation: dict) -> dict:
+    """One guard's figures from its evaluation (``core.evaluation.guard.evaluate_guard``).
+    KnowMem on the evaluation's scale for the other rows (ROUGE-L F1 x 100)."""
+    forget, knowmem = evaluation["forget_rouge_l"], evaluation["forget_knowmem"]
+    retain = evaluation["retain_rouge_l"]
+    speed = evaluation["seconds_per_token"]
+    holdout = evaluation["classifier"]["holdout"][0] or {}
+
+    def percent(value):
+        return None if value is None else 100.0 * value
+
+    return {
+        "forget_rouge": forget["guarded"],
+        "forget_rouge_unguarded": forget["unguarded"],
+        "forget_rouge_oracle": forget.get("oracle"),
+        "knowmem": percent(knowmem["guarded"]),
+        "knowmem_unguarded": percent(knowmem["unguarded"]),
+        "knowmem_oracle": percent(knowmem.get("oracle")),
+        "retain_rouge": retain["guarded"],
+        "retain_rouge_unguarded": retain["unguarded"],
+        "retain_rouge_ratio": (
+            retain["guarded"] / retain["unguarded"] if retain["unguarded"] else None
+        ),
+        "paraphrase_rouge": evaluation["paraphrase_attack_rouge_l"],
+        "classifier_precision": holdout.get("precision"),
+        "classifier_recall": holdout.get("recall"),
+        "paraphrased_forget_flag_rate": evaluation["classifier"]["paraphrased_forget_flag_rate"],
+        "retain_flag_rate": evaluation["classifier"]["retain_flag_rate"],
+        "tokens_per_second_unguarded": 1.0 / speed["unguarded"],
+        "tokens_per_second_guarded": 1.0 / speed["guarded"],
+        "latency_ratio": speed["overhead"],
+        "verdict": evaluation["verdict"]["status"],
+        "verdict_reason": evaluation["verdict"]["reason"],
+    }
+
+
+def summarize_guard(rows: list[dict]) -> dict:
+    """Mean (and spread) over seeds of the guard's figures, its verdicts, and the goal
+    held against the means."""
+    out = {}
+    for key in GUARD_KEYS:
+        values = [r[key] for r in rows if r.get(key) is not None]
+        out[key] = statistics.fmean(values) if values else None
+        if len(values) > 1:
+            out[f"{key}_std"] = statistics.stdev(values)
+    out["verdicts"] = [r["verdict"] for r in rows]
+    out["forgotten_runs"] = sum(r["verdict"] == "forgotten" for r in rows)
+    out["goal"] = guard_goal(out)
+    out["seeds"] = [r["seed"] for r in rows]
+    out["runs"] = rows
+    out["hyperparameters"] = {k: v for k, v in rows[0]["hyperparameters"].items() if k != "seed"}
+    return out
+
+
+def guard_goal(row: dict) -> dict:
+    """The issue's goal on a guard row: forget ROUGE-L at or below the oracle's (measured
+    on the same generations), retain ROUGE-L >= 0.95x the original's, latency <= 1.5x."""
+    checks = {
+        "forget_at_or_below_oracle": _at_most(
+            row.get("forget_rouge"), row.get("forget_rouge_oracle")
+        ),
+        "retain_ratio_at_floor": _at_most(GUARD_RETAIN_FLOOR, row.get("retain_rouge_ratio")),
+        "latency_at_ceiling": _at_most(row.get("latency_ratio"), GUARD_LATENCY_CEILING),
+    }
+    return {**checks, "met": all(checks.values())}
+
+
+def _at_most(value, ceiling) -> bool:
+    return value is not None and ceiling is not None and value <= ceiling + 1e-9
 
 
 def summarize(rows: list[dict], original_mu: float) -> dict:
@@ -345,6 +495,54 @@ def print_table(methods: dict, log) -> None:
         )
 
 
+def print_generation_table(methods: dict, log) -> None:
+    """What each row's greedy answers say: ROUGE-L recall on forget and retain questions,
+    KnowMem (ROUGE-L F1 x 100) on forget questions; for the guard also the paraphrased
+    questions, the classifier and the cost of guarded decoding."""
+    header = (
+        f"{'model':<14}{'forget R-L':>11}{'KnowMem':>9}{'retain R-L':>11}{'ret/orig':>9}"
+        f"{'para R-L':>9}{'prec':>6}{'recall':>7}{'tok/s':>8}{'guarded':>8}{'latency':>8}"
+        f"  verdict"
+    )
+    log(header)
+    log("-" * len(header))
+    for name, row in methods.items():
+        verdict = (
+            f"{row['forgotten_runs']}/{len(row['seeds'])} forgotten" if "verdicts" in row else ""
+        )
+        cells = [
+            (row.get("forget_rouge"), 11, ".3f"),
+            (row.get("knowmem"), 9, ".1f"),
+            (row.get("retain_rouge"), 11, ".3f"),
+            (row.get("retain_rouge_ratio"), 9, ".3f"),
+            (row.get("paraphrase_rouge"), 9, ".3f"),
+            (row.get("classifier_precision"), 6, ".2f"),
+            (row.get("classifier_recall"), 7, ".2f"),
+            (row.get("tokens_per_second_unguarded"), 8, ".0f"),
+            (row.get("tokens_per_second_guarded"), 8, ".0f"),
+            (row.get("latency_ratio"), 8, ".2f"),
+        ]
+        text = "".join(
+            f"{value:>{width}{spec}}" if isinstance(value, (int, float)) else f"{'-':>{width}}"
+            for value, width, spec in cells
+        )
+        log(f"{name:<14}{text}  {verdict}".rstrip())
+    for name in GENERATION_ROWS:
+        row = methods.get(name)
+        if row is None:
+            continue
+        goal = row["goal"]
+        log(
+            f"{name}, on its own generations: forget ROUGE-L unguarded "
+            f"{_num(row['forget_rouge_unguarded'])}, oracle {_num(row['forget_rouge_oracle'])}; "
+            f"KnowMem unguarded {_num(row['knowmem_unguarded'])}, oracle "
+            f"{_num(row['knowmem_oracle'])}; goal (forget <= oracle, retain >= "
+            f"{GUARD_RETAIN_FLOOR}x, latency <= {GUARD_LATENCY_CEILING}x) "
+            f"{'met' if goal['met'] else 'not met'}: "
+            + ", ".join(f"{check} {ok}" for check, ok in goal.items() if check != "met")
+        )
+
+
 def run_defaults(bench: Bench, methods, seeds, log) -> dict:
     original = bench.reference_row(bench.original)
     retrain = bench.reference_row(bench.oracle)
@@ -354,12 +552,23 @@ def run_defaults(bench: Bench, methods, seeds, log) -> dict:
         "retrain": {**retrain, "model_utility_ratio": retrain["model_utility"] / original_mu},
     }
     for method in methods:
-        rows = [bench.run(method, DEFAULTS[method], seed) for seed in seeds]
+        if method in GENERATION_ROWS:
+            results[method] = summarize_guard([bench.run_guard(seed) for seed in seeds])
+            continue
+        rows = [bench.run(method, DEFAULTS[method], seed, complete=True) for seed in seeds]
         results[method] = summarize(rows, original_mu)
         log(
             f"{method}: FQ {_num(results[method]['forget_quality'])}, "
             f"MU ratio {_num(results[method]['model_utility_ratio'])}"
         )
+    original_retain = original.get("retain_rouge")
+    for name, row in results.items():
+        if name not in GENERATION_ROWS:
+            row["retain_rouge_ratio"] = (
+                row["retain_rouge"] / original_retain
+                if original_retain and row.get("retain_rouge") is not None
+                else None
+            )
     return results
 
 
@@ -581,7 +790,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--methods",
         default=",".join(METHODS),
-        help=f"comma-separated rows; beyond the methods: {', '.join(EXTRA_ROWS)}",
+        help=f"comma-separated rows; beyond the methods: {', '.join(EXTRA_ROWS)}; and "
+        "guard (GUARD, evaluated on generations; not with --target or --sweep)",
     )
     parser.add_argument("--cache", type=Path, default=REPO / ".cache" / "bench")
     parser.add_argument(
@@ -607,17 +817,28 @@ def main(argv: list[str] | None = None) -> int:
         "--target",
         action="store_true",
         help="run the default job of each method (no hand-set hyperparameters) with its "
-        "target, through the job pipeline",
+        "target, through the job pipeline (training methods only: not the guard row)",
     )
     args = parser.parse_args(argv)
     if args.sweep and not set(args.sweep) <= set(SWEEPS):
         parser.error(f"--sweep: choose from {', '.join(SWEEPS)}")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in (*DEFAULTS, *GENERATION_ROWS)]
+    if unknown:
+        parser.error(
+            f"--methods: unknown {', '.join(unknown)}; choose from "
+            f"{', '.join((*DEFAULTS, *GENERATION_ROWS))}"
+        )
+    if (args.target or args.sweep) and set(methods) & set(GENERATION_ROWS):
+        parser.error(
+            "--methods guard: GUARD trains nothing, so it has no --target job or --sweep; "
+            "its row is in the default mode"
+        )
 
     def log(message: str) -> None:
         print(message, flush=True)
 
     started = time.monotonic()
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     seeds = [int(s) for s in args.seeds.split(",")]
     bench = Bench(args.preset, args.cache, log, fresh=args.fresh)
     if args.target:
@@ -639,7 +860,9 @@ def main(argv: list[str] | None = None) -> int:
         }
     else:
         results = run_defaults(bench, methods, seeds, log)
-        print_table(results, log)
+        print_table({k: v for k, v in results.items() if k not in GENERATION_ROWS}, log)
+        log("")
+        print_generation_table(results, log)
         output = {"methods": results, "seeds": seeds, "utility_floor": UTILITY_FLOOR}
     output.update(
         preset=args.preset, seconds=round(time.monotonic() - started, 1), demo=bench.assets.summary

@@ -1,5 +1,6 @@
-"""bench/minitofu.py on the tiny demo: the JSON has the documented shape, and the
-summary over seeds keeps a forget quality of 0.0 (it is a result, not a gap)."""
+"""bench/minitofu.py on the tiny demo: the JSON has the documented shape, the summary
+over seeds keeps a forget quality of 0.0 (it is a result, not a gap), and the guard row
+is the guard evaluation's figures over seeds, held to the issue's goal."""
 
 from __future__ import annotations
 
@@ -29,18 +30,87 @@ def test_log10_forget_quality_counts_a_zero_p_value(minitofu):
     assert summary["model_utility_ratio"] == pytest.approx(1.0)
 
 
+def guard_evaluation(*, guarded, oracle, retain, overhead, verdict="forgotten"):
+    """The shape of ``core.evaluation.guard.evaluate_guard``'s result, by hand."""
+    return {
+        "forget_rouge_l": {"unguarded": 0.9, "guarded": guarded, "oracle": oracle},
+        "forget_knowmem": {"unguarded": 0.8, "guarded": guarded / 2, "oracle": oracle / 2},
+        "retain_rouge_l": {"unguarded": 0.8, "guarded": retain, "guarded_vs_unguarded": 1.0},
+        "paraphrase_attack_rouge_l": 0.2,
+        "classifier": {
+            "holdout": [{"precision": 1.0, "recall": 0.75}],
+            "paraphrased_forget_flag_rate": 0.9,
+            "retain_flag_rate": 0.0,
+        },
+        "seconds_per_token": {"unguarded": 0.01, "guarded": 0.01 * overhead, "overhead": overhead},
+        "verdict": {"status": verdict, "reason": "..."},
+    }
+
+
+def test_guard_row_averages_seeds_and_holds_the_means_to_the_goal(minitofu):
+    runs = [
+        {**minitofu.guard_row(evaluation), "seed": seed, "hyperparameters": {"seed": seed}}
+        for seed, evaluation in (
+            (1, guard_evaluation(guarded=0.3, oracle=0.6, retain=0.8, overhead=1.2)),
+            (2, guard_evaluation(guarded=0.5, oracle=0.6, retain=0.76, overhead=1.4)),
+        )
+    ]
+    assert runs[0]["knowmem"] == pytest.approx(15.0)  # the evaluation's x100 scale
+    assert runs[0]["tokens_per_second_unguarded"] == pytest.approx(100.0)
+    row = minitofu.summarize_guard(runs)
+    assert row["forget_rouge"] == pytest.approx(0.4)
+    assert row["retain_rouge_ratio"] == pytest.approx(0.975)  # mean of 1.0 and 0.95
+    assert row["latency_ratio"] == pytest.approx(1.3)
+    assert (row["classifier_precision"], row["classifier_recall"]) == (1.0, 0.75)
+    assert row["forgotten_runs"] == 2 and row["seeds"] == [1, 2]
+    assert row["goal"]["met"]
+
+    too_slow = minitofu.guard_row(
+        guard_evaluation(guarded=0.3, oracle=0.6, retain=0.8, overhead=1.6)
+    )
+    assert minitofu.guard_goal(too_slow) == {
+        "forget_at_or_below_oracle": True,
+        "retain_ratio_at_floor": True,
+        "latency_at_ceiling": False,
+        "met": False,
+    }
+    leaky = minitofu.guard_row(guard_evaluation(guarded=0.7, oracle=0.6, retain=0.7, overhead=1.0))
+    goal = minitofu.guard_goal(leaky)
+    assert not goal["forget_at_or_below_oracle"] and not goal["retain_ratio_at_floor"]
+
+
+def test_the_guard_row_has_no_target_job(minitofu, capsys):
+    with pytest.raises(SystemExit):
+        minitofu.main(["--target", "--methods", "simnpo,guard"])
+    assert "GUARD trains nothing" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_tiny_run_writes_every_model_with_the_headline_metrics(minitofu, tiny_demo, tmp_path):
     cache = tmp_path / "cache"
     shutil.copytree(tiny_demo.root, cache / "demo-tiny")  # reuse the session's build
     out = tmp_path / "results.json"
-    argv = ["--preset", "tiny", "--seeds", "0", "--methods", "simnpo,ga"]
+    argv = ["--preset", "tiny", "--seeds", "0", "--methods", "simnpo,ga,guard"]
     assert minitofu.main([*argv, "--cache", str(cache), "--out", str(out)]) == 0
     methods = json.loads(out.read_text())["methods"]
-    assert set(methods) == {"original", "retrain", "simnpo", "ga"}
+    assert set(methods) == {"original", "retrain", "simnpo", "ga", "guard"}
+    guard = methods.pop("guard")
     for row in methods.values():
         for key in ("forget_quality", "model_utility", "forget_probability", "privleak"):
             assert key in row
+        for key in ("forget_rouge", "retain_rouge", "retain_rouge_ratio", "knowmem"):
+            assert row[key] is not None
         assert math.isfinite(row["retain_probability"])
     assert methods["retrain"]["privleak"] == pytest.approx(0.0)
     assert methods["simnpo"]["forget_probability"] < methods["original"]["forget_probability"]
+    assert "forget_quality" not in guard  # it trains nothing: no likelihood figures
+    for key in minitofu.GUARD_KEYS:
+        assert key in guard
+    assert guard["forget_rouge"] < guard["forget_rouge_unguarded"]
+    assert guard["seeds"] == [0] and guard["verdicts"][0] in {"forgotten", "not_forgotten"}
+    assert set(guard["goal"]) == {
+        "forget_at_or_below_oracle",
+        "retain_ratio_at_floor",
+        "latency_at_ceiling",
+        "met",
+    }
