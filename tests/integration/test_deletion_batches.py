@@ -149,6 +149,10 @@ def test_three_requests_in_the_window_are_one_job_each_with_its_own_evidence(
         assert cost["measured_seconds"] > 0
         assert cost["estimated_separate_seconds"] >= cost["training_seconds"]
 
+    page = app_client.get(f"/deletion-requests/{requests[0]['id']}")
+    assert page.status_code == 200
+    assert "Cost saved" in page.text and "This request's own records" in page.text
+
     # Certificates: make the job's verdict forgotten (the tiny model's own verdict is not
     # the point here) and fail one request's own records: that one is not fulfilled.
     with session_factory() as session:
@@ -372,3 +376,52 @@ def test_bad_input_names_the_field(app_client, worker_settings, store, tmp_path,
     assert error_of(response) == expected, response.text
     # nothing was filed
     assert app_client.get("/v1/deletion-requests").json()["data"] == []
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_the_cli_files_flushes_and_shows_the_cost(
+    worker_settings,  # noqa: F811
+    store,  # noqa: F811
+    session_factory,
+    tmp_path,
+):
+    import httpx
+    from typer.testing import CliRunner
+
+    from cli.main import app as cli
+    from tests.fixtures.live import LiveServer
+    from tests.fixtures.services import free_port
+
+    records = demo_records(worker_settings, store, tmp_path)
+    job_file = tmp_path / "job.json"
+    job_file.write_text(json.dumps(JOB))
+    server = LiveServer(create_app(with_window(worker_settings, 300)), free_port()).start()
+    try:
+        runner = CliRunner()
+
+        def obliviate(*args):
+            result = runner.invoke(cli, [args[0], "--url", server.url, *args[1:]])
+            assert result.exit_code == 0, result.output
+            return " ".join(result.output.split())  # as one line, whatever the wrapping
+
+        with httpx.Client(base_url=server.url) as client:
+            datasets = [upload(client, records[i : i + 3], f"s{i}.jsonl") for i in (0, 3)]
+        for dataset_id in datasets:
+            created = obliviate(
+                "deletion-requests", "create", "Jane Roe", "--forget-dataset", dataset_id,
+                "--model", "demo-target", "--job", str(job_file),
+            )  # fmt: skip
+            assert "waiting in batch" in created
+        flushed = obliviate("deletion-requests", "batch")
+        assert "2 request(s) for demo-target, job job_" in flushed
+        job_id = flushed.split("demo-target, job ")[1].split()[0]
+        assert JobRunner(worker_settings, session_factory, store, "w1").run(job_id) == "succeeded"
+        request_id = created.split("dr_", 1)[1].split()[0]
+        request_id = f"dr_{request_id}"
+        shown = obliviate("deletion-requests", "get", request_id)
+        assert "this request's 3 records:" in shown
+        assert "cost: 2 requests served by one job (1 saved); measured" in shown
+        listed = obliviate("deletion-requests", "list")
+        assert "(2)" in listed
+    finally:
+        server.stop()
