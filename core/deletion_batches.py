@@ -4,7 +4,7 @@ the union of their records.
 
 Where it runs: in the reaper thread of every API process (``core.reaper``), each pass,
 for the batches whose window closed; at once after a request is filed when the window
-is 0; and on ``POST /v1/deletion-requests/batch`` (flush the caller's open batches).
+is 0; and on ``POST /v1/deletion-requests/batches/flush`` (flush the caller's open batches).
 Several processes running it at once is safe: a batch becomes a job through one
 conditional UPDATE (``core.db.deletion_batches.claim_batch``), so one of them makes
 the job and the others roll back.

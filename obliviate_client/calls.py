@@ -216,7 +216,7 @@ def create_deletion_request(
 
 def flush_deletion_batches() -> Call:
     """Serve the caller's open batches now (one job each)."""
-    return Call("POST", "/v1/deletion-requests/batch", parse=DeletionBatch, page=True)
+    return Call("POST", "/v1/deletion-requests/batches/flush", parse=DeletionBatch, page=True)
 
 
 def get_deletion_request(request_id: str) -> Call:

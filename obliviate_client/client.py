@@ -405,7 +405,7 @@ class DeletionRequests:
         )
 
     def flush_batches(self) -> list[DeletionBatch]:
-        """Serve the caller's open batches now (POST /v1/deletion-requests/batch)."""
+        """Serve the caller's open batches now (POST /v1/deletion-requests/batches/flush)."""
         return (self._client.call(calls.flush_deletion_batches())).data
 
     def get(self, request_id: str) -> DeletionRequest:
@@ -728,7 +728,7 @@ class AsyncDeletionRequests:
         )
 
     async def flush_batches(self) -> list[DeletionBatch]:
-        """Serve the caller's open batches now (POST /v1/deletion-requests/batch)."""
+        """Serve the caller's open batches now (POST /v1/deletion-requests/batches/flush)."""
         return (await self._client.call(calls.flush_deletion_batches())).data
 
     async def get(self, request_id: str) -> DeletionRequest:

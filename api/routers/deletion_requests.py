@@ -70,7 +70,7 @@ async def create_deletion_request(
     return request
 
 
-@router.post("/batch", response_model=ListObject[DeletionBatchObject])
+@router.post("/batches/flush", response_model=ListObject[DeletionBatchObject])
 async def flush_batches(
     db: DatabaseDep, settings: SettingsDep, store: StoreDep, celery: CeleryDep
 ) -> ListObject[DeletionBatchObject]:

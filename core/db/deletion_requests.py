@@ -192,7 +192,7 @@ class DeletionRequestView:
                 f"waiting in batch {self.batch.id} with {len(self.batch_requests)} "
                 f"request(s) for model {self.batch.model}; it is served by one job when its "
                 f"window closes at {self.batch.closes_at.isoformat()} (or on POST "
-                "/v1/deletion-requests/batch)"
+                "/v1/deletion-requests/batches/flush)"
             )
         if self.status == "open":
             return "no job serves it yet: submit one with this deletion_request"

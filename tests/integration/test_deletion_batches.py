@@ -106,7 +106,7 @@ def test_three_requests_in_the_window_are_one_job_each_with_its_own_evidence(
     assert "waiting in batch" in requests[-1]["status_reason"]
     assert requests[-1]["batch"]["requests"] == [request["id"] for request in requests]
 
-    flushed = app_client.post("/v1/deletion-requests/batch")
+    flushed = app_client.post("/v1/deletion-requests/batches/flush")
     assert flushed.status_code == 200, flushed.text
     [batch] = flushed.json()["data"]
     assert batch["status"] == "dispatched" and batch["requests"] == [r["id"] for r in requests]
@@ -115,7 +115,7 @@ def test_three_requests_in_the_window_are_one_job_each_with_its_own_evidence(
     union = app_client.get(f"/v1/datasets/{batch['union_dataset']}").json()
     assert union["record_count"] == len(records)
     # nothing left to flush: one job per batch
-    assert app_client.post("/v1/deletion-requests/batch").json()["data"] == []
+    assert app_client.post("/v1/deletion-requests/batches/flush").json()["data"] == []
 
     for request in requests:
         view = app_client.get(f"/v1/deletion-requests/{request['id']}").json()
@@ -273,7 +273,7 @@ def test_different_models_settings_or_tenants_are_never_merged(
     assert created.batch.id != base["batch"]["id"]
     assert created.batch.requests == [created.id]
     # ... and a flush by the default tenant never takes it
-    flushed = app_client.post("/v1/deletion-requests/batch").json()["data"]
+    flushed = app_client.post("/v1/deletion-requests/batches/flush").json()["data"]
     assert created.batch.id not in {batch["id"] for batch in flushed}
     assert len(flushed) == 3
     for batch in flushed:
