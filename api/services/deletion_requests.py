@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,8 @@ from core.errors import InvalidRequest, NotFound
 from core.settings import Settings
 from core.spec import invalid_request_from
 from core.storage import ObjectStore
+
+log = logging.getLogger(__name__)
 
 
 def create_deletion_request(
@@ -87,7 +90,10 @@ def create_deletion_request(
         action="deletion_request.created",
         object_type="deletion_request",
         object_id=request_id,
-        data={"external_ref": fields.external_ref},
+        data={
+            "external_ref": fields.external_ref,
+            **({"batch": view.batch.id, "model": fields.model} if served else {}),
+        },
     )
     if idempotency_key is not None and not store_idempotency_key(
         session, principal, idempotency_key, request_sha256, deletion_request_id=request_id
@@ -95,8 +101,13 @@ def create_deletion_request(
         return _replay(session, principal, idempotency_key, request_sha256), False
     session.commit()
     if served is not None and settings.deletion_batch_window_seconds == 0:
-        # No window: serve it now rather than at the reaper's next pass.
-        dispatch_batch(session, store, settings, celery, view.batch.id)
+        # No window: serve it now rather than at the reaper's next pass (which serves it
+        # anyway if this fails: the request is filed either way).
+        try:
+            dispatch_batch(session, store, settings, celery, view.batch.id)
+        except Exception:  # noqa: BLE001 - the request is filed; the reaper retries
+            session.rollback()
+            log.exception("could not dispatch deletion batch %s now", view.batch.id)
         return get_deletion_request(session, request_id), True
     return DeletionRequestObject.from_view(view), True
 

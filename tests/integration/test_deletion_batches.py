@@ -21,12 +21,18 @@ from core.datasets import fetch_dataset_file, record_dataset, store_dataset_file
 from core.db.datasets import get_dataset
 from core.db.tables import DeletionBatch, Job, JobDeletionRequest
 from core.db.types import utcnow
-from core.deletion_batches import dispatch_batch, dispatch_due
+from core.deletion_batches import dispatch_batch
 from core.envelope import load_or_create_master_key
 from core.queue import make_celery
+from core.reaper import ReaperThread
 from core.tenancy import tenant_bound
 from tests.fixtures.api import jsonl
-from tests.integration.test_api_deletion_requests import FORGOTTEN, error_of
+from tests.integration.test_api_deletion_requests import (
+    FORGOTTEN,
+    NOT_FORGOTTEN,
+    error_of,
+    finish_succeeded,
+)
 from tests.integration.test_worker_runner import store, worker_settings  # noqa: F401
 from worker.runner import JobRunner
 
@@ -213,11 +219,11 @@ def test_a_request_after_the_window_goes_to_the_next_batch(
     later = filed(app_client, upload(app_client, records[3:6]))
     assert later["batch"]["id"] != first["batch"]["id"]
 
-    # the batcher's pass (the reaper's) serves the closed batch only
-    publisher = make_celery(worker_settings)
-    with session_factory() as session:
-        dispatched = dispatch_due(session, store, worker_settings, publisher)
+    # the reaper's pass serves the closed batch only
+    reaper = ReaperThread(session_factory, make_celery(worker_settings), worker_settings, store)
+    dispatched = reaper.batch_if_due()
     assert [batch.id for batch in dispatched] == [first["batch"]["id"]]
+    assert reaper.batch_if_due() == []
     first_view = app_client.get(f"/v1/deletion-requests/{first['id']}").json()
     later_view = app_client.get(f"/v1/deletion-requests/{later['id']}").json()
     assert first_view["status"] == "in_progress" and first_view["job_count"] == 1
@@ -425,3 +431,40 @@ def test_the_cli_files_flushes_and_shows_the_cost(
         assert "(2)" in listed
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(
+    ("job_verdict", "records_verdict", "status"),
+    [
+        (FORGOTTEN, "forgotten", "fulfilled"),
+        # a small sample passing its own check never beats the union's verdict
+        (NOT_FORGOTTEN, "forgotten", "needs_attention"),
+        (FORGOTTEN, "not_forgotten", "needs_attention"),
+        (FORGOTTEN, "pending", "needs_attention"),  # its records were never checked
+    ],
+)
+def test_a_batched_request_needs_the_jobs_verdict_and_its_own_records(
+    app_client,
+    worker_settings,  # noqa: F811
+    store,  # noqa: F811
+    session_factory,
+    tmp_path,
+    job_verdict,
+    records_verdict,
+    status,
+):
+    records = demo_records(worker_settings, store, tmp_path)
+    request = filed(app_client, upload(app_client, records[:2]))
+    [batch] = app_client.post("/v1/deletion-requests/batches/flush").json()["data"]
+    with session_factory() as session:
+        finish_succeeded(session, batch["job_id"], job_verdict)
+        session.execute(
+            update(JobDeletionRequest)
+            .where(JobDeletionRequest.job_id == batch["job_id"])
+            .values(records_verdict=records_verdict)
+        )
+        session.commit()
+    view = app_client.get(f"/v1/deletion-requests/{request['id']}").json()
+    assert view["status"] == status, view["status_reason"]
+    listed = app_client.get("/v1/deletion-requests", params={"status": status}).json()
+    assert [item["id"] for item in listed["data"]] == [request["id"]]
