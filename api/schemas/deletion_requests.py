@@ -273,8 +273,9 @@ class DeletionRequestObject(BaseModel):
     status: DeletionRequestStatus = Field(
         description="Derived from the linked jobs: open (none), in_progress (one is queued, "
         "running or cancelling), fulfilled (all ended, and one succeeded with a model its "
-        "forgetting verdict found forgotten), needs_attention (all ended, none proved "
-        "forgetting, or a later job built on the certified model brought the forget "
+        "forgetting verdict found forgotten; a batch job also needs the request's own "
+        "records to pass, see jobs[].request_check), needs_attention (all ended, none "
+        "proved forgetting, or a later job built on the certified model brought the forget "
         "records back; status_reason says why)."
     )
     status_reason: str = Field(description="Why the request has its status, and what to do.")

@@ -468,3 +468,40 @@ def test_a_batched_request_needs_the_jobs_verdict_and_its_own_records(
     assert view["status"] == status, view["status_reason"]
     listed = app_client.get("/v1/deletion-requests", params={"status": status}).json()
     assert [item["id"] for item in listed["data"]] == [request["id"]]
+
+
+def test_retention_shreds_the_union_only_once_every_request_of_the_batch_is_due(
+    app_client,
+    worker_settings,  # noqa: F811
+    store,  # noqa: F811
+    session_factory,
+    tmp_path,
+):
+    from core.db.deletion_requests import forget_sets_due
+
+    records = demo_records(worker_settings, store, tmp_path)
+    first, second = (filed(app_client, upload(app_client, records[i : i + 2])) for i in (0, 2))
+    [batch] = app_client.post("/v1/deletion-requests/batches/flush").json()["data"]
+    union = batch["union_dataset"]
+
+    def records_verdict(request_id: str, value: str) -> None:
+        with session_factory() as session:
+            session.execute(
+                update(JobDeletionRequest)
+                .where(JobDeletionRequest.deletion_request_id == request_id)
+                .values(records_verdict=value)
+            )
+            session.commit()
+
+    with session_factory() as session:
+        finish_succeeded(session, batch["job_id"], FORGOTTEN)
+    records_verdict(first["id"], "forgotten")
+    records_verdict(second["id"], "not_forgotten")  # still waiting to be served
+    later = utcnow() + timedelta(days=1)
+    with session_factory() as session:
+        assert forget_sets_due(session, later) == [first["forget_dataset"]]
+    records_verdict(second["id"], "forgotten")
+    with session_factory() as session:
+        assert forget_sets_due(session, later) == sorted(
+            [first["forget_dataset"], second["forget_dataset"], union]
+        )
