@@ -85,7 +85,9 @@ def dispatch_batch(
         for _ in range(MAX_TRIES):
             members = repo.batch_members(session, batch_id)
             datasets = {m.id: session.get(Dataset, m.forget_dataset_id) for m in members}
-            session.rollback()  # no transaction held while files are built and stored
+            # End the read (a commit keeps the rows loaded; a rollback would expire
+            # them): no transaction is held while files are built and stored.
+            session.commit()
             union, places = _union(store, settings, batch_id, members, datasets)
             if _dispatch(session, settings, batch_id, members, union, places):
                 break
