@@ -58,6 +58,7 @@ RULES: dict[tuple[str, str], str] = {
     ("POST", "/v1/models"): SUBMIT,
     ("GET", "/v1/models/{name}"): READ,
     ("POST", "/v1/deletion-requests"): SUBMIT,
+    ("POST", "/v1/deletion-requests/batches/flush"): SUBMIT,
     ("GET", "/v1/deletion-requests"): READ,
     ("GET", "/v1/deletion-requests/{deletion_request_id}"): READ,
     ("GET", "/v1/deletion-requests/{deletion_request_id}/certificate"): AUDIT,

@@ -167,6 +167,7 @@ def install_openapi(app: FastAPI) -> None:
             _add_method_variants(schemas)
             _add_reference_patterns(schemas)
             schemas["DeletionRequestCreate"]["properties"]["subject"]["pattern"] = NOT_BLANK_PATTERN
+            _add_request_job(schemas)
             request_schemas = _reachable(schemas, [model.__name__ for model in REQUEST_BODIES])
             for name in request_schemas:
                 _forbid_nul(schemas[name])
@@ -253,6 +254,63 @@ def _add_method_variants(schemas: dict) -> None:
         "allOf": _training_rules(FinetuneHyperparameters),
     }
     job["oneOf"] = [unlearn, finetune]
+
+
+def _add_request_job(schemas: dict) -> None:
+    """The ``job`` of a deletion request the service serves (``core.batch_settings``):
+    the unlearning job spec without what the request gives itself (model, forget set,
+    kind, the request), no guard (it leaves the data in the weights), and an evaluation
+    that runs, on the request's own records, against a holdout set. ``forget_dataset``,
+    ``model`` and ``job`` come together."""
+    from core.batch_settings import FIELDS_OF_THE_REQUEST
+
+    job = copy.deepcopy(schemas["JobSpec"])
+    unlearn = next(v for v in job.pop("oneOf") if v["title"] == "unlearning job")
+    job["oneOf"] = [
+        variant
+        for variant in unlearn["oneOf"]
+        if variant["properties"]["method"].get("const") != GUARD_METHOD
+    ]
+    for name in FIELDS_OF_THE_REQUEST:
+        job["properties"].pop(name, None)
+    job["properties"]["method"] = {
+        **job["properties"]["method"],
+        "enum": [name for name in LISTED_METHODS if name != GUARD_METHOD],
+    }
+    job["properties"]["evaluation"] = {"$ref": REF.format(model="DeletionRequestEvaluation")}
+    job["required"] = ["evaluation"]
+    job["title"] = "DeletionRequestJob"
+    job["description"] = (
+        "The job settings of a deletion request the service serves: a job spec without "
+        "model, forget and deletion_request."
+    )
+    evaluation = copy.deepcopy(schemas["EvaluationSpec"])
+    for name in ("forget", "knowmem_forget"):
+        evaluation["properties"].pop(name)
+    evaluation["properties"]["enabled"] = {"const": True, "default": True}
+    evaluation["properties"]["holdout"] = {
+        "type": "string",
+        "minLength": 1,
+        "description": "Data never trained on, of the same form as the request's records: "
+        "the verdict compares the two.",
+    }
+    evaluation["required"] = ["holdout"]
+    evaluation["title"] = "DeletionRequestEvaluation"
+    schemas["DeletionRequestEvaluation"] = evaluation
+    schemas["DeletionRequestJob"] = job
+    create = schemas["DeletionRequestCreate"]
+    create["properties"]["job"] = {
+        "anyOf": [{"$ref": REF.format(model="DeletionRequestJob")}, {"type": "null"}],
+        "default": None,
+        "description": create["properties"]["job"].get("description"),
+    }
+    for option in create["properties"]["model"].get("anyOf", []):
+        if option.get("type") == "string":
+            option["pattern"] = MODEL_REFERENCE_PATTERN
+    together = ("forget_dataset", "model", "job")
+    create["dependentRequired"] = {
+        name: [other for other in together if other != name] for name in together
+    }
 
 
 def _component(schemas: dict, model: type[BaseModel]) -> dict:

@@ -370,18 +370,38 @@ def create_request(
     idempotency_key: str = typer.Option(
         None, help="Makes a repeated create return the same request."
     ),
+    forget_dataset: str = typer.Option(
+        None, help="The subject's records (a dataset id): the service then serves it."
+    ),
+    model: str = typer.Option(None, help="The model to forget from (with --forget-dataset)."),
+    job: Path = typer.Option(
+        None,
+        help="Job settings (YAML/JSON: a job spec without model and forget; "
+        "evaluation.holdout required), with --forget-dataset.",
+    ),
     as_json: bool = JsonOption,
 ):
-    """File a deletion request; prints its id (give it to jobs as deletion_request)."""
+    """File a deletion request; prints its id (give it to jobs as deletion_request). With
+    --forget-dataset, --model and --job the service serves it: it joins the batch of
+    requests for the same model and settings (docs/deletion-requests.md)."""
+    settings = _read_spec(job) if job is not None else None
     request = _run(
         lambda: _client().deletion_requests.create(
             subject,
             external_ref=external_ref,
             description=description,
             idempotency_key=idempotency_key,
+            forget_dataset=forget_dataset,
+            model=model,
+            job=settings,
         )
     )
-    _print_json(request) if as_json else out.print(f"[bold]{request.id}[/] {request.status}")
+    if as_json:
+        _print_json(request)
+        return
+    out.print(f"[bold]{request.id}[/] {request.status}")
+    if request.batch is not None:
+        out.print(f"  {request.status_reason}")
 
 
 @requests_app.command("get")
@@ -404,6 +424,46 @@ def get_request(request_id: str, as_json: bool = JsonOption):
                 f"PrivLeak {evidence.privleak}"
             )
         out.print(line)
+        check = job.request_check
+        if check is not None:
+            records = check.get("records") or {}
+            out.print(
+                f"    this request's {records.get('count', '?')} records: {check['status']}"
+                + (f" ({check.get('reason')})" if check.get("reason") else "")
+                + (" [small sample]" if check.get("small_sample") else "")
+            )
+    if request.batch is not None:
+        _print_batch(request.batch)
+
+
+def _print_batch(batch) -> None:
+    """A batch's requests, job and what batching saved."""
+    out.print(
+        f"  batch {batch.id} {batch.status}: {len(batch.requests)} request(s) for "
+        f"{batch.model}"
+        + (f", job {batch.job_id}" if batch.job_id else f", closes {batch.closes_at}")
+    )
+    cost = batch.cost
+    if cost is not None:
+        out.print(
+            f"  cost: {cost.requests_served} requests served by one job ({cost.jobs_saved} "
+            f"saved); measured {cost.measured_seconds:.1f}s vs an estimated "
+            f"{cost.estimated_separate_seconds:.1f}s for separate jobs (saved "
+            f"{cost.saved_seconds:.1f}s; {cost.estimate})"
+        )
+
+
+@requests_app.command("batch")
+def flush_batches(as_json: bool = JsonOption):
+    """Serve the open batches now, without waiting for their windows to close."""
+    batches = _run(lambda: _client().deletion_requests.flush_batches())
+    if as_json:
+        _print_json(batches)
+        return
+    if not batches:
+        out.print("no open batch")
+    for batch in batches:
+        _print_batch(batch)
 
 
 @requests_app.command("certificate")
@@ -429,14 +489,16 @@ def list_requests(
     if as_json:
         _print_json(requests)
         return
-    table = Table("request", "status", "subject", "reference", "jobs")
+    table = Table("request", "status", "subject", "reference", "jobs", "batch")
     for request in requests:
+        batch = request.batch
         table.add_row(
             request.id,
             request.status,
             request.subject,
             request.external_ref or "",
             str(request.job_count),
+            f"{batch.id} ({len(batch.requests)})" if batch is not None else "",
         )
     out.print(table)
 

@@ -61,6 +61,19 @@ class JobInputs:
     #: certified requests to re-check with the new model (``core.regressions``), their
     #: forget and holdout files in ``paths``
     regressions: list = field(default_factory=list)
+    #: a batch job's deletion requests (``BatchMember``): each one's records are checked
+    #: on their own with the published model (``core.batch_evidence``)
+    batch_members: list = field(default_factory=list)
+
+
+@dataclass
+class BatchMember:
+    """One request of a batch job: its records (dataset id, sha256, count, place in the
+    union) and their local file (None when they could not be read)."""
+
+    request_id: str
+    records: dict
+    path: Path | None = None
 
 
 class Reporter(Protocol):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 from core.data.records import RecordSet, read_records
@@ -125,6 +126,7 @@ class JobEvaluator:
     ) -> tuple[Path, dict]:
         from core.evaluation.verdict import final_verdict
 
+        started = time.perf_counter()
         oracle, oracle_model = self._oracle()
         out_dir.mkdir(parents=True, exist_ok=True)
         relearn = None
@@ -182,7 +184,66 @@ class JobEvaluator:
         if self.inputs.regressions:
             report["regressions"] = self._regressions(model)
             (out_dir / "report.json").write_text(json.dumps(report))
+        if self.inputs.batch_members:
+            report_s = time.perf_counter() - started
+            checks_started = time.perf_counter()
+            report["requests"] = self._request_checks(model, after, target)
+            report["batch_cost"] = _batch_cost(
+                len(self.inputs.batch_members),
+                history,
+                points_s=eval_seconds,
+                evaluations_s=before.seconds + after.seconds + report_s,
+                request_checks_s=time.perf_counter() - checks_started,
+            )
+            (out_dir / "report.json").write_text(json.dumps(report))
         return out_dir, report
+
+    def _request_checks(self, model, after, target) -> list[dict]:
+        """A batch job's per-request evidence (``core.batch_evidence``): each request's
+        own records scored by the published model, teacher-forced, against the holdout
+        records the job's verdict used, with the job's threshold."""
+        from core.batch_evidence import request_outcome
+        from core.spec import VERDICT_FORGET_THRESHOLD
+
+        members = self.inputs.batch_members
+        self.reporter.event(
+            "phase", "checking each deletion request's records", requests=len(members)
+        )
+        spec = self.spec.evaluation.model_copy(update={"generate": False})
+        holdout = after.sets["holdout"].samples if "holdout" in after.sets else None
+        threshold = target.forget_threshold if target is not None else VERDICT_FORGET_THRESHOLD
+        two_sided = target is not None and target.membership == "two_sided"
+        outcomes = []
+        for member in members:
+            forget = None
+            if member.path is not None:
+                result = evaluate_model(
+                    model,
+                    self.tokenizer,
+                    EvaluationSets(forget=read_records(member.path)),
+                    spec,
+                    template=self.spec.prompt_template,
+                    max_length=self.max_length,
+                )
+                forget = result.sets["forget"].samples
+            outcome = request_outcome(
+                member.request_id,
+                member.records,
+                forget,
+                holdout,
+                threshold=threshold,
+                two_sided=two_sided,
+            )
+            outcomes.append(outcome)
+            self.reporter.event(
+                "request_check",
+                f"deletion request {member.request_id}: its {member.records.get('count')} "
+                f"records are {outcome['status']}",
+                level="info" if outcome["status"] == "forgotten" else "warning",
+                request=member.request_id,
+                status=outcome["status"],
+            )
+        return outcomes
 
     def _regressions(self, model) -> list[dict]:
         """Re-check the certified requests this job's base model was built on
@@ -258,6 +319,20 @@ class JobEvaluator:
             learning_rate=attack.learning_rate if attack else (learning_rate or 1e-5),
         )
         return relearning_check(unseen, holdout)
+
+
+def _batch_cost(requests, history, *, points_s, evaluations_s, request_checks_s) -> dict:
+    """The batch's measured seconds (``core.batch_evidence.batch_cost``). The training
+    loop's wall time includes its evaluation points, which count as evaluation."""
+    from core.batch_evidence import batch_cost
+
+    train_wall = history[-1].elapsed_s if history else 0.0
+    return batch_cost(
+        requests,
+        training_s=max(train_wall - points_s, 0.0),
+        evaluation_s=points_s + evaluations_s,
+        request_checks_s=request_checks_s,
+    )
 
 
 def _with_oracle(relearn: dict, oracle_relearn: dict | None) -> dict:

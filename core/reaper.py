@@ -1,8 +1,9 @@
 """The reaper: no job stays ``running`` after its worker died, and no ``queued`` job is
 lost with a broker message (the database is the source of truth; the broker only
 carries messages). Its thread also runs the hourly retention sweep that shreds forget
-sets (``core.shredding``) and signs checkpoints of the audit chain's head
-(``core.audit_checkpoints``).
+sets (``core.shredding``), signs checkpoints of the audit chain's head
+(``core.audit_checkpoints``), and, every pass, turns the batches of deletion requests
+whose window closed into jobs (``core.deletion_batches``).
 
 It runs as a thread in every API process rather than as a Celery task: a task would
 wait in the same queue behind the long training job it is meant to watch. Several API
@@ -19,6 +20,7 @@ from core.audit_checkpoints import checkpoint_now
 from core.certificates import load_or_create_private_key
 from core.db.jobs import mark_enqueue_failed, reap_stale_jobs, requested_gpus
 from core.db.types import utcnow
+from core.deletion_batches import dispatch_due
 from core.queue import all_queues, enqueue_job, waiting_job_ids
 from core.settings import Settings
 from core.shredding import sweep_retention
@@ -117,8 +119,22 @@ class ReaperThread(threading.Thread):
                 reap_and_requeue(self.sessions, self.publisher, self.settings, self.lost_messages)
             except Exception:  # noqa: BLE001 - try again next round
                 log.exception("reaper pass failed")
+            self.batch_if_due()
             self.sweep_if_due()
             self.checkpoint_if_due()
+
+    def batch_if_due(self) -> list:
+        """Serve the deletion batches whose window closed (every replica may: a batch
+        becomes one job, ``core.deletion_batches``). Needs the object store: the union
+        of a batch's records is a new dataset."""
+        if self.store is None:
+            return []
+        try:
+            with self.sessions() as session:
+                return dispatch_due(session, self.store, self.settings, self.publisher)
+        except Exception:  # noqa: BLE001 - try again next pass
+            log.exception("deletion batching pass failed")
+            return []
 
     def sweep_if_due(self) -> None:
         """Shred the forget sets whose retention ran out, at most once an interval."""

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from core.db.audit import WORKER, add_audit_entry
 from core.db.ids import new_id
-from core.db.tables import Certificate, Dataset, Job, Model, RegressionCheck
+from core.db.tables import Certificate, Dataset, DeletionRequest, Job, Model, RegressionCheck
 from core.tenancy import owner_tenant, scoped
 
 #: how many jobs back the walk from a base model goes
@@ -112,17 +112,19 @@ def certified_ancestors(
     if not jobs:
         return []
     statement = (
-        select(Certificate.deletion_request_id, Job)
+        select(Certificate.deletion_request_id, Job, DeletionRequest.forget_dataset_id)
         .join(Job, Job.id == Certificate.job_id)
+        .join(DeletionRequest, DeletionRequest.id == Certificate.deletion_request_id)
         .where(Certificate.job_id.in_(jobs))
         .order_by(Certificate.deletion_request_id)
     )
     rows = session.execute(scoped(statement, Job.tenant_id)).all()
     targets = []
-    for request_id, job in rows:
+    for request_id, job, request_records in rows:
         evaluation = (job.spec or {}).get("evaluation") or {}
         target = (job.spec or {}).get("target") or {}
-        forget_id = evaluation.get("forget") or job.forget_dataset_id
+        # A batched request's own records, not the union its batch job trained on.
+        forget_id = request_records or evaluation.get("forget") or job.forget_dataset_id
         targets.append(
             RegressionTarget(
                 request_id=request_id,

@@ -91,6 +91,15 @@ class Settings(BaseSettings):
         "of its jobs are shredded automatically; unset keeps them until shredded on "
         "request (POST /v1/datasets/{id}/shred).",
     )
+    deletion_batch_window_seconds: float = Field(
+        300.0,
+        ge=0,
+        le=7 * 24 * 3600,
+        description="Deletion requests filed with their records, model and job settings "
+        "that arrive within this many seconds of the first one for the same model and "
+        "settings are served by one job over the union of their records "
+        "(docs/deletion-requests.md); 0 serves each at once.",
+    )
     max_upload_bytes: int = Field(200 * 1024 * 1024, gt=0, description="Upload size limit.")
     # Expansion limits: what a dataset or model may grow to once decoded, decompressed or
     # extracted, whatever its size on the wire (issue 14). Each has its own error code.

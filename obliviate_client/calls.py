@@ -16,6 +16,7 @@ from obliviate_client.models import (
     ChainCheck,
     Checkpoint,
     Dataset,
+    DeletionBatch,
     DeletionRequest,
     Evaluation,
     Event,
@@ -190,6 +191,9 @@ def create_deletion_request(
     external_ref: str | None,
     metadata: Mapping[str, str] | None,
     idempotency_key: str | None,
+    forget_dataset: str | None = None,
+    model: str | None = None,
+    job: Mapping[str, Any] | None = None,
 ) -> Call:
     body: dict[str, Any] = {"subject": subject}
     if description is not None:
@@ -198,6 +202,9 @@ def create_deletion_request(
         body["external_ref"] = external_ref
     if metadata:
         body["metadata"] = dict(metadata)
+    for name, value in (("forget_dataset", forget_dataset), ("model", model), ("job", job)):
+        if value is not None:
+            body[name] = dict(value) if name == "job" else value
     return Call(
         "POST",
         "/v1/deletion-requests",
@@ -205,6 +212,11 @@ def create_deletion_request(
         headers=_key(idempotency_key),
         parse=DeletionRequest,
     )
+
+
+def flush_deletion_batches() -> Call:
+    """Serve the caller's open batches now (one job each)."""
+    return Call("POST", "/v1/deletion-requests/batches/flush", parse=DeletionBatch, page=True)
 
 
 def get_deletion_request(request_id: str) -> Call:

@@ -36,6 +36,7 @@ from obliviate_client.models import (
     ChainCheck,
     Checkpoint,
     Dataset,
+    DeletionBatch,
     DeletionRequest,
     Evaluation,
     Event,
@@ -383,7 +384,13 @@ class DeletionRequests:
         external_ref: str | None = None,
         metadata: Mapping[str, str] | None = None,
         idempotency_key: str | None = None,
+        forget_dataset: str | None = None,
+        model: str | None = None,
+        job: Mapping[str, Any] | None = None,
     ) -> DeletionRequest:
+        """With ``forget_dataset``, ``model`` and ``job`` (a job spec without model and
+        forget; ``evaluation.holdout`` required) the service serves the request itself,
+        batched with others for the same model and settings."""
         return self._client.call(
             calls.create_deletion_request(
                 subject,
@@ -391,8 +398,15 @@ class DeletionRequests:
                 external_ref=external_ref,
                 metadata=metadata,
                 idempotency_key=idempotency_key,
+                forget_dataset=forget_dataset,
+                model=model,
+                job=job,
             )
         )
+
+    def flush_batches(self) -> list[DeletionBatch]:
+        """Serve the caller's open batches now (POST /v1/deletion-requests/batches/flush)."""
+        return (self._client.call(calls.flush_deletion_batches())).data
 
     def get(self, request_id: str) -> DeletionRequest:
         return self._client.call(calls.get_deletion_request(request_id))
@@ -693,7 +707,13 @@ class AsyncDeletionRequests:
         external_ref: str | None = None,
         metadata: Mapping[str, str] | None = None,
         idempotency_key: str | None = None,
+        forget_dataset: str | None = None,
+        model: str | None = None,
+        job: Mapping[str, Any] | None = None,
     ) -> DeletionRequest:
+        """With ``forget_dataset``, ``model`` and ``job`` (a job spec without model and
+        forget; ``evaluation.holdout`` required) the service serves the request itself,
+        batched with others for the same model and settings."""
         return await self._client.call(
             calls.create_deletion_request(
                 subject,
@@ -701,8 +721,15 @@ class AsyncDeletionRequests:
                 external_ref=external_ref,
                 metadata=metadata,
                 idempotency_key=idempotency_key,
+                forget_dataset=forget_dataset,
+                model=model,
+                job=job,
             )
         )
+
+    async def flush_batches(self) -> list[DeletionBatch]:
+        """Serve the caller's open batches now (POST /v1/deletion-requests/batches/flush)."""
+        return (await self._client.call(calls.flush_deletion_batches())).data
 
     async def get(self, request_id: str) -> DeletionRequest:
         return await self._client.call(calls.get_deletion_request(request_id))

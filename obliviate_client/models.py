@@ -230,6 +230,40 @@ class LinkedJob(ApiModel):
     evidence: Evidence | None = None
     verdict: dict[str, Any] | None = None
     report_url: str | None = None
+    #: a batch job: the check of this request's own records (status, reason, checks,
+    #: figures, records); the request is fulfilled only when it and the job's verdict
+    #: are both forgotten. None for a job that trained on the request's records alone.
+    request_check: dict[str, Any] | None = None
+
+
+class BatchCost(ApiModel):
+    """What serving a batch with one job cost, against one job per request."""
+
+    requests_served: int
+    jobs_saved: int
+    training_seconds: float
+    evaluation_seconds: float
+    request_checks_seconds: float
+    measured_seconds: float
+    estimated_separate_seconds: float
+    saved_seconds: float
+    estimate: str | None = None
+
+
+class DeletionBatch(ApiModel):
+    """Requests for one model and job settings, served by one job over their records."""
+
+    id: str
+    object: Literal["deletion_batch"] = "deletion_batch"
+    status: str
+    model: str
+    requests: list[str]
+    created_at: datetime
+    closes_at: datetime
+    dispatched_at: datetime | None = None
+    job_id: str | None = None
+    union_dataset: str | None = None
+    cost: BatchCost | None = None
 
 
 class RegressionCheck(ApiModel):
@@ -257,6 +291,11 @@ class DeletionRequest(ApiModel):
     job_count: int
     jobs: list[LinkedJob]
     regressions: list[RegressionCheck] = []
+    #: filed with its records, model and job settings: the batch serving it
+    forget_dataset: str | None = None
+    model: str | None = None
+    job: dict[str, Any] | None = None
+    batch: DeletionBatch | None = None
     created_at: datetime
 
 

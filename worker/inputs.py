@@ -19,7 +19,7 @@ from core.db.tables import DeletionRequest
 from core.errors import InvalidRequest, NotFound, ObliviateError
 from core.models.checkpoint import sha256_file
 from core.models.loading import fetch_model
-from core.pipeline import JobInputs
+from core.pipeline import BatchMember, JobInputs
 from core.pipeline_eval import ORACLE_STATS
 from core.settings import Settings
 from core.spec import JobSpec
@@ -121,7 +121,29 @@ class InputResolver:
         inputs.names = {**self.names, "job": job.id, **self.provenance(job.id, spec)}
         if evaluation.enabled:
             inputs.regressions = self.regression_targets(spec.model, spec.continue_from)
+            inputs.batch_members = self.batch_members(job.id)
         return inputs
+
+    def batch_members(self, job_id: str) -> list[BatchMember]:
+        """A batch job's deletion requests, each with its own records' file (they are
+        checked one by one after training: ``core.batch_evidence``). A file that cannot
+        be read leaves that request unchecked, hence not fulfilled; the job goes on."""
+        from core.db.deletion_batches import pending_members
+
+        with self.sessions() as session:
+            rows = [
+                (row.deletion_request_id, dict(row.records))
+                for row in pending_members(session, job_id)
+            ]
+        members = []
+        for index, (request_id, records) in enumerate(rows):
+            member = BatchMember(request_id, records)
+            try:
+                member.path = self.dataset(records["dataset_id"], f"request{index}")
+            except ObliviateError:
+                member.path = None
+            members.append(member)
+        return members
 
     def regression_targets(self, base_model: str, continue_from: str | None = None) -> list:
         """The certified requests whose certified model ``base_model`` descends from,

@@ -19,6 +19,7 @@ import socket
 import traceback
 
 from core.db.artifacts import add_checkpoint, save_report
+from core.db.deletion_batches import record_member_evidence
 from core.db.evaluations import mark_checkpoints
 from core.db.jobs import (
     add_events,
@@ -300,6 +301,13 @@ class JobRunner:
                 record_regression_checks(
                     session, job.id, (outcome.report or {}).get("regressions") or []
                 )
+                if "requests" in (outcome.report or {}):
+                    record_member_evidence(
+                        session,
+                        job.id,
+                        outcome.report["requests"],
+                        outcome.report.get("batch_cost"),
+                    )
                 model = register_model(
                     session,
                     job.id,

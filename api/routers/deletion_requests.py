@@ -7,12 +7,20 @@ from fastapi.responses import HTMLResponse
 
 from api.body import JsonObject
 from api.dashboard.templating import render
-from api.deps import DatabaseDep, PrincipalDep, ReadDatabaseDep, SettingsDep, StoreDep
+from api.deps import (
+    CeleryDep,
+    DatabaseDep,
+    PrincipalDep,
+    ReadDatabaseDep,
+    SettingsDep,
+    StoreDep,
+)
 from api.openapi import json_body, replay_response
 from api.routers.params import After, IdempotencyKey, Limit
 from api.schemas.common import ListObject
 from api.schemas.deletion_requests import (
     CertificateDocument,
+    DeletionBatchObject,
     DeletionRequestCreate,
     DeletionRequestObject,
     DeletionRequestStatus,
@@ -34,15 +42,24 @@ async def create_deletion_request(
     body: JsonObject,
     db: DatabaseDep,
     principal: PrincipalDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    celery: CeleryDep,
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> DeletionRequestObject:
     """File a request to forget something (``{subject, description, external_ref,
-    metadata}``); jobs then serve it with ``"deletion_request": "<id>"``. 201 when
-    created; 200 with the original when an ``Idempotency-Key`` is repeated with the same
-    body."""
+    metadata}``); jobs then serve it with ``"deletion_request": "<id>"``. Filed with its
+    records, model and job settings (``{forget_dataset, model, job}``) the service
+    serves it: it joins the batch of requests for the same model and settings, served
+    by one job when the batching window closes (docs/deletion-requests.md). 201 when
+    created; 200 with the original when an ``Idempotency-Key`` is repeated with the
+    same body."""
     request, created = await db.run(
         deletion_requests.create_deletion_request,
+        settings,
+        store,
+        celery,
         body,
         principal=principal,
         idempotency_key=idempotency_key,
@@ -51,6 +68,16 @@ async def create_deletion_request(
         response.status_code = 200
     response.headers["Location"] = f"/v1/deletion-requests/{request.id}"
     return request
+
+
+@router.post("/batches/flush", response_model=ListObject[DeletionBatchObject])
+async def flush_batches(
+    db: DatabaseDep, settings: SettingsDep, store: StoreDep, celery: CeleryDep
+) -> ListObject[DeletionBatchObject]:
+    """Serve the caller's open batches now, without waiting for their windows to close:
+    each becomes one job over the union of its requests' records. Lists the batches
+    dispatched (none when nothing was waiting)."""
+    return await db.run(deletion_requests.flush_batches, settings, store, celery)
 
 
 @router.get("", response_model=ListObject[DeletionRequestObject])

@@ -36,10 +36,108 @@ class DeletionRequestCreate(StrictBody):
         json_schema_extra=METADATA_JSON_SCHEMA,
     )
 
+    forget_dataset: str | None = Field(
+        None,
+        max_length=64,
+        description="The subject's records (a dataset id, POST /v1/datasets). With `model` "
+        "and `job` the service serves the request itself: it joins the open batch of "
+        "requests for the same model and settings, and one job serves the batch "
+        "(docs/deletion-requests.md). Without them, submit jobs with "
+        '`"deletion_request": "<id>"` as before.',
+    )
+    model: str | None = Field(
+        None,
+        min_length=1,
+        max_length=2048,
+        description="The model to forget from (a registered name, e.g. a job's output).",
+    )
+    job: dict[str, Any] | None = Field(
+        None,
+        description="The job settings: a job spec (GET /v1/job-spec) without model, forget "
+        "and deletion_request, e.g. {method, hyperparameters, retain, target, evaluation: "
+        "{holdout}}; evaluation.holdout is required. Requests batch together only when "
+        "model and settings (defaults filled in) are equal.",
+    )
+
     @field_validator("metadata")
     @classmethod
     def _metadata_bounds(cls, value: dict[str, str]) -> dict[str, str]:
         return check_metadata(value)
+
+
+class BatchCost(BaseModel):
+    """What serving the batch with one job cost, against one job per request
+    (``core.batch_evidence.batch_cost``)."""
+
+    requests_served: int
+    jobs_saved: int = Field(description="requests_served - 1.")
+    training_seconds: float
+    evaluation_seconds: float
+    request_checks_seconds: float = Field(
+        description="The per-request checks batching adds (measured)."
+    )
+    measured_seconds: float = Field(description="training + evaluation + request checks.")
+    estimated_separate_seconds: float = Field(
+        description="training_seconds + requests_served x evaluation_seconds: separate jobs "
+        "train on the same records in total, but each repeats the evaluation."
+    )
+    saved_seconds: float
+    estimate: str
+
+
+class DeletionBatchObject(BaseModel):
+    """Requests for one model and job settings served by one job over the union of
+    their records."""
+
+    id: str
+    object: Literal["deletion_batch"] = "deletion_batch"
+    status: Literal["open", "dispatched"] = Field(
+        description="open: collecting requests until closes_at; dispatched: job_id serves it."
+    )
+    model: str
+    requests: list[str] = Field(description="Its requests' ids, in the order they arrived.")
+    created_at: datetime
+    closes_at: datetime
+    dispatched_at: datetime | None
+    job_id: str | None
+    union_dataset: str | None = Field(
+        description="The dataset of the union of the requests' records the job trains on."
+    )
+    cost: BatchCost | None = Field(description="Null until the job's report is written.")
+
+    @classmethod
+    def from_row(cls, batch, requests: list[str]) -> DeletionBatchObject:
+        return cls(
+            id=batch.id,
+            status=batch.status,
+            model=batch.model,
+            requests=requests,
+            created_at=batch.created_at,
+            closes_at=batch.closes_at,
+            dispatched_at=batch.dispatched_at,
+            job_id=batch.job_id,
+            union_dataset=batch.union_dataset_id,
+            cost=BatchCost.model_validate(batch.cost) if batch.cost else None,
+        )
+
+
+class RequestRecordsCheck(BaseModel):
+    """A batch job's check of this request's own records on its published model: the
+    verdict's forgetting checks, the request's records vs the holdout set."""
+
+    status: Literal["pending", "forgotten", "not_forgotten", "not_verifiable"]
+    reason: str | None = None
+    small_sample: bool | None = Field(
+        None,
+        description="Fewer records than a strong test needs: fulfilment then rests on the "
+        "batch job's verdict over the union, which this check can only take away.",
+    )
+    records: dict[str, Any] | None = Field(
+        None,
+        description="{dataset_id, sha256, count, offset}: the records and their place in the union.",
+    )
+    checks: list[dict[str, Any]] = Field(default_factory=list)
+    figures: dict[str, Any] | None = None
 
 
 class Evidence(BaseModel):
@@ -92,6 +190,13 @@ class LinkedJob(BaseModel):
         "ends, or when it had nothing to verify against."
     )
     report_url: str | None
+    request_check: RequestRecordsCheck | None = Field(
+        None,
+        description="A batch job (it trained on the union of several requests' records): "
+        "the check of this request's own records; the request is fulfilled only when "
+        "the job's verdict and this check are both forgotten. Null for a job that "
+        "trained on this request's records alone.",
+    )
 
     @classmethod
     def from_row(cls, job) -> LinkedJob:
@@ -114,7 +219,22 @@ class LinkedJob(BaseModel):
             evidence=Evidence.from_summary(job.report_summary) if has_report else None,
             verdict=LinkedVerdict.model_validate(job.verdict) if job.verdict else None,
             report_url=f"/v1/jobs/{job.id}/report.html" if has_report else None,
+            request_check=_request_check(job),
         )
+
+
+def _request_check(job) -> RequestRecordsCheck | None:
+    if job.records_verdict is None:
+        return None
+    evidence = dict(job.records_evidence or {})
+    return RequestRecordsCheck(
+        status=job.records_verdict,
+        reason=evidence.get("reason"),
+        small_sample=evidence.get("small_sample"),
+        records=evidence.get("records"),
+        checks=evidence.get("checks") or [],
+        figures=evidence.get("figures"),
+    )
 
 
 class RegressionCheckObject(BaseModel):
@@ -153,8 +273,9 @@ class DeletionRequestObject(BaseModel):
     status: DeletionRequestStatus = Field(
         description="Derived from the linked jobs: open (none), in_progress (one is queued, "
         "running or cancelling), fulfilled (all ended, and one succeeded with a model its "
-        "forgetting verdict found forgotten), needs_attention (all ended, none proved "
-        "forgetting, or a later job built on the certified model brought the forget "
+        "forgetting verdict found forgotten; a batch job also needs the request's own "
+        "records to pass, see jobs[].request_check), needs_attention (all ended, none "
+        "proved forgetting, or a later job built on the certified model brought the forget "
         "records back; status_reason says why)."
     )
     status_reason: str = Field(description="Why the request has its status, and what to do.")
@@ -172,12 +293,32 @@ class DeletionRequestObject(BaseModel):
         description="Re-checks of the forget records by later jobs whose base model was "
         "built on the certified one, newest first.",
     )
+    forget_dataset: str | None = Field(
+        None, description="The subject's records, when the request was filed with them."
+    )
+    model: str | None = None
+    job: dict[str, Any] | None = Field(
+        None, description="The job settings it was filed with, defaults filled in."
+    )
+    batch: DeletionBatchObject | None = Field(
+        None,
+        description="The batch serving it (a request filed with its records): its window, "
+        "job and the cost saved.",
+    )
     created_at: datetime
 
     @classmethod
     def from_view(cls, view: DeletionRequestView) -> DeletionRequestObject:
         request = view.request
         return cls(
+            forget_dataset=request.forget_dataset_id,
+            model=request.model,
+            job=request.job_settings,
+            batch=(
+                DeletionBatchObject.from_row(view.batch, list(view.batch_requests))
+                if view.batch is not None
+                else None
+            ),
             id=request.id,
             subject=request.subject,
             description=request.description,

@@ -67,7 +67,7 @@ def get_certificate(
         )
     try:
         document = _issue(
-            session, view, job.id, principal=principal, store=store, key=signing_key(key_path)
+            session, view, job, principal=principal, store=store, key=signing_key(key_path)
         )
         session.commit()
     except IntegrityError:  # issued concurrently by another request: keep that one
@@ -81,7 +81,10 @@ def get_certificate(
     return document
 
 
-def _issue(session: Session, view, job_id: str, *, principal: str, store, key) -> dict[str, Any]:
+def _issue(session: Session, view, link, *, principal: str, store, key) -> dict[str, Any]:
+    """``link``: the request's row of the job that fulfilled it (with the check of the
+    request's own records when it was a batch job)."""
+    job_id = link.id
     key_id = certificates.key_id_of(key.public_key())
     certificate_id = new_id("cert")
     request = view.request
@@ -95,6 +98,8 @@ def _issue(session: Session, view, job_id: str, *, principal: str, store, key) -
     )
     session.flush()
     body = _body(session, store, certificate_id, request, session.get(Job, job_id))
+    if link.records_verdict is not None:
+        body.update(_batched(session, view, link))
     document = certificates.sign(body, key)
     session.add(
         Certificate(
@@ -148,6 +153,37 @@ def _body(
         "evidence": Evidence.from_summary(summary).model_dump(),
         "verdict": job.verdict,
         "audit": _audit_entries(session, [request.id, job.id]),
+    }
+
+
+def _batched(session: Session, view, link) -> dict[str, Any]:
+    """What a certificate of a batched request adds: the batch, and the request's own
+    records (their hash and count) with the evidence measured on them alone. ``data``
+    and ``evidence`` are then the batch job's, over the union of the batch's records."""
+    evidence = dict(link.records_evidence or {})
+    records = evidence.get("records") or {}
+    batch = view.batch
+    return {
+        "batch": {
+            "id": batch.id if batch is not None else None,
+            "requests": len(view.batch_requests),
+            "union_dataset": batch.union_dataset_id if batch is not None else None,
+        },
+        "request_records": {
+            "id": records.get("dataset_id"),
+            "sha256": records.get("sha256"),
+            "records": records.get("count"),
+            "offset_in_union": records.get("offset"),
+        },
+        "request_evidence": {
+            "status": link.records_verdict,
+            "reason": evidence.get("reason"),
+            "small_sample": evidence.get("small_sample"),
+            "checks": evidence.get("checks") or [],
+            "figures": evidence.get("figures"),
+            "rule": "fulfilled: the batch job's verdict on the union is forgotten and "
+            "this request's own records pass the verdict's forgetting checks",
+        },
     }
 
 

@@ -3,7 +3,15 @@
 A request's status is derived from its jobs in the query that reads it, never stored,
 so it cannot disagree with them:
 
-- ``open``: no job links to it;
+Jobs link to requests through ``job_deletion_requests``: a job submitted with
+``deletion_request`` links to that one, a batch job (``core.deletion_batches``) to every
+request of its batch. A batch job trained on a union of records, so for each of its
+requests the link also holds the check of that request's own records
+(``records_verdict``; ``core.batch_evidence``); a batch job proves forgetting for a
+request only when its verdict is ``forgotten`` *and* that check is ``forgotten``.
+
+- ``open``: no job links to it (a batched request waiting for its batch's window to
+  close is open too; ``batch`` says when it closes);
 - ``in_progress``: a linked job is queued, running or cancelling (even when an earlier
   one succeeded: the request is not served until every job it asked for has ended);
 - ``fulfilled``: every linked job ended and one of them succeeded with a model the
@@ -23,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Row, and_, case, exists, func, select
 from sqlalchemy.orm import Session
@@ -34,6 +43,7 @@ from core.db.tables import (
     Dataset,
     DeletionRequest,
     Job,
+    JobDeletionRequest,
     Model,
     RegressionCheck,
     Report,
@@ -49,18 +59,31 @@ MAX_LINKED_JOBS = 100
 
 _jobs = Job.__table__
 _requests = DeletionRequest.__table__
+_links = JobDeletionRequest.__table__
 
-_linked = _jobs.c.deletion_request_id == _requests.c.id
+#: the jobs of a request: through the link table (its index on deletion_request_id)
+_linked_jobs_from = _jobs.join(_links, _links.c.job_id == _jobs.c.id)
+_linked = _links.c.deletion_request_id == _requests.c.id
 #: a guard (GUARD, generation-time) blocks answers at decoding but leaves the data in
 #: the weights: it protects what is served, it does not fulfil a request to forget
 GUARD_METHOD = "guard"
-_proved_forgotten = (
-    (_jobs.c.status == "succeeded")
-    & (_jobs.c.method != GUARD_METHOD)
-    & (_jobs.c.verdict["status"].as_string() == FORGOTTEN)
-)
-#: Correlated subqueries over the jobs index on deletion_request_id: one aggregate row
-#: per request (count() of no rows is 0, so a request without jobs is "open").
+
+
+def _proves(jobs, links):
+    """The job succeeded with a model its verdict found forgotten, and (a batch job)
+    the request's own records passed too."""
+    return (
+        (jobs.c.status == "succeeded")
+        & (jobs.c.method != GUARD_METHOD)
+        & (jobs.c.verdict["status"].as_string() == FORGOTTEN)
+        & (links.c.records_verdict.is_(None) | (links.c.records_verdict == FORGOTTEN))
+    )
+
+
+_proved_forgotten = _proves(_jobs, _links)
+#: Correlated subqueries over the link table's index on deletion_request_id: one
+#: aggregate row per request (count() of no rows is 0, so a request without jobs is
+#: "open").
 _JOBS_STATUS = (
     select(
         case(
@@ -70,19 +93,20 @@ _JOBS_STATUS = (
             else_="needs_attention",
         )
     )
+    .select_from(_linked_jobs_from)
     .where(_linked)
     .scalar_subquery()
 )
 _checks = RegressionCheck.__table__
 _proved = _jobs.alias("proved")
+_proved_links = _links.alias("proved_links")
 #: when the request was last proved forgotten, and its newest checked re-check after that
 _FULFILLED_AT = (
     select(func.max(_proved.c.finished_at))
+    .select_from(_proved.join(_proved_links, _proved_links.c.job_id == _proved.c.id))
     .where(
-        _proved.c.deletion_request_id == _requests.c.id,
-        _proved.c.status == "succeeded",
-        _proved.c.method != GUARD_METHOD,
-        _proved.c.verdict["status"].as_string() == FORGOTTEN,
+        _proved_links.c.deletion_request_id == _requests.c.id,
+        _proves(_proved, _proved_links),
     )
     .correlate(_requests)
     .scalar_subquery()
@@ -106,13 +130,15 @@ _REGRESSED = (
 _STATUS = case(
     (and_(_JOBS_STATUS == "fulfilled", _REGRESSED), "needs_attention"), else_=_JOBS_STATUS
 )
-_JOB_COUNT = select(func.count()).where(_linked).scalar_subquery()
+_JOB_COUNT = select(func.count()).select_from(_links).where(_linked).scalar_subquery()
 _VIEW = select(DeletionRequest, _STATUS.label("status"), _JOB_COUNT.label("job_count"))
 
 #: What a request shows of each linked job: its state, output model and report summary.
 LINKED_JOB_COLUMNS = (
     _jobs.c.id,
-    _jobs.c.deletion_request_id,
+    _links.c.deletion_request_id,
+    _links.c.records_verdict,
+    _links.c.records_evidence,
     _jobs.c.status,
     _jobs.c.method,
     _jobs.c.model,
@@ -137,6 +163,10 @@ class DeletionRequestView:
     jobs: Sequence[Row] = field(default_factory=list)  # rows of LINKED_JOB_COLUMNS
     #: regression re-checks by later jobs (``RegressionCheck`` rows), newest first
     regressions: Sequence[RegressionCheck] = field(default_factory=list)
+    #: the batch serving a request filed with its records (``DeletionBatch``), and the
+    #: ids of that batch's requests
+    batch: Any = None
+    batch_requests: Sequence[str] = field(default_factory=list)
 
     @property
     def regressed_by(self) -> RegressionCheck | None:
@@ -157,6 +187,13 @@ class DeletionRequestView:
     @property
     def status_reason(self) -> str:
         """Why the request has its status, in words a compliance officer can act on."""
+        if self.status == "open" and self.batch is not None:
+            return (
+                f"waiting in batch {self.batch.id} with {len(self.batch_requests)} "
+                f"request(s) for model {self.batch.model}; it is served by one job when its "
+                f"window closes at {self.batch.closes_at.isoformat()} (or on POST "
+                "/v1/deletion-requests/batches/flush)"
+            )
         if self.status == "open":
             return "no job serves it yet: submit one with this deletion_request"
         if self.status == "in_progress":
@@ -181,6 +218,7 @@ def proved_forgotten(job: Row) -> bool:
         job.status == "succeeded"
         and job.method != GUARD_METHOD
         and (job.verdict or {}).get("status") == FORGOTTEN
+        and job.records_verdict in (None, FORGOTTEN)
     )
 
 
@@ -192,6 +230,16 @@ def _attention_reason(jobs: Sequence[Row]) -> str:
             "model's answers, but the data stays in the weights. Serve the guarded variant "
             "meanwhile, and submit an unlearning job to fulfil the request"
         )
+    if succeeded is not None and succeeded.records_verdict not in (None, FORGOTTEN):
+        verdict = succeeded.verdict or {}
+        evidence = succeeded.records_evidence or {}
+        if verdict.get("status") == FORGOTTEN:
+            return (
+                f"batch job {succeeded.id} verified that its model forgot the union of the "
+                f"batch's records, but this request's own records are "
+                f"{succeeded.records_verdict}: {evidence.get('reason')}. File the request "
+                "again, or submit a job for its records alone"
+            )
     if succeeded is not None:
         verdict = succeeded.verdict or {}
         if not verdict:
@@ -219,8 +267,13 @@ def create_deletion_request(
     description: str | None = None,
     external_ref: str | None = None,
     metadata: dict[str, str] | None = None,
+    forget_dataset_id: str | None = None,
+    model: str | None = None,
+    job_settings: dict[str, Any] | None = None,
 ) -> DeletionRequestView:
-    """Insert a request (flushed, not committed); it is ``open``, with no jobs yet."""
+    """Insert a request (flushed, not committed); it is ``open``, with no jobs yet.
+    With its records, model and job settings the caller then puts it in a batch
+    (``core.db.deletion_batches.join_open_batch``)."""
     request = DeletionRequest(
         id=new_id("dr"),
         tenant_id=owner_tenant(),
@@ -228,6 +281,9 @@ def create_deletion_request(
         description=description,
         external_ref=external_ref,
         metadata_=dict(metadata or {}),
+        forget_dataset_id=forget_dataset_id,
+        model=model,
+        job_settings=job_settings,
     )
     session.add(request)
     session.flush()
@@ -267,12 +323,16 @@ def list_deletion_requests(
 
 
 def _with_jobs(session: Session, rows: Sequence[Row]) -> list[DeletionRequestView]:
+    from core.db.deletion_batches import batches_by_id, member_ids
     from core.regressions import regression_checks_of
 
     jobs = _linked_jobs(session, [row.DeletionRequest.id for row in rows if row.job_count])
     checks = regression_checks_of(
         session, [row.DeletionRequest.id for row in rows if row.job_count]
     )
+    batch_ids = [row.DeletionRequest.batch_id for row in rows if row.DeletionRequest.batch_id]
+    batches = batches_by_id(session, batch_ids)
+    members = member_ids(session, batch_ids)
     return [
         DeletionRequestView(
             row.DeletionRequest,
@@ -280,6 +340,8 @@ def _with_jobs(session: Session, rows: Sequence[Row]) -> list[DeletionRequestVie
             job_count=row.job_count,
             jobs=jobs.get(row.DeletionRequest.id, []),
             regressions=checks.get(row.DeletionRequest.id, []),
+            batch=batches.get(row.DeletionRequest.batch_id),
+            batch_requests=members.get(row.DeletionRequest.batch_id, []),
         )
         for row in rows
     ]
@@ -291,16 +353,16 @@ def _linked_jobs(session: Session, request_ids: Iterable[str]) -> dict[str, list
     if not request_ids:
         return {}
     rank = func.row_number().over(
-        partition_by=_jobs.c.deletion_request_id, order_by=_jobs.c.id.desc()
+        partition_by=_links.c.deletion_request_id, order_by=_jobs.c.id.desc()
     )
     ranked = (
         select(*LINKED_JOB_COLUMNS, rank.label("rank"))
         .select_from(
-            _jobs.outerjoin(Model, Model.id == _jobs.c.output_model_id).outerjoin(
+            _linked_jobs_from.outerjoin(Model, Model.id == _jobs.c.output_model_id).outerjoin(
                 Report, Report.job_id == _jobs.c.id
             )
         )
-        .where(_jobs.c.deletion_request_id.in_(request_ids))
+        .where(_links.c.deletion_request_id.in_(request_ids))
         .subquery()
     )
     statement = (
@@ -324,20 +386,31 @@ def forget_sets_due(session: Session, fulfilled_before: datetime) -> list[str]:
     ``fulfilled_before``, not shredded yet, and not the forget set of any other request
     still waiting (open, in progress, needing attention, or fulfilled more recently),
     which may need it again. A request was fulfilled when its last linked job ended."""
-    fulfilled_at = select(func.max(_jobs.c.finished_at)).where(_linked).scalar_subquery()
+    fulfilled_at = (
+        select(func.max(_jobs.c.finished_at))
+        .select_from(_linked_jobs_from)
+        .where(_linked)
+        .scalar_subquery()
+    )
     due = select(_requests.c.id).where(_STATUS == "fulfilled", fulfilled_at <= fulfilled_before)
+    # A batch job's forget set is the union of its requests' records: it is due only
+    # when every request of the batch is, like any set two requests share.
     rows = session.execute(
         select(
-            _jobs.c.deletion_request_id.in_(due).label("due"),
+            _links.c.deletion_request_id.in_(due).label("due"),
             _jobs.c.forget_dataset_id,
             _jobs.c.spec,
-        ).where(_jobs.c.deletion_request_id.is_not(None))
+            _requests.c.forget_dataset_id.label("request_records"),
+        ).select_from(
+            _linked_jobs_from.join(_requests, _requests.c.id == _links.c.deletion_request_id)
+        )
     )
     due_sets: set[str] = set()
     kept_sets: set[str] = set()
     for row in rows:
         evaluation = row.spec.get("evaluation") or {}
         named = {evaluation.get(field) for field in _FORGET_SIDE_EVALUATION_FIELDS}
+        named.add(row.request_records)
         (due_sets if row.due else kept_sets).update({row.forget_dataset_id, *named} - {None})
     candidates = sorted(due_sets - kept_sets)
     if not candidates:

@@ -46,6 +46,7 @@ from core.db.tables import (
     TERMINAL_STATUSES,
     Checkpoint,
     Job,
+    JobDeletionRequest,
     JobEvent,
     JobMetric,
     Model,
@@ -83,6 +84,7 @@ _JOB_VIEW_BY_ID = (
 JobRow = Row
 
 _INSERT_JOB = _jobs.insert()
+_INSERT_LINK = JobDeletionRequest.__table__.insert()
 _INSERT_EVENT = JobEvent.__table__.insert()
 _INSERT_METRIC = JobMetric.__table__.insert()
 # Column name -> ORM attribute, where they differ ("metadata" -> "metadata_").
@@ -193,6 +195,16 @@ def insert_job(
         **_NO_PROGRESS,
     }
     session.connection().execute(_INSERT_JOB, row)
+    if spec.deletion_request is not None:
+        # Requests read their jobs through the link table (core.db.deletion_requests).
+        session.connection().execute(
+            _INSERT_LINK,
+            {
+                "job_id": row["id"],
+                "deletion_request_id": spec.deletion_request,
+                "tenant_id": row["tenant_id"],
+            },
+        )
     _status_event(session, row["id"], "queued", "job created and queued", now=now)
     return row
 

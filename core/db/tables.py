@@ -245,7 +245,11 @@ class IdempotencyKey(Base):
 
 class DeletionRequest(Base):
     """A request to forget something ("everything about subject X"). Its status is
-    derived from the jobs that link to it (``jobs.deletion_request_id``), never stored."""
+    derived from the jobs that link to it (``job_deletion_requests``), never stored.
+
+    A request filed with its records (``forget_dataset_id``), the ``model`` to forget
+    from and the job ``settings`` is served by the service itself: it joins the open
+    batch of its (tenant, model, settings) (``batch_id``, ``core.deletion_batches``)."""
 
     __tablename__ = "deletion_requests"
 
@@ -257,6 +261,65 @@ class DeletionRequest(Base):
     external_ref: Mapped[str | None] = mapped_column(String(256))
     metadata_: Mapped[dict[str, str]] = mapped_column("metadata", JSONDoc)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: the subject's records (a batched request); null for a request jobs are linked to
+    forget_dataset_id: Mapped[str | None] = mapped_column(IdString, ForeignKey("datasets.id"))
+    model: Mapped[str | None] = mapped_column(String(2048))
+    #: the job settings (``core.deletion_batches.BatchJobSettings``), canonical JSON
+    job_settings: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc)
+    #: the batch serving it (no foreign key: batches name jobs, which name requests)
+    batch_id: Mapped[str | None] = mapped_column(IdString, index=True)
+
+
+BATCH_STATUSES = ("open", "dispatched")
+
+
+class DeletionBatch(Base):
+    """Requests for one (tenant, model, settings) that arrived within the batching window
+    (``core.deletion_batches``): served by one job over the union of their records.
+    ``open`` until the window closes (``closes_at``) or someone flushes it; then
+    ``dispatched`` with its ``job_id`` (one conditional UPDATE: one job per batch).
+    ``cost`` holds the measured and estimated seconds once the job ended."""
+
+    __tablename__ = "deletion_batches"
+    __table_args__ = (Index("ix_deletion_batches_status_closes_at", "status", "closes_at"),)
+
+    id: Mapped[str] = mapped_column(IdString, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(64), index=True, server_default="default")
+    model: Mapped[str] = mapped_column(String(2048))
+    #: sha256 of the canonical JSON of the job settings: requests batch when it is equal
+    settings_key: Mapped[str] = mapped_column(String(64))
+    job_settings: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    closes_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    job_id: Mapped[str | None] = mapped_column(IdString, ForeignKey("jobs.id"), unique=True)
+    #: the union of the requests' records the job trains on
+    union_dataset_id: Mapped[str | None] = mapped_column(IdString, ForeignKey("datasets.id"))
+    cost: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc)
+
+
+class JobDeletionRequest(Base):
+    """Which jobs serve which deletion requests: a job submitted with
+    ``deletion_request`` links to that one; a batch job to every request of its batch.
+
+    ``records_verdict`` is null for a job that trained on the request's own forget set
+    (its verdict speaks for those records). A batch job trained on a union, so each
+    request's own records are checked too (``core.batch_evidence``): ``pending`` until
+    the job ends, then the verdict of that check, with ``records_evidence`` its figures
+    and ``records`` where the request's records sit in the union."""
+
+    __tablename__ = "job_deletion_requests"
+
+    job_id: Mapped[str] = mapped_column(IdString, ForeignKey("jobs.id"), primary_key=True)
+    deletion_request_id: Mapped[str] = mapped_column(
+        IdString, ForeignKey("deletion_requests.id"), primary_key=True, index=True
+    )
+    tenant_id: Mapped[str] = mapped_column(String(64), server_default="default")
+    records_verdict: Mapped[str | None] = mapped_column(String(16))
+    records_evidence: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc)
+    #: {dataset_id, sha256, count, offset}: the request's records and their place in the union
+    records: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc)
 
 
 class Certificate(Base):

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from core.db.deletion_requests import get_deletion_request
 from core.db.ids import is_id, new_id
 from core.db.pagination import Page, paginate
-from core.db.tables import WEBHOOK_EVENTS, Job, Webhook, WebhookDelivery
+from core.db.tables import WEBHOOK_EVENTS, Job, JobDeletionRequest, Webhook, WebhookDelivery
 from core.db.types import utcnow
 from core.errors import NotFound
 from core.tenancy import owner_tenant, scoped, visible
@@ -187,10 +187,15 @@ def job_ended(session: Session, job_id: str, *, now: datetime | None = None) -> 
         tenant=job.tenant_id,
         now=now,
     )
-    if job.deletion_request_id is not None:
-        # While this job was active the request was in_progress: a settled status now is
-        # a change.
-        view = get_deletion_request(session, job.deletion_request_id)
+    # Every request the job served (a batch job serves several): while this job was
+    # active each was in_progress, so a settled status now is a change.
+    served = session.scalars(
+        select(JobDeletionRequest.deletion_request_id)
+        .where(JobDeletionRequest.job_id == job.id)
+        .order_by(JobDeletionRequest.deletion_request_id)
+    ).all()
+    for request_id in served:
+        view = get_deletion_request(session, request_id)
         if view.status in DELETION_REQUEST_EVENTS:
             emit(
                 session,

@@ -32,6 +32,7 @@ SEED = os.environ.get("OBLIVIATE_SCHEMA_FUZZ_SEED", "14")
 #: (the hooks' state_rules_only check narrows it to the state codes).
 STATEFUL_OPERATIONS = [
     ("POST", "/v1/jobs"),
+    ("POST", "/v1/deletion-requests"),  # its records, model and job settings
     ("POST", "/v1/models"),
     ("POST", "/v1/datasets"),
     ("POST", "/v1/webhooks"),  # DNS, and which addresses are allowed
@@ -52,6 +53,7 @@ values = ["{model}"]
 
 [parameters]
 "body.forget" = {{ dictionary = "datasets", probability = 0.8 }}
+"body.forget_dataset" = {{ dictionary = "datasets", probability = 0.8 }}
 "body.retain" = {{ dictionary = "datasets", probability = 0.8 }}
 "body.model" = {{ dictionary = "models", probability = 0.8 }}
 """

@@ -122,6 +122,8 @@ def test_client_models_have_the_servers_fields(api_settings):
         "MethodObject": models.Method,
         "DeletionRequestObject": models.DeletionRequest,
         "LinkedJob": models.LinkedJob,
+        "DeletionBatchObject": models.DeletionBatch,
+        "BatchCost": models.BatchCost,
         "Evidence": models.Evidence,
         "AuditEntryObject": models.AuditEntry,
         "AuditCheckpointObject": models.AuditCheckpoint,

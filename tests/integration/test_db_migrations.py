@@ -278,3 +278,41 @@ def test_0013_turns_the_global_chain_into_one_chain_per_tenant_and_back(empty_da
             ], checks
     finally:
         engine.dispose()
+
+
+def test_0014_links_every_job_to_the_request_it_served(empty_database_url):
+    """Status derivation reads job_deletion_requests from 0014 on: every job linked by
+    jobs.deletion_request_id before it is linked there too, with the job's tenant."""
+    upgrade(empty_database_url, "0012")
+    now = "2025-01-01 00:00:00"
+    rows = [
+        "INSERT INTO datasets (id, name, filename, format, kind, record_count, size_bytes,"
+        " sha256, storage_key, columns, has_truth_ratio_fields, created_at)"
+        " VALUES ('ds_1', 'f', 'f.jsonl', 'jsonl', 'qa', 1, 1, :sha, 'k', '[]', false, :now)",
+        "INSERT INTO deletion_requests (id, tenant_id, subject, metadata, created_at)"
+        " VALUES ('dr_1', 'acme', 's', '{}', :now)",
+    ] + [
+        "INSERT INTO jobs (id, tenant_id, status, method, model, forget_dataset_id, spec,"
+        " hyperparameters, seed, metadata, created_at, updated_at, attempts, step, epoch,"
+        f" trained_tokens, deletion_request_id) VALUES ('{job}', 'acme', 'queued', 'npo', 'm',"
+        f" 'ds_1', '{{}}', '{{}}', 0, '{{}}', :now, :now, 0, 0, 0, 0, {request})"
+        for job, request in (("job_1", "'dr_1'"), ("job_2", "NULL"))
+    ]
+    engine = make_engine(empty_database_url, pool_size=1)
+    try:
+        with engine.begin() as connection:
+            for statement in rows:
+                connection.execute(text(statement), {"sha": "0" * 64, "now": now})
+        upgrade(empty_database_url)
+        with engine.connect() as connection:
+            links = connection.execute(
+                text(
+                    "SELECT job_id, deletion_request_id, tenant_id, records_verdict"
+                    " FROM job_deletion_requests"
+                )
+            ).all()
+        assert [tuple(link) for link in links] == [("job_1", "dr_1", "acme", None)]
+        downgrade(empty_database_url, "0012")
+        upgrade(empty_database_url)
+    finally:
+        engine.dispose()
