@@ -96,6 +96,15 @@ class UnlearningHyperparameters(TrainingHyperparameters):
         description="Retain term: NLL on retain answers, KL to the original model on retain "
         "answers, or none.",
     )
+    sam_rho: float = Field(
+        0.0,
+        ge=0,
+        le=10,
+        description="Sharpness-aware unlearning (arXiv 2502.05374): the forget loss's "
+        "gradient is taken at the weights moved by sam_rho along its normalized gradient, "
+        "so that the forgotten state is flat and a few relearning steps do not undo it; "
+        "0: off. Costs a second forward and backward of the forget batch.",
+    )
 
     @model_validator(mode="after")
     def _some_loss(self):

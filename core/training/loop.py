@@ -302,6 +302,13 @@ def run_training(
         accelerator = make_accelerator(hparams.precision)
         device = accelerator.device
         sharded = strategy == "fsdp" and accelerator.num_processes > 1
+        if sharded and hparams.sam_rho > 0:
+            raise InvalidRequest(
+                "sam_rho is not supported under fsdp (the perturbation needs the whole "
+                "gradient's norm): use ddp, or sam_rho 0",
+                param="hyperparameters.sam_rho",
+                code="unsupported_strategy",
+            )
         if sharded and accelerator.mixed_precision == "fp16":
             raise InvalidRequest(
                 "precision fp16 is not supported under fsdp (its gradient scaler was not "
@@ -313,6 +320,7 @@ def run_training(
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         )
         use_retain = hparams.retain_loss != "none" and hparams.retain_coeff > 0 and bool(retain)
+        sharpness_aware = hparams.sam_rho > 0 and hparams.forget_coeff > 0
 
         model.to(device)
         ref_nll = None
@@ -494,51 +502,72 @@ def run_training(
                 totals = {"loss": 0.0, "forget": 0.0, "retain": 0.0}
                 weights: list[torch.Tensor] = []
                 step_tokens = 0
-                for micro_index, (micro, keep) in enumerate(micro_batches):
-                    if distributed.rank0_decides(callbacks.should_cancel, world):
-                        raise Cancelled(f"cancelled at step {step}")
-                    sync = micro_index == len(micro_batches) - 1
-                    if sharded:
-                        fsdp.set_gradient_sync(model, sync)
-                    with (
-                        nullcontext()
-                        if sync or world == 1 or sharded
-                        else accelerator.no_sync(model)
-                    ):
-                        parts, micro_weights, micro_tokens = _micro_step(
-                            model,
-                            ref_model,
-                            method,
-                            hparams,
-                            accelerator,
-                            pad_id,
-                            world,
-                            denominators,
-                            keep=keep,
-                            forget_examples=[forget[order[i]] for i in micro],
-                            forget_ref=ref_nll[[order[i] for i in micro]]
-                            if ref_nll is not None
-                            else None,
-                            retain_examples=[retain[partners[i]] for i in micro]
-                            if use_retain
-                            else None,
-                            companion_examples=[companions[order[i]] for i in micro]
-                            if companions is not None
-                            else None,
-                            lora=lora,
-                        )
-                    for key in totals:
-                        totals[key] += parts[key]
-                    for index, value, is_real in zip(micro, parts["forget_nll"], keep):
-                        if is_real:
-                            seen_forget[order[index]] = value
-                    if use_retain:
+
+                # One pass over this rank's share of the block (gradients summed over its
+                # micro-batches, synced on the last), or three for a sharpness-aware step:
+                # the forget loss's gradient at the weights moved up it by rho, so that the
+                # forgotten state is flat and a few relearning steps cannot climb back out
+                # of it (arXiv 2502.05374); the retain term keeps its gradient at the
+                # weights themselves. The unmoved passes' losses are the step's.
+                moved: list = []
+                for pass_index, (forget_part, retain_part, record) in enumerate(
+                    block_passes(sharpness_aware, use_retain)
+                ):
+                    if pass_index == 1:
+                        moved = sam_perturb(params, hparams.sam_rho)
+                        optimizer.zero_grad(set_to_none=True)
+                    elif pass_index == 2:
+                        sam_restore(moved)
+                        moved = []
+                    for micro_index, (micro, keep) in enumerate(micro_batches):
+                        if distributed.rank0_decides(callbacks.should_cancel, world):
+                            raise Cancelled(f"cancelled at step {step}")
+                        sync = micro_index == len(micro_batches) - 1
+                        if sharded:
+                            fsdp.set_gradient_sync(model, sync)
+                        with (
+                            nullcontext()
+                            if sync or world == 1 or sharded
+                            else accelerator.no_sync(model)
+                        ):
+                            parts, micro_weights, micro_tokens = _micro_step(
+                                model,
+                                ref_model,
+                                method,
+                                hparams,
+                                accelerator,
+                                pad_id,
+                                world,
+                                denominators,
+                                keep=keep,
+                                forget_examples=[forget[order[i]] for i in micro],
+                                forget_ref=ref_nll[[order[i] for i in micro]]
+                                if ref_nll is not None
+                                else None,
+                                retain_examples=[retain[partners[i]] for i in micro]
+                                if use_retain and retain_part
+                                else None,
+                                companion_examples=[companions[order[i]] for i in micro]
+                                if companions is not None
+                                else None,
+                                lora=lora,
+                                include_forget=forget_part,
+                            )
+                        if not record:
+                            continue
+                        for key in totals:
+                            totals[key] += parts[key]
+                        for index, value, is_real in zip(micro, parts["forget_nll"], keep):
+                            if is_real:
+                                seen_forget[order[index]] = value
                         for index, value, is_real in zip(micro, parts["retain_nll"], keep):
                             if is_real:
                                 seen_retain[partners[index]] = value
-                    if micro_weights is not None:
-                        weights.append(micro_weights)
-                    step_tokens += micro_tokens
+                        if micro_weights is not None:
+                            weights.append(micro_weights)
+                        step_tokens += micro_tokens
+
+                sam_restore(moved)
                 if sharded:  # the norm over every rank's shards (no clipping at inf)
                     grad_norm = accelerator.clip_grad_norm_(
                         params, hparams.max_grad_norm or math.inf
@@ -703,11 +732,13 @@ def _micro_step(
     retain_examples,
     companion_examples=None,
     lora,
+    include_forget: bool = True,
 ):
     """Forward + backward of one micro-batch; returns its share of the step's losses.
 
     ``keep`` marks the real examples: the others pad a rank's share of a short block
-    (``distributed.shard_block``) and weigh zero.
+    (``distributed.shard_block``) and weigh zero. ``include_forget`` False leaves the
+    forget term out (the retain pass of a sharpness-aware step).
     """
     import torch
 
@@ -716,9 +747,14 @@ def _micro_step(
     loss = torch.zeros((), device=device)
     parts = {"loss": 0.0, "forget": 0.0, "retain": 0.0, "forget_nll": [], "retain_nll": []}
     weights = None
-    n_tokens = sum(len(e.input_ids) for e, real in zip(forget_examples, keep) if real)
+    forget_term_on = include_forget and hparams.forget_coeff > 0
+    n_tokens = (
+        sum(len(e.input_ids) for e, real in zip(forget_examples, keep) if real)
+        if forget_term_on
+        else 0
+    )
     with accelerator.autocast():
-        if hparams.forget_coeff > 0:
+        if forget_term_on:
             logits, batch = _forward_nll(model, forget_examples, pad_id, device)
             nll, n_answer = sequence_nll(logits, batch["labels"])
             parts["forget_nll"] = _per_token(nll, n_answer)
@@ -788,6 +824,45 @@ def _micro_step(
     # DDP averages gradients over processes; the denominators are already global.
     accelerator.backward(loss * world)
     return parts, weights, n_tokens
+
+
+def sam_perturb(params, rho: float) -> list:
+    """Move every trainable weight by ``rho * g / ||g||`` (g: its gradient now, the
+    same on every rank after the sync); returns what :func:`sam_restore` needs to put
+    the weights back exactly (a copy: subtracting the move again would round). A zero or
+    non-finite gradient moves nothing."""
+    import torch
+
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return []
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    if not torch.isfinite(norm) or float(norm) == 0.0:
+        return []
+    saved = []
+    with torch.no_grad():
+        for p in params:
+            if p.grad is None:
+                continue
+            saved.append((p, p.detach().clone()))
+            p.add_(p.grad * (rho / norm))
+    return saved
+
+
+def block_passes(sharpness_aware: bool, use_retain: bool) -> list[tuple[bool, bool, bool]]:
+    """A step's passes over its block: (forget term, retain term, its losses recorded)."""
+    if not sharpness_aware:
+        return [(True, True, True)]
+    passes = [(True, False, True), (True, False, False)]
+    return passes + [(False, True, True)] if use_retain else passes
+
+
+def sam_restore(saved: list) -> None:
+    import torch
+
+    with torch.no_grad():
+        for p, original in saved:
+            p.copy_(original)
 
 
 def _reduce(term: LossTerm, denominators: dict[str, int], keep):
