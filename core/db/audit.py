@@ -283,17 +283,7 @@ def verify_chain(
                 "were reordered: its previous hash is not the hash of the entry before it"
             )
             return ChainCheck(False, count, None, row.id, problem, checked, tenant=tenant)
-        expected = entry_hash(
-            prev_hash,
-            tenant=tenant,
-            at=row.at,
-            principal=row.principal,
-            action=row.action,
-            object_type=row.object_type,
-            object_id=row.object_id,
-            data=row.data,
-        )
-        if row.entry_hash != expected:
+        if row.entry_hash != _row_hash(row, prev_hash, tenant):
             problem = "its content (or its tenant) was changed after it was written"
             return ChainCheck(False, count, None, row.id, problem, checked, tenant=tenant)
         prev_hash, count, last_id = row.entry_hash, count + 1, row.id
@@ -326,7 +316,12 @@ def verify_chain(
 
 
 def _follows(row, prev_hash: str, tenant: str) -> bool:
-    return row.prev_hash == prev_hash and row.entry_hash == entry_hash(
+    return row.prev_hash == prev_hash and row.entry_hash == _row_hash(row, prev_hash, tenant)
+
+
+def _row_hash(row, prev_hash: str, tenant: str) -> str:
+    """What ``row``'s hash should be, following ``prev_hash`` in ``tenant``'s chain."""
+    return entry_hash(
         prev_hash,
         tenant=tenant,
         at=row.at,
