@@ -623,19 +623,24 @@ TARGET_KEYS = HEADLINE + ("model_utility_ratio",)
 
 
 def run_target_job(
-    bench: Bench, method: str, seed: int, workdir: Path, overrides: dict | None = None
+    bench: Bench,
+    method: str,
+    seed: int,
+    workdir: Path,
+    overrides: dict | None = None,
+    target: dict | None = None,
 ) -> dict:
     """One default job of ``method`` through the service's pipeline; its figures.
-    ``overrides``: hyperparameters set by hand (only to compare candidate defaults)."""
+    ``overrides``: hyperparameters set by hand (only to compare candidate defaults);
+    ``target``: target fields other than the defaults (e.g. a larger ``max_epochs``)."""
     import shutil
 
     from core.pipeline import JobInputs, run_job
     from core.spec import parse_job_spec
 
     data = bench.assets.data
-    key = json.dumps(
-        [RUNS_VERSION, bench.preset, "target", method, seed, overrides or {}], sort_keys=True
-    )
+    identity = [RUNS_VERSION, bench.preset, "target", method, seed, overrides or {}]
+    key = json.dumps(identity + ([target] if target else []), sort_keys=True)
     if key in bench.cache:
         return dict(bench.cache[key])
     spec = parse_job_spec(
@@ -653,6 +658,7 @@ def run_target_job(
                 **bench.spec.model_dump(include={"max_samples", "max_new_tokens", "batch_size"}),
             },
             "seed": seed,
+            **({"target": target} if target else {}),
         }
     )
     inputs = JobInputs(
@@ -732,7 +738,13 @@ def summarize_target(rows: list[dict], original_mu: float) -> dict:
 
 
 def run_targets(
-    bench: Bench, methods, seeds, log, workdir: Path, overrides: dict | None = None
+    bench: Bench,
+    methods,
+    seeds,
+    log,
+    workdir: Path,
+    overrides: dict | None = None,
+    target: dict | None = None,
 ) -> dict:
     original = bench.reference_row(bench.original)
     retrain = bench.reference_row(bench.oracle)
@@ -744,7 +756,9 @@ def run_targets(
     for method in methods:
         rows = []
         for seed in seeds:
-            row = run_target_job(bench, method, seed, workdir, (overrides or {}).get(method))
+            row = run_target_job(
+                bench, method, seed, workdir, (overrides or {}).get(method), target
+            )
             rows.append(row)
             log(
                 f"{method} seed {seed}: {row['verdict']} (target met: {row['target_met']}) at "
@@ -814,6 +828,13 @@ def main(argv: list[str] | None = None) -> int:
         "defaults (the goal is stated for no overrides)",
     )
     parser.add_argument(
+        "--target-settings",
+        type=json.loads,
+        default=None,
+        help="with --target: JSON of target fields other than the defaults, e.g. "
+        "'{\"max_epochs\": 40}'",
+    )
+    parser.add_argument(
         "--target",
         action="store_true",
         help="run the default job of each method (no hand-set hyperparameters) with its "
@@ -843,7 +864,13 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(args.preset, args.cache, log, fresh=args.fresh)
     if args.target:
         results = run_targets(
-            bench, methods, seeds, log, args.cache / "target-runs", args.overrides
+            bench,
+            methods,
+            seeds,
+            log,
+            args.cache / "target-runs",
+            args.overrides,
+            args.target_settings,
         )
         print_target_table(results, log)
         output = {"methods": results, "seeds": seeds, "mode": "target"}
