@@ -40,6 +40,12 @@ def batch_job_spec(model: str, forget: str, job: dict[str, Any]) -> JobSpec:
                 param=f"job.{name}",
                 code="unknown_field",
             )
+    evaluation = job.get("evaluation")
+    if isinstance(evaluation, dict) and evaluation.get("store_generations") is None:
+        # Data minimisation, as for a job filed with one ``deletion_request`` (which the
+        # batch job has not: it links to its requests through the link table): its report
+        # keeps no generated text of the records the requests were filed to remove.
+        job = {**job, "evaluation": {**evaluation, "store_generations": False}}
     try:
         spec = JobSpec.model_validate({**job, "model": model, "forget": forget})
     except ValidationError as exc:

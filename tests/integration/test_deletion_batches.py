@@ -135,6 +135,8 @@ def test_three_requests_in_the_window_are_one_job_each_with_its_own_evidence(
     with session_factory() as session:
         job = session.get(Job, job_id)
         assert job.forget_dataset_id == batch["union_dataset"]
+        # data minimisation, as for a job filed with one deletion_request: no generated text
+        assert job.spec["evaluation"]["store_generations"] is False
         job_verdict = (job.verdict or {}).get("status")
     views = [app_client.get(f"/v1/deletion-requests/{r['id']}").json() for r in requests]
     for view, dataset_id, part in zip(views, datasets, parts, strict=True):
