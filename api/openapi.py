@@ -336,12 +336,34 @@ def _training_rules(model: type[BaseModel]) -> list[dict]:
 
     no_retain_term = {"anyOf": [is_value("retain_loss", "none"), is_value("retain_coeff", 0)]}
     has_retain_set = {"required": ["retain"], "properties": {"retain": {"type": "string"}}}
-    return [
+    fsdp = {
+        "required": ["resources"],
+        "properties": {
+            "resources": {"required": ["strategy"], "properties": {"strategy": {"const": "fsdp"}}}
+        },
+    }
+    rules = [
         # A retain term needs a retain set (missing_retain_set).
         {"anyOf": [has_retain_set, no_retain_term]},
-        # Something must be trained: not a zero forget weight without a retain term.
-        {"not": {"allOf": [is_value("forget_coeff", 0), no_retain_term]}},
+        # fp16 is refused under fsdp (unsupported_strategy).
+        {"not": {"allOf": [fsdp, is_value("precision", "fp16")]}},
     ]
+    if "forget_coeff" in fields:
+        # Something must be trained: not a zero forget weight without a retain term.
+        rules.append({"not": {"allOf": [is_value("forget_coeff", 0), no_retain_term]}})
+    if "sam_rho" in fields:
+        # Sharpness-aware steps are refused under fsdp (unsupported_strategy).
+        sharpness_aware = {
+            "required": ["hyperparameters"],
+            "properties": {
+                "hyperparameters": {
+                    "required": ["sam_rho"],
+                    "properties": {"sam_rho": {"exclusiveMinimum": 0}},
+                }
+            },
+        }
+        rules.append({"not": {"allOf": [fsdp, sharpness_aware]}})
+    return rules
 
 
 def _reachable(schemas: dict, roots: list[str]) -> set[str]:

@@ -379,6 +379,13 @@ class JobSpec(StrictModel):
                 param="hyperparameters.precision",
                 code="unsupported_strategy",
             )
+        if self.resources.strategy == "fsdp" and getattr(hparams, "sam_rho", 0) > 0:
+            raise InvalidRequest(
+                "hyperparameters.sam_rho: sharpness-aware steps are not supported under fsdp "
+                "(the move needs the whole gradient's norm); use ddp, or sam_rho 0",
+                param="hyperparameters.sam_rho",
+                code="unsupported_strategy",
+            )
         if self.evaluation.store_generations is None:
             # Data minimisation: a deletion request's report must not copy the very
             # text it was filed to remove.

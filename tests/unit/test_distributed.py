@@ -108,9 +108,7 @@ def _scenarios() -> list[tuple[str, str, bool, dict]]:
     # sharpness-aware steps: the move uses the gradient after the sync, the same on
     # every rank, and the retain pass adds to the moved pass's synced gradient
     for lora in (False, True):
-        runs.append(
-            (f"simnpo-sam-{'lora' if lora else 'full'}", "simnpo", lora, {"sam_rho": 0.05})
-        )
+        runs.append((f"simnpo-sam-{'lora' if lora else 'full'}", "simnpo", lora, {"sam_rho": 0.05}))
     return runs
 
 

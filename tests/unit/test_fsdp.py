@@ -18,7 +18,7 @@ import os
 import pytest
 import torch
 
-from core.errors import NonFiniteLoss, Paused
+from core.errors import InvalidRequest, NonFiniteLoss, Paused
 from core.training import distributed
 from core.training.loop import Callbacks
 from core.training.state import trainable_weights
@@ -43,6 +43,12 @@ def _train_fsdp(method_name, lora, overrides, batch, accumulation, **kw):
         return _train(method_name, lora, overrides, batch, accumulation, strategy="fsdp", **kw)
     finally:
         ddp.trainable_weights = real
+
+
+def _fsdp_scenarios():
+    """The DDP comparisons that FSDP runs too: all but sharpness-aware steps, which FSDP
+    refuses (their move needs the whole gradient's norm)."""
+    return [s for s in _scenarios() if "sam_rho" not in s[3]]
 
 
 #: evaluation points and saved states: GA, full and LoRA, at batch 4 (8 in one process)
@@ -77,7 +83,7 @@ def _rank_main(rank: int, world: int, port: int, out_dir: str) -> None:
     )
     distributed.init_process_group()
     results: dict = {}
-    for name, method, lora, overrides in _scenarios():
+    for name, method, lora, overrides in _fsdp_scenarios():
         for batch, accumulation in TWO_PROCESSES:
             results[(name, batch, accumulation)] = _train_fsdp(
                 method, lora, overrides, batch, accumulation
@@ -87,6 +93,11 @@ def _rank_main(rank: int, world: int, port: int, out_dir: str) -> None:
         results["nan"] = None
     except NonFiniteLoss as error:
         results["nan"] = (error.code, error.message)
+    try:
+        _train_fsdp("simnpo", False, {"sam_rho": 0.05}, 4, 1)
+        results["sam"] = None
+    except InvalidRequest as error:
+        results["sam"] = (error.code, error.param)
     for method, lora in CAPTURED:
         record: dict = {}
         trained = _train_fsdp(
@@ -130,7 +141,7 @@ def two_processes(tmp_path_factory):
 
 
 @pytest.mark.parametrize("batch,accumulation", TWO_PROCESSES)
-@pytest.mark.parametrize("name,method,lora,overrides", _scenarios())
+@pytest.mark.parametrize("name,method,lora,overrides", _fsdp_scenarios())
 @two_devices
 def test_two_fsdp_processes_train_as_one(
     two_processes, name, method, lora, overrides, batch, accumulation
@@ -217,8 +228,13 @@ def test_a_pause_under_fsdp_saves_the_evaluation_point_state(two_processes):
             torch.testing.assert_close(paused.optimizer["state"][index][key], value)
 
 
+@two_devices
+def test_sharpness_aware_steps_are_refused_on_every_fsdp_rank(two_processes):
+    for results in two_processes:
+        assert results["sam"] == ("unsupported_strategy", "hyperparameters.sam_rho")
+
+
 def test_fsdp_is_a_strategy_and_fp16_under_fsdp_is_refused():
-    from core.errors import InvalidRequest
     from core.spec import parse_job_spec
 
     base = {"model": "m", "forget": "f", "retain": "r"}
@@ -235,6 +251,18 @@ def test_fsdp_is_a_strategy_and_fp16_under_fsdp_is_refused():
     assert (error.value.code, error.value.param) == (
         "unsupported_strategy",
         "hyperparameters.precision",
+    )
+    with pytest.raises(InvalidRequest) as error:
+        parse_job_spec(
+            {
+                **base,
+                "resources": {"gpus": 2, "strategy": "fsdp"},
+                "hyperparameters": {"sam_rho": 0.1},
+            }
+        )
+    assert (error.value.code, error.value.param) == (
+        "unsupported_strategy",
+        "hyperparameters.sam_rho",
     )
 
 
