@@ -53,11 +53,27 @@ GRID = {
     "graddiff": {"learning_rate": [3e-4, 1e-3], "retain_coeff": [1.0, 5.0]},
     "ga": {"learning_rate": [1e-4, 3e-4]},
 }
+#: the regime of the first false "forgotten" in a job (docs/minitofu.md): SimNPO with
+#: sharpness-aware updates at the automatic rate, run long enough to over-forget
+SAM_GRID = {
+    "simnpo": {
+        "learning_rate": [3.1e-4],
+        "retain_coeff": [5.0],
+        "gamma": [3.0],
+        "beta": [1.0],
+        "forget_coeff": [1.0],
+        "sam_rho": [0.3],
+        "epochs": [40],
+    },
+}
+GRIDS = {"default": GRID, "sam": SAM_GRID}
 
 
-def settings(methods):
+def settings(methods, grid_name="default"):
     for method in methods:
-        grid = GRID[method]
+        grid = GRIDS[grid_name].get(method)
+        if grid is None:
+            continue
         for values in itertools.product(*grid.values()):
             yield method, dict(zip(grid, values))
 
@@ -69,6 +85,9 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--methods", default="simnpo,npo,graddiff,ga")
+    parser.add_argument(
+        "--grid", choices=sorted(GRIDS), default="default", help="sam: the over-forgetting regime"
+    )
     parser.add_argument("--cache", type=Path, default=REPO / ".cache" / "bench")
     args = parser.parse_args(argv)
 
@@ -105,8 +124,8 @@ def main(argv=None) -> int:
     done = {json.dumps([r["method"], r["seed"], r["hyperparameters"]]) for r in out["runs"]}
 
     for seed in [int(s) for s in args.seeds.split(",")]:
-        for method, overrides in settings(args.methods.split(",")):
-            hyperparameters = {**COMMON, **overrides, "epochs": args.epochs}
+        for method, overrides in settings(args.methods.split(","), args.grid):
+            hyperparameters = {**COMMON, "epochs": args.epochs, **overrides}
             key = json.dumps([method, seed, hyperparameters])
             if key in done:
                 continue

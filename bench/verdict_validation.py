@@ -16,6 +16,7 @@ and the miss rate (points with oracle forget quality >= 0.5 not called forgotten
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import sys
@@ -33,12 +34,17 @@ FALSE_BELOW = 0.05
 HIT_ABOVE = 0.5
 
 
-def candidates(probe: Probe) -> dict[str, float]:
-    """Every candidate statistic of one point (higher = more "like never seen")."""
+def candidates(probe: Probe, original: Probe) -> dict[str, float]:
+    """Every candidate statistic of one point (higher = more "like never seen").
+    ``original``: the model before unlearning, whose holdout truth ratios are a
+    reference that unlearning cannot move."""
     out = {}
     tr_f, tr_h = probe.column("forget", "truth_ratio"), probe.column("holdout", "truth_ratio")
+    tr_o = original.column("holdout", "truth_ratio")
     out["tr_ks_p"] = float(stats.ks_2samp(tr_f, tr_h).pvalue)
     out["tr_mw_p"] = float(stats.mannwhitneyu(tr_f, tr_h).pvalue)
+    out["tr_ks_p_original"] = float(stats.ks_2samp(tr_f, tr_o).pvalue)
+    out["tr_ks_p_both"] = min(out["tr_ks_p"], out["tr_ks_p_original"])
     p_f, p_h = probe.column("forget", "probability"), probe.column("holdout", "probability")
     out["prob_ks_p"] = float(stats.ks_2samp(p_f, p_h).pvalue)
     out["prob_ratio"] = float(p_f.mean() / p_h.mean())
@@ -71,23 +77,29 @@ def main(argv=None) -> int:
                 "run": "oracle",
                 "oracle_fq": 1.0,
                 "utility_ratio": oracle.utility() / base_utility,
-                **candidates(oracle),
+                **candidates(oracle, original),
             }
         )
         rows.append(
-            {"run": "original", "oracle_fq": 0.0, "utility_ratio": 1.0, **candidates(original)}
+            {
+                "run": "original",
+                "oracle_fq": 0.0,
+                "utility_ratio": 1.0,
+                **candidates(original, original),
+            }
         )
-        for run in study["runs"]:
+        for number, run in enumerate(study["runs"]):
             for point in run["points"]:
                 probe = Probe.from_dict(point)
                 rows.append(
                     {
-                        "run": f"{run['method']} {run['hyperparameters']['learning_rate']:g} "
+                        "run": f"{path.name}#{number} {run['method']} "
+                        f"{run['hyperparameters']['learning_rate']:g} "
                         f"{run['hyperparameters'].get('retain_coeff', '')} seed {run['seed']}",
                         "epoch": point["epoch"],
                         "oracle_fq": point["oracle_fq"],
                         "utility_ratio": probe.utility() / base_utility,
-                        **candidates(probe),
+                        **candidates(probe, original),
                     }
                 )
     log_fq = [math.log10(max(r["oracle_fq"], 1e-30)) for r in rows]
@@ -102,6 +114,8 @@ def main(argv=None) -> int:
     for name, thresholds in (
         ("tr_ks_p", [0.05, 0.1, 0.2, 0.3, 0.5]),
         ("tr_mw_p", [0.05, 0.1, 0.2, 0.3, 0.5]),
+        ("tr_ks_p_original", [0.05, 0.1, 0.2, 0.3, 0.5]),
+        ("tr_ks_p_both", [0.05, 0.1, 0.2, 0.3, 0.5]),
         ("auc_min_k_plus_plus_closeness", [0.6, 0.7, 0.8, 0.9]),
         ("auc_loss_closeness", [0.6, 0.7, 0.8, 0.9]),
     ):
@@ -114,7 +128,41 @@ def main(argv=None) -> int:
                 f"{name} >= {threshold}: called {len(called)}, false {len(false)} "
                 f"({len(false) / max(len(called), 1):.0%}), missed {len(missed)}/{len(hits)}"
             )
+    stopping(rows, floor)
     return 0
+
+
+def stopping(rows, floor: float) -> None:
+    """What a job would publish: per run, the first point that passes the knowledge
+    test (with utility at the floor and the membership AUC at most 0.7, the verdict's
+    other checks) at ``k`` points in a row (``target.confirm_points``)."""
+    runs: dict[str, list[dict]] = {}
+    for row in rows:
+        if row["run"] not in ("oracle", "original"):
+            runs.setdefault(row["run"], []).append(row)
+    print(f"\nfirst call per run ({len(runs)} runs), oracle FQ at the call:")
+    for k, threshold, sides in itertools.product((1, 2, 3), (0.2, 0.3, 0.5), (1, 2)):
+        calls = []
+        for points in runs.values():
+            streak = 0
+            for row in points:
+                passes = (
+                    row["tr_ks_p"] >= threshold
+                    and row["utility_ratio"] >= floor
+                    and row["auc_loss"] <= 0.7
+                    and (sides == 1 or row["auc_loss"] >= 0.3)
+                )
+                streak = streak + 1 if passes else 0
+                if streak >= k:
+                    calls.append(row["oracle_fq"])
+                    break
+        false = sum(fq < FALSE_BELOW for fq in calls)
+        shown = " ".join(f"{fq:.2g}" for fq in sorted(calls))
+        print(
+            f"k {k}, tr_ks_p >= {threshold}, membership "
+            f"{'one' if sides == 1 else 'two'}-sided: called {len(calls)}, false {false}, "
+            f"FQ at the call: {shown}"
+        )
 
 
 if __name__ == "__main__":
