@@ -360,7 +360,11 @@ def _run_unlearning(spec, inputs, workdir, reporter, lookup, settings, resume) -
     if monitor is not None:
         from core.training.target import SELECTION_RULE, select_point
 
-        selected = select_point(monitor.state.records(), utility_floor=target.utility_floor)
+        selected = select_point(
+            monitor.state.records(),
+            utility_floor=target.utility_floor,
+            confirm_points=target.confirm_points,
+        )
         if selected is not None and selected.step != last_step:
             from core.models.checkpoint import save_checkpoint
 
@@ -441,7 +445,12 @@ def _run_unlearning(spec, inputs, workdir, reporter, lookup, settings, resume) -
         log.info("report written in %.1fs", time.monotonic() - started)
     elif selected is not None:
         # No final evaluation: the published point's own verdict is the job's.
-        outcome.verdict = {**selected.verdict, "target_met": selected.met}
+        from core.training.target import met_streak
+
+        records = monitor.state.records()
+        index = next(i for i, p in enumerate(records) if p.step == selected.step)
+        confirmed = met_streak(records, index) >= target.confirm_points
+        outcome.verdict = {**selected.verdict, "target_met": confirmed}
     return outcome
 
 

@@ -155,6 +155,7 @@ class JobEvaluator:
             after,
             target=target,
             relearning=relearning,
+            confirmation=_confirmation(target, points, selected_step),
         )
         comparison = compare(before, after, oracle)
         training = [{"step": m.step, "epoch": m.epoch, "values": m.values()} for m in history]
@@ -203,6 +204,7 @@ class JobEvaluator:
         own records scored by the published model, teacher-forced, against the holdout
         records the job's verdict used, with the job's threshold."""
         from core.batch_evidence import request_outcome
+        from core.evaluation.verdict import membership_two_sided
         from core.spec import VERDICT_FORGET_THRESHOLD
 
         members = self.inputs.batch_members
@@ -212,7 +214,7 @@ class JobEvaluator:
         spec = self.spec.evaluation.model_copy(update={"generate": False})
         holdout = after.sets["holdout"].samples if "holdout" in after.sets else None
         threshold = target.forget_threshold if target is not None else VERDICT_FORGET_THRESHOLD
-        two_sided = target is not None and target.membership == "two_sided"
+        two_sided = membership_two_sided(target)
         outcomes = []
         for member in members:
             forget = None
@@ -344,3 +346,17 @@ def _with_oracle(relearn: dict, oracle_relearn: dict | None) -> dict:
     theirs = ((oracle_relearn or {}).get("after_attack_unseen") or {}).get("forget_probability")
     relearn["unseen_probability_vs_oracle"] = ours / theirs if ours is not None and theirs else None
     return relearn
+
+
+def _confirmation(target, points, selected_step):
+    """The confirmation check of the published point, for a target that asks for more
+    than one point (``core.training.target``); None otherwise."""
+    if target is None or target.confirm_points <= 1 or not points:
+        return None
+    from core.evaluation.verdict import confirmation_check
+    from core.training.target import PointRecord, met_streak
+
+    records = [p if isinstance(p, PointRecord) else PointRecord(**p) for p in points]
+    index = next((i for i, p in enumerate(records) if p.step == selected_step), None)
+    streak = 0 if index is None else met_streak(records, index)
+    return confirmation_check(streak, target.confirm_points)

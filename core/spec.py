@@ -196,15 +196,24 @@ class TargetSpec(StrictModel):
         "(two-sample KS test of the model's own truth ratios).",
     )
     membership: Literal["one_sided", "two_sided"] = Field(
-        "one_sided",
-        description="one_sided: forget answers still likelier than unseen data fail the "
-        "verdict, and far less likely ones (over-forgetting: their removal is detectable) are "
-        "flagged; two_sided: both fail.",
+        "two_sided",
+        description="two_sided: forget answers still likelier than unseen data fail the "
+        "verdict, and so do far less likely ones (over-forgetting: their removal is "
+        "detectable, and there the knowledge test called models forgotten that the oracle "
+        "did not, docs/verdict.md); one_sided: over-forgetting is only flagged.",
     )
     relearning: bool = Field(
         True,
         description="Include the relearning check: after a short fine-tune on part of the "
         "forget set, the rest must stay as unlikely as holdout data.",
+    )
+    confirm_points: int = Field(
+        2,
+        ge=1,
+        le=10,
+        description="Evaluation points in a row whose verdict must say forgotten before the "
+        "target counts as met: the knowledge test on ~100 records is noisy, and one passing "
+        "point can be luck (docs/verdict.md). 1 trusts a single point.",
     )
     stop_when_met: bool = Field(
         True,

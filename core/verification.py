@@ -163,7 +163,11 @@ class TargetMonitor:
         )
         points = self.state.records() + [record]
         self.state.points.append(asdict(record))
-        best = select_point(points, utility_floor=self.target.utility_floor)
+        best = select_point(
+            points,
+            utility_floor=self.target.utility_floor,
+            confirm_points=self.target.confirm_points,
+        )
         if best is record:
             self._keep_best(point.model, record.step)
         self.state.eval_seconds += time.perf_counter() - started
@@ -173,6 +177,7 @@ class TargetMonitor:
             points,
             utility_floor=self.target.utility_floor,
             stop_when_met=self.target.stop_when_met,
+            confirm_points=self.target.confirm_points,
         )
         self.reporter.evaluation(
             {

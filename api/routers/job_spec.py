@@ -23,6 +23,7 @@ class JobSpecObject(BaseModel):
 @router.get("", response_model=JobSpecObject)
 async def get_job_spec() -> JobSpecObject:
     """The job spec's schema, the default target (``utility_floor``, ``max_epochs``,
-    ``eval_every_steps``, ``forget_threshold``, ``relearning``, ``stop_when_met``) and
+    ``eval_every_steps``, ``forget_threshold``, ``relearning``, ``confirm_points``,
+    ``stop_when_met``) and
     the rules of the ``auto`` hyperparameters. Method hyperparameters: GET /v1/methods."""
     return methods.job_spec()

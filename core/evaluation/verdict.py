@@ -17,15 +17,17 @@ Checks, each with its threshold (``Check.passed``):
   ``0.5 + margin`` the forget answers are still likelier than unseen ones (remembered:
   fails). Below ``0.5 - margin`` they are *less* likely than unseen ones: the content is
   gone, but that it was removed is detectable (over-forgetting, PrivLeak far below 0).
-  That is flagged in the verdict (``over_forgotten``) and fails only when the target asks
-  for ``membership: two_sided``. Why not fail it by default: on the benchmark every
-  method removes what the truth ratios measure only by pushing the trained answers below
-  unseen data, and a model at the likelihood balance still prefers the right answers
-  (docs/verdict.md).
+  That is flagged in the verdict (``over_forgotten``) and fails it, unless the target
+  asks for ``membership: one_sided``. Over-forgetting is a leak (PrivLeak -87 tells an
+  attacker as much as +87), and it is where the knowledge test is least trustworthy: on
+  the mini-TOFU benchmark every point it passed at oracle forget quality below 0.05 had a
+  membership AUC below 0.3, and a job stopped there (docs/verdict.md).
 - ``utility``: model utility at or above the floor (a fraction of the original's).
 - ``relearning`` (when measured): after a short fine-tune on part of the forget set,
   the rest is no likelier than holdout records under the same attack (ratio of mean
   probabilities at most ``RELEARN_MAX_RATIO``).
+- ``confirmation`` (jobs with a target that asks ``confirm_points`` > 1): the verdict
+  said forgotten at that many evaluation points in a row, ending at the published one.
 
 The verdict is ``forgotten`` when every check passes, ``not_forgotten`` when one fails,
 and ``not_verifiable`` when there is no holdout set (or no truth-ratio fields, for the
@@ -157,6 +159,21 @@ def relearning_check(unseen_probability: float, holdout_probability: float) -> C
     )
 
 
+def confirmation_check(streak: int, required: int) -> Check:
+    """Whether the verdict said forgotten at ``required`` evaluation points in a row,
+    ending at the published one (``core.training.target``)."""
+    return Check(
+        name="confirmation",
+        label="evaluation points in a row whose verdict said forgotten",
+        value=float(streak),
+        threshold=float(required),
+        passed=streak >= required,
+        description="One passing evaluation point can be the luck of a noisy test on about "
+        "a hundred records: the target counts as met only when the verdict held at this "
+        "many points in a row, ending at the published one.",
+    )
+
+
 def decide(checks: list[Check], *, missing: str | None = None) -> Verdict:
     """The verdict of a list of checks; ``missing`` says why forgetting is not
     verifiable (no holdout set)."""
@@ -206,6 +223,11 @@ def _failure(check: Check) -> str:
         )
     if check.name == "utility":
         return f"utility {value}x is below the floor {check.threshold}x"
+    if check.name == "confirmation":
+        return (
+            f"the verdict said forgotten at {check.value:.0f} evaluation point(s) in a row, "
+            f"fewer than the {check.threshold:.0f} that confirm it"
+        )
     if check.name == "relearning":
         return (
             f"a relearning attack brings the rest back ({value}x the holdout's probability, "
@@ -268,21 +290,31 @@ def evaluation_utility(result) -> float | None:
     return metrics.model_utility(components) if components else None
 
 
-def final_verdict(before, after, *, target=None, relearning: Check | None = None) -> dict[str, Any]:
+def final_verdict(
+    before,
+    after,
+    *,
+    target=None,
+    relearning: Check | None = None,
+    confirmation: Check | None = None,
+) -> dict[str, Any]:
     """The verdict of a job's published model from its full evaluation (``after``, with
     the original model ``before`` for utility), plus ``target_met``: True when a target
     was set and the verdict is ``forgotten``."""
     forget = after.sets["forget"].samples
     holdout = after.sets["holdout"].samples if "holdout" in after.sets else None
     threshold = target.forget_threshold if target is not None else _default_threshold()
-    two_sided = target is not None and target.membership == "two_sided"
-    checks, missing = forgetting_checks(forget, holdout, threshold=threshold, two_sided=two_sided)
+    checks, missing = forgetting_checks(
+        forget, holdout, threshold=threshold, two_sided=membership_two_sided(target)
+    )
     base, ours = evaluation_utility(before), evaluation_utility(after)
     ratio = ours / base if ours is not None and base else None
     floor = target.utility_floor if target is not None else _default_floor()
     checks.append(utility_check(ratio, floor))
     if relearning is not None:
         checks.append(relearning)
+    if confirmation is not None:
+        checks.append(confirmation)
     verdict = decide(checks, missing=missing).to_dict()
     verdict["target_met"] = bool(target is not None and verdict["status"] == "forgotten")
     verdict["utility_ratio"] = ratio
@@ -299,3 +331,12 @@ def _default_floor() -> float:
     from core.spec import TargetSpec
 
     return TargetSpec().utility_floor
+
+
+def membership_two_sided(target) -> bool:
+    """Whether over-forgetting fails the membership check: the target's choice, else the
+    target default's (jobs without a target are judged by the same rule)."""
+    from core.spec import TargetSpec
+
+    membership = target.membership if target is not None else TargetSpec().membership
+    return membership == "two_sided"

@@ -3,13 +3,18 @@ published: pure rules over the sequence of points, so they can be tested on
 hand-built trajectories.
 
 A point is *met* when its verdict says ``forgotten`` (which includes utility at or
-above the floor). The run stops at the first met point (``stop_when_met``), or once the
+above the floor), and *confirmed* when it ends a run of ``confirm_points`` met points in
+a row (``target.confirm_points``, default 2). Why not trust one: the knowledge test is a
+KS p-value on about a hundred records per side, and on the mini-TOFU trajectories
+(docs/verdict.md) single points passed it at oracle forget quality 0.02-0.04 where the
+next point did not; a second look at the next point costs one more verdict probe.
+The run stops at the first confirmed point (``stop_when_met``), or once the
 run is hopeless: utility has stayed below half the floor for ``COLLAPSE_POINTS``
 points in a row (the model is being destroyed, not taught to forget).
 
 The published point (``select_point``):
 
-1. the first met point, when there is one;
+1. the first confirmed point, when there is one;
 2. else, among the points whose utility is at or above the floor, the one that forgets
    best: the highest knowledge p-value (forget vs holdout truth ratios), ties broken by
    the membership AUC's closeness to 0.5, then by utility;
@@ -25,7 +30,8 @@ from typing import Any
 COLLAPSE_POINTS = 3
 
 SELECTION_RULE = (
-    "the first evaluation point that met the target; else, among points with utility at "
+    "the first evaluation point that met the target and confirmed it (the verdict said "
+    "forgotten there and at the points just before it, target.confirm_points in all); else, among points with utility at "
     "or above the floor, the one with the highest knowledge p-value (forget vs holdout "
     "truth ratios; ties: membership AUC closest to 0.5, then utility); else the point "
     "with the highest utility"
@@ -57,14 +63,31 @@ class PointRecord:
         return self.value("utility")
 
 
+def met_streak(points: list[PointRecord], index: int = -1) -> int:
+    """How many met points in a row end at ``points[index]``."""
+    if not points:
+        return 0
+    index = index % len(points)
+    count = 0
+    while index - count >= 0 and points[index - count].met:
+        count += 1
+    return count
+
+
 def should_stop(
-    points: list[PointRecord], *, utility_floor: float, stop_when_met: bool
+    points: list[PointRecord],
+    *,
+    utility_floor: float,
+    stop_when_met: bool,
+    confirm_points: int = 1,
 ) -> str | None:
     """Why the run should stop after the last of ``points``, or None to go on."""
     if not points:
         return None
-    if stop_when_met and points[-1].met:
-        return "target met"
+    if stop_when_met and met_streak(points) >= confirm_points:
+        return "target met" + (
+            f" and confirmed at {confirm_points} points in a row" if confirm_points > 1 else ""
+        )
     recent = points[-COLLAPSE_POINTS:]
     if len(recent) == COLLAPSE_POINTS and all(
         p.utility_ratio is not None and p.utility_ratio < utility_floor / 2 for p in recent
@@ -73,13 +96,15 @@ def should_stop(
     return None
 
 
-def select_point(points: list[PointRecord], *, utility_floor: float) -> PointRecord | None:
+def select_point(
+    points: list[PointRecord], *, utility_floor: float, confirm_points: int = 1
+) -> PointRecord | None:
     """The point to publish (see the module docstring for the rule)."""
     if not points:
         return None
-    met = [p for p in points if p.met]
-    if met:
-        return met[0]
+    confirmed = [p for i, p in enumerate(points) if met_streak(points, i) >= confirm_points]
+    if confirmed:
+        return confirmed[0]
     at_floor = [
         p for p in points if p.utility_ratio is not None and p.utility_ratio >= utility_floor
     ]

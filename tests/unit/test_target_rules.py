@@ -87,3 +87,35 @@ def test_points_without_a_verdict_probe_rank_below_measured_ones():
 def test_utility_exactly_at_the_floor_counts_as_kept(floor):
     points = [point(10, knowledge=0.2, utility=floor), point(20, knowledge=0.1, utility=1.0)]
     assert select_point(points, utility_floor=floor).step == 10
+
+
+def test_a_met_point_stops_the_run_only_once_the_next_confirms_it():
+    points = [
+        point(10, knowledge=0.01, membership=0.9, utility=1.0),
+        point(20, status="forgotten", knowledge=0.3, membership=0.4, utility=0.97),
+        point(30, knowledge=0.1, membership=0.35, utility=0.97),  # the next one fails
+        point(40, status="forgotten", knowledge=0.5, membership=0.3, utility=0.98),
+        point(50, status="forgotten", knowledge=0.4, membership=0.3, utility=0.99),
+    ]
+    for end in (2, 3, 4):
+        assert (
+            should_stop(points[:end], utility_floor=FLOOR, stop_when_met=True, confirm_points=2)
+            is None
+        )
+    reason = should_stop(points, utility_floor=FLOOR, stop_when_met=True, confirm_points=2)
+    assert reason == "target met and confirmed at 2 points in a row"
+    # the published point is the one that confirmed, not the lone pass at step 20
+    assert select_point(points, utility_floor=FLOOR, confirm_points=2).step == 50
+    # with one point trusted, the first pass is
+    assert select_point(points, utility_floor=FLOOR, confirm_points=1).step == 20
+    # three in a row never happened: the best forgetting at the floor (knowledge 0.5)
+    assert select_point(points, utility_floor=FLOOR, confirm_points=3).step == 40
+
+
+def test_met_streak_counts_met_points_in_a_row():
+    from core.training.target import met_streak
+
+    statuses = ["forgotten", "not_forgotten", "forgotten", "forgotten", "forgotten"]
+    points = [point(10 * i, status=s) for i, s in enumerate(statuses, 1)]
+    assert [met_streak(points, i) for i in range(len(points))] == [1, 0, 1, 2, 3]
+    assert met_streak(points) == 3 and met_streak([]) == 0

@@ -95,3 +95,12 @@ def test_the_demo_retrain_is_forgotten(demo_verdicts):
     verdict = demo_verdicts["retrain"]
     assert verdict.status == "forgotten", verdict.reason
     assert abs(verdict.check("membership").value - 0.5) < 0.2
+
+
+def test_the_confirmation_check_fails_a_lone_passing_point_and_says_so():
+    from core.evaluation.verdict import confirmation_check, decide
+
+    lone = decide([confirmation_check(1, 2)])
+    assert lone.status == "not_forgotten"
+    assert "1 evaluation point(s) in a row, fewer than the 2" in lone.reason
+    assert decide([confirmation_check(2, 2)]).status == "forgotten"
