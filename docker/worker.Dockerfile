@@ -16,7 +16,9 @@ COPY worker ./worker
 COPY cli ./cli
 COPY migrations ./migrations
 # torch>=2.3 in pyproject.toml is already satisfied by the base image's CUDA build.
-RUN pip install .
+# The deepspeed extra: jobs with resources.strategy: deepspeed (pip builds it without
+# compiling any op; ZeRO-3 with the engine's torch AdamW needs none).
+RUN pip install '.[deepspeed]'
 
 USER obliviate
 CMD ["obliviate", "worker"]
