@@ -461,6 +461,9 @@ def run_training(
             "training" if resume is None else f"training, resumed at step {step}",
             total_steps=total_steps,
             method=method.name,
+            # what the run does, which an accelerate launch may have chosen over the spec
+            strategy=strategy if world > 1 else "ddp",
+            processes=world,
         )
 
         def gather() -> tuple[dict, dict | None]:
