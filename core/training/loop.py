@@ -734,6 +734,10 @@ def run_training(
         # trainable weights) now. Not accelerator.free_memory(): its full gc.collect()
         # took 0.3 s, a tenth of a demo-sized run, to find what this frees directly.
         getattr(optimizer, "optimizer", optimizer).state.clear()
+        if zero:
+            # DeepSpeed's hooks and buffers keep the partitioned model alive: release
+            # them before rank 0 evaluates on its whole copy.
+            model.destroy()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         return result
