@@ -32,7 +32,7 @@ from api.schemas.models import ModelCreate
 from api.schemas.webhooks import WebhookCreate
 from core.methods import DEFAULT_METHOD, LISTED_METHODS, METHODS
 from core.methods.guard_spec import GUARD_METHOD, GuardHyperparameters
-from core.spec import JobSpec
+from core.spec import SHARDED_STRATEGIES, JobSpec
 
 REF = "#/components/schemas/{model}"
 ERROR_REF = {"$ref": REF.format(model="ErrorResponse")}
@@ -336,23 +336,40 @@ def _training_rules(model: type[BaseModel]) -> list[dict]:
 
     no_retain_term = {"anyOf": [is_value("retain_loss", "none"), is_value("retain_coeff", 0)]}
     has_retain_set = {"required": ["retain"], "properties": {"retain": {"type": "string"}}}
-    fsdp = {
+    sharded = {
         "required": ["resources"],
         "properties": {
-            "resources": {"required": ["strategy"], "properties": {"strategy": {"const": "fsdp"}}}
+            "resources": {
+                "required": ["strategy"],
+                "properties": {"strategy": {"enum": list(SHARDED_STRATEGIES)}},
+            }
         },
+    }
+    deepspeed = {
+        "required": ["resources"],
+        "properties": {
+            "resources": {
+                "required": ["strategy"],
+                "properties": {"strategy": {"const": "deepspeed"}},
+            }
+        },
+    }
+    no_lora = {
+        "anyOf": [{"not": {"required": ["lora"]}}, {"properties": {"lora": {"type": "null"}}}]
     }
     rules = [
         # A retain term needs a retain set (missing_retain_set).
         {"anyOf": [has_retain_set, no_retain_term]},
-        # fp16 is refused under fsdp (unsupported_strategy).
-        {"not": {"allOf": [fsdp, is_value("precision", "fp16")]}},
+        # fp16 is refused under fsdp and deepspeed (unsupported_strategy).
+        {"not": {"allOf": [sharded, is_value("precision", "fp16")]}},
+        # bf16-pure full fine-tuning is refused under deepspeed (unsupported_strategy).
+        {"not": {"allOf": [deepspeed, no_lora, is_value("precision", "bf16-pure")]}},
     ]
     if "forget_coeff" in fields:
         # Something must be trained: not a zero forget weight without a retain term.
         rules.append({"not": {"allOf": [is_value("forget_coeff", 0), no_retain_term]}})
     if "sam_rho" in fields:
-        # Sharpness-aware steps are refused under fsdp (unsupported_strategy).
+        # Sharpness-aware steps are refused under fsdp and deepspeed (unsupported_strategy).
         sharpness_aware = {
             "required": ["hyperparameters"],
             "properties": {
@@ -362,7 +379,7 @@ def _training_rules(model: type[BaseModel]) -> list[dict]:
                 }
             },
         }
-        rules.append({"not": {"allOf": [fsdp, sharpness_aware]}})
+        rules.append({"not": {"allOf": [sharded, sharpness_aware]}})
     return rules
 
 

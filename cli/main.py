@@ -152,9 +152,10 @@ def unlearn(
     strategy: str | None = typer.Option(
         None,
         "--strategy",
-        help="How the processes share the model: ddp (each holds it whole) or fsdp (each "
-        "holds a shard of the weights, gradients and optimizer state). Default: the "
-        "spec's resources.strategy (ddp).",
+        help="How the processes share the model: ddp (each holds it whole), fsdp (each "
+        "holds a shard of the weights, gradients and optimizer state) or deepspeed (the "
+        "same through DeepSpeed ZeRO-3; needs the deepspeed package). Default: the spec's "
+        "resources.strategy (ddp).",
     ),
 ):
     """Run one unlearning job locally, with a progress bar."""

@@ -332,7 +332,7 @@ def _run_unlearning(spec, inputs, workdir, reporter, lookup, settings, resume) -
             evaluate_every_steps=target.eval_every_steps if target else None,
             resume=training_state,
             new_schedule=bool(resume and spec.continue_from),
-            strategy=spec.resources.strategy,
+            strategy=distributed.job_strategy(spec.resources.strategy),
         )
     except Paused as paused:
         if not main:

@@ -227,13 +227,11 @@ MAX_JOB_GPUS = 8
 
 
 #: How a job's processes share the model (docs/distributed.md).
-STRATEGIES = ("ddp", "fsdp")
+STRATEGIES = ("ddp", "fsdp", "deepspeed")
 
-#: Strategies a user may ask for by name that the engine does not run, and what to use.
-UNSUPPORTED_STRATEGIES = {
-    "deepspeed": "ZeRO-3 configurations are not read; fsdp shards the weights, gradients "
-    "and optimizer state instead",
-}
+#: Strategies whose processes each hold a shard of the training state: what their
+#: sharded gradients cannot do is refused at submission (``JobSpec.validated``).
+SHARDED_STRATEGIES = ("fsdp", "deepspeed")
 
 
 class ResourcesSpec(StrictModel):
@@ -251,10 +249,13 @@ class ResourcesSpec(StrictModel):
     strategy: str = Field(
         "ddp",
         description="How processes share the job: ddp (every process holds the whole model "
-        "and a share of each batch) or fsdp (every process holds a shard of the weights, "
+        "and a share of each batch), fsdp (every process holds a shard of the weights, "
         "gradients and optimizer state, for models whose training state does not fit one "
-        "GPU; rank 0 still gathers the whole weights to evaluate and save). Both give the "
-        "same result. deepspeed is not supported and is refused with unsupported_strategy.",
+        "GPU; rank 0 still gathers the whole weights to evaluate and save) or deepspeed "
+        "(DeepSpeed ZeRO-3: the same partitioning as fsdp, through DeepSpeed; the worker "
+        "needs the deepspeed package). All give the same result. fsdp and deepspeed refuse "
+        "precision fp16 and sam_rho, and deepspeed bf16-pure full fine-tuning, with "
+        "unsupported_strategy.",
         json_schema_extra={"enum": list(STRATEGIES)},
     )
 
@@ -381,17 +382,31 @@ class JobSpec(StrictModel):
         self._check_kind()
         self._check_resources()
         hparams = self.method_hyperparameters()
-        if self.resources.strategy == "fsdp" and getattr(hparams, "precision", None) == "fp16":
+        strategy = self.resources.strategy
+        if strategy in SHARDED_STRATEGIES and getattr(hparams, "precision", None) == "fp16":
             raise InvalidRequest(
-                "hyperparameters.precision: fp16 is not supported under fsdp (its gradient "
-                "scaler was not tried on sharded gradients); use bf16, bf16-pure or fp32",
+                f"hyperparameters.precision: fp16 is not supported under {strategy} (its "
+                "gradient scaler was not tried on sharded gradients); use bf16, bf16-pure "
+                "or fp32",
                 param="hyperparameters.precision",
                 code="unsupported_strategy",
             )
-        if self.resources.strategy == "fsdp" and getattr(hparams, "sam_rho", 0) > 0:
+        if (
+            strategy == "deepspeed"
+            and self.lora is None
+            and getattr(hparams, "precision", None) == "bf16-pure"
+        ):
             raise InvalidRequest(
-                "hyperparameters.sam_rho: sharpness-aware steps are not supported under fsdp "
-                "(the move needs the whole gradient's norm); use ddp, or sam_rho 0",
+                "hyperparameters.precision: bf16-pure full fine-tuning is not supported under "
+                "deepspeed (ZeRO-3 keeps fp32 master copies of bf16 weights, so it would not "
+                "train as under ddp or fsdp); use bf16 or fp32, or LoRA",
+                param="hyperparameters.precision",
+                code="unsupported_strategy",
+            )
+        if strategy in SHARDED_STRATEGIES and getattr(hparams, "sam_rho", 0) > 0:
+            raise InvalidRequest(
+                f"hyperparameters.sam_rho: sharpness-aware steps are not supported under "
+                f"{strategy} (the move needs the whole gradient's norm); use ddp, or sam_rho 0",
                 param="hyperparameters.sam_rho",
                 code="unsupported_strategy",
             )
@@ -403,16 +418,9 @@ class JobSpec(StrictModel):
 
     def _check_resources(self) -> None:
         strategy = self.resources.strategy
-        if strategy in UNSUPPORTED_STRATEGIES:
-            raise InvalidRequest(
-                f"resources.strategy: {strategy} is not supported; use ddp or fsdp "
-                f"({UNSUPPORTED_STRATEGIES[strategy]}; see docs/distributed.md)",
-                param="resources.strategy",
-                code="unsupported_strategy",
-            )
         if strategy not in STRATEGIES:
             raise InvalidRequest(
-                f"resources.strategy: {strategy!r} is not a strategy; use ddp or fsdp",
+                f"resources.strategy: {strategy!r} is not a strategy; use ddp, fsdp or deepspeed",
                 param="resources.strategy",
                 code="invalid_value",
             )

@@ -16,7 +16,10 @@ COPY worker ./worker
 COPY cli ./cli
 COPY migrations ./migrations
 # torch>=2.3 in pyproject.toml is already satisfied by the base image's CUDA build.
-RUN pip install .
+# The deepspeed extra: jobs with resources.strategy: deepspeed (pip builds it without
+# compiling any op; tried on CPU only, where ZeRO-3 with the engine's AdamW needed none
+# but a communication op DeepSpeed compiles at first use).
+RUN pip install '.[deepspeed]'
 
 USER obliviate
 CMD ["obliviate", "worker"]

@@ -1,5 +1,6 @@
-"""One job in several processes (DDP, or FSDP through ``core.training.fsdp``): who this
-process is, how a block is shared, and what the processes agree on.
+"""One job in several processes (DDP, FSDP through ``core.training.fsdp``, or DeepSpeed
+ZeRO-3 through ``core.training.zero3``): who this process is, how a block is shared,
+and what the processes agree on.
 
 The training loop (``core.training.loop``) divides every loss term by the whole block's
 sequences or answer tokens, all processes together, and DDP averages gradients, so the
@@ -28,6 +29,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -82,31 +84,91 @@ def init_process_group() -> None:
     dist.init_process_group(backend=backend(), timeout=PROCESS_GROUP_TIMEOUT)
 
 
+#: What ``accelerate launch --use_deepspeed`` (or a DeepSpeed accelerate config) sets and
+#: the engine would not honour: it applies ZeRO stage 3 itself (``core.training.zero3``),
+#: with its own settings, and refuses a launch that asks for something else.
+_DEEPSPEED_SETTINGS = {
+    "ACCELERATE_DEEPSPEED_ZERO_STAGE": ("3", "zero_stage: 3 (the only stage the engine runs)"),
+    "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": ("none", "offload_optimizer_device: none"),
+    "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE": ("none", "offload_param_device: none"),
+    "ACCELERATE_DEEPSPEED_CONFIG_FILE": (
+        None,
+        "no deepspeed_config_file (its options are not read)",
+    ),
+}
+
+
+def deepspeed_launch() -> bool:
+    """Launched by ``accelerate launch`` with DeepSpeed turned on."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
 def refuse_sharding_launch() -> None:
-    """``accelerate launch`` with an FSDP or DeepSpeed configuration would have accelerate
-    wrap the model itself, with options (sharding strategy, wrap policy, offloading,
-    ZeRO stages) this engine does not read: refuse rather than run it as something else.
-    FSDP is the job's ``resources.strategy: fsdp`` (``--strategy fsdp``), which
-    ``core.training.fsdp`` applies under a plain multi-GPU launch."""
+    """``accelerate launch`` with an FSDP configuration would have accelerate wrap the
+    model itself, with options (sharding strategy, wrap policy, offloading) this engine
+    does not read: refuse rather than run it as something else. FSDP is the job's
+    ``resources.strategy: fsdp`` (``--strategy fsdp``), which ``core.training.fsdp``
+    applies under a plain multi-GPU launch. A DeepSpeed configuration is accepted when
+    it asks for what the engine runs, ZeRO stage 3 without offloading
+    (:func:`job_strategy`)."""
     from core.errors import InvalidRequest
 
-    for variable, strategy in (
-        ("ACCELERATE_USE_FSDP", "fsdp"),
-        ("ACCELERATE_USE_DEEPSPEED", "deepspeed"),
-    ):
-        if os.environ.get(variable, "false").lower() == "true":
-            instead = (
-                "set resources.strategy: fsdp in the job spec (or --strategy fsdp)"
-                if strategy == "fsdp"
-                else "deepspeed is not supported; resources.strategy: fsdp shards instead"
-            )
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        raise InvalidRequest(
+            "an accelerate configuration with fsdp is not read (ACCELERATE_USE_FSDP is "
+            "set): launch with a plain multi-GPU configuration and set "
+            "resources.strategy: fsdp in the job spec (or --strategy fsdp); see "
+            "docs/distributed.md",
+            param="resources.strategy",
+            code="unsupported_strategy",
+        )
+    if not deepspeed_launch():
+        return
+    for variable, (accepted, wanted) in _DEEPSPEED_SETTINGS.items():
+        value = os.environ.get(variable)
+        # accelerate's DeepSpeed plugin defaults to stage 2 when none is given
+        value = "2" if value is None and variable.endswith("ZERO_STAGE") else value
+        if value is not None and value.lower() != (accepted or ""):
             raise InvalidRequest(
-                f"an accelerate configuration with {strategy} is not read ({variable} is "
-                f"set): launch with a plain multi-GPU configuration and {instead}; see "
+                f"an accelerate DeepSpeed configuration with {variable}={value} is not run: "
+                f"the engine applies DeepSpeed ZeRO-3 itself; use {wanted}, or a plain "
+                "multi-GPU configuration with resources.strategy: deepspeed; see "
                 "docs/distributed.md",
                 param="resources.strategy",
                 code="unsupported_strategy",
             )
+
+
+def job_strategy(strategy: str) -> str:
+    """The strategy a job's run uses: the spec's, or ``deepspeed`` under an accelerate
+    launch with a DeepSpeed ZeRO-3 configuration (the launch is how such a user says
+    so). A launch for DeepSpeed and a spec asking for FSDP contradict each other."""
+    from core.errors import InvalidRequest
+
+    if not deepspeed_launch() or strategy == "deepspeed":
+        return strategy
+    refuse_sharding_launch()
+    if strategy == "fsdp":
+        raise InvalidRequest(
+            "the job spec asks for resources.strategy: fsdp, the accelerate launch for "
+            "DeepSpeed: choose one",
+            param="resources.strategy",
+            code="unsupported_strategy",
+        )
+    return "deepspeed"
+
+
+@contextmanager
+def accelerate_without_deepspeed():
+    """accelerate must not see a DeepSpeed launch: it would prepare the model with its
+    own DeepSpeed plugin (and on CPU processes find no backend and count one process).
+    The engine applies ZeRO-3 itself; accelerate gives it autocast and a device."""
+    saved = os.environ.pop("ACCELERATE_USE_DEEPSPEED", None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ["ACCELERATE_USE_DEEPSPEED"] = saved
 
 
 def shard_block(block: list[int], rank: int, world: int) -> tuple[list[int], list[bool]]:

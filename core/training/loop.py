@@ -6,7 +6,8 @@ normalizes every loss term by the *whole block* (sequences or answer tokens, kno
 the labels before any forward pass). So batch 8 x accumulation 1 and batch 2 x
 accumulation 4 give the same update, and the result does not depend on the GPU count
 at the same effective batch. accelerate handles devices, mixed precision and DDP
-(``core.training.fsdp`` shards the model instead under ``strategy="fsdp"``);
+(``core.training.fsdp`` shards the model instead under ``strategy="fsdp"``, and
+``core.training.zero3`` partitions it with DeepSpeed ZeRO-3 under ``"deepspeed"``);
 ``core.training.distributed`` shares blocks out, reduces metrics and lets rank 0 decide.
 """
 
@@ -26,7 +27,7 @@ from core.data.encoding import IGNORE_INDEX, EncodedExample, collate
 from core.errors import Cancelled, InvalidRequest, NonFiniteLoss, Paused
 from core.methods.base import ForgetInputs, LossTerm, Method, UnlearningHyperparameters
 from core.models.scoring import sequence_nll
-from core.training import distributed
+from core.training import distributed, zero3
 from core.training.divergence import check_step, non_finite_message
 from core.training.state import (
     TrainingState,
@@ -156,10 +157,40 @@ def make_accelerator(precision: str):
     # Several processes without GPUs: accelerate's multi-CPU mode (gloo) needs cpu=True.
     cpu = distributed.world_size() > 1 and not torch.cuda.is_available()
     threads = torch.get_num_threads()
-    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(precision), cpu=cpu)
+    with distributed.accelerate_without_deepspeed():
+        accelerator = Accelerator(mixed_precision=resolve_mixed_precision(precision), cpu=cpu)
     # Its multi-CPU set-up picks a thread count of its own; keep core.runtime's.
     torch.set_num_threads(threads)
     return accelerator
+
+
+def _refuse_under_sharding(strategy: str, hparams, mixed_precision: str, lora) -> None:
+    """What FSDP and ZeRO-3 do not run (the job spec's validation refuses the same at
+    submission; this catches a run started otherwise, e.g. by an accelerate launch)."""
+    if hparams.sam_rho > 0:
+        raise InvalidRequest(
+            f"sam_rho is not supported under {strategy} (the perturbation needs the whole "
+            "gradient's norm): use ddp, or sam_rho 0",
+            param="hyperparameters.sam_rho",
+            code="unsupported_strategy",
+        )
+    if mixed_precision == "fp16":
+        raise InvalidRequest(
+            f"precision fp16 is not supported under {strategy} (its gradient scaler was not "
+            "tried on sharded gradients): use bf16, bf16-pure or fp32",
+            param="hyperparameters.precision",
+            code="unsupported_strategy",
+        )
+    if strategy == "deepspeed" and hparams.precision == "bf16-pure" and lora is None:
+        raise InvalidRequest(
+            "precision bf16-pure full fine-tuning is not supported under deepspeed (ZeRO-3 "
+            "keeps fp32 master copies of bf16 weights, so it would not train as under ddp "
+            "or fsdp): use bf16 or fp32, or LoRA",
+            param="hyperparameters.precision",
+            code="unsupported_strategy",
+        )
+    if strategy == "deepspeed":
+        zero3.require()
 
 
 def total_optimizer_steps(n_forget: int, hparams, num_processes: int = 1) -> int:
@@ -283,8 +314,9 @@ def run_training(
     ``new_schedule`` lets a resumed run have another length than the one it came from
     (a finished job continued with a larger budget): the schedule then follows the new
     length from the step reached. ``strategy``: how several processes share the model,
-    ``ddp`` (each holds it whole) or ``fsdp`` (each holds a shard, ``core.training.fsdp``);
-    one process trains the same either way.
+    ``ddp`` (each holds it whole), ``fsdp`` (each holds a shard, ``core.training.fsdp``)
+    or ``deepspeed`` (ZeRO-3 partitions, ``core.training.zero3``); one process trains the
+    same under any.
     """
     import torch
     from accelerate.utils import set_seed
@@ -301,21 +333,10 @@ def run_training(
         set_seed(seed)
         accelerator = make_accelerator(hparams.precision)
         device = accelerator.device
-        sharded = strategy == "fsdp" and accelerator.num_processes > 1
-        if sharded and hparams.sam_rho > 0:
-            raise InvalidRequest(
-                "sam_rho is not supported under fsdp (the perturbation needs the whole "
-                "gradient's norm): use ddp, or sam_rho 0",
-                param="hyperparameters.sam_rho",
-                code="unsupported_strategy",
-            )
-        if sharded and accelerator.mixed_precision == "fp16":
-            raise InvalidRequest(
-                "precision fp16 is not supported under fsdp (its gradient scaler was not "
-                "tried on sharded gradients): use bf16, bf16-pure or fp32",
-                param="hyperparameters.precision",
-                code="unsupported_strategy",
-            )
+        sharded = strategy in ("fsdp", "deepspeed") and accelerator.num_processes > 1
+        zero = sharded and strategy == "deepspeed"  # else FSDP, when sharded
+        if sharded:
+            _refuse_under_sharding(strategy, hparams, accelerator.mixed_precision, lora)
         pad_id = (
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         )
@@ -366,7 +387,7 @@ def run_training(
             load_trainable_weights(model, resume.weights)
         model.train()
 
-        whole = None  # under FSDP, rank 0's unsharded copy for evaluation and saving
+        whole = None  # sharded: rank 0's unsharded copy for evaluation and saving
         if sharded:
             from core.training import fsdp
 
@@ -374,13 +395,26 @@ def run_training(
             if accelerator.is_main_process:
                 # On the CPU between evaluation points; fully_shard moves the shards back.
                 whole = copy.deepcopy(model.to("cpu"))
-            fsdp.shard(model, device)
-            if ref_model is not None:
-                fsdp.shard(ref_model, device)
+                if zero:
+                    model.to(device)
+            if not zero:
+                fsdp.shard(model, device)
+                if ref_model is not None:
+                    fsdp.shard(ref_model, device)
         params = [p for p in model.parameters() if p.requires_grad]
         total_steps = total_optimizer_steps(len(forget), hparams, accelerator.num_processes)
         optimizer, scheduler = make_optimizer(params, hparams, total_steps)
-        if not sharded:
+        groups = None  # under ZeRO-3, the optimizer's parameters, for saving its state
+        if zero:
+            groups = zero3.parameter_groups(optimizer)
+            model, optimizer = zero3.initialize(
+                model, optimizer, hparams, accelerator.num_processes
+            )
+            # The KL term's frozen copy stays whole on every rank (no gradients or
+            # moments: a quarter of what ZeRO-3 partitions).
+            if ref_model is not None:
+                ref_model.to(device)
+        elif not sharded:
             model, optimizer = accelerator.prepare(model, optimizer)
             if ref_model is not None:
                 ref_model.to(device)
@@ -398,7 +432,9 @@ def run_training(
                     f"the saved training state planned {resume.total_steps} steps, this run "
                     f"{total_steps}: resume with the same data and hyperparameters"
                 )
-            if sharded:
+            if zero:
+                zero3.load_optimizer_state(model, optimizer, groups, resume.optimizer)
+            elif sharded:
                 fsdp.load_optimizer_state(model, optimizer, resume.optimizer)
             else:
                 optimizer.load_state_dict(resume.optimizer)
@@ -425,13 +461,20 @@ def run_training(
             "training" if resume is None else f"training, resumed at step {step}",
             total_steps=total_steps,
             method=method.name,
+            # what the run does, which an accelerate launch may have chosen over the spec
+            strategy=strategy if world > 1 else "ddp",
+            processes=world,
         )
 
         def gather() -> tuple[dict, dict | None]:
-            """Under FSDP, on every rank: the trainable weights and the optimizer state,
+            """Sharded, on every rank: the trainable weights and the optimizer state,
             whole, on rank 0 (which also loads the weights into its unsharded copy)."""
-            weights = fsdp.full_trainable_weights(model)
-            optimizer_state = fsdp.full_optimizer_state(model, optimizer)
+            if zero:
+                weights = zero3.full_trainable_weights(model)
+                optimizer_state = zero3.full_optimizer_state(model, optimizer, groups)
+            else:
+                weights = fsdp.full_trainable_weights(model)
+                optimizer_state = fsdp.full_optimizer_state(model, optimizer)
             if whole is not None:
                 load_trainable_weights(whole, weights)
             return weights, optimizer_state
@@ -440,7 +483,7 @@ def run_training(
             epoch_index: int, next_block: int, epoch_generator, gathered=None
         ) -> TrainingState:
             """The state after the current step, continuing at ``next_block``
-            (``gathered``: :func:`gather`'s, under FSDP)."""
+            (``gathered``: :func:`gather`'s, sharded)."""
             if next_block >= len(forget):
                 epoch_index, next_block, epoch_generator = epoch_index + 1, 0, generator
             return TrainingState(
@@ -523,7 +566,9 @@ def run_training(
                         if distributed.rank0_decides(callbacks.should_cancel, world):
                             raise Cancelled(f"cancelled at step {step}")
                         sync = micro_index == len(micro_batches) - 1
-                        if sharded:
+                        if zero:
+                            zero3.set_gradient_sync(model, sync)
+                        elif sharded:
                             fsdp.set_gradient_sync(model, sync)
                         with (
                             nullcontext()
@@ -568,7 +613,9 @@ def run_training(
                         step_tokens += micro_tokens
 
                 sam_restore(moved)
-                if sharded:  # the norm over every rank's shards (no clipping at inf)
+                if zero:  # DeepSpeed clips and steps in one call
+                    grad_norm = zero3.step(model)
+                elif sharded:  # the norm over every rank's shards (no clipping at inf)
                     grad_norm = accelerator.clip_grad_norm_(
                         params, hparams.max_grad_norm or math.inf
                     )
@@ -592,7 +639,8 @@ def run_training(
                         param="hyperparameters",
                     )
                 lr = scheduler.get_last_lr()[0]
-                optimizer.step()
+                if not zero:
+                    optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
@@ -649,7 +697,7 @@ def run_training(
                     # Rank 0 judges the point; it needs every rank's measurements.
                     seen_forget = distributed.merge_dicts(seen_forget, world)
                     seen_retain = distributed.merge_dicts(seen_retain, world)
-                # Under FSDP every rank gathers the point's weights into rank 0's copy.
+                # Sharded, every rank gathers the point's weights into rank 0's copy.
                 gathered = gather() if sharded and due else None
                 stop = False
                 if callbacks.on_evaluation and due and rank == 0:
@@ -675,10 +723,10 @@ def run_training(
                 break
 
         if sharded:
-            gathered = fsdp.full_trainable_weights(model)
+            gathered = (zero3 if zero else fsdp).full_trainable_weights(model)
             if whole is not None:
                 load_trainable_weights(whole, gathered)
-        # Rank 0's unsharded copy under FSDP (the other ranks' shards are of no use after)
+        # Rank 0's unsharded copy when sharded (the other ranks' shards are of no use after)
         result.model = whole.to(device) if whole is not None else accelerator.unwrap_model(model)
         result.steps, result.trained_tokens = step, tokens
         result.elapsed_s = time.monotonic() - started
@@ -686,6 +734,10 @@ def run_training(
         # trainable weights) now. Not accelerator.free_memory(): its full gc.collect()
         # took 0.3 s, a tenth of a demo-sized run, to find what this frees directly.
         getattr(optimizer, "optimizer", optimizer).state.clear()
+        if zero:
+            # DeepSpeed's hooks and buffers keep the partitioned model alive: release
+            # them before rank 0 evaluates on its whole copy.
+            model.destroy()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         return result
@@ -822,7 +874,10 @@ def _micro_step(
         )
     parts["loss"] = float(loss.detach())
     # DDP averages gradients over processes; the denominators are already global.
-    accelerator.backward(loss * world)
+    if zero3.is_engine(model):  # ZeRO-3 reduces and partitions gradients in its own
+        model.backward(loss * world)
+    else:
+        accelerator.backward(loss * world)
     return parts, weights, n_tokens
 
 

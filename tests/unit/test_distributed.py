@@ -334,8 +334,7 @@ def test_cli_num_processes_gives_the_one_process_result(home, tmp_path):
         torch.testing.assert_close(two_weights[key], value, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("strategy", ["deepspeed"])
-def test_unsupported_strategies_are_refused_naming_the_field(strategy):
+def test_an_unknown_strategy_is_refused_naming_the_field():
     from core.errors import InvalidRequest
     from core.spec import parse_job_spec
 
@@ -345,25 +344,91 @@ def test_unsupported_strategies_are_refused_naming_the_field(strategy):
                 "model": "m",
                 "forget": "f",
                 "retain": "r",
-                "resources": {"gpus": 2, "strategy": strategy},
+                "resources": {"gpus": 2, "strategy": "megatron"},
             }
         )
-    assert error.value.code == "unsupported_strategy"
-    assert error.value.param == "resources.strategy"
+    assert (error.value.code, error.value.param) == ("invalid_value", "resources.strategy")
     spec = parse_job_spec({"model": "m", "forget": "f", "retain": "r", "resources": {"gpus": 2}})
     assert spec.resources.strategy == "ddp"
 
 
-def test_an_accelerate_launch_with_fsdp_or_deepspeed_is_refused(monkeypatch):
+def test_deepspeed_is_a_strategy_and_what_zero3_cannot_run_is_refused():
+    """Accepted at submission whether or not the API's machine has deepspeed (the
+    worker's must); fp16, sam_rho and bf16-pure full fine-tuning are refused."""
+    from core.errors import InvalidRequest
+    from core.spec import parse_job_spec
+
+    base = {
+        "model": "m",
+        "forget": "f",
+        "retain": "r",
+        "resources": {"gpus": 2, "strategy": "deepspeed"},
+    }
+    assert parse_job_spec(base).resources.strategy == "deepspeed"
+    lora = {"r": 4, "alpha": 8, "target_modules": ["q_proj"]}
+    pure = {"precision": "bf16-pure"}
+    assert parse_job_spec({**base, "lora": lora, "hyperparameters": pure}).lora is not None
+    for hyperparameters, param in (
+        ({"precision": "fp16"}, "hyperparameters.precision"),
+        ({"sam_rho": 0.1}, "hyperparameters.sam_rho"),
+        (pure, "hyperparameters.precision"),
+    ):
+        with pytest.raises(InvalidRequest) as error:
+            parse_job_spec({**base, "hyperparameters": hyperparameters})
+        assert (error.value.code, error.value.param) == ("unsupported_strategy", param)
+        assert "deepspeed" in error.value.message
+
+
+def test_an_accelerate_launch_with_fsdp_is_refused(monkeypatch):
     from core.errors import InvalidRequest
     from core.training.loop import make_accelerator
 
-    for variable in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(InvalidRequest) as error:
+        make_accelerator("fp32")
+    assert error.value.code == "unsupported_strategy"
+
+
+def test_an_accelerate_launch_with_deepspeed_zero3_runs_the_job_under_deepspeed(monkeypatch):
+    """accelerate launch --use_deepspeed --zero_stage 3: the job runs under the engine's
+    own ZeRO-3 (accelerate itself stays in its plain mode); a launch asking for what the
+    engine does not run (another stage, offloading, a DeepSpeed config file), or a spec
+    asking for fsdp, is refused."""
+    from accelerate.utils import DistributedType
+
+    from core.errors import InvalidRequest
+    from core.training.loop import make_accelerator
+
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "none")
+    assert distributed.job_strategy("ddp") == "deepspeed"
+    assert distributed.job_strategy("deepspeed") == "deepspeed"
+    assert make_accelerator("fp32").distributed_type != DistributedType.DEEPSPEED
+    assert os.environ["ACCELERATE_USE_DEEPSPEED"] == "true"  # hidden from accelerate only
+    with pytest.raises(InvalidRequest) as error:
+        distributed.job_strategy("fsdp")
+    assert (error.value.code, error.value.param) == ("unsupported_strategy", "resources.strategy")
+    for variable, value in (
+        ("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2"),
+        ("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE", "cpu"),
+        ("ACCELERATE_DEEPSPEED_CONFIG_FILE", "ds.json"),
+    ):
         with monkeypatch.context() as patch:
-            patch.setenv(variable, "true")
-            with pytest.raises(InvalidRequest) as error:
-                make_accelerator("fp32")
-        assert error.value.code == "unsupported_strategy"
+            patch.setenv(variable, value)
+            for attempt in (
+                lambda: make_accelerator("fp32"),
+                lambda: distributed.job_strategy("ddp"),
+            ):
+                with pytest.raises(InvalidRequest) as error:
+                    attempt()
+                assert error.value.code == "unsupported_strategy"
+                assert variable in error.value.message
+    monkeypatch.delenv("ACCELERATE_DEEPSPEED_ZERO_STAGE")  # accelerate's default: stage 2
+    with pytest.raises(InvalidRequest):
+        distributed.job_strategy("ddp")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "false")
+    assert distributed.job_strategy("ddp") == "ddp"
 
 
 def _exit_on_rank_1():
