@@ -165,8 +165,8 @@ def confirmation_check(streak: int, required: int) -> Check:
     return Check(
         name="confirmation",
         label="evaluation points in a row whose verdict said forgotten",
-        value=float(streak),
-        threshold=float(required),
+        value=int(streak),  # counts, shown as such in the report
+        threshold=int(required),
         passed=streak >= required,
         description="One passing evaluation point can be the luck of a noisy test on about "
         "a hundred records: the target counts as met only when the verdict held at this "
