@@ -21,13 +21,12 @@ import os
 import pytest
 import torch
 
-from core.errors import InvalidRequest, NonFiniteLoss, Paused
+from core.errors import InvalidRequest, Paused
 from core.training import distributed
 from core.training.loop import Callbacks
 from core.training.state import trainable_weights
 from tests.unit import test_distributed as ddp
 from tests.unit.test_distributed import (
-    NAN_ON_RANK_1,
     ONE_PROCESS,
     TWO_PROCESSES,
     _scenarios,
@@ -88,15 +87,7 @@ def capture_at_step_2(record: dict):
 
 
 def _rank_main(rank: int, world: int, port: int, out_dir: str, strategy: str) -> None:
-    os.environ.update(
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_WORLD_SIZE=str(world),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        OMP_NUM_THREADS="1",
-    )
+    ddp.rank_environment(rank, world, port)
     if strategy == "deepspeed":
         from core.training import zero3
 
@@ -108,17 +99,7 @@ def _rank_main(rank: int, world: int, port: int, out_dir: str, strategy: str) ->
     def train(*args, **kw):
         return _train_sharded(strategy, *args, **kw)
 
-    results: dict = {}
-    for name, method, lora, overrides in sharded_scenarios():
-        for batch, accumulation in TWO_PROCESSES:
-            results[(name, batch, accumulation)] = train(
-                method, lora, overrides, batch, accumulation
-            )
-    try:
-        train("ga", False, {}, 4, 1, method=NAN_ON_RANK_1)
-        results["nan"] = None
-    except NonFiniteLoss as error:
-        results["nan"] = (error.code, error.message)
+    results = ddp.scenario_results(train, sharded_scenarios())
     try:
         train("simnpo", False, {"sam_rho": 0.05}, 4, 1)
         results["sam"] = None

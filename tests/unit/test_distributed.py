@@ -168,7 +168,8 @@ NAN_ON_RANK_1 = Method(
 )
 
 
-def _rank_main(rank: int, world: int, port: int, out_dir: str) -> None:
+def rank_environment(rank: int, world: int, port: int) -> None:
+    """What a launcher gives rank ``rank`` of a one-machine job (one thread each)."""
     os.environ.update(
         RANK=str(rank),
         LOCAL_RANK=str(rank),
@@ -178,18 +179,29 @@ def _rank_main(rank: int, world: int, port: int, out_dir: str) -> None:
         MASTER_PORT=str(port),
         OMP_NUM_THREADS="1",
     )
-    distributed.init_process_group()
+
+
+def scenario_results(train, scenarios) -> dict:
+    """Every scenario at every two-process batch split, and a NaN on rank 1 (its error's
+    code and message), trained by ``train`` (the strategy's ``_train``)."""
     results: dict = {}
-    for name, method, lora, overrides in _scenarios():
+    for name, method, lora, overrides in scenarios:
         for batch, accumulation in TWO_PROCESSES:
-            results[(name, batch, accumulation)] = _train(
+            results[(name, batch, accumulation)] = train(
                 method, lora, overrides, batch, accumulation
             )
     try:
-        _train("ga", False, {}, 4, 1, method=NAN_ON_RANK_1)
+        train("ga", False, {}, 4, 1, method=NAN_ON_RANK_1)
         results["nan"] = None
     except NonFiniteLoss as error:
         results["nan"] = (error.code, error.message)
+    return results
+
+
+def _rank_main(rank: int, world: int, port: int, out_dir: str) -> None:
+    rank_environment(rank, world, port)
+    distributed.init_process_group()
+    results = scenario_results(_train, _scenarios())
     calls = []
 
     def stop_at_step_2(point):
