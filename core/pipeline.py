@@ -444,13 +444,17 @@ def _run_unlearning(spec, inputs, workdir, reporter, lookup, settings, resume) -
         outcome.verdict = (outcome.report or {}).get("summary", {}).get("verdict")
         log.info("report written in %.1fs", time.monotonic() - started)
     elif selected is not None:
-        # No final evaluation: the published point's own verdict is the job's.
-        from core.training.target import met_streak
+        # No final evaluation: the published point's own verdict is the job's, with the
+        # confirmation check the final evaluation would add (a lone pass is not forgotten).
+        from core.evaluation.verdict import Check, decide
+        from core.training.target import confirmation
 
-        records = monitor.state.records()
-        index = next(i for i, p in enumerate(records) if p.step == selected.step)
-        confirmed = met_streak(records, index) >= target.confirm_points
-        outcome.verdict = {**selected.verdict, "target_met": confirmed}
+        verdict = selected.verdict
+        check = confirmation(monitor.state.points, selected.step, target.confirm_points)
+        if check is not None and verdict.get("status") == "forgotten":
+            checks = [Check(**c) for c in verdict.get("checks", [])] + [check]
+            verdict = decide(checks).to_dict()
+        outcome.verdict = {**verdict, "target_met": verdict.get("status") == "forgotten"}
     return outcome
 
 

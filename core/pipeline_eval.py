@@ -125,6 +125,7 @@ class JobEvaluator:
         learning_rate=None,
     ) -> tuple[Path, dict]:
         from core.evaluation.verdict import final_verdict
+        from core.training.target import confirmation
 
         started = time.perf_counter()
         oracle, oracle_model = self._oracle()
@@ -155,7 +156,9 @@ class JobEvaluator:
             after,
             target=target,
             relearning=relearning,
-            confirmation=_confirmation(target, points, selected_step),
+            confirmation=None
+            if target is None
+            else confirmation(points, selected_step, target.confirm_points),
         )
         comparison = compare(before, after, oracle)
         training = [{"step": m.step, "epoch": m.epoch, "values": m.values()} for m in history]
@@ -346,17 +349,3 @@ def _with_oracle(relearn: dict, oracle_relearn: dict | None) -> dict:
     theirs = ((oracle_relearn or {}).get("after_attack_unseen") or {}).get("forget_probability")
     relearn["unseen_probability_vs_oracle"] = ours / theirs if ours is not None and theirs else None
     return relearn
-
-
-def _confirmation(target, points, selected_step):
-    """The confirmation check of the published point, for a target that asks for more
-    than one point (``core.training.target``); None otherwise."""
-    if target is None or target.confirm_points <= 1 or not points:
-        return None
-    from core.evaluation.verdict import confirmation_check
-    from core.training.target import PointRecord, met_streak
-
-    records = [p if isinstance(p, PointRecord) else PointRecord(**p) for p in points]
-    index = next((i for i, p in enumerate(records) if p.step == selected_step), None)
-    streak = 0 if index is None else met_streak(records, index)
-    return confirmation_check(streak, target.confirm_points)

@@ -31,8 +31,8 @@ COLLAPSE_POINTS = 3
 
 SELECTION_RULE = (
     "the first evaluation point that met the target and confirmed it (the verdict said "
-    "forgotten there and at the points just before it, target.confirm_points in all); else, among points with utility at "
-    "or above the floor, the one with the highest knowledge p-value (forget vs holdout "
+    "forgotten there and at the points just before it, target.confirm_points in all); "
+    "else, among points with utility at or above the floor, the one with the highest knowledge p-value (forget vs holdout "
     "truth ratios; ties: membership AUC closest to 0.5, then utility); else the point "
     "with the highest utility"
 )
@@ -72,6 +72,20 @@ def met_streak(points: list[PointRecord], index: int = -1) -> int:
     while index - count >= 0 and points[index - count].met:
         count += 1
     return count
+
+
+def confirmation(points: list, selected_step: int | None, confirm_points: int):
+    """The verdict's ``confirmation`` check of the published point (how many met points
+    in a row end at it), or None when one point is trusted (``confirm_points`` 1) or there
+    were no points. ``points``: records or their dicts."""
+    if confirm_points <= 1 or not points:
+        return None
+    from core.evaluation.verdict import confirmation_check
+
+    records = [p if isinstance(p, PointRecord) else PointRecord(**p) for p in points]
+    index = next((i for i, p in enumerate(records) if p.step == selected_step), None)
+    streak = 0 if index is None else met_streak(records, index)
+    return confirmation_check(streak, confirm_points)
 
 
 def should_stop(

@@ -119,3 +119,17 @@ def test_met_streak_counts_met_points_in_a_row():
     points = [point(10 * i, status=s) for i, s in enumerate(statuses, 1)]
     assert [met_streak(points, i) for i in range(len(points))] == [1, 0, 1, 2, 3]
     assert met_streak(points) == 3 and met_streak([]) == 0
+
+
+def test_the_published_points_confirmation_counts_its_streak_from_stored_points():
+    from dataclasses import asdict
+
+    from core.training.target import confirmation
+
+    statuses = ["not_forgotten", "forgotten", "forgotten"]
+    stored = [asdict(point(10 * i, status=s)) for i, s in enumerate(statuses, 1)]
+    assert confirmation(stored, 30, 2).passed and confirmation(stored, 30, 2).value == 2
+    lone = confirmation(stored, 20, 2)
+    assert lone.passed is False and lone.value == 1
+    assert confirmation(stored, 99, 2).value == 0  # a step that was no point
+    assert confirmation(stored, 30, 1) is None and confirmation([], 30, 2) is None
