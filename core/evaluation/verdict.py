@@ -182,7 +182,9 @@ def decide(checks: list[Check], *, missing: str | None = None) -> Verdict:
     failed = [c for c in checks if c.passed is False]
     unknown = [c for c in checks if c.passed is None]
     if failed:
-        return Verdict("not_forgotten", "; ".join(_failure(c) for c in failed), checks)
+        # "not confirmed" says nothing new when the points failed for their own reasons
+        told = [c for c in failed if c.name != "confirmation"] or failed
+        return Verdict("not_forgotten", "; ".join(_failure(c) for c in told), checks)
     if unknown:
         names = ", ".join(c.label for c in unknown)
         return Verdict("not_verifiable", f"not measured: {names}", checks)

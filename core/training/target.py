@@ -16,8 +16,10 @@ The published point (``select_point``):
 
 1. the first confirmed point, when there is one;
 2. else, among the points whose utility is at or above the floor, the one that forgets
-   best: the highest knowledge p-value (forget vs holdout truth ratios), ties broken by
-   the membership AUC's closeness to 0.5, then by utility;
+   best: the fewest failed forgetting checks (knowledge, membership: under the two-sided
+   membership check an over-forgotten point fails it, so it does not outrank a point in
+   the band on its knowledge p-value alone), then the highest knowledge p-value (forget
+   vs holdout truth ratios), then the membership AUC's closeness to 0.5, then utility;
 3. else (no point keeps the floor), the point with the highest utility: the least
    damaged model, which the verdict then reports as not forgotten.
 """
@@ -32,9 +34,10 @@ COLLAPSE_POINTS = 3
 SELECTION_RULE = (
     "the first evaluation point that met the target and confirmed it (the verdict said "
     "forgotten there and at the points just before it, target.confirm_points in all); "
-    "else, among points with utility at or above the floor, the one with the highest knowledge p-value (forget vs holdout "
-    "truth ratios; ties: membership AUC closest to 0.5, then utility); else the point "
-    "with the highest utility"
+    "else, among points with utility at or above the floor, the one with the fewest "
+    "failed forgetting checks (knowledge, membership), then the highest knowledge p-value "
+    "(forget vs holdout truth ratios), then membership AUC closest to 0.5, then utility; "
+    "else the point with the highest utility"
 )
 
 
@@ -130,10 +133,17 @@ def select_point(
     return points[-1]
 
 
-def _forgetting_rank(point: PointRecord) -> tuple[float, float, float]:
+FORGETTING_CHECKS = ("knowledge", "membership")
+
+
+def _forgetting_rank(point: PointRecord) -> tuple[int, float, float, float]:
     knowledge = point.value("knowledge")
     membership = point.value("membership")
+    failed = sum(
+        1 for name in FORGETTING_CHECKS if (point.check(name) or {}).get("passed") is False
+    )
     return (
+        -failed,
         -1.0 if knowledge is None else knowledge,
         -1.0 if membership is None else -abs(membership - 0.5),
         point.utility_ratio or 0.0,

@@ -54,6 +54,22 @@ def test_without_a_met_point_the_best_forgetting_above_the_floor_is_published():
     assert select_point(points, utility_floor=FLOOR).step == 30
 
 
+def test_an_over_forgotten_point_does_not_outrank_one_in_the_membership_band():
+    # Under the two-sided membership check a point whose forget answers sit far below
+    # unseen data fails it; its higher knowledge p-value alone must not win.
+    over = point(10, knowledge=0.6, membership=0.05, utility=0.97)
+    over.verdict["checks"][1]["passed"] = False
+    in_band = point(20, knowledge=0.15, membership=0.45, utility=0.96)
+    in_band.verdict["checks"][1]["passed"] = True
+    assert select_point([over, in_band], utility_floor=FLOOR).step == 20
+    # without pass/fail marks (older points), the knowledge p-value decides as before
+    plain = [
+        point(10, knowledge=0.6, membership=0.05, utility=0.97),
+        point(20, knowledge=0.15, membership=0.45, utility=0.96),
+    ]
+    assert select_point(plain, utility_floor=FLOOR).step == 10
+
+
 def test_ties_in_knowledge_and_membership_go_to_the_higher_utility():
     points = [
         point(10, knowledge=0.3, membership=0.4, utility=0.96),

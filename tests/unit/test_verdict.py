@@ -104,3 +104,12 @@ def test_the_confirmation_check_fails_a_lone_passing_point_and_says_so():
     assert lone.status == "not_forgotten"
     assert "1 evaluation point(s) in a row, fewer than the 2" in lone.reason
     assert decide([confirmation_check(2, 2)]).status == "forgotten"
+
+
+def test_the_reason_leaves_out_the_confirmation_when_other_checks_fail():
+    from core.evaluation.verdict import confirmation_check, decide, utility_check
+
+    verdict = decide([utility_check(0.9, 0.95), confirmation_check(0, 2)])
+    assert verdict.status == "not_forgotten"
+    assert verdict.reason == "utility 0.9x is below the floor 0.95x"
+    assert [c.name for c in verdict.checks] == ["utility", "confirmation"]  # still listed
