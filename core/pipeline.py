@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from core.data.holdout import unseen_holdout
 from core.data.records import RecordSet, read_records
 from core.run_folder import RunFolder
 from core.spec import JobSpec
@@ -248,7 +249,14 @@ def _run_unlearning(spec, inputs, workdir, reporter, lookup, settings, resume) -
             run.write_json(BEFORE_FILE, before.to_dict())
 
     holdout_set = (
-        evaluator.sets.holdout if evaluator else _read(inputs.holdout, names.get("holdout"))
+        evaluator.sets.holdout
+        if evaluator
+        else unseen_holdout(
+            _read(inputs.holdout, names.get("holdout")),
+            forget_set,
+            retain_set,
+            lambda message: reporter.event("warning", message, level="warning"),
+        )
     )
     target = spec.target
     if target is not None and holdout_set is None:

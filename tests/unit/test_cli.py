@@ -102,6 +102,31 @@ def test_unlearn_runs_flat_without_retain_and_loku_with_fila(home, tmp_path, met
         assert (out / "checkpoint" / "merged" / "model.safetensors").exists()
 
 
+def test_holdout_records_the_job_trains_on_are_left_out_of_the_verdict(home, tmp_path):
+    # A holdout set that is the retain set is trained-on data, not unseen data: every
+    # record is left out, so forgetting cannot be verified (and is not called forgotten).
+    spec = {
+        "model": "demo-target",
+        "forget": "ds_demo_forget10",
+        "retain": "ds_demo_retain90",
+        "method": "graddiff",
+        "hyperparameters": {"learning_rate": 1e-3, "epochs": 1, "batch_size": 8},
+        "evaluation": {"holdout": "ds_demo_retain90", "max_new_tokens": 8},
+        "target": {"max_epochs": 1, "membership": "one_sided", "confirm_points": 1},
+    }
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["unlearn", str(tmp_path / "job.yaml"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "144 of 144 holdout records are also in the forget" in result.output
+    assert "verdict: not verifiable" in result.output
+    report = json.loads((out / "report" / "report.json").read_text())
+    verdict = report["summary"]["verdict"]
+    assert verdict["status"] == "not_verifiable", verdict
+    assert verdict["reason"].startswith("144 of 144 holdout records are also in the forget")
+    assert report["summary"]["target_met"] is False
+
+
 def test_a_bad_spec_names_the_field(home, tmp_path):
     (tmp_path / "job.yaml").write_text(
         yaml.safe_dump(
