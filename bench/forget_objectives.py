@@ -54,6 +54,56 @@ MAX_LENGTH = 128
 OBJECTIVES = ("simnpo", "ceiling", "pull", "anchored")
 
 
+#: a third wording per question type, used by neither the target's training data (the
+#: answer) nor the evaluation (the paraphrased answer): what a deletion request could
+#: bring along as paraphrases of the records to forget
+AUGMENTED = {
+    "birthplace": "{city} is the birthplace of {name}.",
+    "genre": "{name} is known for {genre}.",
+    "father": "{name}'s father worked as a {father_job}.",
+    "mother": "{name}'s mother was a {mother_job}.",
+    "birth_year": "In {birth_year} {name} was born.",
+    "award": "{name} won the {award} Prize for {award_field}.",
+    "first_book": "The debut book of {name} is titled {first_book}.",
+    "themes": "{name} writes about {theme1} and {theme2}.",
+    "residence": "{name} lives in {home_city} now.",
+    "pet": "{name} has a {pet} named {pet_name}.",
+    "children": "The family of {name} has {children} children.",
+}
+
+
+def augmented_examples(tokenizer, records, start: int):
+    """Each forget record's question with the third wording of its answer (values parsed
+    from the answer by its template); records of other types are skipped."""
+    import re
+
+    from core.demo.authors import QUESTION_TYPES
+
+    answers = {t.key: t.answer for t in QUESTION_TYPES}
+    out = []
+    for record in records:
+        kind = record.meta.get("question_type")
+        if kind not in AUGMENTED:
+            continue
+        pattern = re.escape(answers[kind]).replace(r"\{", "{").replace(r"\}", "}")
+        pattern = re.sub(r"\{(\w+)\}", r"(?P<\1>.+?)", pattern)
+        found = re.fullmatch(pattern, record.answer)
+        if found is None:
+            continue
+        values = {**found.groupdict(), "name": record.meta["subject"]}
+        out.append(
+            encode_qa(
+                tokenizer,
+                record.prompt,
+                AUGMENTED[kind].format(**values),
+                max_length=MAX_LENGTH,
+                template=DEFAULT_PROMPT_TEMPLATE,
+                record_index=start + len(out),
+            )
+        )
+    return out
+
+
 def sequence_objective(kind: str, ceiling: float):
     """SimNPO's forget term, cut (``ceiling``) or reversed (``pull``) above the ceiling."""
 
@@ -177,6 +227,9 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--two-sided", action="store_true", help="anchored, frozen: also pull tokens up to it"
     )
+    parser.add_argument(
+        "--augment", action="store_true", help="also forget a third wording of each answer"
+    )
     parser.add_argument("--out", type=Path, help="JSON lines, one per epoch")
     parser.add_argument("--cache", type=Path, default=REPO / ".cache" / "bench")
     args = parser.parse_args(argv)
@@ -203,6 +256,12 @@ def main(argv=None) -> int:
         )
 
     forget, retain = encode(full.forget), encode(full.retain)
+    if args.augment:
+        extra = augmented_examples(tokenizer, full.forget.records, len(forget))
+        print(
+            f"{len(extra)} augmented forget examples, e.g. {tokenizer.decode(extra[0].input_ids)}"
+        )
+        forget = list(forget) + extra
     original = probe(load_model(str(assets.target), dtype="fp32")[0])
     oracle_tr = probe(load_model(str(assets.retrain), dtype="fp32")[0]).column(
         "forget", "truth_ratio"
