@@ -14,12 +14,19 @@ forget vs holdout) and the retain probability against the original's:
 - ``ceiling``: SimNPO, but a forget answer whose per-token NLL has passed the original
   model's median on the holdout set gets no gradient;
 - ``pull``: ``ceiling``, and answers above it are trained back down to it;
+- ``values``: only the answer's value tokens (the facts; parsed by the demo's templates),
+  held at the holdout's median value-token NLL (two-sided);
 - ``anchored``: no sequence-level ascent; per answer token, a hinge pushes the token's
   log-probability down to what the same model gives it when the record's ``subject`` is
   replaced by a holdout author's name (a per-token "unseen author" reference; needs the
   ``subject`` field). Tokens that differ between the two (the name) are left out.
 
-Scratch research, not a method: each run takes about 1.5 min on 2 cores.
+``--augment`` also forgets a third wording of each answer (sequence objectives). Each
+epoch also prints the holdout's drift: its truth ratios against the original model's
+(KS p), whether the verdict's yardstick itself moved.
+
+Scratch research, not a method: each run takes about 1.5 min on 2 cores
+(docs/minitofu.md, "Objectives that stop at the unseen level").
 """
 
 from __future__ import annotations
@@ -51,7 +58,7 @@ from core.spec import DEFAULT_PROMPT_TEMPLATE  # noqa: E402
 from core.training.loop import Callbacks, run_training  # noqa: E402
 
 MAX_LENGTH = 128
-OBJECTIVES = ("simnpo", "ceiling", "pull", "anchored")
+OBJECTIVES = ("simnpo", "ceiling", "pull", "anchored", "values")
 
 
 #: a third wording per question type, used by neither the target's training data (the
@@ -72,25 +79,85 @@ AUGMENTED = {
 }
 
 
-def augmented_examples(tokenizer, records, start: int):
-    """Each forget record's question with the third wording of its answer (values parsed
-    from the answer by its template); records of other types are skipped."""
+def answer_values(record) -> dict[str, str] | None:
+    """The attribute values in a demo record's answer, parsed by its template."""
     import re
 
     from core.demo.authors import QUESTION_TYPES
 
-    answers = {t.key: t.answer for t in QUESTION_TYPES}
+    template = {t.key: t.answer for t in QUESTION_TYPES}.get(record.meta.get("question_type"))
+    if template is None:
+        return None
+    pattern = re.escape(template).replace(r"\{", "{").replace(r"\}", "}")
+    pattern = re.sub(r"\{(\w+)\}", r"(?P<\1>.+?)", pattern)
+    found = re.fullmatch(pattern, record.answer)
+    return None if found is None else {k: v for k, v in found.groupdict().items() if k != "name"}
+
+
+def value_masks(tokenizer, records, forget):
+    """Per forget example (keyed by its answer tokens), a mask over ``labels[1:]`` of the
+    tokens that carry the answer's values (the facts), found as token runs."""
+    import torch
+
+    table = {}
+    for record, example in zip(records, forget):
+        mask = torch.zeros(len(example.labels) - 1)
+        labels = example.labels[1:]
+        for value in (answer_values(record) or {}).values():
+            ids = tokenizer(" " + value, add_special_tokens=False)["input_ids"]
+            for start in range(len(labels) - len(ids) + 1):
+                if labels[start : start + len(ids)] == ids:
+                    mask[start : start + len(ids)] = 1
+        table[tuple(x for x in example.labels if x != -100)] = mask
+    return table
+
+
+def unseen_value_nll(model, tokenizer, records, examples) -> float:
+    """Median NLL of the value tokens of unseen (holdout) answers under ``model``."""
+    import torch
+    import torch.nn.functional as F
+
+    masks = value_masks(tokenizer, records, examples)
+    values = []
+    with torch.no_grad():
+        for example in examples:
+            logits = model(input_ids=torch.tensor([example.input_ids])).logits[0, :-1]
+            labels = torch.tensor(example.labels[1:])
+            nll = -F.log_softmax(logits.float(), -1).gather(-1, labels.clamp_min(0)[:, None])
+            mask = masks[tuple(x for x in example.labels if x != -100)].bool()
+            values += nll.squeeze(-1)[mask].tolist()
+    return float(np.median(values))
+
+
+def value_objective(table, ceiling: float):
+    """Value tokens' NLL held at ``ceiling`` (two-sided); other tokens untouched."""
+
+    def term(inputs, hparams):
+        import torch
+        import torch.nn.functional as F
+
+        labels = inputs.labels[:, 1:]
+        nll = -F.log_softmax(inputs.logits[:, :-1].float(), -1)
+        nll = nll.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+        mask = torch.zeros_like(nll)
+        for row in range(labels.shape[0]):
+            m = table[tuple(x for x in inputs.labels[row].tolist() if x != -100)]
+            mask[row, : m.shape[0]] = m
+        gap = (ceiling - nll).abs() * mask
+        return LossTerm(gap.sum(1) / mask.sum(1).clamp_min(1), "sequence")
+
+    return term
+
+
+def augmented_examples(tokenizer, records, start: int):
+    """Each forget record's question with the third wording of its answer (values parsed
+    from the answer by its template); records of other types are skipped."""
     out = []
     for record in records:
-        kind = record.meta.get("question_type")
-        if kind not in AUGMENTED:
+        kind, values = record.meta.get("question_type"), answer_values(record)
+        if kind not in AUGMENTED or values is None:
             continue
-        pattern = re.escape(answers[kind]).replace(r"\{", "{").replace(r"\}", "}")
-        pattern = re.sub(r"\{(\w+)\}", r"(?P<\1>.+?)", pattern)
-        found = re.fullmatch(pattern, record.answer)
-        if found is None:
-            continue
-        values = {**found.groupdict(), "name": record.meta["subject"]}
+        values = {**values, "name": record.meta["subject"]}
         out.append(
             encode_qa(
                 tokenizer,
@@ -230,6 +297,11 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--augment", action="store_true", help="also forget a third wording of each answer"
     )
+    parser.add_argument(
+        "--value-nll",
+        type=float,
+        help="values: the value tokens' target NLL (default: their median on the holdout)",
+    )
     parser.add_argument("--out", type=Path, help="JSON lines, one per epoch")
     parser.add_argument("--cache", type=Path, default=REPO / ".cache" / "bench")
     args = parser.parse_args(argv)
@@ -263,10 +335,14 @@ def main(argv=None) -> int:
         )
         forget = list(forget) + extra
     original = probe(load_model(str(assets.target), dtype="fp32")[0])
-    oracle_tr = probe(load_model(str(assets.retrain), dtype="fp32")[0]).column(
-        "forget", "truth_ratio"
-    )
+    oracle = probe(load_model(str(assets.retrain), dtype="fp32")[0])
+    oracle_tr = oracle.column("forget", "truth_ratio")
     ceiling = float(np.median(-original.column("holdout", "mia_loss")))
+    original_holdout_tr = original.column("holdout", "truth_ratio")
+    print(
+        "oracle: holdout truth ratios vs the original's, KS p "
+        f"{stats.ks_2samp(oracle.column('holdout', 'truth_ratio'), original_holdout_tr).pvalue:.3g}"
+    )
     retain_p = original.column("retain", "probability").mean()
 
     method = get_method("simnpo")
@@ -287,6 +363,21 @@ def main(argv=None) -> int:
                 forget_term=anchored_objective(args.margin, args.names),
                 companions=lambda *_: swaps,
             )
+    elif args.objective == "values":
+        if args.augment:
+            parser.error("--augment applies to the sequence objectives")
+        if args.value_nll is None:
+            args.value_nll = unseen_value_nll(
+                load_model(str(assets.target), dtype="fp32")[0],
+                tokenizer,
+                full.holdout.records,
+                encode(full.holdout),
+            )
+            print(f"value tokens' median NLL on the holdout (original model): {args.value_nll:.2f}")
+        table = value_masks(tokenizer, full.forget.records, forget)
+        covered = sum(1 for m in table.values() if m.sum() > 0)
+        print(f"value tokens found in {covered} of {len(forget)} forget answers")
+        method = replace(method, forget_term=value_objective(table, args.value_nll))
     else:
         method = replace(method, forget_term=sequence_objective(args.objective, ceiling))
     hparams = method.parse_hyperparameters(
@@ -318,6 +409,12 @@ def main(argv=None) -> int:
             "knowledge_p": float(
                 stats.ks_2samp(forget_tr, measured.column("holdout", "truth_ratio")).pvalue
             ),
+            # has the yardstick moved? the holdout's truth ratios against the original's
+            "holdout_drift_p": float(
+                stats.ks_2samp(
+                    measured.column("holdout", "truth_ratio"), original_holdout_tr
+                ).pvalue
+            ),
             "membership_auc": metrics.roc_auc(
                 measured.column("forget", "mia_loss"), measured.column("holdout", "mia_loss")
             ),
@@ -328,7 +425,7 @@ def main(argv=None) -> int:
         }
         print(
             "epoch {epoch:4.0f}  oracle FQ {oracle_fq:8.3g}  knowledge p {knowledge_p:8.3g}  "
-            "AUC {membership_auc:.2f}  forget NLL {forget_nll_median:.2f}  "
+            "drift p {holdout_drift_p:8.3g}  AUC {membership_auc:.2f}  forget NLL {forget_nll_median:.2f}  "
             "retain P {retain_probability_ratio:.3f}".format(**row)
             + f"  ({time.monotonic() - started:.0f}s)",
             flush=True,
