@@ -45,19 +45,16 @@ from scipy import stats
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from core.data.encoding import encode_qa, encode_record_set  # noqa: E402
-from core.data.records import read_records  # noqa: E402
-from core.demo import build_demo_assets  # noqa: E402
+from study_setup import MAX_LENGTH, load_study  # noqa: E402
+
+from core.data.encoding import encode_qa  # noqa: E402
 from core.evaluation import metrics  # noqa: E402
-from core.evaluation.probe import ProbeSets, probe_model, sample_sets  # noqa: E402
 from core.methods import get_method  # noqa: E402
 from core.methods.base import LossTerm  # noqa: E402
 from core.methods.simnpo import _simnpo_term  # noqa: E402
-from core.models.loading import load_model  # noqa: E402
 from core.spec import DEFAULT_PROMPT_TEMPLATE  # noqa: E402
 from core.training.loop import Callbacks, run_training  # noqa: E402
 
-MAX_LENGTH = 128
 OBJECTIVES = ("simnpo", "ceiling", "pull", "anchored", "values")
 
 
@@ -306,36 +303,15 @@ def main(argv=None) -> int:
     parser.add_argument("--cache", type=Path, default=REPO / ".cache" / "bench")
     args = parser.parse_args(argv)
 
-    assets = build_demo_assets(args.cache / "demo-bench", "bench")
-    data = assets.data
-    full = ProbeSets(
-        forget=read_records(data["forget10"]),
-        holdout=read_records(data["holdout"]),
-        retain=read_records(data["retain90"]),
-        utility={"world_facts": read_records(data["world_facts"])},
-    )
-    sets = sample_sets(full, 120)
-    _, tokenizer = load_model(str(assets.target))
-
-    def encode(records):
-        return encode_record_set(
-            tokenizer, records, max_length=MAX_LENGTH, template=DEFAULT_PROMPT_TEMPLATE
-        )
-
-    def probe(model):
-        return probe_model(
-            model, tokenizer, sets, template=DEFAULT_PROMPT_TEMPLATE, max_length=MAX_LENGTH
-        )
-
-    forget, retain = encode(full.forget), encode(full.retain)
+    study = load_study(args.cache)
+    full, tokenizer, encode, probe = study.full, study.tokenizer, study.encode, study.probe
+    forget, retain, original, oracle = study.forget, study.retain, study.original, study.oracle
     if args.augment:
         extra = augmented_examples(tokenizer, full.forget.records, len(forget))
         print(
             f"{len(extra)} augmented forget examples, e.g. {tokenizer.decode(extra[0].input_ids)}"
         )
         forget = list(forget) + extra
-    original = probe(load_model(str(assets.target), dtype="fp32")[0])
-    oracle = probe(load_model(str(assets.retrain), dtype="fp32")[0])
     oracle_tr = oracle.column("forget", "truth_ratio")
     ceiling = float(np.median(-original.column("holdout", "mia_loss")))
     original_holdout_tr = original.column("holdout", "truth_ratio")
@@ -351,9 +327,7 @@ def main(argv=None) -> int:
         swaps, aligned = subject_swaps(tokenizer, full.forget.records, forget, names, args.seed)
         print(f"{aligned} of {len(forget)} forget examples aligned with their swap")
         if args.frozen:
-            table = frozen_reference(
-                load_model(str(assets.target), dtype="fp32")[0], forget, swaps, args.names
-            )
+            table = frozen_reference(study.load("target"), forget, swaps, args.names)
             method = replace(
                 method, forget_term=frozen_objective(table, args.margin, args.two_sided)
             )
@@ -368,7 +342,7 @@ def main(argv=None) -> int:
             parser.error("--augment applies to the sequence objectives")
         if args.value_nll is None:
             args.value_nll = unseen_value_nll(
-                load_model(str(assets.target), dtype="fp32")[0],
+                study.load("target"),
                 tokenizer,
                 full.holdout.records,
                 encode(full.holdout),
@@ -435,7 +409,7 @@ def main(argv=None) -> int:
             sink.flush()
         return False
 
-    model, _ = load_model(str(assets.target), dtype="fp32")
+    model = study.load("target")
     run_training(
         model,
         tokenizer,

@@ -22,17 +22,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from core.data.encoding import encode_record_set  # noqa: E402
-from core.data.records import read_records  # noqa: E402
-from core.demo import build_demo_assets  # noqa: E402
+from study_setup import MAX_LENGTH, load_study  # noqa: E402
+
 from core.evaluation import metrics  # noqa: E402
-from core.evaluation.probe import ProbeSets, probe_model, sample_sets  # noqa: E402
 from core.methods import get_method  # noqa: E402
-from core.models.loading import load_model  # noqa: E402
-from core.spec import DEFAULT_PROMPT_TEMPLATE  # noqa: E402
 from core.training.loop import Callbacks, run_training  # noqa: E402
 
-MAX_LENGTH = 128
 COMMON = {
     "batch_size": 8,
     "gradient_accumulation_steps": 1,
@@ -91,31 +86,9 @@ def main(argv=None) -> int:
     parser.add_argument("--cache", type=Path, default=REPO / ".cache" / "bench")
     args = parser.parse_args(argv)
 
-    assets = build_demo_assets(args.cache / f"demo-{args.preset}", args.preset)
-    data = assets.data
-    full = ProbeSets(
-        forget=read_records(data["forget10"]),
-        holdout=read_records(data["holdout"]),
-        retain=read_records(data["retain90"]),
-        utility={"world_facts": read_records(data["world_facts"])},
-    )
-    sets = sample_sets(full, 120)
-    _, tokenizer = load_model(str(assets.target))
-
-    def encode(records):
-        return encode_record_set(
-            tokenizer, records, max_length=MAX_LENGTH, template=DEFAULT_PROMPT_TEMPLATE
-        )
-
-    forget, retain = encode(full.forget), encode(full.retain)
-
-    def probe(model):
-        return probe_model(
-            model, tokenizer, sets, template=DEFAULT_PROMPT_TEMPLATE, max_length=MAX_LENGTH
-        )
-
-    original = probe(load_model(str(assets.target), dtype="fp32")[0])
-    oracle = probe(load_model(str(assets.retrain), dtype="fp32")[0])
+    study = load_study(args.cache, args.preset)
+    tokenizer, forget, retain, probe = study.tokenizer, study.forget, study.retain, study.probe
+    original, oracle = study.original, study.oracle
     oracle_tr = oracle.column("forget", "truth_ratio")
     out = {"original": original.to_dict(), "oracle": oracle.to_dict(), "runs": []}
     if args.out.exists():
@@ -129,7 +102,7 @@ def main(argv=None) -> int:
             key = json.dumps([method, seed, hyperparameters])
             if key in done:
                 continue
-            model, _ = load_model(str(assets.target), dtype="fp32")
+            model = study.load("target")
             hparams = get_method(method).parse_hyperparameters(hyperparameters)
             points = []
             started = time.monotonic()
