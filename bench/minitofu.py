@@ -184,9 +184,8 @@ SWEEPS = {"grid": SWEEP, "kl": SWEEP_KL, "push": SWEEP_PUSH, "flatloku": SWEEP_F
 #: floors of model utility (x the original's) at which sweeps are compared
 FLOORS = (0.8, 0.85, 0.9, 0.95)
 #: bump when a change to the engine, the evaluation or the verdict invalidates cached
-#: runs (2: target.confirm_points; 3: two-sided membership by default; 4: the published
-#: point ranks failed forgetting checks first)
-RUNS_VERSION = 4
+#: runs (2: target.confirm_points; 3: two-sided membership by default)
+RUNS_VERSION = 3
 
 HEADLINE = (
     "forget_quality",

@@ -16,10 +16,14 @@ The published point (``select_point``):
 
 1. the first confirmed point, when there is one;
 2. else, among the points whose utility is at or above the floor, the one that forgets
-   best: the fewest failed forgetting checks (knowledge, membership: under the two-sided
-   membership check an over-forgotten point fails it, so it does not outrank a point in
-   the band on its knowledge p-value alone), then the highest knowledge p-value (forget
-   vs holdout truth ratios), then the membership AUC's closeness to 0.5, then utility;
+   best: the highest knowledge p-value (forget vs holdout truth ratios), ties broken by
+   the membership AUC's closeness to 0.5, then by utility. The knowledge p-value comes
+   first even where the membership check fails as over-forgotten: a model that still
+   prefers the true answers leaks the facts, one pushed below unseen data leaks only
+   that something was removed. Measured: ranking failed checks first published, on
+   seed 3 of the sharpness-aware recipe (docs/minitofu.md), step 104 instead of 200:
+   oracle forget quality 2e-5 instead of 4e-4, relearning 1.74x the oracle's instead of
+   0.77x;
 3. else (no point keeps the floor), the point with the highest utility: the least
    damaged model, which the verdict then reports as not forgotten.
 """
@@ -34,10 +38,9 @@ COLLAPSE_POINTS = 3
 SELECTION_RULE = (
     "the first evaluation point that met the target and confirmed it (the verdict said "
     "forgotten there and at the points just before it, target.confirm_points in all); "
-    "else, among points with utility at or above the floor, the one with the fewest "
-    "failed forgetting checks (knowledge, membership), then the highest knowledge p-value "
-    "(forget vs holdout truth ratios), then membership AUC closest to 0.5, then utility; "
-    "else the point with the highest utility"
+    "else, among points with utility at or above the floor, the one with the highest knowledge p-value (forget vs holdout "
+    "truth ratios; ties: membership AUC closest to 0.5, then utility); else the point "
+    "with the highest utility"
 )
 
 
@@ -133,17 +136,10 @@ def select_point(
     return points[-1]
 
 
-FORGETTING_CHECKS = ("knowledge", "membership")
-
-
-def _forgetting_rank(point: PointRecord) -> tuple[int, float, float, float]:
+def _forgetting_rank(point: PointRecord) -> tuple[float, float, float]:
     knowledge = point.value("knowledge")
     membership = point.value("membership")
-    failed = sum(
-        1 for name in FORGETTING_CHECKS if (point.check(name) or {}).get("passed") is False
-    )
     return (
-        -failed,
         -1.0 if knowledge is None else knowledge,
         -1.0 if membership is None else -abs(membership - 0.5),
         point.utility_ratio or 0.0,

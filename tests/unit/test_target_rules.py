@@ -54,20 +54,15 @@ def test_without_a_met_point_the_best_forgetting_above_the_floor_is_published():
     assert select_point(points, utility_floor=FLOOR).step == 30
 
 
-def test_an_over_forgotten_point_does_not_outrank_one_in_the_membership_band():
-    # Under the two-sided membership check a point whose forget answers sit far below
-    # unseen data fails it; its higher knowledge p-value alone must not win.
-    over = point(10, knowledge=0.6, membership=0.05, utility=0.97)
-    over.verdict["checks"][1]["passed"] = False
-    in_band = point(20, knowledge=0.15, membership=0.45, utility=0.96)
-    in_band.verdict["checks"][1]["passed"] = True
-    assert select_point([over, in_band], utility_floor=FLOOR).step == 20
-    # without pass/fail marks (older points), the knowledge p-value decides as before
-    plain = [
-        point(10, knowledge=0.6, membership=0.05, utility=0.97),
-        point(20, knowledge=0.15, membership=0.45, utility=0.96),
-    ]
-    assert select_point(plain, utility_floor=FLOOR).step == 10
+def test_knowledge_outranks_a_failed_over_forgotten_membership_check():
+    # Without a met point, the model that knows least is published, even if its forget
+    # answers sit far below unseen data (a detectable removal) and another point's are
+    # in the membership band: the facts are the worse leak.
+    over = point(10, knowledge=0.15, membership=0.05, utility=0.97)
+    in_band = point(20, knowledge=0.001, membership=0.45, utility=0.99)
+    for p, passed in ((over, False), (in_band, True)):
+        p.verdict["checks"][1]["passed"] = passed
+    assert select_point([over, in_band], utility_floor=FLOOR).step == 10
 
 
 def test_ties_in_knowledge_and_membership_go_to_the_higher_utility():
