@@ -9,7 +9,7 @@ of the holdout set, and the job says how many.
 (The same rule covers training objectives: nothing a job optimizes may look at the
 holdout set. bench/forget_objectives.py shows why: an objective whose per-token
 reference came from the model's predictions for holdout authors' names passed the
-verdict at oracle forget quality 0.003; docs/verdict.md.)
+verdict at oracle forget quality 0.002-0.007; docs/verdict.md.)
 """
 
 from __future__ import annotations
