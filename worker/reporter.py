@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 
 from core.db.evaluations import add_evaluation
@@ -127,8 +128,24 @@ class DbReporter:
     def state_saved(self, folder, step: int) -> None:
         """The evaluation point's rows go first (the state refers to them), then the
         state is copied to the object store, on the training thread: the next point
-        must not start before this one is safe."""
-        self.flush()
+        must not start before this one is safe. It runs on the training thread, so a
+        database that is away for a moment gets ``BATCH_TRIES`` flushes, a heartbeat
+        interval apart, before the job fails."""
+        for tries in range(1, BATCH_TRIES + 1):
+            try:
+                self.flush()
+                break
+            except Exception:
+                if tries == BATCH_TRIES:
+                    raise
+                log.warning(
+                    "could not record the evaluation point of %s (try %d of %d)",
+                    self.job_id,
+                    tries,
+                    BATCH_TRIES,
+                    exc_info=True,
+                )
+                time.sleep(self.interval_s)
         # A reaped attempt keeps no state: the attempt that replaced it owns the job.
         if self.on_state_saved is not None and self.status in ("running", "pausing"):
             self.on_state_saved(folder, step)

@@ -62,7 +62,7 @@ def make_engine(
     if url.get_backend_name() == "postgresql" and url.get_driver_name() in ("psycopg2", ""):
         # One driver everywhere: psycopg 3 (plain postgresql:// would pick psycopg2).
         url = url.set(drivername="postgresql+psycopg")
-    return create_engine(
+    engine = create_engine(
         url,
         echo=echo,
         **isolation,
@@ -73,6 +73,22 @@ def make_engine(
         **({"pool_size": pool_size, "max_overflow": 0, "pool_recycle": 1800} if pooled else {}),
         **pool_options,
     )
+    if pre_ping:
+        event.listen(engine, "handle_error", _failed_ping_discards_the_connection)
+    return engine
+
+
+def _failed_ping_discards_the_connection(context) -> None:
+    """A pre-ping that fails for any reason means the connection must not be used.
+
+    SQLAlchemy replaces a pinged connection only when the error looks like a disconnect
+    (for psycopg: the connection is already marked closed). A connection terminated
+    while the ping ran can still read as open, mid-query (transaction status ACTIVE);
+    then the psycopg dialect's ping fails restoring ``autocommit`` with a
+    ``ProgrammingError`` ("can't change 'autocommit' now") that would reach the caller,
+    and fail a training job over a connection the pool could simply have replaced."""
+    if context.is_pre_ping:
+        context.is_disconnect = True
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

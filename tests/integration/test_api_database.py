@@ -90,3 +90,29 @@ def test_the_api_answers_after_its_pooled_connections_were_terminated(
         written = client.post("/v1/jobs", json=job_body(forget))
         assert written.status_code == 201, (round_, written.text)
     assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
+
+
+def test_a_pooled_connection_left_mid_transaction_is_replaced_at_checkout(postgres_url):
+    """A connection terminated mid-statement can go back to the pool still reading as
+    open, with a transaction in progress: psycopg then refuses the ping's switch to
+    autocommit with a ProgrammingError. The pre-ping must replace the connection, not
+    hand that error to a training job (a fault-suite run failed a job this way)."""
+    from sqlalchemy import event
+
+    engine = make_engine(postgres_url, pool_size=1, pre_ping=True)
+    leave_mid_transaction = {"armed": True}
+
+    @event.listens_for(engine.pool, "checkin")
+    def _begin_behind_the_pool(dbapi_connection, _record):
+        # After the pool's own reset: what a connection caught mid-statement looks like.
+        if dbapi_connection is not None and leave_mid_transaction.pop("armed", False):
+            dbapi_connection.execute("SELECT 1")
+
+    try:
+        with engine.connect() as connection:
+            first = connection.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        with engine.connect() as connection:
+            second = connection.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        assert second != first  # the ping discarded the connection and opened another
+    finally:
+        engine.dispose()

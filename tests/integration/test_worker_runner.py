@@ -464,3 +464,30 @@ def test_a_paused_two_gpu_job_resumes_where_it_stopped(worker_settings, session_
     assert read_job(session_factory, job_id).step == 200
     assert steps == list(range(1, 201))  # once each: none trained twice or skipped
     assert stored_files_match(store, checkpoint)
+
+
+def test_an_evaluation_point_survives_a_moment_without_the_database(
+    session_factory, running_job, tmp_path
+):
+    """state_saved runs on the training thread: one failed checkout (the database away
+    for a moment) is retried, not raised into the job; the state is mirrored after."""
+    from sqlalchemy.exc import OperationalError
+
+    outages = [OperationalError("SELECT 1", {}, Exception("the database is restarting"))]
+
+    def sessions():
+        if outages:
+            raise outages.pop()
+        return session_factory()
+
+    reporter = DbReporter(sessions, running_job, attempt=1, interval_s=0.01)
+    mirrored = []
+    reporter.on_state_saved = lambda folder, step: mirrored.append(step)
+    reporter.event("evaluation", "point at step 4")
+    reporter.state_saved(tmp_path, 4)
+    assert mirrored == [4] and not outages
+    with session_factory() as session:
+        messages = session.scalars(
+            select(JobEvent.message).where(JobEvent.job_id == running_job)
+        ).all()
+    assert "point at step 4" in messages
