@@ -183,6 +183,14 @@ def unlearn(
         for key, value in summary.items():
             if key not in ("verdict", "selection_rule"):
                 console.print(f"  {key}: {value}")
+    elif outcome.verdict:  # no final evaluation: the published evaluation point's verdict
+        _print_verdict(
+            {
+                "verdict": outcome.verdict,
+                "selected_step": outcome.selected_step,
+                "target_met": outcome.verdict.get("target_met"),
+            }
+        )
 
 
 def _print_verdict(summary: dict) -> None:

@@ -204,6 +204,11 @@ def _run_unlearning(spec, inputs, workdir, reporter, lookup, settings, resume) -
     reporter.event("phase", "reading data")
     forget_set = _read(inputs.forget, names.get("forget"))
     retain_set = _read(inputs.retain, names.get("retain"))
+    holdout_set, holdout_note = unseen_holdout(
+        _read(inputs.holdout, names.get("holdout")), forget_set, retain_set
+    )
+    if holdout_note:
+        reporter.event("warning", holdout_note, level="warning")
 
     reporter.event("phase", "loading model", model=spec.model)
     model, tokenizer = load_model(
@@ -238,7 +243,15 @@ def _run_unlearning(spec, inputs, workdir, reporter, lookup, settings, resume) -
         from core.pipeline_eval import JobEvaluator
 
         evaluator = JobEvaluator(
-            spec, inputs, forget_set, retain_set, tokenizer, hparams.max_length, reporter
+            spec,
+            inputs,
+            forget_set,
+            retain_set,
+            holdout_set,
+            tokenizer,
+            hparams.max_length,
+            reporter,
+            holdout_note=holdout_note,
         )
         stored = run.read_json(BEFORE_FILE) if resume else None
         if stored is not None:
@@ -248,21 +261,12 @@ def _run_unlearning(spec, inputs, workdir, reporter, lookup, settings, resume) -
             before = evaluator.evaluate(model, "before")
             run.write_json(BEFORE_FILE, before.to_dict())
 
-    holdout_set = (
-        evaluator.sets.holdout
-        if evaluator
-        else unseen_holdout(
-            _read(inputs.holdout, names.get("holdout")),
-            forget_set,
-            retain_set,
-            lambda message: reporter.event("warning", message, level="warning"),
-        )
-    )
     target = spec.target
     if target is not None and holdout_set is None:
         reporter.event(
             "warning",
-            "no holdout set: forgetting cannot be verified, so the job runs the fixed recipe "
+            ("no unseen holdout records" if holdout_note else "no holdout set")
+            + ": forgetting cannot be verified, so the job runs the fixed recipe "
             f"({hparams.epochs} epochs) with the utility guard only",
             level="warning",
         )
@@ -302,6 +306,7 @@ def _run_unlearning(spec, inputs, workdir, reporter, lookup, settings, resume) -
             forget_set,
             retain_set,
             holdout_set,
+            holdout_note,
             forget_examples,
             tokenizer,
             model,
@@ -480,6 +485,7 @@ def _make_monitor(
     forget_set,
     retain_set,
     holdout_set,
+    holdout_note,
     forget_examples,
     tokenizer,
     model,
@@ -538,6 +544,7 @@ def _make_monitor(
         reporter=reporter,
         relearn=relearn,
         state=state,
+        holdout_note=holdout_note,
     )
 
 

@@ -9,7 +9,6 @@ import logging
 import time
 from pathlib import Path
 
-from core.data.holdout import unseen_holdout
 from core.data.records import RecordSet, read_records
 from core.evaluation import EvaluationResult, EvaluationSets, compare, evaluate_model, write_report
 
@@ -25,15 +24,18 @@ class JobEvaluator:
         inputs,
         forget_set: RecordSet,
         retain_set: RecordSet | None,
+        holdout_set: RecordSet | None,
         tokenizer,
         max_length: int,
         reporter,
+        holdout_note: str | None = None,
     ):
+        """``holdout_set``: the unseen part of the job's holdout set (``core.data.holdout``);
+        ``holdout_note``: why records were left out of it, if any were."""
         self.spec, self.inputs, self.tokenizer = spec, inputs, tokenizer
         self.max_length, self.reporter = max_length, reporter
         names = inputs.names
-        #: why holdout records were left out (``core.data.holdout``), if any were
-        self.holdout_note: str | None = None
+        self.holdout_note = holdout_note
 
         def read(path, role):
             return read_records(path, name=names.get(role) or path.name) if path else None
@@ -41,17 +43,11 @@ class JobEvaluator:
         self.sets = EvaluationSets(
             forget=read(inputs.eval_forget, "eval_forget") or forget_set,
             retain=read(inputs.eval_retain, "eval_retain") or retain_set,
-            holdout=unseen_holdout(
-                read(inputs.holdout, "holdout"), forget_set, retain_set, self._warn
-            ),
+            holdout=holdout_set,
             utility={name: read_records(path) for name, path in inputs.utility.items()},
             knowmem_forget=read(inputs.knowmem_forget, "knowmem_forget"),
             knowmem_retain=read(inputs.knowmem_retain, "knowmem_retain"),
         )
-
-    def _warn(self, message: str) -> None:
-        self.holdout_note = message
-        self.reporter.event("warning", message, level="warning")
 
     def evaluate(self, model, label: str) -> EvaluationResult:
         result = evaluate_model(
@@ -133,7 +129,7 @@ class JobEvaluator:
         eval_seconds=0.0,
         learning_rate=None,
     ) -> tuple[Path, dict]:
-        from core.evaluation.verdict import HOLDOUT_HELP, final_verdict
+        from core.evaluation.verdict import final_verdict
         from core.training.target import confirmation
 
         started = time.perf_counter()
@@ -168,14 +164,8 @@ class JobEvaluator:
             confirmation=None
             if target is None
             else confirmation(points, selected_step, target.confirm_points),
+            holdout_note=self.holdout_note,
         )
-        if (
-            self.sets.holdout is None
-            and self.holdout_note
-            and verdict["status"] == "not_verifiable"
-        ):
-            # a holdout was given but all of it is trained-on data: say that, not "give one"
-            verdict["reason"] = f"{self.holdout_note}; {HOLDOUT_HELP}"
         comparison = compare(before, after, oracle)
         training = [{"step": m.step, "epoch": m.epoch, "values": m.values()} for m in history]
         (out_dir / "evaluation.json").write_text(json.dumps(after.to_dict()))

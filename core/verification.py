@@ -111,6 +111,7 @@ class TargetMonitor:
         batch_size: int = 64,
         relearn: RelearnSettings | None = None,
         state: MonitorState | None = None,
+        holdout_note: str | None = None,
     ):
         self.target, self.tokenizer, self.sets = target, tokenizer, sets
         self.original, self.template, self.max_length = original, template, max_length
@@ -118,6 +119,8 @@ class TargetMonitor:
         self.run, self.reporter, self.batch_size = run, reporter, batch_size
         self.relearn = relearn or RelearnSettings()
         self.state = state or MonitorState()
+        #: why the job's holdout set is missing, when one was given (``core.data.holdout``)
+        self.holdout_note = holdout_note
         #: why the run stopped at a point, once it did
         self.stop_reason: str | None = None
         #: the last light holdout measurement: (point index, probe)
@@ -314,6 +317,7 @@ class TargetMonitor:
             probe.columns.get("holdout"),
             threshold=self.target.forget_threshold,
             two_sided=self.target.membership == "two_sided",
+            holdout_note=self.holdout_note,
         )
         checks.append(utility_check(ratio, self.target.utility_floor))
         verdict = decide(checks, missing=missing)

@@ -51,10 +51,11 @@ def overlap_message(dropped: int, total: int) -> str:
     )
 
 
-def unseen_holdout(holdout: RecordSet | None, forget, retain, warn) -> RecordSet | None:
-    """``unseen_part`` of the holdout against the job's training sets; ``warn(message)``
-    is told when records were left out."""
+def unseen_holdout(
+    holdout: RecordSet | None, forget: RecordSet | None, retain: RecordSet | None
+) -> tuple[RecordSet | None, str | None]:
+    """``unseen_part`` of the holdout against the job's training sets, and the note the
+    job warns with (and the verdict gives when nothing is left) when records were left
+    out."""
     kept, dropped = unseen_part(holdout, forget, retain)
-    if dropped:
-        warn(overlap_message(dropped, len(holdout.records)))
-    return kept
+    return kept, (overlap_message(dropped, len(holdout.records)) if dropped else None)

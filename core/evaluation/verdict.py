@@ -245,12 +245,16 @@ def forgetting_checks(
     threshold: float,
     margin: float = MEMBERSHIP_MARGIN,
     two_sided: bool = False,
+    holdout_note: str | None = None,
 ) -> tuple[list[Check], str | None]:
     """The knowledge and membership checks from per-sample columns (``truth_ratio``,
     ``mia_loss``) of the forget and holdout sets. Returns the checks and, when they
-    cannot be made, why not."""
+    cannot be made, why not. ``holdout_note``: why a holdout set that was given is
+    missing (``core.data.holdout``: all of it is trained-on data), said instead of
+    "no holdout set"."""
     if holdout is None:
-        return [], f"no holdout set to compare the forget set with: {HOLDOUT_HELP}"
+        why = holdout_note or "no holdout set to compare the forget set with"
+        return [], f"{why}; {HOLDOUT_HELP}" if holdout_note else f"{why}: {HOLDOUT_HELP}"
     checks = []
     tr_f, tr_h = _finite(forget.get("truth_ratio")), _finite(holdout.get("truth_ratio"))
     if tr_f is not None and tr_h is not None and tr_f.size and tr_h.size:
@@ -299,6 +303,7 @@ def final_verdict(
     target=None,
     relearning: Check | None = None,
     confirmation: Check | None = None,
+    holdout_note: str | None = None,
 ) -> dict[str, Any]:
     """The verdict of a job's published model from its full evaluation (``after``, with
     the original model ``before`` for utility), plus ``target_met``: True when a target
@@ -307,7 +312,11 @@ def final_verdict(
     holdout = after.sets["holdout"].samples if "holdout" in after.sets else None
     threshold = target.forget_threshold if target is not None else _default_threshold()
     checks, missing = forgetting_checks(
-        forget, holdout, threshold=threshold, two_sided=membership_two_sided(target)
+        forget,
+        holdout,
+        threshold=threshold,
+        two_sided=membership_two_sided(target),
+        holdout_note=holdout_note,
     )
     base, ours = evaluation_utility(before), evaluation_utility(after)
     ratio = ours / base if ours is not None and base else None

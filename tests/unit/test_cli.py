@@ -4,6 +4,7 @@ report out; bad specs fail with the field named."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -102,29 +103,41 @@ def test_unlearn_runs_flat_without_retain_and_loku_with_fila(home, tmp_path, met
         assert (out / "checkpoint" / "merged" / "model.safetensors").exists()
 
 
-def test_holdout_records_the_job_trains_on_are_left_out_of_the_verdict(home, tmp_path):
+@pytest.mark.parametrize("evaluation", [True, False], ids=["evaluated", "points-only"])
+def test_holdout_records_the_job_trains_on_are_left_out_of_the_verdict(home, tmp_path, evaluation):
     # A holdout set that is the retain set is trained-on data, not unseen data: every
-    # record is left out, so forgetting cannot be verified (and is not called forgotten).
+    # record is left out, so forgetting cannot be verified (and is not called forgotten),
+    # whether the verdict comes from the final evaluation or from an evaluation point.
     spec = {
         "model": "demo-target",
         "forget": "ds_demo_forget10",
         "retain": "ds_demo_retain90",
         "method": "graddiff",
         "hyperparameters": {"learning_rate": 1e-3, "epochs": 1, "batch_size": 8},
-        "evaluation": {"holdout": "ds_demo_retain90", "max_new_tokens": 8},
+        "evaluation": {
+            "holdout": "ds_demo_retain90",
+            "max_new_tokens": 8,
+            "enabled": evaluation,
+        },
         "target": {"max_epochs": 1, "membership": "one_sided", "confirm_points": 1},
     }
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(spec))
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["unlearn", str(tmp_path / "job.yaml"), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "144 of 144 holdout records are also in the forget" in result.output
-    assert "verdict: not verifiable" in result.output
-    report = json.loads((out / "report" / "report.json").read_text())
-    verdict = report["summary"]["verdict"]
-    assert verdict["status"] == "not_verifiable", verdict
-    assert verdict["reason"].startswith("144 of 144 holdout records are also in the forget")
-    assert report["summary"]["target_met"] is False
+    # The console wraps long lines and puts the logging call's place at their right.
+    output = " ".join(re.sub(r"\S+\.py:\d+", "", result.output).split())
+    assert "144 of 144 holdout records are also in the forget" in output
+    assert "no unseen holdout records: forgetting cannot be verified" in output
+    # The verdict names the cause, not "no holdout set".
+    assert "verdict: not verifiable (144 of 144 holdout records" in output
+    assert "target not met" in output and "no holdout set" not in output
+    if evaluation:
+        report = json.loads((out / "report" / "report.json").read_text())
+        verdict = report["summary"]["verdict"]
+        assert verdict["status"] == "not_verifiable", verdict
+        assert verdict["reason"].startswith("144 of 144 holdout records are also in the forget")
+        assert report["summary"]["target_met"] is False
 
 
 def test_a_bad_spec_names_the_field(home, tmp_path):

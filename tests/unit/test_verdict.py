@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from core.evaluation.verdict import (
+    HOLDOUT_HELP,
     decide,
     forgetting_checks,
     knowledge_check,
@@ -113,3 +114,13 @@ def test_the_reason_leaves_out_the_confirmation_when_other_checks_fail():
     assert verdict.status == "not_forgotten"
     assert verdict.reason == "utility 0.9x is below the floor 0.95x"
     assert [c.name for c in verdict.checks] == ["utility", "confirmation"]  # still listed
+
+
+def test_a_missing_holdout_says_why_it_is_missing():
+    checks, missing = forgetting_checks({}, None, threshold=0.05)
+    assert checks == [] and missing == (
+        f"no holdout set to compare the forget set with: {HOLDOUT_HELP}"
+    )
+    note = "3 of 3 holdout records are also in the forget or retain set"
+    checks, missing = forgetting_checks({}, None, threshold=0.05, holdout_note=note)
+    assert checks == [] and missing == f"{note}; {HOLDOUT_HELP}"
