@@ -383,6 +383,12 @@ def main(argv=None) -> int:
             "knowledge_p": float(
                 stats.ks_2samp(forget_tr, measured.column("holdout", "truth_ratio")).pvalue
             ),
+            # one-sided: only "still prefers the right answers" counts
+            "knowledge_p_knows": float(
+                stats.ks_2samp(
+                    forget_tr, measured.column("holdout", "truth_ratio"), alternative="greater"
+                ).pvalue
+            ),
             # Anderson-Darling weighs the tails, where the oracle's truth ratios differ
             # (scipy caps its p-value to 0.001-0.25)
             "knowledge_ad_p": float(
@@ -404,6 +410,7 @@ def main(argv=None) -> int:
         }
         print(
             "epoch {epoch:4.0f}  oracle FQ {oracle_fq:8.3g}  knowledge p {knowledge_p:8.3g}  "
+            "(knows {knowledge_p_knows:6.3g})  "
             "AD p {knowledge_ad_p:6.3g}  drift p {holdout_drift_p:8.3g}  AUC {membership_auc:.2f}  forget NLL {forget_nll_median:.2f}  "
             "retain P {retain_probability_ratio:.3f}".format(**row)
             + f"  ({time.monotonic() - started:.0f}s)",

@@ -43,6 +43,11 @@ def candidates(probe: Probe, original: Probe) -> dict[str, float]:
     tr_o = original.column("holdout", "truth_ratio")
     out["tr_ks_p"] = float(stats.ks_2samp(tr_f, tr_h).pvalue)
     out["tr_mw_p"] = float(stats.mannwhitneyu(tr_f, tr_h).pvalue)
+    # One-sided: only "the forget truth ratios are lower" (the model still prefers the
+    # right answers) counts against forgetting; "greater": the forget sample's CDF lies
+    # above the holdout's somewhere.
+    out["tr_ks_p_knows"] = float(stats.ks_2samp(tr_f, tr_h, alternative="greater").pvalue)
+    out["tr_mw_p_knows"] = float(stats.mannwhitneyu(tr_f, tr_h, alternative="less").pvalue)
     out["tr_ks_p_original"] = float(stats.ks_2samp(tr_f, tr_o).pvalue)
     out["tr_ks_p_both"] = min(out["tr_ks_p"], out["tr_ks_p_original"])
     p_f, p_h = probe.column("forget", "probability"), probe.column("holdout", "probability")
@@ -114,6 +119,8 @@ def main(argv=None) -> int:
     for name, thresholds in (
         ("tr_ks_p", [0.05, 0.1, 0.2, 0.3, 0.5]),
         ("tr_mw_p", [0.05, 0.1, 0.2, 0.3, 0.5]),
+        ("tr_ks_p_knows", [0.05, 0.1, 0.2, 0.3, 0.5]),
+        ("tr_mw_p_knows", [0.05, 0.1, 0.2, 0.3, 0.5]),
         ("tr_ks_p_original", [0.05, 0.1, 0.2, 0.3, 0.5]),
         ("tr_ks_p_both", [0.05, 0.1, 0.2, 0.3, 0.5]),
         ("auc_min_k_plus_plus_closeness", [0.6, 0.7, 0.8, 0.9]),
@@ -141,13 +148,15 @@ def stopping(rows, floor: float) -> None:
         if row["run"] not in ("oracle", "original"):
             runs.setdefault(row["run"], []).append(row)
     print(f"\nfirst call per run ({len(runs)} runs), oracle FQ at the call:")
-    for k, threshold, sides in itertools.product((1, 2, 3), (0.2, 0.3, 0.5), (1, 2)):
+    for statistic, k, threshold, sides in itertools.product(
+        ("tr_ks_p", "tr_ks_p_knows"), (1, 2, 3), (0.2, 0.3, 0.5), (1, 2)
+    ):
         calls = []
         for points in runs.values():
             streak = 0
             for row in points:
                 passes = (
-                    row["tr_ks_p"] >= threshold
+                    row[statistic] >= threshold
                     and row["utility_ratio"] >= floor
                     and row["auc_loss"] <= 0.7
                     and (sides == 1 or row["auc_loss"] >= 0.3)
@@ -159,7 +168,7 @@ def stopping(rows, floor: float) -> None:
         false = sum(fq < FALSE_BELOW for fq in calls)
         shown = " ".join(f"{fq:.2g}" for fq in sorted(calls))
         print(
-            f"k {k}, tr_ks_p >= {threshold}, membership "
+            f"k {k}, {statistic} >= {threshold}, membership "
             f"{'one' if sides == 1 else 'two'}-sided: called {len(calls)}, false {false}, "
             f"FQ at the call: {shown}"
         )
