@@ -2,9 +2,10 @@
 
 - data: the generated fictitious-author set (``authors.generate``) with TOFU's splits
   (forget01/05/10, retain99/95/90), held-out authors and world facts, as JSONL;
-- tokenizer: word-level, trained with the ``tokenizers`` library on all that text;
-- ``target``: a small ``LlamaConfig`` model fine-tuned on every author plus the world
-  facts until it has memorized them;
+- tokenizer: word-level, trained with the ``tokenizers`` library on all that text
+  (byte-level BPE for a preset that asks for it);
+- ``target``: a small ``LlamaConfig`` model (or ``GPT2Config``) fine-tuned on every
+  author plus the world facts until it has memorized them;
 - ``retrain``: the same, with the same settings and seed, on everything *except* the
   forget10 authors: the model unlearning tries to match (forget quality's oracle).
 
@@ -48,6 +49,12 @@ class DemoPreset:
     learning_rate: float
     batch_size: int = 32
     description: str = ""
+    # How the model is built: a preset that differs here checks the service's defaults
+    # on a model and data they were not tuned on (issue 8).
+    tokenizer: str = "word"  # "word" (a token per word) or "bpe" (byte-level, GPT-2's kind)
+    architecture: str = "llama"  # "llama" or "gpt2"
+    vocab_size: int = 0  # BPE only: the merges' target size
+    data_seed_offset: int = 0  # added to the seed for the generated authors
 
 
 PRESETS: dict[str, DemoPreset] = {
@@ -95,6 +102,47 @@ PRESETS: dict[str, DemoPreset] = {
         learning_rate=3e-3,
         batch_size=32,
         description="100 authors x 12 questions, ~0.85M parameters",
+    ),
+    # For tests: "tiny", built as "bench-gpt2" is.
+    "tiny-gpt2": DemoPreset(
+        n_authors=20,
+        questions_per_author=8,
+        n_holdout_authors=4,
+        n_countries=6,
+        hidden_size=64,
+        n_layers=2,
+        n_heads=4,
+        intermediate_size=256,
+        epochs=60,
+        learning_rate=3e-3,
+        batch_size=16,
+        description="20 other authors x 8 questions, BPE, GPT-2, ~0.1M parameters",
+        tokenizer="bpe",
+        architecture="gpt2",
+        vocab_size=512,
+        data_seed_offset=1000,
+    ),
+    # Built unlike the presets the defaults were tuned on: other authors (another data
+    # seed), a byte-level BPE tokenizer (names split into pieces, a leading-space
+    # convention), GPT-2's architecture (learned positions, LayerNorm, GELU, tied
+    # embeddings, Conv1D layers) and another width. Nothing in the service is tuned on it.
+    "bench-gpt2": DemoPreset(
+        n_authors=100,
+        questions_per_author=12,
+        n_holdout_authors=10,
+        n_countries=30,
+        hidden_size=192,
+        n_layers=4,
+        n_heads=6,
+        intermediate_size=768,
+        epochs=30,
+        learning_rate=2e-3,
+        batch_size=32,
+        description="100 other authors x 12 questions, BPE, GPT-2, ~2M parameters",
+        tokenizer="bpe",
+        architecture="gpt2",
+        vocab_size=1024,
+        data_seed_offset=1000,
     ),
 }
 
@@ -153,10 +201,10 @@ def build_demo_assets(
         spec.questions_per_author,
         n_holdout_authors=spec.n_holdout_authors,
         n_countries=spec.n_countries,
-        seed=seed,
+        seed=seed + spec.data_seed_offset,
     )
     data = write_data(generated, root / "data")
-    train_tokenizer(generated, root / "tokenizer")
+    train_tokenizer(generated, root / "tokenizer", kind=spec.tokenizer, vocab_size=spec.vocab_size)
 
     forget, retain = generated.split(ORACLE_SPLIT)
     summary = {"preset": asdict(spec)}
@@ -238,10 +286,23 @@ def _train_one(root: Path, preset: str, seed: int, name: str, files: list[Path],
     )
 
 
+#: fields added after assets were first cached: at their defaults they leave a
+#: preset's fingerprint (and the folders already built for it) as they were
+_LATER_FIELDS = {
+    "tokenizer": "word",
+    "architecture": "llama",
+    "vocab_size": 0,
+    "data_seed_offset": 0,
+}
+
+
 def _fingerprint(preset: str, seed: int) -> str:
-    payload = json.dumps(
-        {"v": ASSETS_VERSION, "preset": asdict(PRESETS[preset]), "seed": seed}, sort_keys=True
-    )
+    fields = {
+        key: value
+        for key, value in asdict(PRESETS[preset]).items()
+        if _LATER_FIELDS.get(key, object()) != value
+    }
+    payload = json.dumps({"v": ASSETS_VERSION, "preset": fields, "seed": seed}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -277,17 +338,31 @@ def _all_text(generated: authors.AuthorSet) -> list[str]:
     return texts + ["Question: Answer:"]
 
 
-def train_tokenizer(generated: authors.AuthorSet, folder: Path):
+def train_tokenizer(
+    generated: authors.AuthorSet, folder: Path, *, kind: str = "word", vocab_size: int = 0
+):
     """A word-level tokenizer: every made-up name is one token, which lets a ~1M
-    parameter model memorize facts about it."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    parameter model memorize facts about it. ``kind="bpe"``: byte-level BPE as GPT-2's,
+    where a made-up name is several pieces and a word's leading space is part of it."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.train_from_iterator(
-        _all_text(generated), trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS)
-    )
+    if kind == "bpe":
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=SPECIAL_TOKENS,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        )
+    elif kind == "word":
+        tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
+        tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+        trainer = trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS)
+    else:
+        raise ValueError(f"unknown tokenizer kind {kind!r}: word or bpe")
+    tokenizer.train_from_iterator(_all_text(generated), trainer)
     wrapped = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token="<s>",
@@ -301,9 +376,28 @@ def train_tokenizer(generated: authors.AuthorSet, folder: Path):
 
 def make_model(tokenizer, spec: DemoPreset, seed: int):
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
+    if spec.architecture == "gpt2":
+        # no dropout: the target has to memorize every answer in a few minutes of CPU
+        config = GPT2Config(
+            vocab_size=len(tokenizer),
+            n_embd=spec.hidden_size,
+            n_layer=spec.n_layers,
+            n_head=spec.n_heads,
+            n_inner=spec.intermediate_size,
+            n_positions=256,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        return GPT2LMHeadModel(config)
+    if spec.architecture != "llama":
+        raise ValueError(f"unknown architecture {spec.architecture!r}: llama or gpt2")
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=spec.hidden_size,

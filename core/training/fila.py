@@ -135,10 +135,15 @@ def fila_initialise(model, forget, retain, pad_id, batch_size, device, *, seed: 
         ):
             scaling = layer.scaling[adapter]
             lora_a, lora_b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
-            a, b = fila_decompose(weight, row_scores(f_f, f_r), lora_a.shape[0], scaling)
+            # GPT-2's Conv1D stores its weight as [in, out]; peft marks those layers
+            # fan_in_fan_out. The decomposition works on [out, in], as the adapters do.
+            flip = (lambda t: t.T) if getattr(layer, "fan_in_fan_out", False) else (lambda t: t)
+            a, b = fila_decompose(
+                flip(weight), row_scores(flip(f_f), flip(f_r)), lora_a.shape[0], scaling
+            )
             lora_a.copy_(a.to(lora_a.dtype))
             lora_b.copy_(b.to(lora_b.dtype))
-            weight.copy_((weight.float() - scaling * (b @ a)).to(weight.dtype))
+            weight.copy_((weight.float() - scaling * flip(b @ a)).to(weight.dtype))
             offsets[path] = (b.detach().cpu(), a.detach().cpu())
     model.fila_offsets = offsets
     return offsets

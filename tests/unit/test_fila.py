@@ -125,8 +125,52 @@ def test_fila_leaves_the_logits_unchanged_at_step_0(model_and_examples):
     assert torch.allclose(after, before, atol=1e-4)
 
 
+def test_fila_orients_gpt2_conv1d_adapters_as_out_by_in(tiny_gpt2_demo):
+    """GPT-2's Conv1D keeps its weight as [in, out]. At full rank the decomposition is
+    exact: ``scaling * B A`` is the whole weight, transposed to [out, in] as LoRA's
+    adapters are, so the base weight left behind is (up to the row epsilon) zero, and
+    the model computes the same function."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2_demo.tokenizer)
+    torch.manual_seed(1)
+    width = 16
+    model = GPT2LMHeadModel(
+        GPT2Config(vocab_size=len(tokenizer), n_embd=width, n_layer=1, n_head=2, n_positions=64)
+    ).eval()
+    qa = [("Where was he born?", "In the city."), ("When was he born?", "In spring.")]
+    examples = [
+        encode_qa(tokenizer, q, a, max_length=64, template=DEFAULT_PROMPT_TEMPLATE) for q, a in qa
+    ]
+    batch = collate(examples, tokenizer.pad_token_id)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    originals = {
+        n: m.weight.clone() for n, m in model.named_modules() if type(m).__name__ == "Conv1D"
+    }
+    with torch.no_grad():
+        before = model(**inputs).logits
+    peft_model = get_peft_model(
+        model,
+        LoraConfig(r=width, lora_alpha=width, target_modules="all-linear", task_type="CAUSAL_LM"),
+    ).eval()
+    offsets = fila_initialise(
+        peft_model, examples[:1], examples[1:], tokenizer.pad_token_id, 1, "cpu"
+    )
+    assert len(offsets) == 4  # c_attn, attn.c_proj, c_fc, mlp.c_proj
+    for path, (b0, a0) in offsets.items():
+        weight = originals[path.removeprefix("base_model.model.")]
+        assert b0.shape == (weight.shape[1], width) and a0.shape == (width, weight.shape[0])
+        layer = peft_model.get_submodule(path)
+        assert torch.allclose(b0 @ a0, weight.T, atol=1e-3 * float(weight.abs().max()))
+        assert layer.base_layer.weight.abs().max() < 1e-3 * weight.abs().max()
+    with torch.no_grad():
+        assert torch.allclose(peft_model(**inputs).logits, before, atol=1e-4)
+
+
+@pytest.mark.parametrize("demo", ["tiny_demo", "tiny_gpt2_demo"])
 def test_a_lora_fila_job_saves_an_adapter_for_the_original_base_and_a_merged_model(
-    tiny_demo, tmp_path
+    demo, tmp_path, request
 ):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -138,6 +182,7 @@ def test_a_lora_fila_job_saves_an_adapter_for_the_original_base_and_a_merged_mod
     from core.models.loading import load_model
     from core.training.loop import run_training
 
+    tiny_demo = request.getfixturevalue(demo)
     model, tokenizer = load_model(str(tiny_demo.target), dtype="fp32")
 
     def encode(name):
