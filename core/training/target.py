@@ -24,8 +24,18 @@ The published point (``select_point``):
    seed 3 of the sharpness-aware recipe (docs/minitofu.md), step 104 instead of 200:
    oracle forget quality 2e-5 instead of 4e-4, relearning 1.74x the oracle's instead of
    0.77x;
-3. else (no point keeps the floor), the point with the highest utility: the least
-   damaged model, which the verdict then reports as not forgotten.
+3. else, when the best measured utility is within ``NEAR_FLOOR`` of the floor, that
+   point: a near miss, where forgetting went furthest without much damage;
+4. else (every measured point is far below the floor: the run damaged the model, and
+   typically only the last point was measured, since a point whose retain likelihood is
+   below the floor gets no verdict probe), the *light* points whose retain-likelihood
+   ratio is at or above the floor, ranked by how close their membership AUC (from the
+   training pass) is to 0.5, then by that ratio. Measured on the GPT-2 demo
+   (``bench-gpt2``): GradDiff's automatic settings fell to 0.55-0.7x retain likelihood by
+   the fifth epoch and were published at step 160 with utility 0.54-0.65x, while the
+   points of the first four epochs kept 0.96-0.98x;
+5. else the point with the highest utility (measured, or a light point's retain ratio):
+   the least damaged model, which the verdict then reports as not forgotten.
 """
 
 from __future__ import annotations
@@ -34,13 +44,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 COLLAPSE_POINTS = 3
+#: a measured utility this far below the floor is a near miss (rule 3), not damage
+NEAR_FLOOR = 0.1
 
 SELECTION_RULE = (
     "the first evaluation point that met the target and confirmed it (the verdict said "
     "forgotten there and at the points just before it, target.confirm_points in all); "
     "else, among points with utility at or above the floor, the one with the highest knowledge p-value (forget vs holdout "
-    "truth ratios; ties: membership AUC closest to 0.5, then utility); else the point "
-    "with the highest utility"
+    "truth ratios; ties: membership AUC closest to 0.5, then utility); else the measured "
+    "point with the highest utility if it is within 0.1 of the floor; else, among points "
+    "measured only by the training pass whose retain likelihood kept the floor, the one "
+    "whose membership AUC is closest to 0.5; else the point with the highest utility"
 )
 
 
@@ -131,9 +145,28 @@ def select_point(
     if at_floor:
         return max(at_floor, key=_forgetting_rank)
     with_utility = [p for p in points if p.utility_ratio is not None]
-    if with_utility:
-        return max(with_utility, key=lambda p: p.utility_ratio)
+    least_damaged = max(with_utility, key=lambda p: p.utility_ratio, default=None)
+    if least_damaged is not None and least_damaged.utility_ratio >= utility_floor - NEAR_FLOOR:
+        return least_damaged
+    light = [p for p in points if p.utility_ratio is None and _retain_ratio(p) is not None]
+    light_at_floor = [p for p in light if _retain_ratio(p) >= utility_floor]
+    if light_at_floor:
+        return max(light_at_floor, key=_light_rank)
+    estimated = with_utility + light
+    if estimated:
+        return max(estimated, key=lambda p: p.utility_ratio or _retain_ratio(p))
     return points[-1]
+
+
+def _retain_ratio(point: PointRecord) -> float | None:
+    """A light point's utility estimate: the training pass's retain likelihood against
+    the original's."""
+    return point.metrics.get("retain_ratio")
+
+
+def _light_rank(point: PointRecord) -> tuple[float, float]:
+    auc = point.metrics.get("membership_auc")
+    return (-1.0 if auc is None else -abs(auc - 0.5), _retain_ratio(point))
 
 
 def _forgetting_rank(point: PointRecord) -> tuple[float, float, float]:

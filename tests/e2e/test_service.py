@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from cli.serve import worker_command
+from tests.fixtures.models import TINY_PRESET
 from tests.fixtures.services import free_port, wait_for_port
 
 pytestmark = pytest.mark.slow
@@ -116,7 +117,7 @@ def _base_env(home: Path, **settings) -> dict:
     env.update(
         {
             "OBLIVIATE_HOME": str(home),
-            "OBLIVIATE_DEMO_PRESET": "tiny",
+            "OBLIVIATE_DEMO_PRESET": TINY_PRESET,
             "OBLIVIATE_HEARTBEAT_INTERVAL_S": "1",
             "PYTHONUNBUFFERED": "1",
         }
@@ -127,7 +128,7 @@ def _base_env(home: Path, **settings) -> dict:
 
 def _seed_demo_cache(home: Path, tiny_demo) -> None:
     """Put the already-built tiny demo where the service looks, so it is not rebuilt."""
-    target = home / "demo" / "tiny"
+    target = home / "demo" / TINY_PRESET
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(tiny_demo.root, target)
 

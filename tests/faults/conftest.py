@@ -21,6 +21,7 @@ import uuid
 
 import pytest
 
+from tests.fixtures.models import TINY_PRESET
 from tests.fixtures.stack import RedisServer, Stack, stack_env
 
 SETTINGS = {
@@ -29,7 +30,7 @@ SETTINGS = {
     "reaper_interval_s": 1,
     "requeue_queued_after_s": 5,
     "max_attempts": 25,
-    "demo_preset": "tiny",
+    "demo_preset": TINY_PRESET,
     "log_format": "json",
 }
 
@@ -103,7 +104,7 @@ def fault_stack(tmp_path_factory, tiny_demo, fault_database):
 
     root = tmp_path_factory.mktemp("faults")
     home = root / "home"
-    shutil.copytree(tiny_demo.root, home / "demo" / "tiny")
+    shutil.copytree(tiny_demo.root, home / "demo" / TINY_PRESET)
     redis = RedisServer(root / "redis").start()
     env = stack_env(home, database_url=fault_database, broker_url=redis.url, **SETTINGS)
     settings = Settings(
@@ -111,7 +112,7 @@ def fault_stack(tmp_path_factory, tiny_demo, fault_database):
         home=home,
         database_url=fault_database,
         broker_url=redis.url,
-        demo_preset="tiny",
+        demo_preset=TINY_PRESET,
     )
     upgrade(fault_database)
     engine = make_engine(fault_database, pool_size=1)

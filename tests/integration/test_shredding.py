@@ -31,6 +31,7 @@ from tests.fixtures.api import (
     read_stored_dataset,
     register_model,
 )
+from tests.fixtures.models import TINY_PRESET
 from tests.integration.test_api_deletion_requests import (
     FORGOTTEN,
     NOT_FORGOTTEN,
@@ -191,7 +192,7 @@ def test_a_key_made_by_another_master_key_does_not_open(client, api_settings, tm
 
 @pytest.fixture
 def demo_settings(tmp_path, database_url, tiny_demo):
-    settings = make_settings(tmp_path / "home", database_url, demo_preset="tiny")
+    settings = make_settings(tmp_path / "home", database_url, demo_preset=TINY_PRESET)
     shutil.copytree(tiny_demo.root, demo_folder(settings))  # built once per test session
     return settings
 

@@ -23,6 +23,7 @@ from core.errors import Cancelled
 from core.spec import parse_job_spec
 from core.storage import store_from_settings
 from tests.fixtures.api import make_job, make_settings
+from tests.fixtures.models import TINY_PRESET
 from tests.integration.test_db_jobs import reap_and_claim_again
 from worker.reporter import BATCH_TRIES, DbReporter
 from worker.runner import CancelBetweenPhases, JobRunner
@@ -34,7 +35,7 @@ LONG_FORGET = "ds_demo_forget10"  # 10x as many
 @pytest.fixture
 def worker_settings(tmp_path, database_url, tiny_demo):
     settings = make_settings(
-        tmp_path / "home", database_url, demo_preset="tiny", heartbeat_interval_s=0.2
+        tmp_path / "home", database_url, demo_preset=TINY_PRESET, heartbeat_interval_s=0.2
     )
     shutil.copytree(tiny_demo.root, demo_folder(settings))  # built once per test session
     return settings

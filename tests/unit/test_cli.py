@@ -12,6 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from cli.main import app
+from tests.fixtures.models import TINY_PRESET
 
 pytestmark = pytest.mark.slow
 
@@ -19,9 +20,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def home(tmp_path, tiny_demo, monkeypatch):
     home = tmp_path / "home"
-    shutil.copytree(tiny_demo.root, home / "demo" / "tiny")
+    shutil.copytree(tiny_demo.root, home / "demo" / TINY_PRESET)
     monkeypatch.setenv("OBLIVIATE_HOME", str(home))
-    monkeypatch.setenv("OBLIVIATE_DEMO_PRESET", "tiny")
+    monkeypatch.setenv("OBLIVIATE_DEMO_PRESET", TINY_PRESET)
     from core.settings import get_settings
 
     get_settings.cache_clear()
@@ -177,7 +178,7 @@ def test_finetune_teaches_a_model_its_data_and_writes_a_loadable_checkpoint(home
     from core.models.scoring import sequence_nll
     from core.spec import DEFAULT_PROMPT_TEMPLATE
 
-    data = home / "demo" / "tiny" / "data" / "forget10.jsonl"
+    data = home / "demo" / TINY_PRESET / "data" / "forget10.jsonl"
     out = tmp_path / "ft"
     result = CliRunner().invoke(
         app,
@@ -198,7 +199,8 @@ def test_finetune_teaches_a_model_its_data_and_writes_a_loadable_checkpoint(home
         return float((nll / n).mean())
 
     assert (
-        mean_nll(out / "checkpoint") < mean_nll(home / "demo" / "tiny" / "models" / "retrain") - 1
+        mean_nll(out / "checkpoint")
+        < mean_nll(home / "demo" / TINY_PRESET / "models" / "retrain") - 1
     )
     manifest = json.loads((out / "checkpoint" / "manifest.json").read_text())
     assert manifest["method"] == "finetune" and manifest["base_model"] == "demo-retrain"
@@ -207,7 +209,7 @@ def test_finetune_teaches_a_model_its_data_and_writes_a_loadable_checkpoint(home
 
 
 def test_finetune_rejects_a_bad_option_naming_it(home, tmp_path):
-    data = home / "demo" / "tiny" / "data" / "forget10.jsonl"
+    data = home / "demo" / TINY_PRESET / "data" / "forget10.jsonl"
     result = CliRunner().invoke(
         app, ["finetune", "demo-retrain", str(data), "-o", str(tmp_path), "--precision", "fp8"]
     )

@@ -27,6 +27,7 @@ from core.spec import LoraSpec
 from core.training import distributed
 from core.training.loop import Callbacks, run_training
 from core.training.state import trainable_weights
+from tests.fixtures.models import TINY_PRESET
 
 #: Two ranks need two devices: gloo CPU processes, or two GPUs under nccl.
 two_devices = pytest.mark.skipif(
@@ -281,9 +282,9 @@ def home(tmp_path, tiny_demo, monkeypatch):
     from core.settings import get_settings
 
     home = tmp_path / "home"
-    shutil.copytree(tiny_demo.root, home / "demo" / "tiny")
+    shutil.copytree(tiny_demo.root, home / "demo" / TINY_PRESET)
     monkeypatch.setenv("OBLIVIATE_HOME", str(home))
-    monkeypatch.setenv("OBLIVIATE_DEMO_PRESET", "tiny")
+    monkeypatch.setenv("OBLIVIATE_DEMO_PRESET", TINY_PRESET)
     get_settings.cache_clear()
     yield home
     get_settings.cache_clear()

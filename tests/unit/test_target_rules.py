@@ -94,6 +94,47 @@ def test_points_without_a_verdict_probe_rank_below_measured_ones():
     assert select_point([], utility_floor=FLOOR) is None
 
 
+def light(step, *, retain, auc):
+    """A point measured only by the training pass: retain-likelihood ratio and AUC."""
+    return PointRecord(
+        step=step,
+        epoch=step / 10,
+        verdict={"status": "not_forgotten", "checks": []},
+        metrics={"measured_by": "light", "retain_ratio": retain, "membership_auc": auc},
+    )
+
+
+def test_a_damaged_run_publishes_the_light_point_that_kept_the_floor_and_forgot_most():
+    # GradDiff on the GPT-2 demo: the first epochs keep retain likelihood, then the
+    # model is damaged; only the last point gets a verdict probe, far below the floor.
+    points = [
+        light(8, retain=1.0, auc=1.0),
+        light(16, retain=0.99, auc=0.98),
+        light(24, retain=0.96, auc=0.70),  # in the floor, closest to 0.5
+        light(32, retain=0.90, auc=0.52),  # closer still, but below the floor
+        light(40, retain=0.6, auc=0.1),
+        point(48, knowledge=0.02, membership=0.0, utility=0.62),
+    ]
+    assert select_point(points, utility_floor=FLOOR).step == 24
+
+
+def test_a_measured_near_miss_outranks_light_points():
+    points = [
+        light(8, retain=1.0, auc=0.99),
+        point(16, knowledge=0.3, membership=0.2, utility=FLOOR - 0.05),
+    ]
+    assert select_point(points, utility_floor=FLOOR).step == 16
+
+
+def test_without_a_light_point_at_the_floor_the_least_damaged_estimate_is_published():
+    points = [
+        light(8, retain=0.9, auc=0.8),
+        light(16, retain=0.7, auc=0.5),
+        point(24, knowledge=0.3, membership=0.1, utility=0.6),
+    ]
+    assert select_point(points, utility_floor=FLOOR).step == 8
+
+
 @pytest.mark.parametrize("floor", [0.5, 0.95])
 def test_utility_exactly_at_the_floor_counts_as_kept(floor):
     points = [point(10, knowledge=0.2, utility=floor), point(20, knowledge=0.1, utility=1.0)]
