@@ -154,7 +154,7 @@ def select_point(
         return max(light_at_floor, key=_light_rank)
     estimated = with_utility + light
     if estimated:
-        return max(estimated, key=lambda p: p.utility_ratio or _retain_ratio(p))
+        return max(estimated, key=_utility_estimate)
     return points[-1]
 
 
@@ -162,6 +162,10 @@ def _retain_ratio(point: PointRecord) -> float | None:
     """A light point's utility estimate: the training pass's retain likelihood against
     the original's."""
     return point.metrics.get("retain_ratio")
+
+
+def _utility_estimate(point: PointRecord) -> float:
+    return point.utility_ratio if point.utility_ratio is not None else _retain_ratio(point)
 
 
 def _light_rank(point: PointRecord) -> tuple[float, float]:

@@ -133,6 +133,10 @@ def test_without_a_light_point_at_the_floor_the_least_damaged_estimate_is_publis
         point(24, knowledge=0.3, membership=0.1, utility=0.6),
     ]
     assert select_point(points, utility_floor=FLOOR).step == 8
+    # a collapsed model's utility of exactly 0 is a figure, not a missing one
+    collapsed = [point(8, knowledge=0.3, utility=0.0), light(16, retain=0.5, auc=0.5)]
+    assert select_point(collapsed, utility_floor=FLOOR).step == 16
+    assert select_point(collapsed[:1], utility_floor=FLOOR).step == 8
 
 
 @pytest.mark.parametrize("floor", [0.5, 0.95])
