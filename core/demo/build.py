@@ -271,19 +271,15 @@ def _train_one(root: Path, preset: str, seed: int, name: str, files: list[Path],
 
 #: fields added after assets were first cached: at their defaults they leave a
 #: preset's fingerprint (and the folders already built for it) as they were
-_LATER_FIELDS = {
-    "tokenizer": "word",
-    "architecture": "llama",
-    "vocab_size": 0,
-    "data_seed_offset": 0,
-}
+_LATER_FIELDS = ("tokenizer", "architecture", "vocab_size", "data_seed_offset")
 
 
 def _fingerprint(preset: str, seed: int) -> str:
+    defaults = DemoPreset.__dataclass_fields__
     fields = {
         key: value
         for key, value in asdict(PRESETS[preset]).items()
-        if _LATER_FIELDS.get(key, object()) != value
+        if key not in _LATER_FIELDS or value != defaults[key].default
     }
     payload = json.dumps({"v": ASSETS_VERSION, "preset": fields, "seed": seed}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]

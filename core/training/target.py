@@ -52,7 +52,7 @@ SELECTION_RULE = (
     "forgotten there and at the points just before it, target.confirm_points in all); "
     "else, among points with utility at or above the floor, the one with the highest knowledge p-value (forget vs holdout "
     "truth ratios; ties: membership AUC closest to 0.5, then utility); else the measured "
-    "point with the highest utility if it is within 0.1 of the floor; else, among points "
+    f"point with the highest utility if it is within {NEAR_FLOOR} of the floor; else, among points "
     "measured only by the training pass whose retain likelihood kept the floor, the one "
     "whose membership AUC is closest to 0.5; else the point with the highest utility"
 )

@@ -37,7 +37,7 @@ def test_the_bpe_tokenizer_splits_made_up_names_and_round_trips_text():
     assert answer_ids[-1] == tokenizer.eos_token_id
 
 
-def test_the_gpt2_target_memorized_its_answers_and_the_oracle_did_not(tiny_gpt2_demo):
+def test_the_gpt2_target_memorized_its_answers(tiny_gpt2_demo):
     from transformers import GPT2LMHeadModel
 
     from core.models.loading import load_model
