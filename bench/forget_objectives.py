@@ -168,17 +168,20 @@ def augmented_examples(tokenizer, records, start: int):
     return out
 
 
-def sequence_objective(kind: str, ceiling: float):
-    """SimNPO's forget term, cut (``ceiling``) or reversed (``pull``) above the ceiling."""
+def sequence_objective(kind: str, ceiling: float, phase: dict | None = None):
+    """SimNPO's forget term, cut (``ceiling``) or reversed (``pull``) above the ceiling.
+    ``phase``: a mutable ``{"kind": ...}`` that overrides ``kind`` (switched between
+    epochs by ``--pull-after``)."""
 
     def term(inputs, hparams):
         base = _simnpo_term(inputs.nll, inputs.n_tokens, hparams.beta, hparams.gamma)
-        if kind == "simnpo":
+        kind_now = phase["kind"] if phase else kind
+        if kind_now == "simnpo":
             return base
         avg = inputs.nll / inputs.n_tokens.to(inputs.nll.dtype)
         below = (avg.detach() < ceiling).to(avg.dtype)
         per = base.per_sequence * below
-        if kind == "pull":
+        if kind_now == "pull":
             per = per + (1 - below) * (avg - ceiling)
         return LossTerm(per, "sequence", gradient_weight=base.gradient_weight * below)
 
@@ -299,6 +302,11 @@ def main(argv=None) -> int:
         type=float,
         help="values: the value tokens' target NLL (default: their median on the holdout)",
     )
+    parser.add_argument(
+        "--pull-after",
+        type=int,
+        help="simnpo: switch to pull after this many epochs (forget far, then come back)",
+    )
     parser.add_argument("--out", type=Path, help="JSON lines, one per epoch")
     parser.add_argument("--cache", type=Path, default=REPO / ".cache" / "bench")
     args = parser.parse_args(argv)
@@ -322,6 +330,7 @@ def main(argv=None) -> int:
     retain_p = original.column("retain", "probability").mean()
 
     method = get_method("simnpo")
+    phase = {"kind": args.objective}
     if args.objective == "anchored":
         names = sorted({r.meta["subject"] for r in full.holdout.records})
         swaps, aligned = subject_swaps(tokenizer, full.forget.records, forget, names, args.seed)
@@ -353,7 +362,9 @@ def main(argv=None) -> int:
         print(f"value tokens found in {covered} of {len(forget)} forget answers")
         method = replace(method, forget_term=value_objective(table, args.value_nll))
     else:
-        method = replace(method, forget_term=sequence_objective(args.objective, ceiling))
+        method = replace(
+            method, forget_term=sequence_objective(args.objective, ceiling, phase)
+        )
     hparams = method.parse_hyperparameters(
         {
             "learning_rate": args.learning_rate,
@@ -419,6 +430,8 @@ def main(argv=None) -> int:
         if sink:
             sink.write(json.dumps(row) + "\n")
             sink.flush()
+        if args.pull_after is not None and point.epoch >= args.pull_after:
+            phase["kind"] = "pull"
         return False
 
     model = study.load("target")

@@ -51,6 +51,21 @@ def test_pull_keeps_simnpo_below_the_ceiling_and_trains_back_down_above_it(objec
     assert cut.per_sequence.tolist() == pytest.approx([below, 0.0])
 
 
+def test_pull_after_switches_simnpo_to_pull_between_epochs(objectives):
+    # --pull-after: the same term object is SimNPO until the phase says "pull"
+    phase = {"kind": "simnpo"}
+    term = objectives.sequence_objective("simnpo", ceiling=2.0, phase=phase)
+    inputs = ForgetInputs(nll=torch.tensor([3.0, 9.0]), n_tokens=torch.tensor([3, 3]))
+    hparams = SimpleNamespace(beta=1.0, gamma=0.0)
+    sigma = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    # SimNPO on both: -(2/beta) log sigma(beta * NLL/|y| - gamma), NLL/|y| = 1 and 3
+    simnpo = [-2.0 * math.log(sigma(1.0)), -2.0 * math.log(sigma(3.0))]
+    assert term(inputs, hparams).per_sequence.tolist() == pytest.approx(simnpo)
+    phase["kind"] = "pull"
+    # now the answer above the ceiling (3 > 2) is trained back down by its excess
+    assert term(inputs, hparams).per_sequence.tolist() == pytest.approx([simnpo[0], 1.0])
+
+
 def test_the_value_objective_holds_only_the_value_tokens_at_the_target(objectives):
     # two answer tokens, uniform over a 2-token vocabulary: NLL ln 2 each; only the
     # second is a value token
