@@ -362,9 +362,7 @@ def main(argv=None) -> int:
         print(f"value tokens found in {covered} of {len(forget)} forget answers")
         method = replace(method, forget_term=value_objective(table, args.value_nll))
     else:
-        method = replace(
-            method, forget_term=sequence_objective(args.objective, ceiling, phase)
-        )
+        method = replace(method, forget_term=sequence_objective(args.objective, ceiling, phase))
     hparams = method.parse_hyperparameters(
         {
             "learning_rate": args.learning_rate,

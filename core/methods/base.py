@@ -105,6 +105,12 @@ class UnlearningHyperparameters(TrainingHyperparameters):
         "so that the forgotten state is flat and a few relearning steps do not undo it; "
         "0: off. Costs a second forward and backward of the forget batch.",
     )
+    sam_adaptive: bool = Field(
+        False,
+        description="Adaptive sharpness (ASAM, arXiv 2102.11600): scale each weight's move "
+        "by its own size (|w| + 0.01), so that sam_rho is a relative step and means the "
+        "same on a small model as on a large one (ASAM's rho is typically 0.5-2).",
+    )
 
     @model_validator(mode="after")
     def _some_loss(self):

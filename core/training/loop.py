@@ -557,7 +557,7 @@ def run_training(
                     block_passes(sharpness_aware, use_retain)
                 ):
                     if pass_index == 1:
-                        moved = sam_perturb(params, hparams.sam_rho)
+                        moved = sam_perturb(params, hparams.sam_rho, hparams.sam_adaptive)
                         optimizer.zero_grad(set_to_none=True)
                     elif pass_index == 2:
                         sam_restore(moved)
@@ -881,26 +881,31 @@ def _micro_step(
     return parts, weights, n_tokens
 
 
-def sam_perturb(params, rho: float) -> list:
+#: ASAM's eta: keeps a zero weight movable (the paper's value)
+ASAM_ETA = 0.01
+
+
+def sam_perturb(params, rho: float, adaptive: bool = False) -> list:
     """Move every trainable weight by ``rho * g / ||g||`` (g: its gradient now, the
-    same on every rank after the sync); returns what :func:`sam_restore` needs to put
-    the weights back exactly (a copy: subtracting the move again would round). A zero or
-    non-finite gradient moves nothing."""
+    same on every rank after the sync), or, ``adaptive``, by ``rho * T^2 g / ||T g||``
+    with ``T = |w| + eta`` (ASAM: a step relative to each weight's size); returns what
+    :func:`sam_restore` needs to put the weights back exactly (a copy: subtracting the
+    move again would round). A zero or non-finite gradient moves nothing."""
     import torch
 
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
+    live = [p for p in params if p.grad is not None]
+    if not live:
         return []
-    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-    if not torch.isfinite(norm) or float(norm) == 0.0:
-        return []
-    saved = []
     with torch.no_grad():
-        for p in params:
-            if p.grad is None:
-                continue
+        scale = [p.detach().abs() + ASAM_ETA if adaptive else None for p in live]
+        scaled = [p.grad if t is None else p.grad * t for p, t in zip(live, scale)]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in scaled]))
+        if not torch.isfinite(norm) or float(norm) == 0.0:
+            return []
+        saved = []
+        for p, t, g in zip(live, scale, scaled):
             saved.append((p, p.detach().clone()))
-            p.add_(p.grad * (rho / norm))
+            p.add_((g if t is None else g * t) * (rho / norm))
     return saved
 
 

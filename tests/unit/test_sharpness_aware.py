@@ -27,6 +27,21 @@ def test_the_move_is_rho_along_the_normalized_gradient_and_is_undone():
     assert a.detach().tolist() == [1.0, 2.0] and b.detach().tolist() == [5.0]
 
 
+def test_the_adaptive_move_is_relative_to_each_weights_size():
+    # ASAM by hand: T = |w| + 0.01 = (1.01, 2.01 | 5.01); T*g = (3.03, 0 | 20.04),
+    # ||T*g|| = sqrt(3.03^2 + 20.04^2) = sqrt(410.7825) = 20.26777; the move is
+    # rho * T^2 * g / ||T*g||: 0.5 * 1.0201 * 3 / 20.26777 = 0.0754967 for a[0],
+    # 0.5 * 25.1001 * 4 / 20.26777 = 2.4768487 for b (the larger weight moves further).
+    a = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    b = torch.nn.Parameter(torch.tensor([5.0]))
+    a.grad, b.grad = torch.tensor([3.0, 0.0]), torch.tensor([4.0])
+    moves = sam_perturb([a, b], rho=0.5, adaptive=True)
+    assert a.detach().tolist() == pytest.approx([1.0754967, 2.0], abs=1e-6)
+    assert b.detach().tolist() == pytest.approx([7.4768487], abs=1e-6)
+    sam_restore(moves)
+    assert a.detach().tolist() == [1.0, 2.0] and b.detach().tolist() == [5.0]
+
+
 def test_a_zero_gradient_moves_nothing():
     a = torch.nn.Parameter(torch.tensor([1.0]))
     a.grad = torch.zeros(1)
