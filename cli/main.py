@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from cli.progress import CliReporter, console, make_progress
 
@@ -181,7 +182,7 @@ def unlearn(
         summary = (outcome.report or {}).get("summary") or {}
         _print_verdict(summary)
         for key, value in summary.items():
-            if key not in ("verdict", "selection_rule"):
+            if key not in ("verdict", "selection_rule", "next_steps"):
                 console.print(f"  {key}: {value}")
     elif outcome.verdict:  # no final evaluation: the published evaluation point's verdict
         _print_verdict(
@@ -209,6 +210,9 @@ def _print_verdict(summary: dict) -> None:
         value = check.get("value")
         shown = f"{value:.3g}" if isinstance(value, (int, float)) else "-"
         console.print(f"  [{mark}] {check['label']}: {shown} (threshold {check['threshold']})")
+    for step in summary.get("next_steps") or []:
+        change = f" [dim]{escape(json.dumps(step['spec']))}[/]" if step["spec"] else ""
+        console.print(f"  next: {escape(step['text'])}{change}")
 
 
 @app.command()

@@ -17,10 +17,11 @@ from core.evaluation import plots as draw
 from core.evaluation.evaluate import HEADLINE_KEYS, EvaluationResult, _json_safe
 from core.evaluation.evidence import interim_verdict
 from core.evaluation.glossary import GLOSSARY
+from core.evaluation.next_steps import next_steps
 from core.evaluation.report_html import render_report
 
 #: version of report.json; bump the major on breaking changes (docs/report.md)
-REPORT_SCHEMA_VERSION = "1.2"
+REPORT_SCHEMA_VERSION = "1.3"
 
 #: summary fields besides the headline metrics
 SUMMARY_EXTRA_KEYS = (
@@ -131,6 +132,7 @@ def write_report(
     }
     report = _json_safe(report)
     report["summary"]["verdict"] = _json_safe(verdict) if verdict else interim_verdict(report)
+    report["summary"]["next_steps"] = next_steps(report)
     json_path = out / "report.json"
     json_path.write_text(json.dumps(report, allow_nan=False, default=str))
     written["report.json"] = json_path

@@ -1,0 +1,170 @@
+"""What to try when a job did not meet its target: one suggestion per reason the verdict
+gave, each with what it rests on and the change to the job spec it means (``spec``: the
+fields to set in the spec that ran, objects merged key by key; empty where there is
+nothing to set). Jobs with a target only.
+
+The suggestions come from the benchmark runs in docs/minitofu.md, the only evidence we
+have; they are starting points for the next job, not promises. A met target gets none.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from core.evaluation.verdict import HOLDOUT_HELP
+
+#: the sharpness-aware SimNPO recipe of docs/minitofu.md: on mini-TOFU (Llama and GPT-2)
+#: and the README demo it forgot more by the oracle's measure than the defaults, relearned
+#: less, and kept utility
+SIMNPO_RECIPE = {"forget_coeff": 1.0, "gamma": 3.0, "retain_coeff": 5.0, "sam_rho": 0.3}
+SAM_RHO = 0.3
+#: the budget the sharpness-aware recipe needed to pay off (it slows forgetting)
+SAM_EPOCHS = 40
+RETAIN_FACTOR = 5.0
+MAX_COEFF = 1000.0
+
+
+def next_steps(report: dict) -> list[dict[str, Any]]:
+    """``[{reason, text, spec}]`` for a report whose verdict did not meet the target."""
+    summary = report.get("summary") or {}
+    verdict = summary.get("verdict") or {}
+    job = report.get("job") or {}
+    if not job.get("target") or summary.get("target_met") or verdict.get("status") == "forgotten":
+        return []  # no target: a fixed recipe's report, judged by the evidence alone
+    if verdict.get("status") == "not_verifiable" and HOLDOUT_HELP in (verdict.get("reason") or ""):
+        return [
+            _step(
+                "holdout",
+                "Nothing could say whether the model forgot: " + verdict["reason"],
+                {"evaluation": {"holdout": "<dataset of unseen records>"}},
+            )
+        ]
+    failed = {c["name"]: c for c in verdict.get("checks") or [] if c.get("passed") is False}
+    hparams = job.get("hyperparameters") or {}
+    budget = ((job.get("target") or {}).get("max_epochs")) or hparams.get("epochs") or 0
+    steps: list[dict[str, Any]] = []
+
+    membership = failed.get("membership")
+    remembered = membership is not None and (membership.get("value") or 0) > 0.5
+    over_forgotten = membership is not None and not remembered
+    if remembered or (set(failed) == {"confirmation"}):
+        steps.append(_longer(job, budget, remembered))
+    if over_forgotten:
+        rate = hparams.get("learning_rate")
+        steps.append(
+            _step(
+                "membership",
+                "The forget answers were pushed far below unseen data, which shows that "
+                "something was removed: forget more gently, with half the learning rate.",
+                {"hyperparameters": {"learning_rate": rate / 2}}
+                if isinstance(rate, (int, float))
+                else {},
+            )
+        )
+    if "utility" in failed:
+        steps.append(_keep_utility(job, hparams))
+    if "relearning" in failed:
+        steps.append(_sharpness(job, hparams, budget))
+    if "knowledge" in failed and membership is None:
+        steps.append(_still_knows(job, hparams, budget))
+    return [s for s in steps if s is not None]
+
+
+def _step(reason: str, text: str, spec: dict) -> dict[str, Any]:
+    return {"reason": reason, "text": text, "spec": spec}
+
+
+def _longer(job: dict, budget: int, remembered: bool) -> dict[str, Any]:
+    why = (
+        "The forget answers are still likelier than unseen data"
+        if remembered
+        else "The verdict passed, but not at enough evaluation points in a row to confirm it"
+    )
+    more = {"target": {"max_epochs": max(2 * budget, 1)}} if budget else {}
+    if job.get("id"):
+        return _step(
+            "membership" if remembered else "confirmation",
+            f"{why}: continue this job from its last evaluation point with twice the budget.",
+            {"continue_from": job["id"], **more},
+        )
+    return _step(
+        "membership" if remembered else "confirmation",
+        f"{why}: run it again with twice the budget.",
+        more,
+    )
+
+
+def _keep_utility(job: dict, hparams: dict) -> dict[str, Any]:
+    data = job.get("data") or {}
+    if "retain" not in data or hparams.get("retain_loss") == "none":
+        return _step(
+            "utility",
+            "Utility fell below the floor and nothing held it: give a retain set (data the "
+            "model must keep) so that the method can train against forgetting it.",
+            {"retain": "<dataset to keep>"},
+        )
+    coeff = float(hparams.get("retain_coeff") or 1.0)
+    return _step(
+        "utility",
+        f"Utility fell below the floor: weigh the retain term {RETAIN_FACTOR:g}x as much "
+        "(SimNPO with retain_coeff 5 kept 0.97-1.03x of the original's utility on "
+        "mini-TOFU, docs/minitofu.md).",
+        {"hyperparameters": {"retain_coeff": min(coeff * RETAIN_FACTOR, MAX_COEFF)}},
+    )
+
+
+def _sharpness(job: dict, hparams: dict, budget: int) -> dict[str, Any]:
+    if not hparams.get("sam_rho"):
+        return _step(
+            "relearning",
+            "A short fine-tune brings the forgotten answers back: sharpness-aware updates "
+            f"(sam_rho {SAM_RHO:g}) with a {SAM_EPOCHS}-epoch budget relearned to 0.8x of what "
+            "the same attack does to a retrained model on mini-TOFU (2x without), and to "
+            "1.9x on the README demo (4.7x without); not under fsdp or deepspeed "
+            "(docs/minitofu.md).",
+            {
+                "hyperparameters": {"sam_rho": SAM_RHO},
+                "target": {"max_epochs": max(budget, SAM_EPOCHS)},
+            },
+        )
+    if budget < SAM_EPOCHS:
+        return _step(
+            "relearning",
+            "A short fine-tune brings the forgotten answers back, with sharpness-aware "
+            f"updates on: they needed a {SAM_EPOCHS}-epoch budget to pay off on mini-TOFU.",
+            {"target": {"max_epochs": SAM_EPOCHS}},
+        )
+    return _step(
+        "relearning",
+        "A short fine-tune brings the forgotten answers back, with sharpness-aware updates "
+        f"and {budget} epochs: no setting measured on mini-TOFU did better (a larger sam_rho "
+        "stopped forgetting altogether).",
+        {},
+    )
+
+
+def _still_knows(job: dict, hparams: dict, budget: int) -> dict[str, Any]:
+    text = (
+        "The forget answers look like unseen data, yet the model still prefers the true "
+        "values in paraphrases. On mini-TOFU no recipe removed that without pushing the "
+        "answers far below unseen data (docs/minitofu.md)"
+    )
+    recipe_ran = all(hparams.get(k) == v for k, v in SIMNPO_RECIPE.items())
+    if job.get("method") == "simnpo" and not recipe_ran:
+        return _step(
+            "knowledge",
+            text + "; the sharpness-aware recipe forgot the most by a retrained model's "
+            "measure there (10x to 1000x the defaults' forget quality) at the same utility.",
+            {
+                "hyperparameters": dict(SIMNPO_RECIPE),
+                "target": {"max_epochs": max(budget, SAM_EPOCHS)},
+            },
+        )
+    if recipe_ran:
+        return _step("knowledge", text + ", this recipe included.", {})
+    return _step(
+        "knowledge",
+        text + "; a SimNPO job with its sharpness-aware recipe came closest "
+        f"(hyperparameters {SIMNPO_RECIPE}, {SAM_EPOCHS} epochs).",
+        {},
+    )

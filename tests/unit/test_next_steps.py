@@ -1,0 +1,141 @@
+"""What a report suggests when the target was not met (``summary.next_steps``): one
+suggestion per reason the verdict gave, each with the spec fields it means; nothing for
+a met target or a job without one. Verdicts are built with the verdict's own checks."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from core.evaluation.next_steps import SIMNPO_RECIPE, next_steps
+from core.evaluation.report_html import render_report
+from core.evaluation.verdict import (
+    confirmation_check,
+    decide,
+    forgetting_checks,
+    knowledge_check,
+    membership_check,
+    relearning_check,
+    utility_check,
+)
+from tests.unit.test_report_verdict import report as base_report
+
+SIMNPO_DEFAULTS = {
+    "learning_rate": 3e-4,
+    "forget_coeff": 0.125,
+    "retain_coeff": 1.0,
+    "retain_loss": "nll",
+    "gamma": 0.0,
+    "sam_rho": 0.0,
+}
+ALIKE = np.linspace(0.1, 0.9, 50)
+
+
+def job_report(checks, *, job_id="job_1", hyperparameters=None, target=True, retain=True):
+    verdict = decide(checks).to_dict()
+    verdict["target_met"] = target and verdict["status"] == "forgotten"
+    out = base_report()
+    out["job"].update(
+        id=job_id,
+        hyperparameters={**SIMNPO_DEFAULTS, **(hyperparameters or {})},
+        target={"utility_floor": 0.95, "max_epochs": 20} if target else None,
+    )
+    if retain:
+        out["job"]["data"]["retain"] = {"file": "retain.jsonl", "records": 360}
+    out["summary"].update(verdict=verdict, target_met=verdict["target_met"])
+    return out
+
+
+def remembered():
+    # forget answers all likelier than the holdout's: AUC 1.0
+    return membership_check(-np.full(20, 0.1), -np.full(20, 3.0), two_sided=True)
+
+
+def over_forgotten():
+    return membership_check(-np.full(20, 9.0), -np.full(20, 3.0), two_sided=True)
+
+
+def calibrated():
+    return membership_check(-np.arange(20.0), -np.arange(20.0), two_sided=True)
+
+
+def test_a_met_target_or_a_job_without_one_gets_none():
+    passing = [knowledge_check(ALIKE, ALIKE, 0.2), calibrated(), utility_check(1.0, 0.95)]
+    assert next_steps(job_report(passing)) == []
+    failing = [knowledge_check(ALIKE, ALIKE + 5, 0.2), remembered()]
+    assert next_steps(job_report(failing, target=False)) == []
+
+
+def test_each_failed_check_gets_its_change():
+    checks = [
+        knowledge_check(ALIKE, ALIKE + 5, 0.2),
+        remembered(),
+        utility_check(0.9, 0.95),
+        relearning_check(0.5, 0.1),
+    ]
+    steps = next_steps(job_report(checks))
+    assert [s["reason"] for s in steps] == ["membership", "utility", "relearning"]
+    longer, utility, relearning = (s["spec"] for s in steps)
+    # still remembered: continue this job with twice the budget (20 -> 40 epochs)
+    assert longer == {"continue_from": "job_1", "target": {"max_epochs": 40}}
+    # the retain term weighed 5x: 1.0 -> 5.0
+    assert utility == {"hyperparameters": {"retain_coeff": 5.0}}
+    assert relearning == {"hyperparameters": {"sam_rho": 0.3}, "target": {"max_epochs": 40}}
+    # a local run has no job id to continue from: the same budget, as a new run
+    local = next_steps(job_report(checks, job_id=None))
+    assert local[0]["spec"] == {"target": {"max_epochs": 40}}
+
+
+def test_over_forgetting_halves_the_learning_rate():
+    steps = next_steps(job_report([knowledge_check(ALIKE, ALIKE, 0.2), over_forgotten()]))
+    assert [(s["reason"], s["spec"]) for s in steps] == [
+        ("membership", {"hyperparameters": {"learning_rate": 1.5e-4}})
+    ]
+
+
+def test_still_knowing_at_the_unseen_level_suggests_the_recipe_once():
+    checks = [knowledge_check(ALIKE, ALIKE + 5, 0.2), calibrated(), utility_check(1.0, 0.95)]
+    (step,) = next_steps(job_report(checks))
+    assert step["reason"] == "knowledge"
+    assert step["spec"] == {"hyperparameters": SIMNPO_RECIPE, "target": {"max_epochs": 40}}
+    # the recipe already ran: nothing measured did better, so nothing to set
+    (again,) = next_steps(job_report(checks, hyperparameters=SIMNPO_RECIPE))
+    assert again["spec"] == {} and "this recipe included" in again["text"]
+
+
+def test_sharpness_already_on_asks_for_its_budget_then_nothing():
+    checks = [knowledge_check(ALIKE, ALIKE, 0.2), calibrated(), relearning_check(0.5, 0.1)]
+    (step,) = next_steps(job_report(checks, hyperparameters={"sam_rho": 0.3}))
+    assert step["spec"] == {"target": {"max_epochs": 40}}
+    at_budget = job_report(checks, hyperparameters={"sam_rho": 0.3})
+    at_budget["job"]["target"]["max_epochs"] = 40
+    assert next_steps(at_budget)[0]["spec"] == {}
+
+
+def test_no_retain_set_or_only_confirmation_missing():
+    checks = [knowledge_check(ALIKE, ALIKE, 0.2), calibrated(), utility_check(0.5, 0.95)]
+    (step,) = next_steps(job_report(checks, retain=False))
+    assert step["spec"] == {"retain": "<dataset to keep>"}
+    confirm = [knowledge_check(ALIKE, ALIKE, 0.2), calibrated(), confirmation_check(1, 2)]
+    (step,) = next_steps(job_report(confirm))
+    assert step["reason"] == "confirmation"
+    assert step["spec"] == {"continue_from": "job_1", "target": {"max_epochs": 40}}
+
+
+def test_no_holdout_asks_for_one():
+    out = job_report([utility_check(1.0, 0.95)])
+    checks, missing = forgetting_checks({"truth_ratio": list(ALIKE)}, None, threshold=0.2)
+    out["summary"]["verdict"] = decide(checks, missing=missing).to_dict()
+    out["summary"]["target_met"] = False
+    (step,) = next_steps(out)
+    assert step["reason"] == "holdout" and "give evaluation.holdout" in step["text"]
+    assert step["spec"] == {"evaluation": {"holdout": "<dataset of unseen records>"}}
+
+
+def test_the_page_lists_them_under_in_short():
+    out = job_report([knowledge_check(ALIKE, ALIKE + 5, 0.2), remembered()])
+    out["summary"]["next_steps"] = next_steps(out)
+    html = render_report(out, {})
+    start = html.index('id="next-steps"')
+    section = html[start : html.index("</section>", start)]
+    assert "twice the budget" in section
+    assert '<code>{"continue_from": "job_1", "target": {"max_epochs": 40}}</code>' in section
