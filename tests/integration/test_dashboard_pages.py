@@ -102,7 +102,18 @@ def test_job_pages_show_state_verdict_and_downloads(signed_in, session_factory):
             session,
             job.id,
             "1.2",
-            {"verdict": verdict, "privleak": -28.0, "forget_probability": 0.1},
+            {
+                "verdict": verdict,
+                "privleak": -28.0,
+                "forget_probability": 0.1,
+                "next_steps": [
+                    {
+                        "reason": "membership",
+                        "text": "Forget more gently, with half the learning rate.",
+                        "spec": {"hyperparameters": {"learning_rate": 0.0005}},
+                    }
+                ],
+            },
             json_key=f"jobs/{job.id}/report/report.json",
             html_key=f"jobs/{job.id}/report/report.html",
         )
@@ -121,6 +132,8 @@ def test_job_pages_show_state_verdict_and_downloads(signed_in, session_factory):
 
     page = signed_in.get(f"/jobs/{job.id}").text
     assert "Verdict: Not forgotten" in page and "-28.0" in page
+    assert "What to try next" in page and "half the learning rate" in page
+    assert '<code>{"hyperparameters": {"learning_rate": 0.0005}}</code>' in page
     assert f'href="/v1/jobs/{job.id}/report.html"' in page
     assert re.search(
         rf'href="/v1/jobs/{job.id}/checkpoints/ckpt_\w+/files/model.safetensors"', page
