@@ -20,8 +20,6 @@ SIMNPO_RECIPE = {"forget_coeff": 1.0, "gamma": 3.0, "retain_coeff": 5.0, "sam_rh
 SAM_RHO = 0.3
 #: the budget the sharpness-aware recipe needed to pay off (it slows forgetting)
 SAM_EPOCHS = 40
-RETAIN_FACTOR = 5.0
-MAX_COEFF = 1000.0
 
 
 def next_steps(report: dict) -> list[dict[str, Any]]:
@@ -81,6 +79,12 @@ def _longer(job: dict, budget: int, remembered: bool) -> dict[str, Any]:
         else "The verdict passed, but not at enough evaluation points in a row to confirm it"
     )
     more = {"target": {"max_epochs": max(2 * budget, 1)}} if budget else {}
+    if remembered:
+        # docs/minitofu.md, "The recipe on the README's demo"
+        why += (
+            " (the README demo's job with 40 epochs instead of 20: oracle forget quality "
+            "0.0023 -> 0.036, utility 0.93x -> 0.97x, membership AUC 0.75 -> 0.66)"
+        )
     if job.get("id"):
         return _step(
             "membership" if remembered else "confirmation",
@@ -103,25 +107,40 @@ def _keep_utility(job: dict, hparams: dict) -> dict[str, Any]:
             "model must keep) so that the method can train against forgetting it.",
             {"retain": "<dataset to keep>"},
         )
-    coeff = float(hparams.get("retain_coeff") or 1.0)
+    if job.get("method") == "simnpo" and not _recipe_ran(hparams):
+        return _step(
+            "utility",
+            "Utility fell below the floor: SimNPO's sharpness-aware recipe kept more of it "
+            "(0.95-0.97x of the original's on the README demo against 0.93x with the "
+            "defaults; 0.97-1.03x on mini-TOFU); a heavier retain term alone did not "
+            "(retain_coeff 5: 0.88x on the demo; docs/minitofu.md).",
+            {
+                "hyperparameters": dict(SIMNPO_RECIPE),
+                "target": {"max_epochs": SAM_EPOCHS},
+            },
+        )
+    rate = hparams.get("learning_rate")
     return _step(
         "utility",
-        f"Utility fell below the floor: weigh the retain term {RETAIN_FACTOR:g}x as much "
-        "(SimNPO with retain_coeff 5 kept 0.97-1.03x of the original's utility on "
-        "mini-TOFU, docs/minitofu.md).",
-        {"hyperparameters": {"retain_coeff": min(coeff * RETAIN_FACTOR, MAX_COEFF)}},
+        "Utility fell below the floor: take smaller steps (half the learning rate), which "
+        "trades forgetting speed for utility; not measured on the benchmark.",
+        {"hyperparameters": {"learning_rate": rate / 2}} if isinstance(rate, (int, float)) else {},
     )
+
+
+def _recipe_ran(hparams: dict) -> bool:
+    return all(hparams.get(k) == v for k, v in SIMNPO_RECIPE.items())
 
 
 def _sharpness(job: dict, hparams: dict, budget: int) -> dict[str, Any]:
     if not hparams.get("sam_rho"):
         return _step(
             "relearning",
-            "A short fine-tune brings the forgotten answers back: sharpness-aware updates "
-            f"(sam_rho {SAM_RHO:g}) with a {SAM_EPOCHS}-epoch budget relearned to 0.8x of what "
-            "the same attack does to a retrained model on mini-TOFU (2x without), and to "
-            "1.9x on the README demo (4.7x without); not under fsdp or deepspeed "
-            "(docs/minitofu.md).",
+            "A short fine-tune brings the forgotten answers back: with sharpness-aware "
+            f"updates (sam_rho {SAM_RHO:g}) and a {SAM_EPOCHS}-epoch budget the README demo "
+            "relearned to 1.9x of what the same attack does to a retrained model (4.7x "
+            "without), and SimNPO's recipe to 0.8x on mini-TOFU (2x without); not under "
+            "fsdp or deepspeed (docs/minitofu.md).",
             {
                 "hyperparameters": {"sam_rho": SAM_RHO},
                 "target": {"max_epochs": max(budget, SAM_EPOCHS)},
@@ -149,7 +168,7 @@ def _still_knows(job: dict, hparams: dict, budget: int) -> dict[str, Any]:
         "values in paraphrases. On mini-TOFU no recipe removed that without pushing the "
         "answers far below unseen data (docs/minitofu.md)"
     )
-    recipe_ran = all(hparams.get(k) == v for k, v in SIMNPO_RECIPE.items())
+    recipe_ran = _recipe_ran(hparams)
     if job.get("method") == "simnpo" and not recipe_ran:
         return _step(
             "knowledge",

@@ -77,8 +77,8 @@ def test_each_failed_check_gets_its_change():
     longer, utility, relearning = (s["spec"] for s in steps)
     # still remembered: continue this job with twice the budget (20 -> 40 epochs)
     assert longer == {"continue_from": "job_1", "target": {"max_epochs": 40}}
-    # the retain term weighed 5x: 1.0 -> 5.0
-    assert utility == {"hyperparameters": {"retain_coeff": 5.0}}
+    # SimNPO's defaults lost utility: its sharpness-aware recipe kept more
+    assert utility == {"hyperparameters": SIMNPO_RECIPE, "target": {"max_epochs": 40}}
     assert relearning == {"hyperparameters": {"sam_rho": 0.3}, "target": {"max_epochs": 40}}
     # a local run has no job id to continue from: the same budget, as a new run
     local = next_steps(job_report(checks, job_id=None))
@@ -109,6 +109,14 @@ def test_sharpness_already_on_asks_for_its_budget_then_nothing():
     at_budget = job_report(checks, hyperparameters={"sam_rho": 0.3})
     at_budget["job"]["target"]["max_epochs"] = 40
     assert next_steps(at_budget)[0]["spec"] == {}
+
+
+def test_utility_lost_by_another_method_halves_its_learning_rate():
+    checks = [knowledge_check(ALIKE, ALIKE, 0.2), calibrated(), utility_check(0.6, 0.95)]
+    graddiff = job_report(checks)
+    graddiff["job"]["method"] = "graddiff"
+    (step,) = next_steps(graddiff)
+    assert step["spec"] == {"hyperparameters": {"learning_rate": 1.5e-4}}
 
 
 def test_no_retain_set_or_only_confirmation_missing():
