@@ -53,7 +53,8 @@ def next_steps(report: dict) -> list[dict[str, Any]]:
             _step(
                 "membership",
                 "The forget answers were pushed far below unseen data, which shows that "
-                "something was removed: forget more gently, with half the learning rate.",
+                "something was removed: forget more gently, with half the learning rate; "
+                "not measured on the benchmark.",
                 {"hyperparameters": {"learning_rate": rate / 2}}
                 if isinstance(rate, (int, float))
                 else {},
