@@ -66,7 +66,11 @@ def next_steps(report: dict) -> list[dict[str, Any]]:
         steps.append(_sharpness(job, hparams, budget))
     if "knowledge" in failed and membership is None:
         steps.append(_still_knows(job, hparams, budget))
-    return [s for s in steps if s is not None]
+    unique: list[dict[str, Any]] = []
+    for step in steps:  # one change answers two reasons: say it once
+        if not step["spec"] or all(step["spec"] != u["spec"] for u in unique):
+            unique.append(step)
+    return unique
 
 
 def _step(reason: str, text: str, spec: dict) -> dict[str, Any]:

@@ -111,6 +111,12 @@ def test_sharpness_already_on_asks_for_its_budget_then_nothing():
     assert next_steps(at_budget)[0]["spec"] == {}
 
 
+def test_one_change_for_two_reasons_is_said_once():
+    checks = [knowledge_check(ALIKE, ALIKE + 5, 0.2), calibrated(), utility_check(0.6, 0.95)]
+    (step,) = next_steps(job_report(checks))
+    assert step["reason"] == "utility" and step["spec"]["hyperparameters"] == SIMNPO_RECIPE
+
+
 def test_utility_lost_by_another_method_halves_its_learning_rate():
     checks = [knowledge_check(ALIKE, ALIKE, 0.2), calibrated(), utility_check(0.6, 0.95)]
     graddiff = job_report(checks)
