@@ -13,9 +13,8 @@ import sys
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 
-from cli.progress import CliReporter, console, make_progress
+from cli.progress import CliReporter, console, make_progress, print_next_steps
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -210,9 +209,7 @@ def _print_verdict(summary: dict) -> None:
         value = check.get("value")
         shown = f"{value:.3g}" if isinstance(value, (int, float)) else "-"
         console.print(f"  [{mark}] {check['label']}: {shown} (threshold {check['threshold']})")
-    for step in summary.get("next_steps") or []:
-        change = f" [dim]{escape(json.dumps(step['spec']))}[/]" if step["spec"] else ""
-        console.print(f"  next: {escape(step['text'])}{change}")
+    print_next_steps(console, summary)
 
 
 @app.command()

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -16,6 +17,14 @@ from rich.progress import (
 )
 
 console = Console(stderr=True)
+
+
+def print_next_steps(target: Console, summary: dict) -> None:
+    """The report's ``next_steps`` (what to try when the target was not met), one line
+    each with the spec fields it means."""
+    for step in summary.get("next_steps") or []:
+        change = f" [dim]{escape(json.dumps(step['spec']))}[/]" if step["spec"] else ""
+        target.print(f"  next: {escape(step['text'])}{change}")
 
 
 def make_progress() -> Progress:

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cli.progress import console, make_progress
+from cli.progress import console, make_progress, print_next_steps
 from obliviate_client import ApiError, Client
 from obliviate_client.models import Job, StreamMessage
 
@@ -139,11 +139,13 @@ def _follow(client: Client, job_id: str) -> Job:
 def _finish(client: Client, job: Job) -> None:
     _show_job(job)
     if job.report_available:
-        verdict = (client.jobs.report(job.id).get("summary") or {}).get("verdict")
+        summary = client.jobs.report(job.id).get("summary") or {}
+        verdict = summary.get("verdict")
         if verdict:
             colour = {"forgotten": "green", "not_forgotten": "red"}.get(verdict["status"], "yellow")
             out.print(f"  verdict: [{colour}]{verdict['status'].replace('_', ' ')}[/]")
             out.print(f"  {verdict['reason']}")
+            print_next_steps(out, summary)
     if job.status != "succeeded":
         raise typer.Exit(code=1)
 

@@ -46,7 +46,7 @@ def next_steps(report: dict) -> list[dict[str, Any]]:
     remembered = membership is not None and (membership.get("value") or 0) > 0.5
     over_forgotten = membership is not None and not remembered
     if remembered or (set(failed) == {"confirmation"}):
-        steps.append(_longer(job, budget, remembered))
+        steps.append(_longer(budget, remembered))
     if over_forgotten:
         rate = hparams.get("learning_rate")
         steps.append(
@@ -77,29 +77,24 @@ def _step(reason: str, text: str, spec: dict) -> dict[str, Any]:
     return {"reason": reason, "text": text, "spec": spec}
 
 
-def _longer(job: dict, budget: int, remembered: bool) -> dict[str, Any]:
+def _longer(budget: int, remembered: bool) -> dict[str, Any]:
     why = (
         "The forget answers are still likelier than unseen data"
         if remembered
         else "The verdict passed, but not at enough evaluation points in a row to confirm it"
     )
-    more = {"target": {"max_epochs": max(2 * budget, 1)}} if budget else {}
     if remembered:
         # docs/minitofu.md, "The recipe on the README's demo"
         why += (
             " (the README demo's job with 40 epochs instead of 20: oracle forget quality "
-            "0.0023 -> 0.036, utility 0.93x -> 0.97x, membership AUC 0.75 -> 0.66)"
-        )
-    if job.get("id"):
-        return _step(
-            "membership" if remembered else "confirmation",
-            f"{why}: continue this job from its last evaluation point with twice the budget.",
-            {"continue_from": job["id"], **more},
+            "0.0023 -> 0.036, utility 0.93x -> 0.97x, membership AUC 0.75 -> 0.66; "
+            "continuing the 20-epoch job to 40 with continue_from kept its utility below "
+            "the floor, 0.89-0.90x)"
         )
     return _step(
         "membership" if remembered else "confirmation",
-        f"{why}: run it again with twice the budget.",
-        more,
+        f"{why}: run it again as a new job with twice the budget.",
+        {"target": {"max_epochs": max(2 * budget, 1)}} if budget else {},
     )
 
 

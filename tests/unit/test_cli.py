@@ -60,6 +60,7 @@ def test_unlearn_writes_checkpoint_metrics_and_report(home, tmp_path):
     assert [p["step"] for p in points] == [4, 8]  # an evaluation point per epoch
     assert points[-1]["verdict"]["status"] == "not_forgotten"  # 2 epochs of npo on the tiny demo
     assert "verdict: not forgotten" in result.output
+    assert "next: " in result.output  # what to try, from the report's next_steps
     manifest = json.loads((out / "checkpoint" / "manifest.json").read_text())
     assert manifest["method"] == "npo" and {f["path"] for f in manifest["files"]} >= {
         "model.safetensors",
@@ -139,6 +140,8 @@ def test_holdout_records_the_job_trains_on_are_left_out_of_the_verdict(home, tmp
         assert verdict["status"] == "not_verifiable", verdict
         assert verdict["reason"].startswith("144 of 144 holdout records are also in the forget")
         assert report["summary"]["target_met"] is False
+        (step,) = report["summary"]["next_steps"]
+        assert step["reason"] == "holdout" and step["text"].endswith(verdict["reason"])
 
 
 def test_a_bad_spec_names_the_field(home, tmp_path):

@@ -30,12 +30,11 @@ SIMNPO_DEFAULTS = {
 ALIKE = np.linspace(0.1, 0.9, 50)
 
 
-def job_report(checks, *, job_id="job_1", hyperparameters=None, target=True, retain=True):
+def job_report(checks, *, hyperparameters=None, target=True, retain=True):
     verdict = decide(checks).to_dict()
     verdict["target_met"] = target and verdict["status"] == "forgotten"
     out = base_report()
     out["job"].update(
-        id=job_id,
         hyperparameters={**SIMNPO_DEFAULTS, **(hyperparameters or {})},
         target={"utility_floor": 0.95, "max_epochs": 20} if target else None,
     )
@@ -75,14 +74,11 @@ def test_each_failed_check_gets_its_change():
     steps = next_steps(job_report(checks))
     assert [s["reason"] for s in steps] == ["membership", "utility", "relearning"]
     longer, utility, relearning = (s["spec"] for s in steps)
-    # still remembered: continue this job with twice the budget (20 -> 40 epochs)
-    assert longer == {"continue_from": "job_1", "target": {"max_epochs": 40}}
+    # still remembered: a new job with twice the budget (20 -> 40 epochs)
+    assert longer == {"target": {"max_epochs": 40}}
     # SimNPO's defaults lost utility: its sharpness-aware recipe kept more
     assert utility == {"hyperparameters": SIMNPO_RECIPE, "target": {"max_epochs": 40}}
     assert relearning == {"hyperparameters": {"sam_rho": 0.3}, "target": {"max_epochs": 40}}
-    # a local run has no job id to continue from: the same budget, as a new run
-    local = next_steps(job_report(checks, job_id=None))
-    assert local[0]["spec"] == {"target": {"max_epochs": 40}}
 
 
 def test_over_forgetting_halves_the_learning_rate():
@@ -132,7 +128,7 @@ def test_no_retain_set_or_only_confirmation_missing():
     confirm = [knowledge_check(ALIKE, ALIKE, 0.2), calibrated(), confirmation_check(1, 2)]
     (step,) = next_steps(job_report(confirm))
     assert step["reason"] == "confirmation"
-    assert step["spec"] == {"continue_from": "job_1", "target": {"max_epochs": 40}}
+    assert step["spec"] == {"target": {"max_epochs": 40}}
 
 
 def test_no_holdout_asks_for_one():
@@ -152,4 +148,4 @@ def test_the_page_lists_them_under_in_short():
     start = html.index('id="next-steps"')
     section = html[start : html.index("</section>", start)]
     assert "twice the budget" in section
-    assert '<code>{"continue_from": "job_1", "target": {"max_epochs": 40}}</code>' in section
+    assert '<code>{"target": {"max_epochs": 40}}</code>' in section
