@@ -20,6 +20,9 @@ SIMNPO_RECIPE = {"forget_coeff": 1.0, "gamma": 3.0, "retain_coeff": 5.0, "sam_rh
 SAM_RHO = 0.3
 #: the budget the sharpness-aware recipe needed to pay off (it slows forgetting)
 SAM_EPOCHS = 40
+#: issue 8's relearning goal: the unseen forget records at most this many times as likely
+#: after the attack as in the retrained model under the same attack
+ORACLE_RELEARN_TOLERANCE = 1.5
 
 
 def next_steps(report: dict) -> list[dict[str, Any]]:
@@ -63,7 +66,8 @@ def next_steps(report: dict) -> list[dict[str, Any]]:
     if "utility" in failed:
         steps.append(_keep_utility(job, hparams))
     if "relearning" in failed:
-        steps.append(_sharpness(job, hparams, budget))
+        vs_oracle = (report.get("relearn") or {}).get("unseen_probability_vs_oracle")
+        steps.append(_sharpness(hparams, budget, vs_oracle))
     if "knowledge" in failed and membership is None:
         steps.append(_still_knows(job, hparams, budget))
     unique: list[dict[str, Any]] = []
@@ -132,7 +136,18 @@ def _recipe_ran(hparams: dict) -> bool:
     return all(hparams.get(k) == v for k, v in SIMNPO_RECIPE.items())
 
 
-def _sharpness(job: dict, hparams: dict, budget: int) -> dict[str, Any]:
+def _sharpness(hparams: dict, budget: int, vs_oracle: float | None) -> dict[str, Any]:
+    if vs_oracle is not None and vs_oracle <= ORACLE_RELEARN_TOLERANCE:
+        return _step(
+            "relearning",
+            "The relearning check failed, yet under the same attack the forget answers "
+            f"came back only {vs_oracle:.2g}x as much as in the retrained model (the goal "
+            f"allows {ORACLE_RELEARN_TOLERANCE:g}x). The check's fixed limit fails the "
+            "retrained model itself on some models (2.99x on the GPT-2 benchmark; "
+            "bench/relearn_check.py, docs/verdict.md): the limit, not the job, is what "
+            "needs changing here.",
+            {},
+        )
     if not hparams.get("sam_rho"):
         return _step(
             "relearning",
