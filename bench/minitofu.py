@@ -37,6 +37,7 @@ row is not part of ``--target`` or ``--sweep``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import itertools
 import json
@@ -621,6 +622,9 @@ def best_at_floor(rows: list[dict], floor: float) -> dict | None:
 #: the relearning attack of the target runs: the README demo's (5 steps at lr 1e-3)
 TARGET_RELEARN = {"steps": 5, "learning_rate": 1e-3, "batch_size": 8}
 TARGET_KEYS = HEADLINE + ("model_utility_ratio",)
+#: target runs depend on the verdict too: bumped when it changes (2: the relearning check
+#: against the holdout's own relearning, 2026-12-05)
+TARGET_RUNS_VERSION = 2
 
 
 def run_target_job(
@@ -641,6 +645,7 @@ def run_target_job(
 
     data = bench.assets.data
     identity = [RUNS_VERSION, bench.preset, "target", method, seed, overrides or {}]
+    identity.append(TARGET_RUNS_VERSION)
     key = json.dumps(identity + ([target] if target else []), sort_keys=True)
     if key in bench.cache:
         return dict(bench.cache[key])
@@ -670,7 +675,9 @@ def run_target_job(
         utility={"world_facts": data["world_facts"]},
         oracle_model=str(bench.assets.retrain),
     )
-    folder = workdir / f"{method}-{seed}"
+    # Named by the run's whole identity: target runs of other settings may run beside it
+    # in another process, and each clears its folder first.
+    folder = workdir / f"{method}-{seed}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     shutil.rmtree(folder, ignore_errors=True)
     started = time.monotonic()
     outcome = run_job(spec, inputs, folder)

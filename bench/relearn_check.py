@@ -3,12 +3,14 @@
     python bench/relearn_check.py --preset bench-gpt2
 
 Builds (or reuses) the preset's demo assets under ``--cache`` and runs the verdict's
-relearning attack (``core.evaluation.relearn.relearn_probability``: AdamW steps on half
-of forget10, as the benchmark's jobs run it, 5 at lr 1e-3) on the retrain oracle and on
-the target, then prints the attacked models' probability of the other forget half and
-of the holdout set, their ratio, and whether ``core.evaluation.verdict.relearning_check``
-(a fixed limit, ``RELEARN_MAX_RATIO``) passes it. An oracle that fails means the limit
-does not fit that model: questions about the same author teach each other more there.
+relearning attacks (``core.evaluation.relearn.relearn_probability``: AdamW steps on half
+of forget10, as the benchmark's jobs run it, 5 at lr 1e-3, and the same on half of the
+holdout set) on the retrain oracle and on the target, then prints the probability of the
+forget set's other half, of the holdout set after the forget attack (the check's
+reference until 2026-12-05: a fixed limit of 2.0 on that ratio failed the GPT-2 oracle)
+and of the holdout's other half after the holdout attack (the reference now), and
+whether ``core.evaluation.verdict.relearning_check`` passes. An oracle should pass with
+a ratio near 1: the holdout is to it what the forget set is.
 """
 
 from __future__ import annotations
@@ -24,8 +26,7 @@ if str(REPO) not in sys.path:
 from core.data.encoding import encode_record_set  # noqa: E402
 from core.data.records import read_records  # noqa: E402
 from core.demo import build_demo_assets  # noqa: E402
-from core.evaluation.relearn import relearn_probability  # noqa: E402
-from core.evaluation.verdict import relearning_check  # noqa: E402
+from core.evaluation.relearn import relearn_probability, relearning_check_of  # noqa: E402
 from core.models.loading import load_model  # noqa: E402
 from core.spec import DEFAULT_PROMPT_TEMPLATE  # noqa: E402
 
@@ -36,6 +37,7 @@ def main(argv=None) -> int:
     parser.add_argument("--cache", type=Path, default=REPO / ".cache" / "bench")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--seeds", default="0", help="attack splits, comma-separated")
     args = parser.parse_args(argv)
     assets = build_demo_assets(args.cache / f"demo-{args.preset}", args.preset)
     holdout = read_records(assets.data["holdout"])
@@ -47,24 +49,29 @@ def main(argv=None) -> int:
             max_length=512,
             template=DEFAULT_PROMPT_TEMPLATE,
         )
-        unseen, held = relearn_probability(
-            model,
-            tokenizer,
-            forget,
-            holdout,
-            template=DEFAULT_PROMPT_TEMPLATE,
-            max_length=512,
-            steps=args.steps,
-            fraction=0.5,
-            batch_size=8,
-            learning_rate=args.learning_rate,
-        )
-        check = relearning_check(unseen, held)
-        print(
-            f"{args.preset} {name}: unseen forget half {unseen:.4g}, holdout {held:.4g}, "
-            f"ratio {check.value:.2f} (limit {check.threshold}): "
-            f"{'passes' if check.passed else 'fails'}"
-        )
+        for seed in (int(x) for x in args.seeds.split(",")):
+            measured = relearn_probability(
+                model,
+                tokenizer,
+                forget,
+                holdout,
+                template=DEFAULT_PROMPT_TEMPLATE,
+                max_length=512,
+                steps=args.steps,
+                fraction=0.5,
+                batch_size=8,
+                learning_rate=args.learning_rate,
+                seed=seed,
+            )
+            check = relearning_check_of(measured)
+            print(
+                f"{args.preset} {name} split {seed}: unseen forget half {measured.unseen:.4g}; "
+                f"holdout {measured.holdout:.4g} (ratio {measured.unseen / measured.holdout:.2f}); "
+                f"unseen holdout half under its own attack {measured.reference:.4g} "
+                f"(ratio {check.value:.2f}, limit {check.threshold}): "
+                f"{'passes' if check.passed else 'fails'}",
+                flush=True,
+            )
     return 0
 
 

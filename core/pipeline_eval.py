@@ -312,12 +312,11 @@ class JobEvaluator:
         return outcomes
 
     def _relearning_check(self, model, tokenizer, forget_examples, learning_rate):
-        from core.evaluation.relearn import relearn_probability
-        from core.evaluation.verdict import relearning_check
+        from core.evaluation.relearn import relearn_probability, relearning_check_of
 
         attack = self.spec.evaluation.relearn
         self.reporter.event("phase", "relearning check of the verdict")
-        unseen, holdout = relearn_probability(
+        measured = relearn_probability(
             model,
             tokenizer,
             forget_examples,
@@ -329,7 +328,7 @@ class JobEvaluator:
             batch_size=attack.batch_size if attack else 8,
             learning_rate=attack.learning_rate if attack else (learning_rate or 1e-5),
         )
-        return relearning_check(unseen, holdout)
+        return relearning_check_of(measured)
 
 
 def _batch_cost(requests, history, *, points_s, evaluations_s, request_checks_s) -> dict:

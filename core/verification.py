@@ -41,7 +41,6 @@ from core.evaluation.verdict import (
     Verdict,
     decide,
     forgetting_checks,
-    relearning_check,
     utility_check,
 )
 from core.run_folder import RunFolder
@@ -70,8 +69,8 @@ UTILITY_CONFIRM_BAND = 0.1
 
 @dataclass
 class RelearnSettings:
-    """The attack of the relearning check: a few fine-tuning steps on part of the forget
-    set, then the rest's likelihood against the holdout's."""
+    """The attacks of the relearning check: a few fine-tuning steps on part of the forget
+    set, and on part of the holdout set, then each rest's likelihood."""
 
     steps: int = 5
     fraction: float = 0.5
@@ -335,9 +334,9 @@ class TargetMonitor:
         return verdict, figures
 
     def _relearning(self, model, figures) -> Any:
-        from core.evaluation.relearn import relearn_probability
+        from core.evaluation.relearn import relearn_probability, relearning_check_of
 
-        unseen, holdout = relearn_probability(
+        measured = relearn_probability(
             model,
             self.tokenizer,
             self.forget_examples,
@@ -349,7 +348,7 @@ class TargetMonitor:
             batch_size=self.relearn.batch_size,
             learning_rate=self.relearn.learning_rate,
         )
-        return relearning_check(unseen, holdout)
+        return relearning_check_of(measured)
 
     # -- keeping ---------------------------------------------------------------------------
     def _keep_best(self, model, step: int) -> None:

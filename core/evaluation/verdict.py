@@ -24,8 +24,9 @@ Checks, each with its threshold (``Check.passed``):
   membership AUC below 0.3, and a job stopped there (docs/verdict.md).
 - ``utility``: model utility at or above the floor (a fraction of the original's).
 - ``relearning`` (when measured): after a short fine-tune on part of the forget set,
-  the rest is no likelier than holdout records under the same attack (ratio of mean
-  probabilities at most ``RELEARN_MAX_RATIO``).
+  the rest is at most ``RELEARN_MAX_RATIO`` times as likely as the holdout's unseen part
+  after the same fine-tune on the holdout's other part (the model's own reference for
+  data it never saw: ``core.evaluation.relearn.relearn_probability``).
 - ``confirmation`` (jobs with a target that asks ``confirm_points`` > 1): the verdict
   said forgotten at that many evaluation points in a row, ending at the published one.
 
@@ -46,12 +47,14 @@ from core.evaluation import metrics
 
 #: the membership check's margin around 0.5 (an oracle measures 0.47 on mini-TOFU)
 MEMBERSHIP_MARGIN = 0.2
-#: the relearning check: unseen forget records at most this many times as likely as
-#: holdout records after the attack. Not 1: the attack trains on half the forget
-#: records, and the other half asks about the same subjects, so even a model that never
-#: saw them learns some of it (the demo's retrain: 1.2x at the job's rate, 1.6x at
-#: 3x that); the verified-forgetting goal allows the unlearned model 1.5x the oracle's.
-RELEARN_MAX_RATIO = 2.0
+#: the relearning check: after the attack, unseen forget records at most this many times
+#: as likely as unseen holdout records after the same attack on the other holdout
+#: records: issue 8's tolerance against a retrained model under the same attack. The
+#: reference is measured on the model itself because the transfer between questions
+#: about the same subject is the model's (a retrained model, against plain holdout
+#: records: 1.2-1.4x on the Llama benchmarks, 3.0x on the GPT-2 one; against the
+#: reference: bench/relearn_check.py, docs/verdict.md).
+RELEARN_MAX_RATIO = 1.5
 STATUSES = ("forgotten", "not_forgotten", "not_verifiable")
 
 HOLDOUT_HELP = (
@@ -146,16 +149,24 @@ def utility_check(ratio: float | None, floor: float) -> Check:
     )
 
 
-def relearning_check(unseen_probability: float, holdout_probability: float) -> Check:
-    ratio = unseen_probability / max(holdout_probability, 1e-12)
+def relearning_check(
+    unseen_probability: float, reference_probability: float, *, calibrated: bool = True
+) -> Check:
+    """``reference_probability``: the holdout's unseen part after the same attack on its
+    other part, or (``calibrated=False``, a holdout of one record) the holdout's
+    probability after the attack on the forget set."""
+    ratio = unseen_probability / max(reference_probability, 1e-12)
     return Check(
         name="relearning",
-        label="after a relearning attack: unseen forget vs holdout probability",
+        label="after a relearning attack: unseen forget vs unseen holdout probability"
+        if calibrated
+        else "after a relearning attack: unseen forget vs holdout probability",
         value=ratio,
         threshold=RELEARN_MAX_RATIO,
         passed=ratio <= RELEARN_MAX_RATIO,
         description="A short fine-tune on part of the forget set must not bring back the "
-        "rest: knowledge that returns was hidden, not removed.",
+        "rest more than the same fine-tune on part of the holdout set brings back the "
+        "holdout's rest: knowledge that returns was hidden, not removed.",
     )
 
 
@@ -232,8 +243,8 @@ def _failure(check: Check) -> str:
         )
     if check.name == "relearning":
         return (
-            f"a relearning attack brings the rest back ({value}x the holdout's probability, "
-            f"more than {check.threshold}x)"
+            f"a relearning attack brings the rest back ({value}x what the same attack "
+            f"brings back of unseen holdout records, more than {check.threshold}x)"
         )
     return f"{check.label}: {value}"
 

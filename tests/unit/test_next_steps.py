@@ -98,12 +98,12 @@ def test_still_knowing_at_the_unseen_level_suggests_the_recipe_once():
     assert again["spec"] == {} and "this recipe included" in again["text"]
 
 
-def test_a_relearning_failure_the_oracle_shares_blames_the_limit():
+def test_a_relearning_failure_the_oracle_shares_asks_for_a_larger_holdout():
     checks = [knowledge_check(ALIKE, ALIKE, 0.2), calibrated(), relearning_check(0.5, 0.05)]
     out = job_report(checks)
     out["relearn"] = {"unseen_probability_vs_oracle": 1.2}  # within the goal's 1.5x
     (step,) = next_steps(out)
-    assert step["spec"] == {} and "1.2x" in step["text"] and "limit" in step["text"]
+    assert step["spec"] == {} and "1.2x" in step["text"] and "larger holdout" in step["text"]
     out["relearn"] = {"unseen_probability_vs_oracle": 1.9}  # beyond it: forget harder
     assert next_steps(out)[0]["spec"]["hyperparameters"] == {"sam_rho": 0.3}
 
