@@ -210,6 +210,8 @@ def evaluation_spec() -> EvaluationSpec:
 class Bench:
     def __init__(self, preset: str, cache: Path, log, *, fresh: bool = False):
         self.log, self.preset = log, preset
+        #: target jobs get the first N holdout subjects only (``limit_holdout``)
+        self.holdout_subjects: int | None = None
         self.cache_file = cache / f"minitofu-runs-{preset}.json"
         if fresh:
             self.cache_file.unlink(missing_ok=True)
@@ -253,6 +255,22 @@ class Bench:
         result.label = label
         self.log(f"evaluated {label} in {result.seconds:.1f}s")
         return result
+
+    def limit_holdout(self, subjects: int, folder: Path) -> None:
+        """Target jobs get only the first ``subjects`` subjects of the holdout set (a file
+        beside the preset's data; the figures against the oracle are unchanged)."""
+        source = self.assets.data["holdout"]
+        rows = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
+        names: list[str] = []
+        for row in rows:
+            if row["subject"] not in names:
+                names.append(row["subject"])
+        kept = set(names[:subjects])
+        path = folder / f"holdout-{self.preset}-{subjects}-subjects.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["subject"] in kept))
+        self.assets.data = {**self.assets.data, "holdout": path}
+        self.holdout_subjects = subjects
+        self.log(f"holdout: the first {subjects} of {len(names)} subjects ({path})")
 
     def reference_row(self, result) -> dict:
         comparison = compare(self.original, result, self.oracle)
@@ -646,6 +664,8 @@ def run_target_job(
     data = bench.assets.data
     identity = [RUNS_VERSION, bench.preset, "target", method, seed, overrides or {}]
     identity.append(TARGET_RUNS_VERSION)
+    if bench.holdout_subjects:
+        identity.append({"holdout_subjects": bench.holdout_subjects})
     key = json.dumps(identity + ([target] if target else []), sort_keys=True)
     if key in bench.cache:
         return dict(bench.cache[key])
@@ -843,6 +863,13 @@ def main(argv: list[str] | None = None) -> int:
         "'{\"max_epochs\": 40}'",
     )
     parser.add_argument(
+        "--holdout-subjects",
+        type=int,
+        default=None,
+        help="with --target: give the jobs only the first N subjects of the preset's "
+        "holdout set (to see what a smaller holdout does to the verdict on the same model)",
+    )
+    parser.add_argument(
         "--target",
         action="store_true",
         help="run the default job of each method (no hand-set hyperparameters) with its "
@@ -871,6 +898,8 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     bench = Bench(args.preset, args.cache, log, fresh=args.fresh)
     if args.target:
+        if args.holdout_subjects:
+            bench.limit_holdout(args.holdout_subjects, args.cache)
         results = run_targets(
             bench,
             methods,

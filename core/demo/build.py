@@ -128,6 +128,14 @@ PRESETS["bench-gpt2"] = replace(
     description="100 other authors x 12 questions, BPE, GPT-2, ~2M parameters",
     **_GPT2,
 )
+# The same with three times the held-out authors: how much the verdict's holdout-based
+# checks gain from a larger holdout set (docs/verdict.md). Another tokenizer and model
+# than bench-gpt2 (the BPE merges are learned on all the text, holdout included).
+PRESETS["bench-gpt2-h30"] = replace(
+    PRESETS["bench-gpt2"],
+    n_holdout_authors=30,
+    description="100 other authors x 12 questions, 30 held-out authors, BPE, GPT-2, ~2M",
+)
 
 
 @dataclass

@@ -114,3 +114,27 @@ def test_tiny_run_writes_every_model_with_the_headline_metrics(minitofu, tiny_de
         "latency_at_ceiling",
         "met",
     }
+
+
+@pytest.mark.slow
+def test_target_mode_keeps_the_out_shape_and_can_give_jobs_a_smaller_holdout(
+    minitofu, tiny_demo, tmp_path
+):
+    cache = tmp_path / "cache"
+    shutil.copytree(tiny_demo.root, cache / "demo-tiny")
+    out = tmp_path / "target.json"
+    argv = ["--target", "--preset", "tiny", "--seeds", "0", "--methods", "graddiff"]
+    argv += ["--holdout-subjects", "2", "--target-settings", '{"max_epochs": 4}']
+    assert minitofu.main([*argv, "--cache", str(cache), "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert results["mode"] == "target"
+    methods = results["methods"]
+    assert methods["original"]["model_utility"] > 0
+    row = methods["graddiff"]
+    for key in ("forget_quality", "model_utility", "model_utility_ratio"):
+        assert isinstance(row[key], float)
+    assert isinstance(row["target_met"], bool) and row["target_met_runs"] in (0, 1)
+    # the jobs got the first two of the tiny demo's four holdout authors
+    holdout = (cache / "holdout-tiny-2-subjects.jsonl").read_text().splitlines()
+    subjects = {json.loads(line)["subject"] for line in holdout}
+    assert len(subjects) == 2 and len(holdout) == 2 * 8
