@@ -1,5 +1,6 @@
-"""The relearning check's reference: which holdout records its attack uses (as many as
-the forget records, whole subjects at a time), and that it leaves the model as it was."""
+"""The relearning check's reference: which holdout records its attacks use (groups of as
+many records as the forget set, whole subjects at a time), and that it leaves the model
+as it was."""
 
 from __future__ import annotations
 
@@ -7,7 +8,12 @@ import torch
 
 from core.data.encoding import encode_record_set
 from core.data.records import Record, RecordSet, read_records
-from core.evaluation.relearn import _like_forget, relearn_probability, relearning_check_of
+from core.evaluation.relearn import (
+    REFERENCE_GROUPS,
+    _reference_groups,
+    relearn_probability,
+    relearning_check_of,
+)
 from core.models.loading import load_model
 from core.spec import DEFAULT_PROMPT_TEMPLATE
 
@@ -25,27 +31,31 @@ def holdout(subjects: list[str | None]) -> RecordSet:
     return RecordSet("holdout", "jsonl", "qa", rows, sha256="0" * 64, size_bytes=0, columns=[])
 
 
-def test_a_holdout_no_larger_than_the_forget_set_is_used_whole():
-    assert _like_forget(holdout(["a", "a", "b"]), 3, seed=0) == [0, 1, 2]
-    assert _like_forget(holdout(["a", "a", "b"]), 10, seed=0) == [0, 1, 2]
+def test_a_holdout_no_larger_than_the_forget_set_is_one_group_of_all():
+    assert _reference_groups(holdout(["a", "a", "b"]), 3, seed=0) == [[0, 1, 2]]
+    assert _reference_groups(holdout(["a", "a", "b"]), 10, seed=0) == [[0, 1, 2]]
 
 
-def test_a_larger_holdout_gives_whole_subjects_as_many_records_as_the_forget_set():
-    records = holdout(["a"] * 4 + ["b"] * 4 + ["c"] * 4 + ["d"] * 4)
+def test_a_larger_holdout_gives_disjoint_groups_of_whole_subjects():
+    records = holdout(["a"] * 4 + ["b"] * 4 + ["c"] * 4 + ["d"] * 4 + ["e"] * 4)
     for seed in range(5):
-        chosen = _like_forget(records, 8, seed)
-        subjects = {records.records[i].meta["subject"] for i in chosen}
-        assert len(chosen) == 8 and len(subjects) == 2, (seed, chosen)
+        groups = _reference_groups(records, 8, seed)
+        # 20 records hold two groups of 8, each of two whole subjects, no record twice
+        assert [len(g) for g in groups] == [8, 8], (seed, groups)
+        assert not set(groups[0]) & set(groups[1])
+        for group in groups:
+            assert len({records.records[i].meta["subject"] for i in group}) == 2
     # the seed decides which subjects
-    assert len({tuple(_like_forget(records, 8, seed)) for seed in range(10)}) > 1
-    # a forget set that ends mid-subject takes part of the last one
-    assert len(_like_forget(records, 6, 0)) == 6
+    assert len({tuple(_reference_groups(records, 8, seed)[0]) for seed in range(10)}) > 1
+    # at most REFERENCE_GROUPS groups, however large the holdout
+    assert len(_reference_groups(records, 4, 0)) == REFERENCE_GROUPS == 3
+    # a forget set that ends mid-subject cuts the groups mid-subject too
+    assert [len(g) for g in _reference_groups(records, 6, 0)] == [6, 6, 6]
 
 
 def test_records_without_a_subject_are_sampled_one_by_one():
-    records = holdout([None] * 20)
-    chosen = _like_forget(records, 5, seed=1)
-    assert len(chosen) == 5 == len(set(chosen)) and chosen == sorted(chosen)
+    (group,) = _reference_groups(holdout([None] * 15), 5, seed=1)[:1]
+    assert len(group) == 5 == len(set(group)) and group == sorted(group)
 
 
 def test_both_attacks_leave_the_weights_as_they_were(tiny_demo):
