@@ -9,12 +9,12 @@ robustness concern raised about NPO-style unlearning).
 from __future__ import annotations
 
 import copy
-import math
 import random
 from dataclasses import dataclass
 
 from core.data.encoding import encode_record_set
 from core.data.records import RecordSet
+from core.evaluation import metrics
 from core.evaluation.evaluate import EvaluationSets, evaluate_model
 from core.spec import EvaluationSpec
 
@@ -142,10 +142,10 @@ def relearn_probability(
 ) -> RelearnProbabilities:
     """The relearning check of the verdict, on the model being trained, in place.
 
-    Two attacks, each a few AdamW steps of answer NLL from the same weights (restored
+    Attacks of a few AdamW steps of answer NLL, each from the same weights (restored
     after each): one on ``fraction`` of the forget examples, then the other forget
-    examples and the holdout records are scored; one on the same fraction of the holdout
-    records, then the other holdout records are scored. The second is the reference: the
+    examples and the holdout records are scored; then one to ``REFERENCE_GROUPS`` on the
+    same fraction of holdout records, then the other records of that group are scored. The second is the reference: the
     holdout is what the forget set would be to a model that never saw it, so its unseen
     half rises by exactly the transfer between questions about the same subject that the
     model shows for data it never learned (1.2x on the Llama benchmark, 3x on the GPT-2
@@ -267,11 +267,11 @@ def _attacked_probabilities(
         probabilities = []
         for examples in measured:
             scored = score_sequences(model, examples, pad_token_id=pad, batch_size=64)
-            probabilities.append(
-                float(
-                    sum(math.exp(-s.nll / max(s.n_tokens, 1)) for s in scored) / max(len(scored), 1)
-                )
+            # the metrics' own length-normalized probability (an answer has >= 1 token)
+            each = metrics.normalized_probability(
+                [x.nll for x in scored], [max(x.n_tokens, 1) for x in scored]
             )
+            probabilities.append(float(each.mean()) if len(scored) else 0.0)
     finally:
         for param in params:
             param.grad = None
