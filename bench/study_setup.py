@@ -24,13 +24,16 @@ from core.spec import DEFAULT_PROMPT_TEMPLATE  # noqa: E402
 
 MAX_LENGTH = 128
 PROBE_SAMPLES = 120
+#: the holdout is probed as a job probes it (``evaluation.max_samples``' default), so
+#: the knowledge test sees a larger holdout whole, in groups of the forget set's size
+HOLDOUT_SAMPLES = 400
 
 
 @dataclass
 class Study:
     assets: object
     full: ProbeSets  # every record of forget10, holdout, retain90, world facts
-    sets: ProbeSets  # what a probe scores: up to PROBE_SAMPLES records of each
+    sets: ProbeSets  # what a probe scores: up to PROBE_SAMPLES records of each (holdout: HOLDOUT_SAMPLES)
     tokenizer: object
     forget: list = field(default_factory=list)  # encoded forget10
     retain: list = field(default_factory=list)  # encoded retain90
@@ -66,7 +69,9 @@ def load_study(cache: Path, preset: str = "bench") -> Study:
         utility={"world_facts": read_records(data["world_facts"])},
     )
     _, tokenizer = load_model(str(assets.target))
-    study = Study(assets, full, sample_sets(full, PROBE_SAMPLES), tokenizer)
+    sets = sample_sets(full, PROBE_SAMPLES)
+    sets.holdout = sample_sets(ProbeSets(forget=full.holdout), HOLDOUT_SAMPLES).forget
+    study = Study(assets, full, sets, tokenizer)
     study.forget, study.retain = study.encode(full.forget), study.encode(full.retain)
     study.original = study.probe(study.load("target"))
     study.oracle = study.probe(study.load("retrain"))

@@ -125,3 +125,40 @@ def test_a_missing_holdout_says_why_it_is_missing():
     note = "3 of 3 holdout records are also in the forget or retain set"
     checks, missing = forgetting_checks({}, None, threshold=0.05, holdout_note=note)
     assert checks == [] and missing == f"{note}; {HOLDOUT_HELP}"
+
+
+def test_knowledge_against_a_larger_holdout_is_the_mean_over_groups_of_forget_size():
+    """Three holdout subjects of four records each against four forget records: one
+    group per subject. Two subjects read exactly like the forget set (D = 0, p = 1), one
+    lies wholly above it (D = 1, exact p = 2 / C(8, 4) = 2 / 70): mean (2 + 2/70) / 3,
+    whatever order the groups come in."""
+    forget = np.array([0.1, 0.2, 0.3, 0.4])
+    holdout = np.concatenate([forget, forget + 10, forget])
+    subjects = ["a"] * 4 + ["b"] * 4 + ["c"] * 4
+    check = knowledge_check(forget, holdout, 0.2, grouped=True, holdout_subjects=subjects)
+    assert check.value == pytest.approx((2 + 2 / 70) / 3)
+    assert "mean over 3 holdout groups" in check.label
+    # Not grouped (a deletion request's records): one test against the whole holdout.
+    whole = knowledge_check(forget, holdout, 0.2, holdout_subjects=subjects)
+    assert whole.label == "forget vs holdout truth ratios (KS p-value)"
+    # A holdout no larger than the forget set is one group: the plain test.
+    same = knowledge_check(forget, forget + 10, 0.2, grouped=True)
+    assert same.value == pytest.approx(2 / 70)
+
+
+def test_grouped_knowledge_drops_a_missing_truth_ratio_with_its_subject():
+    """A holdout record without a truth ratio leaves with its subject label, so the
+    groups stay whole subjects: subject b keeps three records, and the groups of four
+    are a, c and (b plus one record of the subject after it) in some order."""
+    forget = {"truth_ratio": [0.1, 0.2, 0.3, 0.4], "mia_loss": [1.0, 2.0, 3.0, 4.0]}
+    values = [0.1, 0.2, 0.3, 0.4] * 3
+    values[5] = None
+    holdout = {
+        "truth_ratio": values,
+        "mia_loss": [1.0, 2.0, 3.0, 4.0] * 3,
+        "subject": ["a"] * 4 + ["b"] * 4 + ["c"] * 4,
+    }
+    checks, missing = forgetting_checks(forget, holdout, threshold=0.2, grouped=True)
+    (knowledge,) = [c for c in checks if c.name == "knowledge"]
+    assert missing is None
+    assert "mean over 2 holdout groups" in knowledge.label  # 11 records: two groups of 4
