@@ -64,10 +64,17 @@ def main(argv=None) -> int:
                 seed=seed,
             )
             check = relearning_check_of(measured)
+            # A one-record holdout cannot be split for the reference attack: the check
+            # then compares with the holdout after the forget attack (``reference`` None).
+            reference = (
+                "none (one-record holdout)"
+                if measured.reference is None
+                else f"{measured.reference:.4g}"
+            )
             print(
                 f"{args.preset} {name} split {seed}: unseen forget half {measured.unseen:.4g}; "
                 f"holdout {measured.holdout:.4g} (ratio {measured.unseen / measured.holdout:.2f}); "
-                f"unseen holdout half under its own attack {measured.reference:.4g} "
+                f"unseen holdout half under its own attack {reference} "
                 f"(ratio {check.value:.2f}, limit {check.threshold}): "
                 f"{'passes' if check.passed else 'fails'}",
                 flush=True,

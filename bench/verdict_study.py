@@ -61,7 +61,19 @@ SAM_GRID = {
         "epochs": [40],
     },
 }
-GRIDS = {"default": GRID, "sam": SAM_GRID}
+#: the one SimNPO setting of the default grid that reaches oracle forget quality 0.5-0.7
+#: at full utility inside the membership band on the GPT-2 benchmarks (docs/minitofu.md):
+#: where a knowledge test must say "forgotten", for a quick look before the whole grid
+SETTING_GRID = {
+    "simnpo": {
+        "learning_rate": [3e-4],
+        "retain_coeff": [5.0],
+        "gamma": [0.0],
+        "beta": [1.0],
+        "forget_coeff": [1.0],
+    },
+}
+GRIDS = {"default": GRID, "sam": SAM_GRID, "setting": SETTING_GRID}
 
 
 def settings(methods, grid_name="default"):
@@ -81,7 +93,10 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--methods", default="simnpo,npo,graddiff,ga")
     parser.add_argument(
-        "--grid", choices=sorted(GRIDS), default="default", help="sam: the over-forgetting regime"
+        "--grid",
+        choices=sorted(GRIDS),
+        default="default",
+        help="sam: the over-forgetting regime; setting: the one SimNPO setting that reaches the oracle on GPT-2",
     )
     parser.add_argument("--cache", type=Path, default=REPO / ".cache" / "bench")
     args = parser.parse_args(argv)
