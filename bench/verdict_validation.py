@@ -29,7 +29,6 @@ sys.path.insert(0, str(REPO))
 
 from core.evaluation import metrics  # noqa: E402
 from core.evaluation.probe import Probe  # noqa: E402
-from core.evaluation.verdict import knowledge_check  # noqa: E402
 
 FALSE_BELOW = 0.05
 HIT_ABOVE = 0.5
@@ -43,12 +42,6 @@ def candidates(probe: Probe, original: Probe) -> dict[str, float]:
     tr_f, tr_h = probe.column("forget", "truth_ratio"), probe.column("holdout", "truth_ratio")
     tr_o = original.column("holdout", "truth_ratio")
     out["tr_ks_p"] = float(stats.ks_2samp(tr_f, tr_h).pvalue)
-    # The verdict's knowledge check: against holdout groups of the forget set's size,
-    # whole subjects at a time, the mean p-value (the plain KS p where they are equal).
-    subjects = probe.columns.get("holdout", {}).get("subject")
-    out["tr_ks_p_groups"] = knowledge_check(
-        tr_f, tr_h, 0.2, grouped=True, holdout_subjects=subjects
-    ).value
     out["tr_mw_p"] = float(stats.mannwhitneyu(tr_f, tr_h).pvalue)
     # One-sided: only "the forget truth ratios are lower" (the model still prefers the
     # right answers) counts against forgetting; "greater": the forget sample's CDF lies
@@ -125,7 +118,6 @@ def main(argv=None) -> int:
     floor = args.utility_floor
     for name, thresholds in (
         ("tr_ks_p", [0.05, 0.1, 0.2, 0.3, 0.5]),
-        ("tr_ks_p_groups", [0.05, 0.1, 0.2, 0.3, 0.5]),
         ("tr_mw_p", [0.05, 0.1, 0.2, 0.3, 0.5]),
         ("tr_ks_p_knows", [0.05, 0.1, 0.2, 0.3, 0.5]),
         ("tr_mw_p_knows", [0.05, 0.1, 0.2, 0.3, 0.5]),
@@ -157,7 +149,7 @@ def stopping(rows, floor: float) -> None:
             runs.setdefault(row["run"], []).append(row)
     print(f"\nfirst call per run ({len(runs)} runs), oracle FQ at the call:")
     for statistic, k, threshold, sides in itertools.product(
-        ("tr_ks_p", "tr_ks_p_groups", "tr_mw_p"), (1, 2, 3), (0.2, 0.3, 0.5), (1, 2)
+        ("tr_ks_p", "tr_mw_p"), (1, 2, 3), (0.2, 0.3, 0.5), (1, 2)
     ):
         calls = []
         for points in runs.values():

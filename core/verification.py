@@ -317,7 +317,6 @@ class TargetMonitor:
             threshold=self.target.forget_threshold,
             two_sided=self.target.membership == "two_sided",
             holdout_note=self.holdout_note,
-            grouped=True,
         )
         checks.append(utility_check(ratio, self.target.utility_floor))
         verdict = decide(checks, missing=missing)

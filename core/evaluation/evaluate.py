@@ -19,7 +19,6 @@ import numpy as np
 
 from core.data.records import RecordSet
 from core.evaluation import metrics
-from core.evaluation.holdout_groups import record_subjects
 from core.runtime import cpu_threads_for
 from core.spec import EvaluationSpec
 
@@ -250,9 +249,6 @@ def _evaluate_set(
         columns.pop("generation", None)
         columns.pop("verbmem_generation", None)
     samples = {"index": indices, "line": [r.line for r in chosen], **columns}
-    subjects = record_subjects(chosen)
-    if subjects is not None:
-        samples["subject"] = subjects
     return SetResult(
         role=role,
         name=records.name,

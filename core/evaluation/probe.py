@@ -4,8 +4,7 @@ No generation: teacher-forced scores only, on capped samples of the forget set, 
 holdout set (records of the same form that the model never trained on), the retain set
 and the utility sets. Per sample it keeps what the verdict needs: the answer's
 length-normalized probability, the truth ratio where the records have paraphrased and
-perturbed answers, the membership-inference scores, and the record's subject where it
-names one.
+perturbed answers, and the membership-inference scores.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ import numpy as np
 from core.data.records import RecordSet
 from core.evaluation import metrics
 from core.evaluation.evaluate import subsample_indices
-from core.evaluation.holdout_groups import record_subjects
 
 #: per-sample columns a probe keeps (the rest of what scoring returns is dropped)
 PROBE_COLUMNS = (
@@ -232,9 +230,6 @@ def probe_model(
                         min_k=min_k,
                     )
                 columns[name] = {k: v for k, v in scored.items() if k in PROBE_COLUMNS}
-                subjects = record_subjects(records.records)
-                if subjects is not None:
-                    columns[name]["subject"] = subjects
     finally:
         model.train(was_training)
     return Probe(columns=columns, seconds=time.perf_counter() - started)

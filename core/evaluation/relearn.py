@@ -16,7 +16,6 @@ from core.data.encoding import encode_record_set
 from core.data.records import RecordSet
 from core.evaluation import metrics
 from core.evaluation.evaluate import EvaluationSets, evaluate_model
-from core.evaluation.holdout_groups import subject_groups
 from core.spec import EvaluationSpec
 
 #: disjoint holdout groups the reference attack is repeated on, where the holdout has
@@ -193,15 +192,24 @@ def relearn_probability(
 
 
 def _reference_groups(holdout: RecordSet, n: int, seed: int) -> list[list[int]]:
-    """Disjoint groups of ``n`` holdout records for the reference attacks
-    (``core.evaluation.holdout_groups``), at most ``REFERENCE_GROUPS``. The attack runs a
-    fixed number of steps, so a group larger than the forget set would see each record
-    less often (the tiny demo: 16 forget records, 32 holdout ones, and a retrained
-    model's unseen forget half came back 2x its holdout's); and which subjects a group
-    holds moves the reference (0.92-1.33x on one GPT-2 oracle), so more groups are
-    averaged."""
-    subjects = [record.meta.get("subject") for record in holdout.records]
-    return subject_groups(subjects, len(holdout), n, seed=seed, max_groups=REFERENCE_GROUPS)
+    """Disjoint groups of ``n`` holdout records (one group of all, if it has no more),
+    at most ``REFERENCE_GROUPS``, for the reference attacks: whole subjects in a seeded
+    order where the records name one, else a random sample. The attack runs a fixed
+    number of steps, so a group larger than the forget set would see each record less
+    often (the tiny demo: 16 forget records, 32 holdout ones, and a retrained model's
+    unseen forget half came back 2x its holdout's); and which subjects a group holds
+    moves the reference (0.92-1.33x on one GPT-2 oracle), so more groups are averaged."""
+    if len(holdout) <= n:
+        return [list(range(len(holdout)))]
+    rng = random.Random(seed)
+    subjects: dict[object, list[int]] = {}
+    for i, record in enumerate(holdout.records):
+        subjects.setdefault(record.meta.get("subject", i), []).append(i)
+    groups = list(subjects.values())
+    rng.shuffle(groups)
+    order = [i for group in groups for i in group]
+    count = min(REFERENCE_GROUPS, len(order) // n)
+    return [sorted(order[k * n : (k + 1) * n]) for k in range(count)]
 
 
 def _halves(examples: list, fraction: float, seed: int) -> tuple[list, list]:

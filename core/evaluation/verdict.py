@@ -12,10 +12,7 @@ Checks, each with its threshold (``Check.passed``):
 - ``knowledge``: two-sample KS test of the model's own truth ratios (right vs wrong
   values in a paraphrased answer) on forget vs holdout records: p >= threshold. This
   is what the oracle's forget quality measures, without the oracle: validated on the
-  mini-TOFU trajectories (``bench/verdict_validation.py``, docs/verdict.md). A job's
-  holdout larger than its forget set is compared in groups shaped like the forget set
-  (as many records, whole subjects) and the p-values averaged: the threshold holds for
-  that shape, and a larger holdout steadies the figure instead of sharpening the test.
+  mini-TOFU trajectories (``bench/verdict_validation.py``, docs/verdict.md).
 - ``membership``: the loss-attack membership-inference AUC, forget vs holdout: above
   ``0.5 + margin`` the forget answers are still likelier than unseen ones (remembered:
   fails). Below ``0.5 - margin`` they are *less* likely than unseen ones: the content is
@@ -47,7 +44,6 @@ import numpy as np
 from scipy import stats
 
 from core.evaluation import metrics
-from core.evaluation.holdout_groups import subject_groups
 
 #: the membership check's margin around 0.5 (an oracle measures 0.47 on mini-TOFU)
 MEMBERSHIP_MARGIN = 0.2
@@ -105,33 +101,12 @@ class Verdict:
         }
 
 
-def knowledge_check(
-    forget_tr, holdout_tr, threshold: float, *, grouped: bool = False, holdout_subjects=None
-) -> Check:
-    """KS p-value of the model's own truth ratios, forget vs holdout.
-
-    ``grouped``: a holdout larger than the forget set is compared in disjoint groups of
-    the forget set's size, whole subjects at a time (``holdout_subjects``, one per
-    holdout value; ``core.evaluation.holdout_groups``), and the p-value is the mean over
-    the groups. The threshold was validated with holdouts shaped like the forget set;
-    against thirty holdout authors the whole-holdout test called no oracle-forgotten
-    point forgotten (docs/verdict.md)."""
-    forget_tr, holdout_tr = np.asarray(forget_tr), np.asarray(holdout_tr)
-    groups = (
-        subject_groups(holdout_subjects, len(holdout_tr), len(forget_tr))
-        if grouped
-        else [list(range(len(holdout_tr)))]
-    )
-    p = float(np.mean([stats.ks_2samp(forget_tr, holdout_tr[g]).pvalue for g in groups]))
-    label = "forget vs holdout truth ratios (KS p-value)"
-    if len(groups) > 1:
-        label = (
-            f"forget vs holdout truth ratios (KS p-value, mean over {len(groups)} holdout "
-            "groups of the forget set's size)"
-        )
+def knowledge_check(forget_tr, holdout_tr, threshold: float) -> Check:
+    """KS p-value of the model's own truth ratios, forget vs holdout."""
+    p = float(stats.ks_2samp(forget_tr, holdout_tr).pvalue)
     return Check(
         name="knowledge",
-        label=label,
+        label="forget vs holdout truth ratios (KS p-value)",
         value=p,
         threshold=threshold,
         passed=p >= threshold,
@@ -282,26 +257,19 @@ def forgetting_checks(
     margin: float = MEMBERSHIP_MARGIN,
     two_sided: bool = False,
     holdout_note: str | None = None,
-    grouped: bool = False,
 ) -> tuple[list[Check], str | None]:
     """The knowledge and membership checks from per-sample columns (``truth_ratio``,
-    ``mia_loss``, and ``subject`` where the records name one) of the forget and holdout
-    sets. Returns the checks and, when they cannot be made, why not. ``holdout_note``:
-    why a holdout set that was given is missing (``core.data.holdout``: all of it is
-    trained-on data), said instead of "no holdout set". ``grouped``: the knowledge test
-    against holdout groups of the forget set's size (``knowledge_check``): a job's
-    forget set; a deletion request's few records keep the whole holdout, since a test
-    against groups of their size would have almost no power."""
+    ``mia_loss``) of the forget and holdout sets. Returns the checks and, when they
+    cannot be made, why not. ``holdout_note``: why a holdout set that was given is
+    missing (``core.data.holdout``: all of it is trained-on data), said instead of
+    "no holdout set"."""
     if holdout is None:
         why = holdout_note or "no holdout set to compare the forget set with"
         return [], f"{why}; {HOLDOUT_HELP}" if holdout_note else f"{why}: {HOLDOUT_HELP}"
     checks = []
-    tr_f = _finite(forget.get("truth_ratio"))
-    tr_h, subjects = _finite_with(holdout.get("truth_ratio"), holdout.get("subject"))
+    tr_f, tr_h = _finite(forget.get("truth_ratio")), _finite(holdout.get("truth_ratio"))
     if tr_f is not None and tr_h is not None and tr_f.size and tr_h.size:
-        checks.append(
-            knowledge_check(tr_f, tr_h, threshold, grouped=grouped, holdout_subjects=subjects)
-        )
+        checks.append(knowledge_check(tr_f, tr_h, threshold))
     mia_f, mia_h = _finite(forget.get("mia_loss")), _finite(holdout.get("mia_loss"))
     if mia_f is not None and mia_h is not None and mia_f.size and mia_h.size:
         checks.append(membership_check(mia_f, mia_h, margin, two_sided=two_sided))
@@ -314,18 +282,10 @@ def forgetting_checks(
 
 
 def _finite(values) -> np.ndarray | None:
-    return _finite_with(values, None)[0]
-
-
-def _finite_with(values, labels) -> tuple[np.ndarray | None, list | None]:
-    """The finite ``values`` and, where given (one per value), their ``labels``."""
     if values is None:
-        return None, None
+        return None
     array = np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
-    keep = np.isfinite(array)
-    if labels is None or len(labels) != len(array):
-        return array[keep], None
-    return array[keep], [label for label, k in zip(labels, keep, strict=True) if k]
+    return array[np.isfinite(array)]
 
 
 def evaluation_utility(result) -> float | None:
@@ -368,7 +328,6 @@ def final_verdict(
         threshold=threshold,
         two_sided=membership_two_sided(target),
         holdout_note=holdout_note,
-        grouped=True,
     )
     base, ours = evaluation_utility(before), evaluation_utility(after)
     ratio = ours / base if ours is not None and base else None
