@@ -24,8 +24,9 @@ from core.spec import DEFAULT_PROMPT_TEMPLATE  # noqa: E402
 
 MAX_LENGTH = 128
 PROBE_SAMPLES = 120
-#: the holdout is probed as a job probes it (``evaluation.max_samples``' default), so
-#: the knowledge test sees a larger holdout whole, in groups of the forget set's size
+#: the holdout is probed as a job probes it (``evaluation.max_samples``' default): a
+#: larger holdout whole, not a sample spread thinner over its subjects than the forget
+#: set is over its own (docs/verdict.md, "The knowledge test with thirty holdout authors")
 HOLDOUT_SAMPLES = 400
 
 
@@ -33,7 +34,7 @@ HOLDOUT_SAMPLES = 400
 class Study:
     assets: object
     full: ProbeSets  # every record of forget10, holdout, retain90, world facts
-    sets: ProbeSets  # what a probe scores: up to PROBE_SAMPLES records of each (holdout: HOLDOUT_SAMPLES)
+    sets: ProbeSets  # what a probe scores: PROBE_SAMPLES a set at most, HOLDOUT_SAMPLES holdout
     tokenizer: object
     forget: list = field(default_factory=list)  # encoded forget10
     retain: list = field(default_factory=list)  # encoded retain90
@@ -70,7 +71,7 @@ def load_study(cache: Path, preset: str = "bench") -> Study:
     )
     _, tokenizer = load_model(str(assets.target))
     sets = sample_sets(full, PROBE_SAMPLES)
-    sets.holdout = sample_sets(ProbeSets(forget=full.holdout), HOLDOUT_SAMPLES).forget
+    sets.holdout = sample_sets(full, HOLDOUT_SAMPLES).holdout
     study = Study(assets, full, sets, tokenizer)
     study.forget, study.retain = study.encode(full.forget), study.encode(full.retain)
     study.original = study.probe(study.load("target"))
