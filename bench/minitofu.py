@@ -653,10 +653,14 @@ def run_target_job(
     workdir: Path,
     overrides: dict | None = None,
     target: dict | None = None,
+    then: dict | None = None,
 ) -> dict:
     """One default job of ``method`` through the service's pipeline; its figures.
     ``overrides``: hyperparameters set by hand (only to compare candidate defaults);
-    ``target``: target fields other than the defaults (e.g. a larger ``max_epochs``)."""
+    ``target``: target fields other than the defaults (e.g. a larger ``max_epochs``);
+    ``then``: ``{"hyperparameters": ..., "target": ...}`` of a second job that continues
+    the first (``continue_from``) with those fields changed, as a user can; the row is
+    the second job's, with the first's verdict and figures under ``first``."""
     import shutil
 
     from core.pipeline import JobInputs, run_job
@@ -667,27 +671,29 @@ def run_target_job(
     identity.append(TARGET_RUNS_VERSION)
     if bench.holdout_subjects:
         identity.append({"holdout_subjects": bench.holdout_subjects})
-    key = json.dumps(identity + ([target] if target else []), sort_keys=True)
+    key = json.dumps(
+        identity + ([target] if target else []) + ([{"then": then}] if then else []),
+        sort_keys=True,
+    )
     if key in bench.cache:
         return dict(bench.cache[key])
-    spec = parse_job_spec(
-        {
-            "model": str(bench.assets.target),
-            "forget": str(data["forget10"]),
-            "retain": str(data["retain90"]),
-            "method": method,
-            "hyperparameters": overrides or {},
-            "evaluation": {
-                "holdout": str(data["holdout"]),
-                "utility": [str(data["world_facts"])],
-                "oracle": str(bench.assets.retrain),
-                "relearn": TARGET_RELEARN,
-                **bench.spec.model_dump(include={"max_samples", "max_new_tokens", "batch_size"}),
-            },
-            "seed": seed,
-            **({"target": target} if target else {}),
-        }
-    )
+    fields = {
+        "model": str(bench.assets.target),
+        "forget": str(data["forget10"]),
+        "retain": str(data["retain90"]),
+        "method": method,
+        "hyperparameters": overrides or {},
+        "evaluation": {
+            "holdout": str(data["holdout"]),
+            "utility": [str(data["world_facts"])],
+            "oracle": str(bench.assets.retrain),
+            "relearn": TARGET_RELEARN,
+            **bench.spec.model_dump(include={"max_samples", "max_new_tokens", "batch_size"}),
+        },
+        "seed": seed,
+        **({"target": target} if target else {}),
+    }
+    spec = parse_job_spec(fields)
     inputs = JobInputs(
         model=str(bench.assets.target),
         forget=data["forget10"],
@@ -702,11 +708,36 @@ def run_target_job(
     shutil.rmtree(folder, ignore_errors=True)
     started = time.monotonic()
     outcome = run_job(spec, inputs, folder)
+    first = None
+    if then:
+        first = _target_figures(outcome)
+        spec = parse_job_spec(
+            {
+                **fields,
+                "hyperparameters": {**(overrides or {}), **then.get("hyperparameters", {})},
+                "target": {**(target or {}), **then.get("target", {})},
+                "continue_from": "first-phase",
+            }
+        )
+        outcome = run_job(spec, inputs, folder, resume=True)
+    row = _target_figures(outcome)
+    if first is not None:
+        row["first"] = first
+    row.update(
+        seed=seed,
+        seconds=round(time.monotonic() - started, 1),
+        hyperparameters=outcome.manifest.get("hyperparameters"),
+    )
+    shutil.rmtree(folder, ignore_errors=True)
+    bench._save(key, row)
+    return row
+
+
+def _target_figures(outcome) -> dict:
     summary = outcome.report["summary"]
     relearn = outcome.report.get("relearn") or {}
     row = {key: summary.get(key) for key in TARGET_KEYS}
     row.update(
-        seed=seed,
         target_met=bool(summary.get("target_met")),
         verdict=(summary.get("verdict") or {}).get("status"),
         verdict_reason=(summary.get("verdict") or {}).get("reason"),
@@ -744,11 +775,7 @@ def run_target_job(
             }
             for point in outcome.report.get("trajectory") or []
         ],
-        seconds=round(time.monotonic() - started, 1),
-        hyperparameters=outcome.manifest.get("hyperparameters"),
     )
-    shutil.rmtree(folder, ignore_errors=True)
-    bench._save(key, row)
     return row
 
 
@@ -774,6 +801,7 @@ def run_targets(
     workdir: Path,
     overrides: dict | None = None,
     target: dict | None = None,
+    then: dict | None = None,
 ) -> dict:
     original = bench.reference_row(bench.original)
     retrain = bench.reference_row(bench.oracle)
@@ -786,7 +814,7 @@ def run_targets(
         rows = []
         for seed in seeds:
             row = run_target_job(
-                bench, method, seed, workdir, (overrides or {}).get(method), target
+                bench, method, seed, workdir, (overrides or {}).get(method), target, then
             )
             rows.append(row)
             log(
@@ -864,6 +892,14 @@ def main(argv: list[str] | None = None) -> int:
         "'{\"max_epochs\": 40}'",
     )
     parser.add_argument(
+        "--then",
+        type=json.loads,
+        default=None,
+        help='with --target: JSON {"hyperparameters": {...}, "target": {...}} of a '
+        "second job that continues each first one (continue_from) with those fields "
+        "changed, e.g. sharpness-aware epochs after plain ones",
+    )
+    parser.add_argument(
         "--holdout-subjects",
         type=int,
         default=None,
@@ -909,6 +945,7 @@ def main(argv: list[str] | None = None) -> int:
             args.cache / "target-runs",
             args.overrides,
             args.target_settings,
+            args.then,
         )
         print_target_table(results, log)
         output = {"methods": results, "seeds": seeds, "mode": "target"}

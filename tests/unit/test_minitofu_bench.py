@@ -138,3 +138,24 @@ def test_target_mode_keeps_the_out_shape_and_can_give_jobs_a_smaller_holdout(
     holdout = (cache / "holdout-tiny-2-subjects.jsonl").read_text().splitlines()
     subjects = {json.loads(line)["subject"] for line in holdout}
     assert len(subjects) == 2 and len(holdout) == 2 * 8
+
+
+@pytest.mark.slow
+def test_then_continues_each_target_job_with_changed_fields(minitofu, tiny_demo, tmp_path):
+    cache = tmp_path / "cache"
+    shutil.copytree(tiny_demo.root, cache / "demo-tiny")
+    out = tmp_path / "then.json"
+    argv = ["--target", "--preset", "tiny", "--seeds", "0", "--methods", "simnpo"]
+    argv += ["--target-settings", '{"max_epochs": 2}']
+    argv += ["--then", '{"hyperparameters": {"sam_rho": 0.1}, "target": {"max_epochs": 4}}']
+    assert minitofu.main([*argv, "--cache", str(cache), "--out", str(out)]) == 0
+    (row,) = json.loads((cache / "minitofu-runs-tiny.json").read_text()).values()
+    # the second job went on from the first one's last point, under its own fields
+    assert row["steps"] == 2 * row["first"]["steps"]
+    assert row["hyperparameters"]["sam_rho"] == 0.1
+    assert row["hyperparameters"]["epochs"] == 4
+    steps = [point["step"] for point in row["trajectory"]]
+    assert steps[: len(row["first"]["trajectory"])] == [
+        point["step"] for point in row["first"]["trajectory"]
+    ]
+    assert isinstance(row["first"]["target_met"], bool)
