@@ -189,7 +189,7 @@ def _run_unlearning(spec, inputs, workdir, reporter, lookup, settings, resume) -
     from core.models.loading import load_model
     from core.runtime import default_device
     from core.training import distributed
-    from core.training.auto import resolve_hyperparameters
+    from core.training.auto import resolve_hyperparameters, restore_resolved
     from core.training.loop import Callbacks, run_training, weights_dtype
     from core.training.state import TrainingState, load_trainable_weights
 
@@ -222,8 +222,7 @@ def _run_unlearning(spec, inputs, workdir, reporter, lookup, settings, resume) -
     template = spec.prompt_template
 
     if saved_info is not None:
-        decided = saved_info["decided"]
-        hparams = hparams.model_copy(update=saved_info["resolved"])
+        hparams, decided = restore_resolved(hparams, saved_info)
     else:
         hparams, decided = resolve_hyperparameters(
             hparams,

@@ -27,7 +27,7 @@ def run_finetune_job(spec, inputs, workdir: Path, *, reporter, lookup, settings,
     from core.pipeline import INFO_FILE, JobOutcome, _hook
     from core.pipeline_eval import ORACLE_STATS
     from core.runtime import default_device
-    from core.training.auto import resolve_hyperparameters
+    from core.training.auto import resolve_hyperparameters, restore_resolved
     from core.training.finetune import FINETUNE
     from core.training.loop import Callbacks, run_training, weights_dtype
     from core.training.state import TrainingState
@@ -48,8 +48,7 @@ def run_finetune_job(spec, inputs, workdir: Path, *, reporter, lookup, settings,
     model.to(default_device())
     saved = run.read_json(INFO_FILE) if resume else None
     if saved is not None:
-        decided = saved["decided"]
-        hparams = hparams.model_copy(update=saved["resolved"])
+        hparams, decided = restore_resolved(hparams, saved)
     else:
         hparams, decided = resolve_hyperparameters(
             hparams, model, n_examples=len(train_set), lora=spec.lora is not None

@@ -314,7 +314,9 @@ class JobSpec(StrictModel):
         None,
         max_length=64,
         description="Id of an earlier job of the same kind, data and method to continue "
-        "from its last evaluation point (e.g. with a larger target.max_epochs).",
+        "from its last evaluation point (e.g. with a larger target.max_epochs). The "
+        "hyperparameters set here apply to the added steps (e.g. sam_rho, or a hand-set "
+        "learning_rate); values the earlier job decided automatically stay as decided.",
     )
 
     @field_validator("prompt_template")

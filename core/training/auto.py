@@ -97,3 +97,17 @@ def resolve_hyperparameters(hparams, model, *, n_examples: int, lora: bool, proc
             f"(effective batch {steps * hparams.batch_size * processes})"
         )
     return hparams.model_copy(update=update), decided
+
+
+def restore_resolved(hparams, saved: dict):
+    """The hyperparameters of a resumed run from what its saved run decided (``saved``:
+    ``{"resolved": ..., "decided": ...}``): automatic values stay as first decided, so a
+    resumed run trains as it began (the accumulation steps are part of its data
+    position); a learning rate the resuming spec sets by hand wins, so that a job
+    continued (``continue_from``) with a lower rate for its added epochs gets it."""
+    resolved = dict(saved["resolved"])
+    decided = dict(saved["decided"])
+    if hparams.learning_rate != "auto":
+        resolved.pop("learning_rate", None)
+        decided.pop("learning_rate", None)
+    return hparams.model_copy(update=resolved), decided

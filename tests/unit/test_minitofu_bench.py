@@ -147,12 +147,14 @@ def test_then_continues_each_target_job_with_changed_fields(minitofu, tiny_demo,
     out = tmp_path / "then.json"
     argv = ["--target", "--preset", "tiny", "--seeds", "0", "--methods", "simnpo"]
     argv += ["--target-settings", '{"max_epochs": 2}']
-    argv += ["--then", '{"hyperparameters": {"sam_rho": 0.1}, "target": {"max_epochs": 4}}']
+    then = {"hyperparameters": {"sam_rho": 0.1, "learning_rate": 1e-4}, "target": {"max_epochs": 4}}
+    argv += ["--then", json.dumps(then)]
     assert minitofu.main([*argv, "--cache", str(cache), "--out", str(out)]) == 0
     (row,) = json.loads((cache / "minitofu-runs-tiny.json").read_text()).values()
     # the second job went on from the first one's last point, under its own fields
     assert row["steps"] == 2 * row["first"]["steps"]
     assert row["hyperparameters"]["sam_rho"] == 0.1
+    assert row["hyperparameters"]["learning_rate"] == 1e-4 != row["first"]["learning_rate"]
     assert row["hyperparameters"]["epochs"] == 4
     steps = [point["step"] for point in row["trajectory"]]
     assert steps[: len(row["first"]["trajectory"])] == [

@@ -157,3 +157,26 @@ def test_a_pause_carries_the_state_to_resume_from(tiny_demo, tiny_data, tmp_path
     resumed = _run(tiny_demo, tiny_data, "npo", resume=TrainingState.load(tmp_path / "paused"))
     for name, value in _weights(uninterrupted.model).items():
         torch.testing.assert_close(_weights(resumed.model)[name], value, rtol=1e-6, atol=1e-7)
+
+
+def test_a_continued_job_keeps_what_was_decided_unless_it_sets_the_rate_by_hand():
+    from core.spec import parse_job_spec
+    from core.training.auto import restore_resolved
+
+    saved = {
+        "resolved": {"learning_rate": 3.1e-4, "gradient_accumulation_steps": 2},
+        "decided": {"learning_rate": "auto: ...", "gradient_accumulation_steps": "auto: ..."},
+    }
+
+    def hparams(**values):
+        spec = {"model": "m", "forget": "f", "retain": "r", "method": "simnpo"}
+        spec["hyperparameters"] = values
+        return parse_job_spec(spec).method_hyperparameters()
+
+    resumed, decided = restore_resolved(hparams(), saved)
+    assert (resumed.learning_rate, resumed.gradient_accumulation_steps) == (3.1e-4, 2)
+    assert set(decided) == {"learning_rate", "gradient_accumulation_steps"}
+    # a lower rate for the added epochs is honoured; the data position's accumulation not
+    resumed, decided = restore_resolved(hparams(learning_rate=1e-4, sam_rho=0.1), saved)
+    assert (resumed.learning_rate, resumed.gradient_accumulation_steps) == (1e-4, 2)
+    assert resumed.sam_rho == 0.1 and set(decided) == {"gradient_accumulation_steps"}
