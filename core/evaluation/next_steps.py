@@ -20,6 +20,10 @@ SIMNPO_RECIPE = {"forget_coeff": 1.0, "gamma": 3.0, "retain_coeff": 5.0, "sam_rh
 SAM_RHO = 0.3
 #: the budget the sharpness-aware recipe needed to pay off (it slows forgetting)
 SAM_EPOCHS = 40
+#: epochs added when continuing a job whose answers look unseen but come back under the
+#: relearning attack: sharpness-aware updates from the point it reached (docs/minitofu.md,
+#: "Sharpness-aware epochs after forgetting")
+CONTINUE_EPOCHS = 10
 #: issue 8's relearning goal: the unseen forget records at most this many times as likely
 #: after the attack as in the retrained model under the same attack
 ORACLE_RELEARN_TOLERANCE = 1.5
@@ -67,7 +71,9 @@ def next_steps(report: dict) -> list[dict[str, Any]]:
         steps.append(_keep_utility(job, hparams))
     if "relearning" in failed:
         vs_oracle = (report.get("relearn") or {}).get("unseen_probability_vs_oracle")
-        steps.append(_sharpness(hparams, budget, vs_oracle))
+        # continued only where every other check passed (the answers look unseen)
+        alone = set(failed) <= {"relearning", "confirmation"}
+        steps.append(_sharpness(hparams, budget, vs_oracle, job.get("id") if alone else None))
     if "knowledge" in failed and membership is None:
         steps.append(_still_knows(job, hparams, budget))
     unique: list[dict[str, Any]] = []
@@ -136,7 +142,10 @@ def _recipe_ran(hparams: dict) -> bool:
     return all(hparams.get(k) == v for k, v in SIMNPO_RECIPE.items())
 
 
-def _sharpness(hparams: dict, budget: int, vs_oracle: float | None) -> dict[str, Any]:
+def _sharpness(
+    hparams: dict, budget: int, vs_oracle: float | None, continue_id: str | None
+) -> dict[str, Any]:
+    """``continue_id``: the job to continue, where only relearning failed."""
     if vs_oracle is not None and vs_oracle <= ORACLE_RELEARN_TOLERANCE:
         return _step(
             "relearning",
@@ -147,6 +156,22 @@ def _sharpness(hparams: dict, budget: int, vs_oracle: float | None) -> dict[str,
             "for a retrained model: a larger holdout set, not a change to this job, is "
             "what would settle it.",
             {},
+        )
+    if not hparams.get("sam_rho") and continue_id:
+        return _step(
+            "relearning",
+            "The forget answers look unseen, but a short fine-tune brings them back: "
+            f"continue this job with sharpness-aware updates (sam_rho {SAM_RHO:g}) for up "
+            f"to {CONTINUE_EPOCHS} more epochs. On the thirty-author GPT-2 benchmark that "
+            "took the relearning figure from 1.6x to 1.0-1.3x of what the same attack does "
+            "to a retrained model, and met the target on one seed of two; on the other the "
+            "answers sank too far below unseen data (docs/minitofu.md). Not under fsdp or "
+            "deepspeed.",
+            {
+                "continue_from": continue_id,
+                "hyperparameters": {"sam_rho": SAM_RHO},
+                "target": {"max_epochs": budget + CONTINUE_EPOCHS},
+            },
         )
     if not hparams.get("sam_rho"):
         return _step(

@@ -108,6 +108,20 @@ def test_a_relearning_failure_the_oracle_shares_asks_for_a_larger_holdout():
     assert next_steps(out)[0]["spec"]["hyperparameters"] == {"sam_rho": 0.3}
 
 
+def test_a_service_job_that_only_relearns_is_continued_with_sharpness_aware_epochs():
+    checks = [knowledge_check(ALIKE, ALIKE, 0.2), calibrated(), relearning_check(0.5, 0.05)]
+    out = job_report(checks)
+    out["relearn"] = {"unseen_probability_vs_oracle": 1.6}
+    out["job"]["id"] = "job-1"
+    (step,) = next_steps(out)
+    assert step["reason"] == "relearning" and "continue this job" in step["text"]
+    assert step["spec"] == {
+        "continue_from": "job-1",
+        "hyperparameters": {"sam_rho": 0.3},
+        "target": {"max_epochs": 30},
+    }
+
+
 def test_sharpness_already_on_asks_for_its_budget_then_nothing():
     checks = [knowledge_check(ALIKE, ALIKE, 0.2), calibrated(), relearning_check(0.5, 0.1)]
     (step,) = next_steps(job_report(checks, hyperparameters={"sam_rho": 0.3}))
