@@ -440,8 +440,12 @@ def run_training(
                 optimizer.load_state_dict(resume.optimizer)
             scheduler.load_state_dict(resume.scheduler)
             if new_schedule:
-                # The restored LambdaLR keeps this run's lambdas (its length): set the
-                # rates they give at the step reached.
+                # The restored LambdaLR keeps this run's lambdas (its length) but the
+                # saved base rate: take this run's (a continuation may set another), and
+                # set the rates they give at the step reached.
+                scheduler.base_lrs = [hparams.learning_rate for _ in scheduler.base_lrs]
+                for group in optimizer.param_groups:
+                    group["initial_lr"] = hparams.learning_rate
                 scheduler.last_epoch = resume.step
                 rates = [
                     base * rule(resume.step)

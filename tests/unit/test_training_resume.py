@@ -36,15 +36,27 @@ def _weights(model):
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def _run(tiny_demo, tiny_data, method, *, lora=None, callbacks=None, resume=None, every=None):
+def _run(
+    tiny_demo,
+    tiny_data,
+    method,
+    *,
+    lora=None,
+    callbacks=None,
+    resume=None,
+    every=None,
+    epochs=3,
+    learning_rate=1e-3,
+    new_schedule=False,
+):
     from core.models.loading import load_model
 
     tokenizer, forget, retain = tiny_data
     model, _ = load_model(str(tiny_demo.target), dtype="fp32")
     hparams = get_method(method).parse_hyperparameters(
         {
-            "learning_rate": 1e-3,
-            "epochs": 3,
+            "learning_rate": learning_rate,
+            "epochs": epochs,
             "batch_size": 4,
             "gradient_accumulation_steps": 1,
             "precision": "fp32",
@@ -63,6 +75,7 @@ def _run(tiny_demo, tiny_data, method, *, lora=None, callbacks=None, resume=None
         callbacks=callbacks,
         evaluate_every_steps=every,
         resume=resume,
+        new_schedule=new_schedule,
     )
 
 
@@ -180,3 +193,34 @@ def test_a_continued_job_keeps_what_was_decided_unless_it_sets_the_rate_by_hand(
     resumed, decided = restore_resolved(hparams(learning_rate=1e-4, sam_rho=0.1), saved)
     assert (resumed.learning_rate, resumed.gradient_accumulation_steps) == (1e-4, 2)
     assert resumed.sam_rho == 0.1 and set(decided) == {"gradient_accumulation_steps"}
+
+
+def test_a_continuation_with_its_own_rate_trains_at_that_rate(tiny_demo, tiny_data, tmp_path):
+    saved = {}
+
+    def on_evaluation(point):
+        if point.final:
+            point.capture_state().save(tmp_path / "state")
+            saved["step"] = point.step
+        return False
+
+    _run(tiny_demo, tiny_data, "npo", callbacks=Callbacks(on_evaluation=on_evaluation))
+    state = lambda: TrainingState.load(tmp_path / "state")  # noqa: E731
+    same, lower = (
+        _run(
+            tiny_demo,
+            tiny_data,
+            "npo",
+            resume=state(),
+            epochs=5,
+            learning_rate=rate,
+            new_schedule=True,
+        )
+        for rate in (1e-3, 5e-4)
+    )
+    added = [m for m in same.history if m.step > saved["step"]]
+    added_lower = [m for m in lower.history if m.step > saved["step"]]
+    assert added and len(added) == len(added_lower)
+    # the same five-epoch schedule from the step reached, at half the base rate
+    assert [m.lr / 2 for m in added] == pytest.approx([m.lr for m in added_lower])
+    assert added[0].lr > 0
