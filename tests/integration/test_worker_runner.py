@@ -492,3 +492,50 @@ def test_an_evaluation_point_survives_a_moment_without_the_database(
             select(JobEvent.message).where(JobEvent.job_id == running_job)
         ).all()
     assert "point at step 4" in messages
+
+
+def test_a_finished_job_continues_with_a_larger_budget_at_its_own_rate(
+    worker_settings, session_factory, store
+):
+    """``continue_from``: the second job starts from the first one's saved run (its
+    steps go on from there) and trains its added epochs at the rate it sets."""
+
+    def create(**fields) -> str:
+        body = {
+            "model": "demo-target",
+            "forget": FORGET,
+            "method": "ga",
+            "hyperparameters": {
+                "batch_size": 4,
+                "gradient_accumulation_steps": 1,
+                "learning_rate": fields.pop("learning_rate"),
+                "warmup_ratio": 0.0,
+                "precision": "fp32",
+            },
+            "evaluation": {"holdout": "ds_demo_holdout", "generate": False},
+            **fields,
+        }
+        with session_factory() as session:
+            job_id = jobs.create_job(session, parse_job_spec(body), FORGET).id
+            session.commit()
+        return job_id
+
+    runner = JobRunner(worker_settings, session_factory, store)
+    first = create(learning_rate=1e-3, target={"max_epochs": 1, "stop_when_met": False})
+    assert runner.run(first) == "succeeded"
+    second = create(
+        learning_rate=5e-4,
+        target={"max_epochs": 2, "stop_when_met": False},
+        continue_from=first,
+    )
+    assert runner.run(second) == "succeeded"
+    with session_factory() as session:
+        reached = jobs.get_job(session, first).step
+        metrics = jobs.list_metrics(session, second, limit=1000).items
+        events = jobs.list_events(session, second, limit=1000).items
+    assert [e.data["source"] for e in events if e.type == "continue"] == [first]
+    # 8 records in batches of 4: two steps an epoch; the second job added the second epoch
+    assert reached == 2 and [m.step for m in metrics] == [3, 4]
+    # a linear decay over the new length (4 steps, no warm-up) from the step reached, of
+    # the second job's rate: 5e-4 x 2/4 and 5e-4 x 1/4 (the first job's would double them)
+    assert [m.values["lr"] for m in metrics] == pytest.approx([2.5e-4, 1.25e-4])
