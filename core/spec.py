@@ -316,7 +316,8 @@ class JobSpec(StrictModel):
         description="Id of an earlier job of the same kind, data and method to continue "
         "from its last evaluation point (e.g. with a larger target.max_epochs). The "
         "hyperparameters set here apply to the added steps (e.g. sam_rho, or a hand-set "
-        "learning_rate); values the earlier job decided automatically stay as decided.",
+        "learning_rate); values the earlier job decided automatically, and its "
+        "gradient_accumulation_steps (the data position), stay as they were.",
     )
 
     @field_validator("prompt_template")

@@ -205,13 +205,12 @@ def test_a_continuation_with_its_own_rate_trains_at_that_rate(tiny_demo, tiny_da
         return False
 
     _run(tiny_demo, tiny_data, "npo", callbacks=Callbacks(on_evaluation=on_evaluation))
-    state = lambda: TrainingState.load(tmp_path / "state")  # noqa: E731
     same, lower = (
         _run(
             tiny_demo,
             tiny_data,
             "npo",
-            resume=state(),
+            resume=TrainingState.load(tmp_path / "state"),
             epochs=5,
             learning_rate=rate,
             new_schedule=True,
