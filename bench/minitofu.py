@@ -770,6 +770,7 @@ def _target_figures(outcome) -> dict:
                         "utility_ratio",
                         "retain_ratio",
                         "relearn_ratio",
+                        "forget_matched",
                     )
                 },
             }

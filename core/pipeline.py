@@ -340,6 +340,7 @@ def _run_unlearning(spec, inputs, workdir, reporter, lookup, settings, resume) -
                 should_cancel=reporter.should_cancel,
                 should_pause=_hook(reporter, "should_pause", lambda: False),
                 on_evaluation=monitor,
+                forget_ceilings=monitor.forget_ceilings if monitor else None,
             ),
             evaluate_every_steps=target.eval_every_steps if target else None,
             resume=training_state,
@@ -544,6 +545,7 @@ def _make_monitor(
         relearn=relearn,
         state=state,
         holdout_note=holdout_note,
+        match_holdout=bool(getattr(hparams, "match_holdout", False)),
     )
 
 

@@ -413,6 +413,14 @@ class JobSpec(StrictModel):
                 param="hyperparameters.sam_rho",
                 code="unsupported_strategy",
             )
+        if getattr(hparams, "match_holdout", False) and self.target is None:
+            raise InvalidRequest(
+                "hyperparameters.match_holdout: distribution-matched forgetting measures the "
+                "holdout set at evaluation points, which only a job with a target has; add "
+                "a target, or set match_holdout false",
+                param="hyperparameters.match_holdout",
+                code="invalid_value",
+            )
         if self.evaluation.store_generations is None:
             # Data minimisation: a deletion request's report must not copy the very
             # text it was filed to remove.

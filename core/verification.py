@@ -89,6 +89,9 @@ class MonitorState:
     next_verdict: int = 0
     backoff: int = 1
     verdict_probes: int = 0
+    #: under ``match_holdout``, per forget example, the per-token NLL from which the
+    #: training loop stops pushing its answer (``TargetMonitor.forget_ceilings``)
+    ceilings: list | None = None
 
     def records(self) -> list[PointRecord]:
         return [PointRecord(**p) for p in self.points]
@@ -111,6 +114,7 @@ class TargetMonitor:
         relearn: RelearnSettings | None = None,
         state: MonitorState | None = None,
         holdout_note: str | None = None,
+        match_holdout: bool = False,
     ):
         self.target, self.tokenizer, self.sets = target, tokenizer, sets
         self.original, self.template, self.max_length = original, template, max_length
@@ -120,6 +124,7 @@ class TargetMonitor:
         self.state = state or MonitorState()
         #: why the job's holdout set is missing, when one was given (``core.data.holdout``)
         self.holdout_note = holdout_note
+        self.match_holdout = match_holdout
         #: why the run stopped at a point, once it did
         self.stop_reason: str | None = None
         #: the last light holdout measurement: (point index, probe)
@@ -227,7 +232,19 @@ class TargetMonitor:
             holdout_scores = holdout.column("forget", "mia_loss")
             figures["membership_auc"] = metrics.roc_auc(-forget_nll, holdout_scores)
             figures["holdout_probability"] = holdout.mean("forget", "probability")
+            if self.match_holdout:
+                self.state.ceilings = matched_ceilings(
+                    point.forget_nll, -holdout_scores, len(self.forget_examples)
+                )
+                figures["forget_matched"] = float(
+                    np.mean([v >= self.state.ceilings[i] for i, v in point.forget_nll.items()])
+                )
         return figures
+
+    def forget_ceilings(self) -> list[float | None] | None:
+        """For the training loop (``Callbacks.forget_ceilings``): the ceilings of the
+        last evaluation point, restored with the state on resume."""
+        return self.state.ceilings
 
     def _wait_reason(self, light: dict[str, Any], index: int) -> str | None:
         """Why this point gets no verdict probe, or None to take one."""
@@ -377,6 +394,24 @@ class TargetMonitor:
     @staticmethod
     def restore(extra: dict) -> MonitorState:
         return MonitorState(**extra.get("monitor", {}))
+
+
+def matched_ceilings(
+    forget_nll: dict[int, float], holdout_nll: np.ndarray, n_forget: int
+) -> list[float | None]:
+    """Per forget example, the holdout's per-token NLL at the example's rank among the
+    forget answers: the k-th likeliest forget answer is pushed until it is as unlikely as
+    the k-th likeliest unseen answer, so the forget set's likelihoods are moved onto the
+    holdout's (a loss attack then cannot tell them apart) and no further. Quantiles
+    (linear interpolation) of the holdout sample, at the forget ranks' midpoints."""
+    ceilings: list[float | None] = [None] * n_forget
+    order = sorted(forget_nll, key=forget_nll.__getitem__)
+    if not order or not len(holdout_nll):
+        return ceilings
+    levels = (np.arange(len(order)) + 0.5) / len(order)
+    for index, value in zip(order, np.quantile(np.asarray(holdout_nll, float), levels)):
+        ceilings[index] = float(value)
+    return ceilings
 
 
 def _head(records, n: int):

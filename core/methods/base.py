@@ -112,6 +112,17 @@ class UnlearningHyperparameters(TrainingHyperparameters):
         "same on a small model as on a large one (ASAM's rho is typically 0.5-2).",
     )
 
+    match_holdout: bool = Field(
+        False,
+        description="Distribution-matched forgetting (needs a target and a holdout set): "
+        "each forget answer is pushed only while it is likelier than the holdout answer of "
+        "the same rank (the holdout's likelihoods under the current weights, measured at "
+        "the last evaluation point), so that the forget set's likelihoods approach unseen "
+        "data's instead of falling past them (over-forgetting, which the two-sided "
+        "membership check refuses). Before the first evaluation point every answer is "
+        "pushed.",
+    )
+
     @model_validator(mode="after")
     def _some_loss(self):
         if self.forget_coeff == 0 and (self.retain_loss == "none" or self.retain_coeff == 0):

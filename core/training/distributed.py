@@ -227,6 +227,18 @@ def rank0_decides(ask: Callable[[], bool] | None, world: int) -> bool:
     return _all_reduce([float(answer)], dist.ReduceOp.MAX)[0] > 0
 
 
+def rank0_object(ask: Callable[[], Any] | None, world: int) -> Any:
+    """``ask()`` on rank 0 (a picklable value), the same value on every rank."""
+    value = ask() if ask is not None and rank() == 0 else None
+    if world == 1:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def ranks_where(flag: bool, world: int) -> list[int]:
     """The ranks on which ``flag`` holds (every rank learns all of them)."""
     if world == 1:

@@ -100,6 +100,11 @@ class Callbacks:
     should_pause: Callable[[], bool] | None = None
     #: called at every evaluation point; returning True ends training there
     on_evaluation: Callable[[EvaluationPoint], bool] | None = None
+    #: asked at the start and after every evaluation point, under
+    #: ``hyperparameters.match_holdout``: per forget example (by index), the per-token
+    #: NLL from which its answer is no longer pushed (None for one not measured yet), or
+    #: None to push every answer
+    forget_ceilings: Callable[[], list[float | None] | None] | None = None
 
     def event(self, kind: str, message: str, **data) -> None:
         if self.on_event and distributed.is_main():
@@ -459,6 +464,8 @@ def run_training(
             step, tokens, elapsed_before = resume.step, resume.tokens, resume.elapsed_s
             first_epoch, first_block = resume.epoch, resume.block_start
             result.history = [StepMetrics(**h) for h in resume.history]
+        matching = bool(getattr(hparams, "match_holdout", False))
+        ceilings = _fetch_ceilings(callbacks, world) if matching else None
         started = time.monotonic() - elapsed_before
         callbacks.event(
             "phase",
@@ -601,6 +608,9 @@ def run_training(
                                 else None,
                                 lora=lora,
                                 include_forget=forget_part,
+                                forget_ceiling=ceilings[[order[i] for i in micro]]
+                                if ceilings is not None
+                                else None,
                             )
                         if not record:
                             continue
@@ -723,6 +733,8 @@ def run_training(
                 if due and distributed.rank0_decides(lambda s=stop: s, world):
                     result.stopped_early = step < total_steps
                     break
+                if due and matching:
+                    ceilings = _fetch_ceilings(callbacks, world)
             if result.stopped_early or step >= total_steps:
                 break
 
@@ -745,6 +757,17 @@ def run_training(
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         return result
+
+
+def _fetch_ceilings(callbacks: Callbacks, world: int):
+    """The forget answers' ceilings (``Callbacks.forget_ceilings``) as a tensor indexed
+    like the forget set (inf where none), the same on every rank; None: no ceilings."""
+    import torch
+
+    values = distributed.rank0_object(callbacks.forget_ceilings, world)
+    if values is None:
+        return None
+    return torch.tensor([math.inf if v is None else v for v in values], dtype=torch.float64)
 
 
 def _processes() -> int:
@@ -789,12 +812,16 @@ def _micro_step(
     companion_examples=None,
     lora,
     include_forget: bool = True,
+    forget_ceiling=None,
 ):
     """Forward + backward of one micro-batch; returns its share of the step's losses.
 
     ``keep`` marks the real examples: the others pad a rank's share of a short block
     (``distributed.shard_block``) and weigh zero. ``include_forget`` False leaves the
-    forget term out (the retain pass of a sharpness-aware step).
+    forget term out (the retain pass of a sharpness-aware step). ``forget_ceiling``
+    (per example, a per-token NLL): an answer already at or past it gives the forget
+    term no gradient (its loss is still reported); the block's denominators stay, so
+    the push shrinks as the answers reach their ceilings.
     """
     import torch
 
@@ -839,8 +866,11 @@ def _micro_step(
                 hparams,
             )
             forget_part = _reduce(term, denominators["forget"], keep_mask)
-            loss = loss + hparams.forget_coeff * forget_part
             parts["forget"] = float(forget_part.detach())
+            if forget_ceiling is not None:
+                below = torch.tensor(parts["forget_nll"], dtype=torch.float64) < forget_ceiling
+                forget_part = _reduce(term, denominators["forget"], keep_mask & below.to(device))
+            loss = loss + hparams.forget_coeff * forget_part
             weights = (
                 term.gradient_weight.detach()[keep_mask].float().cpu()
                 if term.gradient_weight is not None

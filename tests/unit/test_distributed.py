@@ -10,6 +10,7 @@ start of two interpreters; the one-process references run here.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from pathlib import Path
@@ -219,8 +220,22 @@ def _rank_main(rank: int, world: int, port: int, out_dir: str) -> None:
         evaluate_every_steps=1,
     )
     results["stop"] = (stopped["steps"], calls)
+    # Only rank 0 has the monitor that sets the forget answers' ceilings.
+    results["matched"] = _train(
+        "ga",
+        False,
+        {"match_holdout": True},
+        4,
+        1,
+        callbacks=Callbacks(forget_ceilings=_odd_ceilings if rank == 0 else None),
+    )
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     torch.distributed.destroy_process_group()
+
+
+def _odd_ceilings() -> list[float | None]:
+    """Odd examples already past their ceilings (not pushed), even ones not measured."""
+    return [-math.inf if i % 2 else None for i in range(N_FORGET)]
 
 
 @pytest.fixture(scope="module")
@@ -250,6 +265,22 @@ def test_two_processes_train_as_one(
         return  # AdamW turns the KL's step-1 kernel noise into updates (test_training)
     # AdamW's g / sqrt(v) amplifies summation-order noise where a gradient is ~0; an
     # error in pairing or normalization moves every weight by ~lr (1e-3).
+    torch.testing.assert_close(rank0["weights"], one["weights"], rtol=1e-4, atol=1e-4)
+
+
+@two_devices
+def test_rank_0s_ceilings_hold_on_every_rank(two_processes):
+    one = _train(
+        "ga",
+        False,
+        {"match_holdout": True},
+        *ONE_PROCESS,
+        callbacks=Callbacks(forget_ceilings=_odd_ceilings),
+    )
+    free = _train("ga", False, {}, *ONE_PROCESS)
+    rank0, rank1 = (results["matched"] for results in two_processes)
+    assert not torch.equal(one["weights"], free["weights"])
+    torch.testing.assert_close(rank0["weights"], rank1["weights"], rtol=0, atol=1e-6)
     torch.testing.assert_close(rank0["weights"], one["weights"], rtol=1e-4, atol=1e-4)
 
 

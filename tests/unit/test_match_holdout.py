@@ -1,0 +1,112 @@
+"""Distribution-matched forgetting (``hyperparameters.match_holdout``): each forget answer
+is pushed only while it is likelier than the holdout answer of its rank. The ceilings are
+checked against quantiles worked out by hand; the loop's use of them by what a ceiling
+must do to a step's gradient (none past it, all below it)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from core.data.encoding import encode_record_set
+from core.data.records import read_records
+from core.errors import InvalidRequest
+from core.methods import get_method
+from core.spec import DEFAULT_PROMPT_TEMPLATE, parse_job_spec
+from core.training.loop import Callbacks, run_training
+from core.verification import matched_ceilings
+
+
+def test_each_forget_answer_gets_the_holdout_answer_of_its_rank():
+    # Three forget answers ranked 0 (nll 1.0), 2 (2.0), 1 (3.0): levels (k + 0.5) / 3 =
+    # 1/6, 1/2, 5/6 of holdout [1, 2, 3, 4]; linear quantiles sit at positions 3 * level
+    # = 0.5, 1.5, 2.5, i.e. 1.5, 2.5, 3.5. Example 3 was not measured: no ceiling.
+    ceilings = matched_ceilings({0: 1.0, 1: 3.0, 2: 2.0}, np.array([4.0, 1.0, 3.0, 2.0]), 4)
+    assert ceilings == pytest.approx([1.5, 3.5, 2.5, None])
+
+
+def test_no_holdout_measurement_gives_no_ceilings():
+    assert matched_ceilings({0: 1.0}, np.array([]), 2) == [None, None]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tiny_demo):
+    from core.models.loading import load_model
+
+    _, tokenizer = load_model(str(tiny_demo.target))
+    forget = encode_record_set(
+        tokenizer,
+        read_records(tiny_demo.data["forget10"]),
+        max_length=64,
+        template=DEFAULT_PROMPT_TEMPLATE,
+    )
+    return tokenizer, forget
+
+
+def _train(tiny_demo, tiny_data, ceilings, *, match=True):
+    """Two epochs of gradient ascent (no retain term) on the tiny demo's forget10."""
+    from core.models.loading import load_model
+
+    tokenizer, forget = tiny_data
+    model, _ = load_model(str(tiny_demo.target), dtype="fp32")
+    hparams = get_method("ga").parse_hyperparameters(
+        {
+            "learning_rate": 1e-3,
+            "epochs": 2,
+            "batch_size": 4,
+            "gradient_accumulation_steps": 1,
+            "precision": "fp32",
+            "weight_decay": 0,
+            "match_holdout": match,
+        }
+    )
+    asked = []
+
+    def ask():
+        asked.append(True)
+        return ceilings(len(forget)) if callable(ceilings) else ceilings
+
+    result = run_training(
+        model,
+        tokenizer,
+        forget,
+        None,
+        get_method("ga"),
+        hparams,
+        seed=3,
+        callbacks=Callbacks(on_evaluation=lambda point: False, forget_ceilings=ask),
+    )
+    weights = {n: p.detach().clone() for n, p in result.model.named_parameters()}
+    return result, weights, asked
+
+
+def test_answers_past_their_ceilings_are_not_pushed(tiny_demo, tiny_data):
+    result, _, asked = _train(tiny_demo, tiny_data, lambda n: [-math.inf] * n)
+    assert [m.grad_norm for m in result.history] == [0.0] * len(result.history)
+    # The forget loss is still reported, so the curve shows where the answers stand.
+    assert all(m.forget_loss and m.forget_loss < 0 for m in result.history)
+    assert len(asked) == 1 + 2  # at the start and after each of the two epochs' points
+
+
+def test_ceilings_above_every_answer_train_as_without_them(tiny_demo, tiny_data):
+    _, free, _ = _train(tiny_demo, tiny_data, None, match=False)
+    _, unmeasured, _ = _train(tiny_demo, tiny_data, lambda n: [None] * n)
+    _, high, _ = _train(tiny_demo, tiny_data, lambda n: [1e6] * n)
+    for name, value in free.items():
+        assert unmeasured[name].equal(value) and high[name].equal(value), name
+
+
+def test_matching_needs_a_target():
+    spec = {
+        "model": "demo-target",
+        "forget": "ds_demo_forget10",
+        "retain": "ds_demo_retain90",
+        "method": "simnpo",
+        "hyperparameters": {"match_holdout": True},
+    }
+    assert parse_job_spec(spec).method_hyperparameters().match_holdout
+    with pytest.raises(InvalidRequest) as refused:
+        parse_job_spec({**spec, "target": None})
+    assert refused.value.param == "hyperparameters.match_holdout"
