@@ -562,10 +562,12 @@ def run_training(
                 # the forget loss's gradient at the weights moved up it by rho, so that the
                 # forgotten state is flat and a few relearning steps cannot climb back out
                 # of it (arXiv 2502.05374); the retain term keeps its gradient at the
-                # weights themselves. The unmoved passes' losses are the step's.
+                # weights themselves. The unmoved passes' losses are the step's. Under
+                # match_holdout, an answer at its ceiling keeps only its sharpness,
+                # L(w + e) - L(w): flatter, not pushed further (block_passes).
                 moved: list = []
-                for pass_index, (forget_part, retain_part, record) in enumerate(
-                    block_passes(sharpness_aware, use_retain)
+                for pass_index, (forget_mode, retain_part, record) in enumerate(
+                    block_passes(sharpness_aware, use_retain, ceilings is not None)
                 ):
                     if pass_index == 1:
                         moved = sam_perturb(params, hparams.sam_rho, hparams.sam_adaptive)
@@ -607,7 +609,7 @@ def run_training(
                                 if companions is not None
                                 else None,
                                 lora=lora,
-                                include_forget=forget_part,
+                                forget_mode=forget_mode,
                                 forget_ceiling=ceilings[[order[i] for i in micro]]
                                 if ceilings is not None
                                 else None,
@@ -811,16 +813,17 @@ def _micro_step(
     retain_examples,
     companion_examples=None,
     lora,
-    include_forget: bool = True,
+    forget_mode: str = "push",
     forget_ceiling=None,
 ):
     """Forward + backward of one micro-batch; returns its share of the step's losses.
 
     ``keep`` marks the real examples: the others pad a rank's share of a short block
-    (``distributed.shard_block``) and weigh zero. ``include_forget`` False leaves the
-    forget term out (the retain pass of a sharpness-aware step). ``forget_ceiling``
-    (per example, a per-token NLL): an answer already at or past it gives the forget
-    term no gradient (its loss is still reported); the block's denominators stay, so
+    (``distributed.shard_block``) and weigh zero. ``forget_mode`` (see
+    :func:`block_passes`): ``push`` the answers below their ``forget_ceiling`` (a
+    per-token NLL per example; every answer without one), ``all`` of them, ``settle``:
+    minus the term of those at or past their ceilings, unreported, or ``off``. An
+    answer past its ceiling still reports its loss; the block's denominators stay, so
     the push shrinks as the answers reach their ceilings.
     """
     import torch
@@ -830,21 +833,31 @@ def _micro_step(
     loss = torch.zeros((), device=device)
     parts = {"loss": 0.0, "forget": 0.0, "retain": 0.0, "forget_nll": [], "retain_nll": []}
     weights = None
-    forget_term_on = include_forget and hparams.forget_coeff > 0
+    settle = forget_mode == "settle"
+    forget_term_on = (
+        forget_mode != "off"
+        and hparams.forget_coeff > 0
+        and not (settle and forget_ceiling is None)
+    )
     n_tokens = (
         sum(len(e.input_ids) for e, real in zip(forget_examples, keep) if real)
-        if forget_term_on
+        if forget_term_on and not settle
         else 0
     )
+    unreported = 0.0
     with accelerator.autocast():
         if forget_term_on:
             logits, batch = _forward_nll(model, forget_examples, pad_id, device)
             nll, n_answer = sequence_nll(logits, batch["labels"])
-            parts["forget_nll"] = _per_token(nll, n_answer)
+            per_token = _per_token(nll, n_answer)
+            if not settle:
+                parts["forget_nll"] = per_token
             companion = None
             if companion_examples:
-                n_tokens += sum(
-                    len(e.input_ids) for e, real in zip(companion_examples, keep) if real
+                n_tokens += (
+                    0
+                    if settle
+                    else sum(len(e.input_ids) for e, real in zip(companion_examples, keep) if real)
                 )
                 companion_logits, companion_batch = _forward_nll(
                     model, companion_examples, pad_id, device
@@ -866,14 +879,19 @@ def _micro_step(
                 hparams,
             )
             forget_part = _reduce(term, denominators["forget"], keep_mask)
-            parts["forget"] = float(forget_part.detach())
-            if forget_ceiling is not None:
-                below = torch.tensor(parts["forget_nll"], dtype=torch.float64) < forget_ceiling
-                forget_part = _reduce(term, denominators["forget"], keep_mask & below.to(device))
+            if not settle:
+                parts["forget"] = float(forget_part.detach())
+            if forget_ceiling is not None and forget_mode in ("push", "settle"):
+                below = torch.tensor(per_token, dtype=torch.float64) < forget_ceiling
+                chosen = (~below if settle else below).to(device)
+                forget_part = _reduce(term, denominators["forget"], keep_mask & chosen)
+            if settle:
+                forget_part = -forget_part
+                unreported = float(hparams.forget_coeff * forget_part.detach())
             loss = loss + hparams.forget_coeff * forget_part
             weights = (
                 term.gradient_weight.detach()[keep_mask].float().cpu()
-                if term.gradient_weight is not None
+                if term.gradient_weight is not None and not settle
                 else None
             )
         if retain_examples:
@@ -906,7 +924,7 @@ def _micro_step(
             ),
             param="hyperparameters",
         )
-    parts["loss"] = float(loss.detach())
+    parts["loss"] = float(loss.detach()) - unreported
     # DDP averages gradients over processes; the denominators are already global.
     if zero3.is_engine(model):  # ZeRO-3 reduces and partitions gradients in its own
         model.backward(loss * world)
@@ -943,12 +961,23 @@ def sam_perturb(params, rho: float, adaptive: bool = False) -> list:
     return saved
 
 
-def block_passes(sharpness_aware: bool, use_retain: bool) -> list[tuple[bool, bool, bool]]:
-    """A step's passes over its block: (forget term, retain term, its losses recorded)."""
+def block_passes(
+    sharpness_aware: bool, use_retain: bool, ceilings: bool = False
+) -> list[tuple[str, bool, bool]]:
+    """A step's passes over its block: (forget mode, retain term, its losses recorded).
+
+    Forget modes (``_micro_step``): ``push`` the answers below their ceilings (all,
+    without ceilings), ``all``, ``settle`` (minus those at or past their ceilings), ``off``.
+    A sharpness-aware step with ceilings takes every answer's gradient at the moved
+    weights and then subtracts, at the weights themselves, that of the answers already
+    at their ceilings: those keep only their sharpness ``L(w + e) - L(w)`` (flatter, so
+    a relearning attack climbs back less, without being pushed past unseen data)."""
     if not sharpness_aware:
-        return [(True, True, True)]
-    passes = [(True, False, True), (True, False, False)]
-    return passes + [(False, True, True)] if use_retain else passes
+        return [("push", True, True)]
+    if ceilings:
+        return [("all", False, True), ("all", False, False), ("settle", use_retain, True)]
+    passes = [("push", False, True), ("push", False, False)]
+    return passes + [("off", True, True)] if use_retain else passes
 
 
 def sam_restore(saved: list) -> None:

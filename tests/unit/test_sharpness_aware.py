@@ -49,14 +49,22 @@ def test_a_zero_gradient_moves_nothing():
 
 
 def test_passes_per_step():
-    assert block_passes(False, True) == [(True, True, True)]
+    assert block_passes(False, True) == [("push", True, True)]
     # forget at the weights (recorded), forget at the moved weights, retain at the weights
     assert block_passes(True, True) == [
-        (True, False, True),
-        (True, False, False),
-        (False, True, True),
+        ("push", False, True),
+        ("push", False, False),
+        ("off", True, True),
     ]
-    assert block_passes(True, False) == [(True, False, True), (True, False, False)]
+    assert block_passes(True, False) == [("push", False, True), ("push", False, False)]
+    # with ceilings (match_holdout): every answer at both, then the answers at their
+    # ceilings subtracted at the weights, with the retain term when there is one
+    assert block_passes(True, True, ceilings=True) == [
+        ("all", False, True),
+        ("all", False, False),
+        ("settle", True, True),
+    ]
+    assert block_passes(True, False, ceilings=True)[-1] == ("settle", False, True)
 
 
 def test_one_step_follows_the_gradient_at_the_moved_weights(tiny_demo):
@@ -119,3 +127,77 @@ def test_one_step_follows_the_gradient_at_the_moved_weights(tiny_demo):
         assert step.tolist() == pytest.approx((-lr * torch.sign(g_moved[clear])).tolist(), abs=2e-6)
         flipped += int((torch.sign(g_moved[clear]) != torch.sign(g_plain[clear])).sum())
     assert flipped > 0, "rho too small to tell the moved gradient from the plain one"
+
+
+def test_an_answer_at_its_ceiling_keeps_only_its_sharpness(tiny_demo):
+    """match_holdout with sam_rho: of two answers, the first is at its ceiling. The step's
+    gradient is both answers' at the moved weights (moved along both's gradient) minus
+    the first's at the weights themselves: L0(w + e) - L0(w) + L1(w + e)."""
+    from core.models.loading import load_model
+    from core.training.loop import Callbacks
+
+    model, tokenizer = load_model(str(tiny_demo.target), dtype="fp32")
+    examples = encode_record_set(
+        tokenizer,
+        read_records(tiny_demo.data["forget10"]),
+        max_length=64,
+        template=DEFAULT_PROMPT_TEMPLATE,
+    )[:2]
+    rho, lr = 0.5, 1e-3
+    before = [p.detach().clone() for p in model.parameters()]
+
+    def gradient(which) -> list[torch.Tensor]:
+        # GA's loss is -(sum of answer NLLs) / (answer tokens): the same positive
+        # multiple for every part below, which AdamW's first step (the sign) ignores.
+        model.zero_grad()
+        for example in (examples[i] for i in which):
+            batch = collate([example], tokenizer.pad_token_id)
+            logits = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits
+            nll, _ = sequence_nll(logits, batch["labels"])
+            (-nll.sum()).backward()
+        return [p.grad.detach().clone() for p in model.parameters()]
+
+    both = gradient([0, 1])
+    at_ceiling = gradient([0])
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in both]))
+    with torch.no_grad():
+        for p, g in zip(model.parameters(), both):
+            p.add_(g * rho / norm)
+    moved = gradient([0, 1])
+    with torch.no_grad():
+        for p, original in zip(model.parameters(), before):
+            p.copy_(original)
+    model.zero_grad()
+    expected = [m - c for m, c in zip(moved, at_ceiling)]
+
+    method = get_method("ga")
+    hparams = method.parse_hyperparameters(
+        {
+            "learning_rate": lr,
+            "epochs": 1,
+            "batch_size": 2,
+            "gradient_accumulation_steps": 1,
+            "warmup_ratio": 0.0,
+            "lr_scheduler": "constant",
+            "weight_decay": 0.0,
+            "max_grad_norm": None,
+            "precision": "fp32",
+            "sam_rho": rho,
+            "match_holdout": True,
+        }
+    )
+    callbacks = Callbacks(forget_ceilings=lambda: [float("-inf"), None])
+    result = run_training(
+        model, tokenizer, examples, None, method, hparams, seed=0, callbacks=callbacks
+    )
+    assert result.steps == 1
+
+    differs = 0
+    for p, original, g, g_moved in zip(result.model.parameters(), before, expected, moved):
+        clear = g.abs() > 1e-3
+        step = (p.detach() - original)[clear]
+        assert step.tolist() == pytest.approx((-lr * torch.sign(g[clear])).tolist(), abs=2e-6)
+        differs += int((torch.sign(g[clear]) != torch.sign(g_moved[clear])).sum())
+    assert differs > 0, "the subtracted gradient changed no weight's direction"
