@@ -546,6 +546,7 @@ def _make_monitor(
         state=state,
         holdout_note=holdout_note,
         match_holdout=bool(getattr(hparams, "match_holdout", False)),
+        match_shift=float(getattr(hparams, "match_shift", 0.0)),
     )
 
 

@@ -115,6 +115,7 @@ class TargetMonitor:
         state: MonitorState | None = None,
         holdout_note: str | None = None,
         match_holdout: bool = False,
+        match_shift: float = 0.0,
     ):
         self.target, self.tokenizer, self.sets = target, tokenizer, sets
         self.original, self.template, self.max_length = original, template, max_length
@@ -124,7 +125,7 @@ class TargetMonitor:
         self.state = state or MonitorState()
         #: why the job's holdout set is missing, when one was given (``core.data.holdout``)
         self.holdout_note = holdout_note
-        self.match_holdout = match_holdout
+        self.match_holdout, self.match_shift = match_holdout, match_shift
         #: why the run stopped at a point, once it did
         self.stop_reason: str | None = None
         #: the last light holdout measurement: (point index, probe)
@@ -234,7 +235,10 @@ class TargetMonitor:
             figures["holdout_probability"] = holdout.mean("forget", "probability")
             if self.match_holdout:
                 self.state.ceilings = matched_ceilings(
-                    point.forget_nll, -holdout_scores, len(self.forget_examples)
+                    point.forget_nll,
+                    -holdout_scores,
+                    len(self.forget_examples),
+                    shift=self.match_shift,
                 )
                 figures["forget_matched"] = float(
                     np.mean([v >= self.state.ceilings[i] for i, v in point.forget_nll.items()])
@@ -397,18 +401,19 @@ class TargetMonitor:
 
 
 def matched_ceilings(
-    forget_nll: dict[int, float], holdout_nll: np.ndarray, n_forget: int
+    forget_nll: dict[int, float], holdout_nll: np.ndarray, n_forget: int, shift: float = 0.0
 ) -> list[float | None]:
     """Per forget example, the holdout's per-token NLL at the example's rank among the
     forget answers: the k-th likeliest forget answer is pushed until it is as unlikely as
     the k-th likeliest unseen answer, so the forget set's likelihoods are moved onto the
     holdout's (a loss attack then cannot tell them apart) and no further. Quantiles
-    (linear interpolation) of the holdout sample, at the forget ranks' midpoints."""
+    (linear interpolation) of the holdout sample, at the forget ranks' midpoints, moved
+    ``shift`` towards the less likely end (``hyperparameters.match_shift``)."""
     ceilings: list[float | None] = [None] * n_forget
     order = sorted(forget_nll, key=forget_nll.__getitem__)
     if not order or not len(holdout_nll):
         return ceilings
-    levels = (np.arange(len(order)) + 0.5) / len(order)
+    levels = np.minimum((np.arange(len(order)) + 0.5) / len(order) + shift, 1.0)
     for index, value in zip(order, np.quantile(np.asarray(holdout_nll, float), levels)):
         ceilings[index] = float(value)
     return ceilings

@@ -122,6 +122,15 @@ class UnlearningHyperparameters(TrainingHyperparameters):
         "membership check refuses). Before the first evaluation point every answer is "
         "pushed.",
     )
+    match_shift: float = Field(
+        0.0,
+        ge=0,
+        le=0.2,
+        description="With match_holdout: how far past the holdout's likelihoods the forget "
+        "answers are pushed, as a shift of the holdout quantile each answer is matched to: "
+        "0 aims at membership AUC 0.5, 0.15 at about 0.35 (inside the two-sided band "
+        "0.3-0.7), for forgetting that needs more than the answers' own likelihood.",
+    )
 
     @model_validator(mode="after")
     def _some_loss(self):

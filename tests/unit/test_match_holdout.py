@@ -27,6 +27,15 @@ def test_each_forget_answer_gets_the_holdout_answer_of_its_rank():
     assert ceilings == pytest.approx([1.5, 3.5, 2.5, None])
 
 
+def test_a_shift_matches_each_answer_to_a_less_likely_holdout_answer():
+    # levels 1/6 + 0.2, 1/2 + 0.2, 5/6 + 0.2 (capped at 1): positions 3 * level = 1.1,
+    # 2.1, 3: values 2.1, 3.1, 4.
+    ceilings = matched_ceilings(
+        {0: 1.0, 1: 3.0, 2: 2.0}, np.array([4.0, 1.0, 3.0, 2.0]), 3, shift=0.2
+    )
+    assert ceilings == pytest.approx([2.1, 4.0, 3.1])
+
+
 def test_no_holdout_measurement_gives_no_ceilings():
     assert matched_ceilings({0: 1.0}, np.array([]), 2) == [None, None]
 
