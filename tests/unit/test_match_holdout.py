@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from core.data.encoding import encode_record_set
 from core.data.records import read_records
@@ -16,6 +17,7 @@ from core.errors import InvalidRequest
 from core.methods import get_method
 from core.spec import DEFAULT_PROMPT_TEMPLATE, parse_job_spec
 from core.training.loop import Callbacks, run_training
+from core.training.state import TrainingState
 from core.verification import matched_ceilings
 
 
@@ -119,3 +121,60 @@ def test_matching_needs_a_target():
     with pytest.raises(InvalidRequest) as refused:
         parse_job_spec({**spec, "target": None})
     assert refused.value.param == "hyperparameters.match_holdout"
+
+
+def test_a_resumed_run_takes_up_the_ceilings_of_its_point(tiny_demo, tiny_data, tmp_path):
+    """The ceilings are part of what a resumed run needs (the monitor keeps them in its
+    state): resumed from the first epoch's point with that point's ceilings, a run ends
+    with the uninterrupted run's weights."""
+    from core.models.loading import load_model
+
+    tokenizer, forget = tiny_data
+    method = get_method("ga")
+    hparams = method.parse_hyperparameters(
+        {
+            "learning_rate": 1e-3,
+            "epochs": 3,
+            "batch_size": 4,
+            "gradient_accumulation_steps": 1,
+            "precision": "fp32",
+            "match_holdout": True,
+        }
+    )
+
+    def run(resume=None, ceilings=None):
+        now = {"ceilings": ceilings}
+        states = []
+
+        def on_evaluation(point):
+            # Every answer above the point's median is taken as matched.
+            median = float(np.median(list(point.forget_nll.values())))
+            now["ceilings"] = [median] * len(forget)
+            if not states:  # the saved state is a snapshot; captured, it is live
+                point.capture_state().save(tmp_path / "state")
+            states.append(now["ceilings"])
+            return False
+
+        model, _ = load_model(str(tiny_demo.target), dtype="fp32")
+        result = run_training(
+            model,
+            tokenizer,
+            forget,
+            None,
+            method,
+            hparams,
+            seed=3,
+            callbacks=Callbacks(
+                on_evaluation=on_evaluation, forget_ceilings=lambda: now["ceilings"]
+            ),
+            resume=resume,
+        )
+        return {n: p.detach().clone() for n, p in result.model.named_parameters()}, states
+
+    whole, states = run()
+    state = TrainingState.load(tmp_path / "state")
+    resumed, _ = run(resume=state, ceilings=states[0])
+    for name, value in whole.items():
+        torch.testing.assert_close(resumed[name], value, rtol=1e-6, atol=1e-7, msg=name)
+    wrong, _ = run(resume=state, ceilings=None)  # without them the run differs
+    assert any(not wrong[n].equal(v) for n, v in whole.items())
