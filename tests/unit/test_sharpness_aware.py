@@ -103,20 +103,7 @@ def test_one_step_follows_the_gradient_at_the_moved_weights(tiny_demo):
     model.zero_grad()
 
     method = get_method("ga")
-    hparams = method.parse_hyperparameters(
-        {
-            "learning_rate": lr,
-            "epochs": 1,
-            "batch_size": 1,
-            "gradient_accumulation_steps": 1,
-            "warmup_ratio": 0.0,
-            "lr_scheduler": "constant",
-            "weight_decay": 0.0,
-            "max_grad_norm": None,
-            "precision": "fp32",
-            "sam_rho": rho,
-        }
-    )
+    hparams = _one_plain_step(method, lr, rho, batch_size=1)
     result = run_training(model, tokenizer, example, None, method, hparams, seed=0)
     assert result.steps == 1
 
@@ -173,21 +160,7 @@ def test_an_answer_at_its_ceiling_keeps_only_its_sharpness(tiny_demo):
     expected = [m - c for m, c in zip(moved, at_ceiling)]
 
     method = get_method("ga")
-    hparams = method.parse_hyperparameters(
-        {
-            "learning_rate": lr,
-            "epochs": 1,
-            "batch_size": 2,
-            "gradient_accumulation_steps": 1,
-            "warmup_ratio": 0.0,
-            "lr_scheduler": "constant",
-            "weight_decay": 0.0,
-            "max_grad_norm": None,
-            "precision": "fp32",
-            "sam_rho": rho,
-            "match_holdout": True,
-        }
-    )
+    hparams = _one_plain_step(method, lr, rho, batch_size=2, match_holdout=True)
     callbacks = Callbacks(forget_ceilings=lambda: [float("-inf"), None])
     result = run_training(
         model, tokenizer, examples, None, method, hparams, seed=0, callbacks=callbacks
@@ -201,3 +174,21 @@ def test_an_answer_at_its_ceiling_keeps_only_its_sharpness(tiny_demo):
         assert step.tolist() == pytest.approx((-lr * torch.sign(g[clear])).tolist(), abs=2e-6)
         differs += int((torch.sign(g[clear]) != torch.sign(g_moved[clear])).sum())
     assert differs > 0, "the subtracted gradient changed no weight's direction"
+
+
+def _one_plain_step(method, lr: float, rho: float, **more):
+    """One step whose AdamW update is ``-lr * sign(g)``: no warmup, decay or clipping."""
+    return method.parse_hyperparameters(
+        {
+            "learning_rate": lr,
+            "epochs": 1,
+            "gradient_accumulation_steps": 1,
+            "warmup_ratio": 0.0,
+            "lr_scheduler": "constant",
+            "weight_decay": 0.0,
+            "max_grad_norm": None,
+            "precision": "fp32",
+            "sam_rho": rho,
+            **more,
+        }
+    )
