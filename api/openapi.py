@@ -380,6 +380,10 @@ def _training_rules(model: type[BaseModel]) -> list[dict]:
             },
         }
         rules.append({"not": {"allOf": [sharded, sharpness_aware]}})
+    if "match_holdout" in fields:
+        # Matching needs the evaluation points of a target (invalid_value).
+        no_target = {"required": ["target"], "properties": {"target": {"type": "null"}}}
+        rules.append({"not": {"allOf": [is_value("match_holdout", True), no_target]}})
     return rules
 
 
