@@ -368,22 +368,28 @@ def _training_rules(model: type[BaseModel]) -> list[dict]:
     if "forget_coeff" in fields:
         # Something must be trained: not a zero forget weight without a retain term.
         rules.append({"not": {"allOf": [is_value("forget_coeff", 0), no_retain_term]}})
+    sharpness_aware = {
+        "required": ["hyperparameters"],
+        "properties": {
+            "hyperparameters": {
+                "required": ["sam_rho"],
+                "properties": {"sam_rho": {"exclusiveMinimum": 0}},
+            }
+        },
+    }
     if "sam_rho" in fields:
         # Sharpness-aware steps are refused under fsdp and deepspeed (unsupported_strategy).
-        sharpness_aware = {
-            "required": ["hyperparameters"],
-            "properties": {
-                "hyperparameters": {
-                    "required": ["sam_rho"],
-                    "properties": {"sam_rho": {"exclusiveMinimum": 0}},
-                }
-            },
-        }
         rules.append({"not": {"allOf": [sharded, sharpness_aware]}})
+    no_target = {"required": ["target"], "properties": {"target": {"type": "null"}}}
     if "match_holdout" in fields:
         # Matching needs the evaluation points of a target (invalid_value).
-        no_target = {"required": ["target"], "properties": {"target": {"type": "null"}}}
         rules.append({"not": {"allOf": [is_value("match_holdout", True), no_target]}})
+    if "sam_steer" in fields:
+        # Steering needs a target (invalid_value); it is sharpness-aware, so refused
+        # under fsdp and deepspeed (unsupported_strategy).
+        steered = is_value("sam_steer", True)
+        rules.append({"not": {"allOf": [steered, no_target]}})
+        rules.append({"not": {"allOf": [sharded, steered]}})
     return rules
 
 

@@ -772,6 +772,7 @@ def _target_figures(outcome) -> dict:
                         "retain_ratio",
                         "relearn_ratio",
                         "forget_matched",
+                        "sam_rho",
                     )
                 },
             }

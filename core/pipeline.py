@@ -341,6 +341,7 @@ def _run_unlearning(spec, inputs, workdir, reporter, lookup, settings, resume) -
                 should_pause=_hook(reporter, "should_pause", lambda: False),
                 on_evaluation=monitor,
                 forget_ceilings=monitor.forget_ceilings if monitor else None,
+                sam_rho=monitor.sam_rho if monitor else None,
             ),
             evaluate_every_steps=target.eval_every_steps if target else None,
             resume=training_state,
@@ -516,6 +517,13 @@ def _make_monitor(
         spec.evaluation.sample_seed,
     )
     probe_sets.retain, probe_sets.utility = capped.retain, capped.utility
+    if getattr(hparams, "match_holdout", False) and holdout_set is None:
+        reporter.event(
+            "warning",
+            "match_holdout needs a holdout set to measure the ceilings against; without "
+            "one every forget answer is pushed, as without match_holdout",
+            level="warning",
+        )
     reporter.event("phase", "measuring the original model's probe")
     original = probe_model(
         model, tokenizer, probe_sets, template=spec.prompt_template, max_length=hparams.max_length
@@ -547,6 +555,8 @@ def _make_monitor(
         holdout_note=holdout_note,
         match_holdout=bool(getattr(hparams, "match_holdout", False)),
         match_shift=float(getattr(hparams, "match_shift", 0.0)),
+        sam_steer=bool(getattr(hparams, "sam_steer", False)),
+        sam_rho=float(getattr(hparams, "sam_rho", 0.0)),
     )
 
 

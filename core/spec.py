@@ -408,8 +408,9 @@ class JobSpec(StrictModel):
             )
         if strategy in SHARDED_STRATEGIES and getattr(hparams, "sam_rho", 0) > 0:
             raise InvalidRequest(
-                f"hyperparameters.sam_rho: sharpness-aware steps are not supported under "
-                f"{strategy} (the move needs the whole gradient's norm); use ddp, or sam_rho 0",
+                f"hyperparameters.sam_rho: sharpness-aware steps (sam_rho, sam_steer) are not "
+                f"supported under {strategy} (the move needs the whole gradient's norm); use "
+                "ddp, or sam_rho 0 and sam_steer false",
                 param="hyperparameters.sam_rho",
                 code="unsupported_strategy",
             )
@@ -419,6 +420,13 @@ class JobSpec(StrictModel):
                 "holdout set at evaluation points, which only a job with a target has; add "
                 "a target, or set match_holdout false",
                 param="hyperparameters.match_holdout",
+                code="invalid_value",
+            )
+        if getattr(hparams, "sam_steer", False) and self.target is None:
+            raise InvalidRequest(
+                "hyperparameters.sam_steer: steering the sharpness-aware radius needs the "
+                "evaluation points of a target; add a target, or set sam_steer false",
+                param="hyperparameters.sam_steer",
                 code="invalid_value",
             )
         if self.evaluation.store_generations is None:

@@ -84,6 +84,11 @@ class TrainingHyperparameters(BaseModel):
         return self.batch_size * self.gradient_accumulation_steps
 
 
+#: ``sam_steer``'s starting radius where the job sets none: the radius that met the most
+#: seeds of the 30-author benchmark unsteered (docs/minitofu.md)
+SAM_STEER_START = 0.3
+
+
 class UnlearningHyperparameters(TrainingHyperparameters):
     """Adds the forget/retain weighting every unlearning method has."""
 
@@ -111,6 +116,15 @@ class UnlearningHyperparameters(TrainingHyperparameters):
         "by its own size (|w| + 0.01), so that sam_rho is a relative step and means the "
         "same on a small model as on a large one (ASAM's rho is typically 0.5-2).",
     )
+    sam_steer: bool = Field(
+        False,
+        description="With a target: the evaluation points steer the sharpness-aware "
+        "radius, starting from sam_rho (0.3 where sam_rho is left at 0): a verdict probe "
+        "whose utility is within 0.01 of the floor (or below it) lowers it by a quarter, "
+        "one whose relearning check fails raises it by a third, within 0.5-2x the start. "
+        "Each change is an event (type steer) and each point records the radius it "
+        "trained with.",
+    )
 
     match_holdout: bool = Field(
         False,
@@ -131,6 +145,12 @@ class UnlearningHyperparameters(TrainingHyperparameters):
         "0 aims at membership AUC 0.5, 0.15 at about 0.35 (inside the two-sided band "
         "0.3-0.7), for forgetting that needs more than the answers' own likelihood.",
     )
+
+    @model_validator(mode="after")
+    def _steered_radius_starts(self):
+        if self.sam_steer and self.sam_rho == 0:
+            self.sam_rho = SAM_STEER_START
+        return self
 
     @model_validator(mode="after")
     def _some_loss(self):

@@ -105,6 +105,9 @@ class Callbacks:
     #: NLL from which its answer is no longer pushed (None for one not measured yet), or
     #: None to push every answer
     forget_ceilings: Callable[[], list[float | None] | None] | None = None
+    #: asked at the same times, under ``hyperparameters.sam_steer``: the sharpness-aware
+    #: radius for the steps up to the next point, or None for ``hyperparameters.sam_rho``
+    sam_rho: Callable[[], float | None] | None = None
 
     def event(self, kind: str, message: str, **data) -> None:
         if self.on_event and distributed.is_main():
@@ -465,7 +468,7 @@ def run_training(
             first_epoch, first_block = resume.epoch, resume.block_start
             result.history = [StepMetrics(**h) for h in resume.history]
         matching = bool(getattr(hparams, "match_holdout", False))
-        ceilings = _fetch_ceilings(callbacks, world) if matching else None
+        ceilings, rho = _fetch_controls(callbacks, world, matching, hparams.sam_rho)
         started = time.monotonic() - elapsed_before
         callbacks.event(
             "phase",
@@ -570,7 +573,7 @@ def run_training(
                     block_passes(sharpness_aware, use_retain, ceilings is not None)
                 ):
                     if pass_index == 1:
-                        moved = sam_perturb(params, hparams.sam_rho, hparams.sam_adaptive)
+                        moved = sam_perturb(params, rho, hparams.sam_adaptive)
                         optimizer.zero_grad(set_to_none=True)
                     elif pass_index == 2:
                         sam_restore(moved)
@@ -735,8 +738,8 @@ def run_training(
                 if due and distributed.rank0_decides(lambda s=stop: s, world):
                     result.stopped_early = step < total_steps
                     break
-                if due and matching:
-                    ceilings = _fetch_ceilings(callbacks, world)
+                if due:
+                    ceilings, rho = _fetch_controls(callbacks, world, matching, hparams.sam_rho)
             if result.stopped_early or step >= total_steps:
                 break
 
@@ -761,15 +764,25 @@ def run_training(
         return result
 
 
-def _fetch_ceilings(callbacks: Callbacks, world: int):
-    """The forget answers' ceilings (``Callbacks.forget_ceilings``) as a tensor indexed
-    like the forget set (inf where none), the same on every rank; None: no ceilings."""
+def _fetch_controls(callbacks: Callbacks, world: int, matching: bool, sam_rho: float):
+    """What the monitor steers, rank 0's on every rank: the forget answers' ceilings
+    (``Callbacks.forget_ceilings``, under ``matching``) as a tensor indexed like the forget
+    set (inf where none; None: no ceilings), and the sharpness-aware radius
+    (``Callbacks.sam_rho``, else ``sam_rho``)."""
     import torch
 
-    values = distributed.rank0_object(callbacks.forget_ceilings, world)
+    def ask():
+        ceilings = callbacks.forget_ceilings() if matching and callbacks.forget_ceilings else None
+        return ceilings, callbacks.sam_rho() if callbacks.sam_rho else None
+
+    values, rho = distributed.rank0_object(ask, world)
+    rho = sam_rho if rho is None else rho
     if values is None:
-        return None
-    return torch.tensor([math.inf if v is None else v for v in values], dtype=torch.float64)
+        return None, rho
+    return (
+        torch.tensor([math.inf if v is None else v for v in values], dtype=torch.float64),
+        rho,
+    )
 
 
 def _processes() -> int:

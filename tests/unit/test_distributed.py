@@ -229,6 +229,15 @@ def _rank_main(rank: int, world: int, port: int, out_dir: str) -> None:
         1,
         callbacks=Callbacks(forget_ceilings=_odd_ceilings if rank == 0 else None),
     )
+    # ... and the one that steers the sharpness-aware radius.
+    results["steered"] = _train(
+        "simnpo",
+        False,
+        {"sam_rho": 0.05},
+        4,
+        1,
+        callbacks=Callbacks(sam_rho=(lambda: 0.2) if rank == 0 else None),
+    )
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     torch.distributed.destroy_process_group()
 
@@ -282,6 +291,16 @@ def test_rank_0s_ceilings_hold_on_every_rank(two_processes):
     assert not torch.equal(one["weights"], free["weights"])
     torch.testing.assert_close(rank0["weights"], rank1["weights"], rtol=0, atol=1e-6)
     torch.testing.assert_close(rank0["weights"], one["weights"], rtol=1e-4, atol=1e-4)
+
+
+@two_devices
+def test_rank_0s_radius_holds_on_every_rank(two_processes):
+    steered = _train("simnpo", False, {"sam_rho": 0.2}, *ONE_PROCESS)
+    unsteered = _train("simnpo", False, {"sam_rho": 0.05}, *ONE_PROCESS)
+    rank0, rank1 = (results["steered"] for results in two_processes)
+    assert not torch.equal(steered["weights"], unsteered["weights"])
+    torch.testing.assert_close(rank0["weights"], rank1["weights"], rtol=0, atol=1e-6)
+    torch.testing.assert_close(rank0["weights"], steered["weights"], rtol=1e-4, atol=1e-4)
 
 
 @two_devices

@@ -123,6 +123,40 @@ def test_matching_needs_a_target():
     assert refused.value.param == "hyperparameters.match_holdout"
 
 
+def test_matching_without_a_holdout_set_says_so(tiny_demo, tmp_path):
+    """No holdout set, no ceilings: the job trains as without match_holdout, and says so."""
+    from core.pipeline import JobInputs, NullReporter, run_job
+
+    class Warnings(NullReporter):
+        def __init__(self):
+            self.messages = []
+
+        def event(self, kind, message, **data):
+            if kind == "warning":
+                self.messages.append(message)
+
+    data = tiny_demo.data
+    spec = parse_job_spec(
+        {
+            "model": str(tiny_demo.target),
+            "forget": str(data["forget10"]),
+            "retain": str(data["retain90"]),
+            "hyperparameters": {"match_holdout": True},
+            "evaluation": {"utility": [str(data["world_facts"])]},
+            "target": {"max_epochs": 1},
+        }
+    )
+    inputs = JobInputs(
+        model=str(tiny_demo.target),
+        forget=data["forget10"],
+        retain=data["retain90"],
+        utility={"world_facts": data["world_facts"]},
+    )
+    warnings = Warnings()
+    run_job(spec, inputs, tmp_path / "job", reporter=warnings)
+    assert any("match_holdout needs a holdout set" in m for m in warnings.messages)
+
+
 def test_a_resumed_run_takes_up_the_ceilings_of_its_point(tiny_demo, tiny_data, tmp_path):
     """The ceilings are part of what a resumed run needs (the monitor keeps them in its
     state): resumed from the first epoch's point with that point's ceilings, a run ends

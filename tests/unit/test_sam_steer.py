@@ -1,0 +1,206 @@
+"""Steering the sharpness-aware radius (``hyperparameters.sam_steer``): the rule against
+values worked out by hand, the training loop's use of the radius it is given (as if the
+job had set it), a resumed run taking up its point's radius, and a job on the tiny demo
+whose points record the radius each trained with and whose events say every change."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.data.encoding import encode_record_set
+from core.data.records import read_records
+from core.errors import InvalidRequest
+from core.evaluation.verdict import relearning_check
+from core.methods import get_method
+from core.spec import DEFAULT_PROMPT_TEMPLATE, parse_job_spec
+from core.training.loop import Callbacks, run_training
+from core.training.state import TrainingState
+from core.verification import steer_sam_rho
+
+FAILED = relearning_check(0.32, 0.2)  # 1.6x the holdout's: fails (limit 1.5x)
+PASSED = relearning_check(0.24, 0.2)  # 1.2x
+
+
+@pytest.mark.parametrize(
+    "rho, utility, relearning, expected",
+    [
+        (0.3, 0.97, FAILED, 0.4),  # 0.3 * 4/3
+        (0.4, 0.97, FAILED, 0.533333),  # 0.4 * 4/3, rounded to 6 places
+        (0.5, 0.97, FAILED, 0.6),  # capped at 2 x 0.3
+        (0.6, 0.97, FAILED, 0.6),  # at the cap: no change
+        (0.4, 0.955, FAILED, 0.3),  # 0.955 < 0.95 + 0.01: utility first, 0.4 * 3/4
+        (0.4, 0.90, None, 0.3),  # below the floor (no relearning check ran)
+        (0.18, 0.90, None, 0.15),  # 0.18 * 3/4 = 0.135, floored at 0.5 x 0.3
+        (0.3, 0.965, FAILED, 0.4),  # above floor + margin: not "near"
+        (0.3, 0.97, PASSED, 0.3),
+        (0.3, None, None, 0.3),
+    ],
+)
+def test_the_radius_moves_by_the_rule(rho, utility, relearning, expected):
+    after, why = steer_sam_rho(
+        rho, 0.3, utility_ratio=utility, utility_floor=0.95, relearning=relearning
+    )
+    assert after == pytest.approx(expected, abs=1e-6)
+    assert (why is None) == (after == rho)
+
+
+def test_steering_needs_a_target_and_starts_at_0_3_unless_told():
+    spec = {
+        "model": "demo-target",
+        "forget": "ds_demo_forget10",
+        "retain": "ds_demo_retain90",
+        "method": "simnpo",
+        "hyperparameters": {"sam_steer": True},
+    }
+    assert parse_job_spec(spec).method_hyperparameters().sam_rho == 0.3
+    told = {**spec, "hyperparameters": {"sam_steer": True, "sam_rho": 0.5}}
+    assert parse_job_spec(told).method_hyperparameters().sam_rho == 0.5
+    with pytest.raises(InvalidRequest) as refused:
+        parse_job_spec({**spec, "target": None})
+    assert refused.value.param == "hyperparameters.sam_steer"
+    with pytest.raises(InvalidRequest) as refused:
+        parse_job_spec({**spec, "resources": {"strategy": "fsdp"}})
+    assert refused.value.code == "unsupported_strategy"
+
+
+@pytest.fixture(scope="module")
+def tiny_forget(tiny_demo):
+    from core.models.loading import load_model
+
+    _, tokenizer = load_model(str(tiny_demo.target))
+    forget = encode_record_set(
+        tokenizer,
+        read_records(tiny_demo.data["forget10"]),
+        max_length=64,
+        template=DEFAULT_PROMPT_TEMPLATE,
+    )
+    return tokenizer, forget
+
+
+def _train(tiny_demo, tiny_forget, sam_rho, radius=None, *, epochs=2, resume=None, saved=None):
+    """Gradient ascent with sharpness-aware steps on the tiny demo's forget10;
+    ``radius(points_so_far)`` is the monitor's answer to ``Callbacks.sam_rho``."""
+    from core.models.loading import load_model
+
+    tokenizer, forget = tiny_forget
+    model, _ = load_model(str(tiny_demo.target), dtype="fp32")
+    hparams = get_method("ga").parse_hyperparameters(
+        {
+            "learning_rate": 1e-3,
+            "epochs": epochs,
+            "batch_size": 4,
+            "gradient_accumulation_steps": 1,
+            "precision": "fp32",
+            "sam_rho": sam_rho,
+        }
+    )
+    points = [] if resume is None else [None]
+
+    def on_evaluation(point):
+        if saved is not None and not points:
+            point.capture_state().save(saved)
+        points.append(point.step)
+        return False
+
+    result = run_training(
+        model,
+        tokenizer,
+        forget,
+        None,
+        get_method("ga"),
+        hparams,
+        seed=3,
+        callbacks=Callbacks(
+            on_evaluation=on_evaluation,
+            sam_rho=None if radius is None else lambda: radius(len(points)),
+        ),
+        resume=resume,
+    )
+    return {n: p.detach().clone() for n, p in result.model.named_parameters()}
+
+
+def _same(a, b) -> bool:
+    return all(a[name].equal(value) for name, value in b.items())
+
+
+def test_the_loop_trains_with_the_radius_it_is_given(tiny_demo, tiny_forget):
+    as_set = _train(tiny_demo, tiny_forget, 0.2)
+    assert _same(_train(tiny_demo, tiny_forget, 0.05, lambda _: 0.2), as_set)
+    assert _same(_train(tiny_demo, tiny_forget, 0.2, lambda _: None), as_set)
+    # The second epoch's steps take the radius the first epoch's point left.
+    steered = _train(tiny_demo, tiny_forget, 0.05, lambda points: 0.05 if points == 0 else 0.2)
+    assert not _same(steered, as_set)
+    assert not _same(steered, _train(tiny_demo, tiny_forget, 0.05))
+
+
+def test_a_resumed_run_takes_up_the_radius_of_its_point(tiny_demo, tiny_forget, tmp_path):
+    """The radius lives in the monitor's saved state: resumed at the first epoch's point
+    with that point's radius, a run ends with the uninterrupted run's weights."""
+
+    def radius(points):
+        return [0.05, 0.2, 0.1, 0.1][points]  # also asked after the last point
+
+    whole = _train(tiny_demo, tiny_forget, 0.05, radius, epochs=3, saved=tmp_path / "state")
+    state = TrainingState.load(tmp_path / "state")
+    resumed = _train(tiny_demo, tiny_forget, 0.05, radius, epochs=3, resume=state)
+    for name, value in whole.items():
+        torch.testing.assert_close(resumed[name], value, rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_a_steered_job_records_its_radius_at_every_point(tiny_demo, tmp_path):
+    """The tiny demo at a hand-set rate fast enough to reach verdict probes: each point
+    records the radius its steps took, each verdict probe moves it by the rule (checked
+    above), and every change is an event."""
+    from core.evaluation.verdict import Check
+    from core.pipeline import JobInputs, NullReporter, run_job
+
+    class Events(NullReporter):
+        def __init__(self):
+            self.steered = []
+
+        def event(self, kind, message, **data):
+            if kind == "steer":
+                self.steered.append(data["sam_rho"])
+
+    data = tiny_demo.data
+    spec = parse_job_spec(
+        {
+            "model": str(tiny_demo.target),
+            "forget": str(data["forget10"]),
+            "retain": str(data["retain90"]),
+            "hyperparameters": {"learning_rate": 0.01, "sam_rho": 0.3, "sam_steer": True},
+            "evaluation": {"holdout": str(data["holdout"]), "utility": [str(data["world_facts"])]},
+            "target": {"utility_floor": 0.5, "max_epochs": 10},
+        }
+    )
+    inputs = JobInputs(
+        model=str(tiny_demo.target),
+        forget=data["forget10"],
+        retain=data["retain90"],
+        holdout=data["holdout"],
+        utility={"world_facts": data["world_facts"]},
+    )
+    events = Events()
+    points = run_job(spec, inputs, tmp_path / "job", reporter=events).report["trajectory"]
+    radii = [point["metrics"]["sam_rho"] for point in points]
+    assert radii[0] == 0.3
+    expected, changes = [0.3], []
+    for point in points:
+        figures = point["metrics"]
+        if figures["measured_by"] != "verdict probe":
+            expected.append(expected[-1])
+            continue
+        checks = {c["name"]: Check(**c) for c in point["verdict"]["checks"]}
+        after, why = steer_sam_rho(
+            expected[-1],
+            0.3,
+            utility_ratio=figures.get("utility_ratio"),
+            utility_floor=0.5,
+            relearning=checks.get("relearning"),
+        )
+        expected.append(after)
+        if why:
+            changes.append(after)
+    assert radii == expected[: len(radii)]
+    assert changes and events.steered == changes
