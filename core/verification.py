@@ -70,13 +70,13 @@ UTILITY_QUICK_SAMPLES = 32
 #: 0.93x at points that 128 records (and the full sets) put at 1.01-1.06x, and the
 #: 0.95x floor turned every one of them down
 UTILITY_CONFIRM_BAND = 0.1
-#: ``sam_steer``: a verdict probe's utility this close above the floor (or below it)
-#: lowers the radius; a failed relearning check raises it, by this factor each time,
-#: within ``SAM_STEER_RANGE`` times the job's ``sam_rho``. Measured on the 30-author
-#: benchmark: 0.3 left one seed's relearning check at 1.6x, 0.4-0.5 another's utility
-#: at 0.946-0.948x (docs/minitofu.md)
-SAM_STEER_MARGIN = 0.01
-SAM_STEER_FACTOR = 4 / 3
+#: ``sam_steer``: a verdict probe whose utility check fails lowers the radius, one whose
+#: relearning check fails raises it, by this factor each time, within
+#: ``SAM_STEER_RANGE`` times the job's ``sam_rho``; a move brings the next verdict probe
+#: to the next point. Measured on the 30-author benchmark: 0.3 left one seed's
+#: relearning check at 1.6x, 0.4-0.5 another's utility at 0.946-0.948x; steps of 4/3 at
+#: backed-off probes reached 0.53 too late for the first (1.62x -> 1.52x) (docs/minitofu.md)
+SAM_STEER_FACTOR = 1.5
 SAM_STEER_RANGE = (0.5, 2.0)
 
 
@@ -180,11 +180,13 @@ class TargetMonitor:
             # The probe's fresh figures win over the light ones of the same name.
             figures = {**light, **{k: v for k, v in figures.items() if v is not None}}
             figures["measured_by"] = "verdict probe"
-            self._steer(verdict, figures, point.step)
+            steered = self._steer(verdict, figures, point.step)
             self.state.verdict_probes += 1
             if verdict.status == "forgotten":
                 self.state.backoff = 1
             else:
+                if steered:  # the training changes: see what it does from the next point
+                    self.state.backoff = 1
                 self.state.next_verdict = index + self.state.backoff
                 self.state.backoff = min(self.state.backoff * 2, MAX_BACKOFF)
         else:
@@ -281,9 +283,10 @@ class TargetMonitor:
         keep the job's."""
         return self.state.sam_rho if self.sam_steer else None
 
-    def _steer(self, verdict: Verdict, figures: dict[str, Any], step: int) -> None:
+    def _steer(self, verdict: Verdict, figures: dict[str, Any], step: int) -> bool:
+        """Whether the radius moved."""
         if not self.sam_steer:
-            return
+            return False
         before = self.state.sam_rho
         after, why = steer_sam_rho(
             before,
@@ -300,6 +303,7 @@ class TargetMonitor:
                 step=step,
                 sam_rho=after,
             )
+        return after != before
 
     def _wait_reason(self, light: dict[str, Any], index: int) -> str | None:
         """Why this point gets no verdict probe, or None to take one."""
@@ -480,16 +484,13 @@ def steer_sam_rho(
 ) -> tuple[float, str | None]:
     """The sharpness-aware radius after a verdict probe, and why it moved. A larger
     radius flattens the forgotten state faster (a relearning attack climbs back less) and
-    costs utility; so utility near the floor lowers it before a failed relearning check
-    may raise it, each by ``SAM_STEER_FACTOR``, within ``SAM_STEER_RANGE`` x ``base``."""
+    costs utility; so a failed utility check lowers it (the relearning check then did not
+    run), a failed relearning check raises it, each by ``SAM_STEER_FACTOR``, within
+    ``SAM_STEER_RANGE`` x ``base``."""
     low, high = (base * bound for bound in SAM_STEER_RANGE)
-    if utility_ratio is not None and utility_ratio < utility_floor + SAM_STEER_MARGIN:
+    if utility_ratio is not None and utility_ratio < utility_floor:
         after = max(rho / SAM_STEER_FACTOR, low)
-        why = (
-            f"utility {utility_ratio:.3g}x, below the floor {utility_floor:g}x"
-            if utility_ratio < utility_floor
-            else f"utility {utility_ratio:.3g}x, within {SAM_STEER_MARGIN:g} of the floor"
-        )
+        why = f"utility {utility_ratio:.3g}x, below the floor {utility_floor:g}x"
     elif relearning is not None and relearning.passed is False:
         after = min(rho * SAM_STEER_FACTOR, high)
         why = f"the relearning check failed ({relearning.value:.3g}x the holdout's)"

@@ -25,14 +25,13 @@ PASSED = relearning_check(0.24, 0.2)  # 1.2x
 @pytest.mark.parametrize(
     "rho, utility, relearning, expected",
     [
-        (0.3, 0.97, FAILED, 0.4),  # 0.3 * 4/3
-        (0.4, 0.97, FAILED, 0.533333),  # 0.4 * 4/3, rounded to 6 places
-        (0.5, 0.97, FAILED, 0.6),  # capped at 2 x 0.3
+        (0.3, 0.97, FAILED, 0.45),  # 0.3 * 1.5
+        (0.4, 0.97, FAILED, 0.6),  # 0.4 * 1.5
+        (0.5, 0.97, FAILED, 0.6),  # 0.75, capped at 2 x 0.3
         (0.6, 0.97, FAILED, 0.6),  # at the cap: no change
-        (0.4, 0.955, FAILED, 0.3),  # 0.955 < 0.95 + 0.01: utility first, 0.4 * 3/4
-        (0.4, 0.90, None, 0.3),  # below the floor (no relearning check ran)
-        (0.18, 0.90, None, 0.15),  # 0.18 * 3/4 = 0.135, floored at 0.5 x 0.3
-        (0.3, 0.965, FAILED, 0.4),  # above floor + margin: not "near"
+        (0.4, 0.955, FAILED, 0.6),  # near the floor, above it: relearning decides
+        (0.4, 0.949, None, 0.266667),  # below the floor (no relearning check ran): 0.4 / 1.5
+        (0.2, 0.90, None, 0.15),  # 0.2 / 1.5 = 0.133, floored at 0.5 x 0.3
         (0.3, 0.97, PASSED, 0.3),
         (0.3, None, None, 0.3),
     ],
@@ -151,7 +150,7 @@ def test_a_resumed_run_takes_up_the_radius_of_its_point(tiny_demo, tiny_forget, 
 def test_a_steered_job_records_its_radius_at_every_point(tiny_demo, tmp_path):
     """The tiny demo at a hand-set rate fast enough to reach verdict probes: each point
     records the radius its steps took, each verdict probe moves it by the rule (checked
-    above), and every change is an event."""
+    above), a move is followed by a verdict probe, and every change is an event."""
     from core.evaluation.verdict import Check
     from core.pipeline import JobInputs, NullReporter, run_job
 
@@ -185,9 +184,12 @@ def test_a_steered_job_records_its_radius_at_every_point(tiny_demo, tmp_path):
     points = run_job(spec, inputs, tmp_path / "job", reporter=events).report["trajectory"]
     radii = [point["metrics"]["sam_rho"] for point in points]
     assert radii[0] == 0.3
-    expected, changes = [0.3], []
+    expected, changes, probe_next = [0.3], [], False
     for point in points:
         figures = point["metrics"]
+        # a move that did not meet the target brings the next verdict probe forward
+        assert not probe_next or figures["measured_by"] == "verdict probe"
+        probe_next = False
         if figures["measured_by"] != "verdict probe":
             expected.append(expected[-1])
             continue
@@ -202,5 +204,6 @@ def test_a_steered_job_records_its_radius_at_every_point(tiny_demo, tmp_path):
         expected.append(after)
         if why:
             changes.append(after)
+            probe_next = point["verdict"]["status"] != "forgotten"
     assert radii == expected[: len(radii)]
     assert changes and events.steered == changes
