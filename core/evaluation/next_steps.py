@@ -157,19 +157,22 @@ def _sharpness(
             "what would settle it.",
             {},
         )
-    if not hparams.get("sam_rho") and continue_id:
+    if continue_id and not hparams.get("sam_steer"):
+        radius = hparams.get("sam_rho") or SAM_RHO
         return _step(
             "relearning",
             "The forget answers look unseen, but a short fine-tune brings them back: "
-            f"continue this job with sharpness-aware updates (sam_rho {SAM_RHO:g}) for up "
-            f"to {CONTINUE_EPOCHS} more epochs. On the thirty-author GPT-2 benchmark that "
-            "took the relearning figure from 1.6x to 1.0-1.3x of what the same attack does "
-            "to a retrained model, and met the target on one seed of two; on the other the "
-            "answers sank too far below unseen data (docs/minitofu.md). Not under fsdp or "
-            "deepspeed.",
+            f"continue this job for up to {CONTINUE_EPOCHS} more epochs with sharpness-aware "
+            f"updates whose radius the evaluation points steer (sam_steer, from sam_rho "
+            f"{radius:g}: raised while the relearning check fails, lowered if utility falls "
+            "below the floor). On the thirty-author GPT-2 benchmark, after first jobs that "
+            "held the forget answers at unseen data's likelihood (match_holdout), that met "
+            "the target on two seeds of three (relearning 1.2-1.4x what the same attack does "
+            "to a retrained model, utility 0.958-0.965x), where a fixed sam_rho 0.3 left one "
+            "of them at 1.6x (docs/minitofu.md). Not under fsdp or deepspeed.",
             {
                 "continue_from": continue_id,
-                "hyperparameters": {"sam_rho": SAM_RHO},
+                "hyperparameters": {"sam_rho": radius, "sam_steer": True},
                 "target": {"max_epochs": budget + CONTINUE_EPOCHS},
             },
         )

@@ -105,7 +105,7 @@ def test_a_relearning_failure_the_oracle_shares_asks_for_a_larger_holdout():
     (step,) = next_steps(out)
     assert step["spec"] == {} and "1.2x" in step["text"] and "larger holdout" in step["text"]
     out["relearn"] = {"unseen_probability_vs_oracle": 1.9}  # beyond it: forget harder
-    assert next_steps(out)[0]["spec"]["hyperparameters"] == {"sam_rho": 0.3}
+    assert next_steps(out)[0]["spec"]["hyperparameters"] == {"sam_rho": 0.3, "sam_steer": True}
 
 
 def test_a_service_job_that_only_relearns_is_continued_with_sharpness_aware_epochs():
@@ -117,16 +117,25 @@ def test_a_service_job_that_only_relearns_is_continued_with_sharpness_aware_epoc
     assert step["reason"] == "relearning" and "continue this job" in step["text"]
     assert step["spec"] == {
         "continue_from": "job-1",
-        "hyperparameters": {"sam_rho": 0.3},
+        "hyperparameters": {"sam_rho": 0.3, "sam_steer": True},
         "target": {"max_epochs": 30},
     }
+    # a job that had a fixed radius is continued with it steered
+    out["job"]["hyperparameters"]["sam_rho"] = 0.5
+    (step,) = next_steps(out)
+    assert step["spec"]["hyperparameters"] == {"sam_rho": 0.5, "sam_steer": True}
+    out["job"]["hyperparameters"]["sam_steer"] = True  # steered already: not again
+    assert next_steps(out)[0]["spec"].get("continue_from") is None
 
 
-def test_sharpness_already_on_asks_for_its_budget_then_nothing():
+def test_sharpness_already_on_is_steered_then_given_its_budget_then_nothing():
     checks = [knowledge_check(ALIKE, ALIKE, 0.2), calibrated(), relearning_check(0.5, 0.1)]
     (step,) = next_steps(job_report(checks, hyperparameters={"sam_rho": 0.3}))
+    assert step["spec"]["hyperparameters"] == {"sam_rho": 0.3, "sam_steer": True}
+    steered = {"sam_rho": 0.3, "sam_steer": True}
+    (step,) = next_steps(job_report(checks, hyperparameters=steered))
     assert step["spec"] == {"target": {"max_epochs": 40}}
-    at_budget = job_report(checks, hyperparameters={"sam_rho": 0.3})
+    at_budget = job_report(checks, hyperparameters=steered)
     at_budget["job"]["target"]["max_epochs"] = 40
     assert next_steps(at_budget)[0]["spec"] == {}
 
