@@ -11,11 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from core.data.encoding import encode_record_set
-from core.data.records import read_records
 from core.errors import InvalidRequest
 from core.methods import get_method
-from core.spec import DEFAULT_PROMPT_TEMPLATE, parse_job_spec
+from core.spec import parse_job_spec
 from core.training.loop import Callbacks, run_training
 from core.training.state import TrainingState
 from core.verification import matched_ceilings
@@ -43,16 +41,8 @@ def test_no_holdout_measurement_gives_no_ceilings():
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tiny_demo):
-    from core.models.loading import load_model
-
-    _, tokenizer = load_model(str(tiny_demo.target))
-    forget = encode_record_set(
-        tokenizer,
-        read_records(tiny_demo.data["forget10"]),
-        max_length=64,
-        template=DEFAULT_PROMPT_TEMPLATE,
-    )
+def tiny_data(tiny_encoded):
+    tokenizer, forget, _ = tiny_encoded
     return tokenizer, forget
 
 

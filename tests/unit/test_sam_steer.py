@@ -8,12 +8,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.data.encoding import encode_record_set
-from core.data.records import read_records
 from core.errors import InvalidRequest
 from core.evaluation.verdict import relearning_check
 from core.methods import get_method
-from core.spec import DEFAULT_PROMPT_TEMPLATE, parse_job_spec
+from core.spec import parse_job_spec
 from core.training.loop import Callbacks, run_training
 from core.training.state import TrainingState
 from core.verification import steer_sam_rho
@@ -64,16 +62,8 @@ def test_steering_needs_a_target_and_starts_at_0_3_unless_told():
 
 
 @pytest.fixture(scope="module")
-def tiny_forget(tiny_demo):
-    from core.models.loading import load_model
-
-    _, tokenizer = load_model(str(tiny_demo.target))
-    forget = encode_record_set(
-        tokenizer,
-        read_records(tiny_demo.data["forget10"]),
-        max_length=64,
-        template=DEFAULT_PROMPT_TEMPLATE,
-    )
+def tiny_forget(tiny_encoded):
+    tokenizer, forget, _ = tiny_encoded
     return tokenizer, forget
 
 

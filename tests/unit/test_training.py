@@ -9,8 +9,7 @@ import json
 import pytest
 import torch
 
-from core.data.encoding import IGNORE_INDEX, collate, encode_qa, encode_record_set
-from core.data.records import read_records
+from core.data.encoding import IGNORE_INDEX, collate, encode_qa
 from core.errors import Cancelled, NonFiniteLoss
 from core.methods import get_method
 from core.models.scoring import sequence_nll
@@ -20,23 +19,8 @@ from tests.fixtures.models import random_llama
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tiny_demo):
-    from core.models.loading import load_model
-
-    _, tokenizer = load_model(str(tiny_demo.target))
-    forget = encode_record_set(
-        tokenizer,
-        read_records(tiny_demo.data["forget10"]),
-        max_length=64,
-        template=DEFAULT_PROMPT_TEMPLATE,
-    )
-    retain = encode_record_set(
-        tokenizer,
-        read_records(tiny_demo.data["retain90"]),
-        max_length=64,
-        template=DEFAULT_PROMPT_TEMPLATE,
-    )
-    return tokenizer, forget, retain
+def tiny_data(tiny_encoded):
+    return tiny_encoded
 
 
 def _params(model):

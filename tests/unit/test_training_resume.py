@@ -6,30 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.data.encoding import encode_record_set
-from core.data.records import read_records
 from core.errors import Paused
 from core.methods import get_method
-from core.spec import DEFAULT_PROMPT_TEMPLATE, LoraSpec
+from core.spec import LoraSpec
 from core.training.loop import Callbacks, run_training
 from core.training.state import TrainingState
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tiny_demo):
-    from core.models.loading import load_model
-
-    _, tokenizer = load_model(str(tiny_demo.target))
-
-    def encode(name):
-        return encode_record_set(
-            tokenizer,
-            read_records(tiny_demo.data[name]),
-            max_length=64,
-            template=DEFAULT_PROMPT_TEMPLATE,
-        )
-
-    return tokenizer, encode("forget10"), encode("retain90")
+def tiny_data(tiny_encoded):
+    return tiny_encoded
 
 
 def _weights(model):
