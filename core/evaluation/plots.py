@@ -165,7 +165,8 @@ def plot_trajectory(
 ) -> bool:
     """The evaluation points of training (``report["trajectory"]``): forget against
     holdout likelihood with the knowledge p-value above, utility against its floor
-    below; points whose verdict said forgotten are shaded, the published one marked."""
+    below (with the sharpness-aware radius where ``sam_steer`` steered it); points whose
+    verdict said forgotten are shaded, the published one marked."""
     points = [p for p in points if isinstance(p, dict) and p.get("step") is not None]
     if not points:
         return False
@@ -210,6 +211,15 @@ def plot_trajectory(
     bottom.set_ylabel("utility kept")
     bottom.set_xlabel("optimizer step")
     bottom.legend(loc="lower left", fontsize=8)
+    radius = series("sam_rho")  # under sam_steer: each point's, for the steps before it
+    if any(math.isfinite(v) for v in radius):
+        twin = bottom.twinx()
+        twin.step(
+            steps, radius, where="pre", color="#8250df", label="sharpness-aware radius (sam_rho)"
+        )
+        twin.set_ylabel("sam_rho (steered)")
+        twin.set_ylim(0, 1.25 * max(v for v in radius if math.isfinite(v)))
+        twin.legend(loc="lower right", fontsize=8)
     forgotten = [p["step"] for p in points if (p.get("verdict") or {}).get("status") == "forgotten"]
     for axis in (top, bottom):
         axis.grid(alpha=0.3)

@@ -171,7 +171,8 @@ def test_a_steered_job_records_its_radius_at_every_point(tiny_demo, tmp_path):
         utility={"world_facts": data["world_facts"]},
     )
     events = Events()
-    points = run_job(spec, inputs, tmp_path / "job", reporter=events).report["trajectory"]
+    outcome = run_job(spec, inputs, tmp_path / "job", reporter=events)
+    points = outcome.report["trajectory"]
     radii = [point["metrics"]["sam_rho"] for point in points]
     assert radii[0] == 0.3
     expected, changes, probe_next = [0.3], [], False
@@ -197,3 +198,7 @@ def test_a_steered_job_records_its_radius_at_every_point(tiny_demo, tmp_path):
             probe_next = point["verdict"]["status"] != "forgotten"
     assert radii == expected[: len(radii)]
     assert changes and events.steered == changes
+    # the report's trajectory figure shows the radius, and its caption says so
+    assert (
+        "radius the evaluation points steered" in (outcome.report_dir / "report.html").read_text()
+    )
