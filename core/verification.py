@@ -295,15 +295,16 @@ class TargetMonitor:
             utility_floor=self.target.utility_floor,
             relearning=verdict.check("relearning"),
         )
-        if after != before:
-            self.state.sam_rho = after
-            self.reporter.event(
-                "steer",
-                f"sam_rho {before:.3g} -> {after:.3g} from step {step}: {why}",
-                step=step,
-                sam_rho=after,
-            )
-        return after != before
+        if why is None:
+            return False
+        self.state.sam_rho = after
+        self.reporter.event(
+            "steer",
+            f"sam_rho {before:.3g} -> {after:.3g} from step {step}: {why}",
+            step=step,
+            sam_rho=after,
+        )
+        return True
 
     def _wait_reason(self, light: dict[str, Any], index: int) -> str | None:
         """Why this point gets no verdict probe, or None to take one."""

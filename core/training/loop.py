@@ -105,8 +105,9 @@ class Callbacks:
     #: NLL from which its answer is no longer pushed (None for one not measured yet), or
     #: None to push every answer
     forget_ceilings: Callable[[], list[float | None] | None] | None = None
-    #: asked at the same times, under ``hyperparameters.sam_steer``: the sharpness-aware
-    #: radius for the steps up to the next point, or None for ``hyperparameters.sam_rho``
+    #: asked at the same times (also under ``hyperparameters.sam_steer``): the
+    #: sharpness-aware radius for the steps up to the next point, or None for
+    #: ``hyperparameters.sam_rho``
     sam_rho: Callable[[], float | None] | None = None
 
     def event(self, kind: str, message: str, **data) -> None:
@@ -468,7 +469,11 @@ def run_training(
             first_epoch, first_block = resume.epoch, resume.block_start
             result.history = [StepMetrics(**h) for h in resume.history]
         matching = bool(getattr(hparams, "match_holdout", False))
-        ceilings, rho = _fetch_controls(callbacks, world, matching, hparams.sam_rho)
+        # What the monitor steers, asked (and broadcast) only where the job asks for it.
+        steered = matching or bool(getattr(hparams, "sam_steer", False))
+        ceilings, rho = None, hparams.sam_rho
+        if steered:
+            ceilings, rho = _fetch_controls(callbacks, world, matching, hparams.sam_rho)
         started = time.monotonic() - elapsed_before
         callbacks.event(
             "phase",
@@ -738,7 +743,7 @@ def run_training(
                 if due and distributed.rank0_decides(lambda s=stop: s, world):
                     result.stopped_early = step < total_steps
                     break
-                if due:
+                if due and steered:
                     ceilings, rho = _fetch_controls(callbacks, world, matching, hparams.sam_rho)
             if result.stopped_early or step >= total_steps:
                 break

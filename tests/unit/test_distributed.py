@@ -233,7 +233,7 @@ def _rank_main(rank: int, world: int, port: int, out_dir: str) -> None:
     results["steered"] = _train(
         "simnpo",
         False,
-        {"sam_rho": 0.05},
+        {"sam_rho": 0.05, "sam_steer": True},
         4,
         1,
         callbacks=Callbacks(sam_rho=(lambda: 0.2) if rank == 0 else None),

@@ -82,6 +82,7 @@ def _train(tiny_demo, tiny_forget, sam_rho, radius=None, *, epochs=2, resume=Non
             "gradient_accumulation_steps": 1,
             "precision": "fp32",
             "sam_rho": sam_rho,
+            "sam_steer": radius is not None,
         }
     )
     points = [] if resume is None else [None]
