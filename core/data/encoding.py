@@ -59,20 +59,36 @@ def _bos(tokenizer) -> list[int]:
 
 
 def encode_prompt(tokenizer, question: str, template: str) -> list[int]:
-    text = render_prompt(tokenizer, question, template)
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if getattr(tokenizer, "chat_template", None):
-        return ids  # chat templates carry their own BOS
-    return _bos(tokenizer) + ids
+    return _prompt_ids(
+        tokenizer, _tokenize(tokenizer, [render_prompt(tokenizer, question, template)])[0]
+    )
 
 
 def encode_answer(tokenizer, answer: str) -> list[int]:
+    return _answer_ids(tokenizer, _tokenize(tokenizer, [_answer_text(tokenizer, answer)])[0])
+
+
+def _tokenize(tokenizer, texts: list[str]) -> list[list[int]]:
+    # One call for many texts: a fast tokenizer encodes the batch in Rust, while the
+    # Python side of each call costs about as much as the encoding of a short answer.
+    return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+
+
+def _prompt_ids(tokenizer, ids: list[int]) -> list[int]:
+    if getattr(tokenizer, "chat_template", None):
+        return list(ids)  # chat templates carry their own BOS
+    return _bos(tokenizer) + list(ids)
+
+
+def _answer_text(tokenizer, answer: str) -> str:
     # A leading space keeps BPE/sentencepiece word boundaries as in running text; the
     # chat-template case starts the answer on a fresh turn, so no space there.
-    text = answer.strip() if getattr(tokenizer, "chat_template", None) else " " + answer.strip()
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return answer.strip() if getattr(tokenizer, "chat_template", None) else " " + answer.strip()
+
+
+def _answer_ids(tokenizer, ids: list[int]) -> list[int]:
     eos = tokenizer.eos_token_id
-    return ids + ([eos] if eos is not None else [])
+    return list(ids) + ([eos] if eos is not None else [])
 
 
 def encode_qa(
@@ -85,8 +101,52 @@ def encode_qa(
     record_index: int = 0,
     where: tuple[str | None, int | None, str] = (None, None, "answer"),
 ) -> EncodedExample:
-    prompt_ids = encode_prompt(tokenizer, question, template)
-    answer_ids = encode_answer(tokenizer, answer)
+    return _joined(
+        encode_prompt(tokenizer, question, template),
+        encode_answer(tokenizer, answer),
+        max_length=max_length,
+        record_index=record_index,
+        where=where,
+    )
+
+
+def encode_qa_many(
+    tokenizer,
+    pairs: Sequence[tuple[str, str, int]],
+    *,
+    max_length: int,
+    template: str,
+) -> list[EncodedExample]:
+    """``encode_qa`` of every ``(question, answer, record_index)``, the same sequences,
+    with each distinct prompt tokenized once and all texts in two tokenizer calls: an
+    evaluation probe scores seven answers per question (truth ratios) at every point."""
+    questions = list(dict.fromkeys(question for question, _, _ in pairs))
+    prompts = dict(
+        zip(
+            questions,
+            _tokenize(tokenizer, [render_prompt(tokenizer, q, template) for q in questions]),
+        )
+    )
+    answers = _tokenize(tokenizer, [_answer_text(tokenizer, a) for _, a, _ in pairs])
+    return [
+        _joined(
+            _prompt_ids(tokenizer, prompts[question]),
+            _answer_ids(tokenizer, answer_ids),
+            max_length=max_length,
+            record_index=index,
+        )
+        for (question, _, index), answer_ids in zip(pairs, answers)
+    ]
+
+
+def _joined(
+    prompt_ids: list[int],
+    answer_ids: list[int],
+    *,
+    max_length: int,
+    record_index: int,
+    where: tuple[str | None, int | None, str] = (None, None, "answer"),
+) -> EncodedExample:
     room = max_length - len(prompt_ids)
     if room <= 0:
         file, line, _ = where

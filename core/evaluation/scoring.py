@@ -16,7 +16,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from core.data.encoding import EncodedExample, collate, collate_prompts, encode_qa, encode_text
+from core.data.encoding import (
+    EncodedExample,
+    collate,
+    collate_prompts,
+    encode_qa_many,
+    encode_text,
+)
 from core.data.records import Record
 from core.evaluation import metrics
 from core.models.scoring import sequence_nll, token_logprobs
@@ -219,22 +225,13 @@ def score_qa_records(
     ``knowmem_max_new_tokens`` (MUSE KnowMem; a greedy continuation's prefix is the
     shorter greedy continuation, so one generation serves both).
     """
-    examples: list[EncodedExample] = []
+    pairs = []
     for i, record in enumerate(records):
         answers = [record.answer]
         if truth_ratio:
             answers += [record.paraphrased_answer, *record.perturbed_answers]
-        for answer in answers:
-            examples.append(
-                encode_qa(
-                    tokenizer,
-                    record.prompt or "",
-                    answer,
-                    max_length=max_length,
-                    template=template,
-                    record_index=i,
-                )
-            )
+        pairs.extend((record.prompt or "", answer, i) for answer in answers)
+    examples = encode_qa_many(tokenizer, pairs, max_length=max_length, template=template)
     # The record's own answer is the first sequence of each record's group.
     group_start = np.cumsum(
         [0] + [1 + (1 + len(r.perturbed_answers) if truth_ratio else 0) for r in records]

@@ -14,6 +14,7 @@ import pytest
 from core.data.encoding import (
     IGNORE_INDEX,
     encode_qa,
+    encode_qa_many,
     encode_record_set,
     encode_text,
     render_prompt,
@@ -273,3 +274,29 @@ def test_prompts_use_the_chat_template_when_the_tokenizer_has_one(word_tokenizer
     example = encode_qa(tokenizer, "Who?", "Me.", max_length=32, template=TEMPLATE)
     # The template brings its own BOS: no second one is added.
     assert example.input_ids.count(tokenizer.bos_token_id) == 1
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_encoding_many_pairs_at_once_gives_each_pairs_own_encoding(word_tokenizer, chat):
+    # The probes' batched encoding (one tokenizer call per kind of text, each prompt
+    # once) must be the one-at-a-time encoding, truncation and record indices included.
+    tokenizer = copy.deepcopy(word_tokenizer)
+    if chat:
+        tokenizer.chat_template = "{% for m in messages %}<s> {{ m['content'] }} </s>{% endfor %}"
+    pairs = [
+        ("Where was he born?", "In the city of the lantern.", 0),
+        ("Where was he born?", "  In the city.  ", 0),
+        ("Who?", "Me.", 1),
+        ("Who?", "the city " * 12, 2),  # cut to max_length
+    ]
+    many = encode_qa_many(tokenizer, pairs, max_length=16, template=TEMPLATE)
+    assert many == [
+        encode_qa(tokenizer, q, a, max_length=16, template=TEMPLATE, record_index=i)
+        for q, a, i in pairs
+    ]
+    assert len(many[3].input_ids) == 16 and [e.record_index for e in many] == [0, 0, 1, 2]
+    with pytest.raises(DataValidationError) as error:
+        encode_qa_many(
+            tokenizer, [("Where was he born? " * 10, "Here.", 0)], max_length=16, template=TEMPLATE
+        )
+    assert error.value.code == "answer_truncated"
