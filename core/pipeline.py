@@ -294,6 +294,13 @@ def _run_unlearning(spec, inputs, workdir, reporter, lookup, settings, resume) -
         else None
     )
 
+    focus = None
+    train_forget = forget_examples
+    if getattr(hparams, "forget_tokens", "answer") == "facts":
+        focus, train_forget = _fact_focus(
+            tokenizer, forget_set, retain_set, holdout_set, forget_examples, reporter
+        )
+
     training_state = TrainingState.load(run.state_dir) if resume else None
     monitor = None
     if target is not None and main:
@@ -314,6 +321,7 @@ def _run_unlearning(spec, inputs, workdir, reporter, lookup, settings, resume) -
             run,
             reporter,
             training_state,
+            focus,
         )
 
     reporter.event(
@@ -328,7 +336,7 @@ def _run_unlearning(spec, inputs, workdir, reporter, lookup, settings, resume) -
         result = run_training(
             model,
             tokenizer,
-            forget_examples,
+            train_forget,
             retain_examples,
             method,
             hparams,
@@ -495,6 +503,7 @@ def _make_monitor(
     run,
     reporter,
     training_state,
+    focus=None,
 ):
     from core.evaluation.probe import ProbeSets, probe_model, sample_sets
     from core.verification import MonitorState, RelearnSettings, TargetMonitor
@@ -557,7 +566,49 @@ def _make_monitor(
         match_shift=float(getattr(hparams, "match_shift", 0.0)),
         sam_steer=bool(getattr(hparams, "sam_steer", False)),
         sam_rho=float(getattr(hparams, "sam_rho", 0.0)),
+        focus=focus,
     )
+
+
+def _fact_focus(tokenizer, forget_set, retain_set, holdout_set, forget_examples, reporter):
+    """``forget_tokens: facts``: which words are facts, and the forget examples with
+    labels on those only (``core.data.facts``); the whole answers, with a warning,
+    where that cannot be done."""
+    from core.data.encoding import IGNORE_INDEX
+    from core.data.facts import FACT_WORD_SHARE, FactFocus
+
+    why = None
+    if not getattr(tokenizer, "is_fast", False):
+        why = "the tokenizer is not a fast one (no character offsets for its tokens)"
+    elif forget_set.kind == "text":
+        why = "raw-text records have no question and answer"
+    if why:
+        reporter.event(
+            "warning",
+            f"forget_tokens facts: {why}; the forget loss sees every answer token",
+            level="warning",
+        )
+        return None, forget_examples
+    focus = FactFocus.of(
+        record.answer
+        for records in (forget_set, retain_set, holdout_set)
+        if records is not None
+        for record in records.records
+    )
+    focused = focus.examples(tokenizer, forget_set.records, forget_examples)
+    kept = sum(sum(label != IGNORE_INDEX for label in e.labels) for e in focused)
+    total = sum(e.n_answer_tokens for e in forget_examples)
+    whole = sum(a is b for a, b in zip(focused, forget_examples))
+    reporter.event(
+        "phase",
+        f"forget loss on the answers' facts (words in under {FACT_WORD_SHARE:.0%} of the "
+        f"answers, not in the question): {kept} of {total} answer tokens"
+        + (f"; {whole} answers without one keep every token" if whole else ""),
+        fact_tokens=kept,
+        answer_tokens=total,
+        whole_answers=whole,
+    )
+    return focus, focused
 
 
 #: retain and utility records per set the original model is probed on: the verdict

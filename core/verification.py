@@ -135,6 +135,7 @@ class TargetMonitor:
         match_shift: float = 0.0,
         sam_steer: bool = False,
         sam_rho: float = 0.0,
+        focus=None,
     ):
         self.target, self.tokenizer, self.sets = target, tokenizer, sets
         self.original, self.template, self.max_length = original, template, max_length
@@ -150,8 +151,8 @@ class TargetMonitor:
             self.state.sam_rho, self.state.sam_rho_base = sam_rho, sam_rho
         #: why the run stopped at a point, once it did
         self.stop_reason: str | None = None
-        #: the last light holdout measurement: (point index, probe)
-        self._holdout: tuple[int, Probe] | None = None
+        #: the last light holdout measurement: (point index, its answers' per-token NLL)
+        self._holdout: tuple[int, np.ndarray] | None = None
         #: utility is estimated on the first UTILITY_QUICK_SAMPLES records of each retain
         #: and utility set; an estimate near the floor is confirmed on the rest
         self.quick_utility_sets, self.confirm_utility_sets = split_utility_sets(
@@ -162,6 +163,18 @@ class TargetMonitor:
         self.light_holdout = (
             None if holdout is None else ProbeSets(forget=_head(holdout, LIGHT_HOLDOUT_SAMPLES))
         )
+        #: ``forget_tokens: facts``: the training pass measures the forget answers' fact
+        #: tokens only, so the light holdout answers are scored on theirs too
+        self.light_holdout_facts = None
+        if focus is not None and self.light_holdout is not None:
+            from core.data.encoding import encode_record_set
+
+            records = self.light_holdout.forget
+            self.light_holdout_facts = focus.examples(
+                tokenizer,
+                records.records,
+                encode_record_set(tokenizer, records, max_length=max_length, template=template),
+            )
         run.points_dir.mkdir(parents=True, exist_ok=True)
 
     # -- the callback --------------------------------------------------------------------
@@ -247,20 +260,11 @@ class TargetMonitor:
         if self.light_holdout is not None and forget_nll.size:
             index = len(self.state.points)
             if self._holdout is None or index - self._holdout[0] > 1:
-                holdout = probe_model(
-                    point.model,
-                    self.tokenizer,
-                    self.light_holdout,
-                    template=self.template,
-                    max_length=self.max_length,
-                    batch_size=self.batch_size,
-                    truth_ratio=False,
-                )
-                self._holdout = (index, holdout)
-            holdout = self._holdout[1]
-            holdout_scores = holdout.column("forget", "mia_loss")
+                self._holdout = (index, self._light_holdout_nll(point.model))
+            holdout_nll = self._holdout[1]
+            holdout_scores = -holdout_nll
             figures["membership_auc"] = metrics.roc_auc(-forget_nll, holdout_scores)
-            figures["holdout_probability"] = holdout.mean("forget", "probability")
+            figures["holdout_probability"] = float(np.exp(-holdout_nll).mean())
             if self.match_holdout:
                 self.state.ceilings = matched_ceilings(
                     point.forget_nll,
@@ -272,6 +276,37 @@ class TargetMonitor:
                     np.mean([v >= self.state.ceilings[i] for i, v in point.forget_nll.items()])
                 )
         return figures
+
+    def _light_holdout_nll(self, model) -> np.ndarray:
+        """Per-token NLL of the light holdout sample's answers (their fact tokens under
+        ``forget_tokens: facts``)."""
+        if self.light_holdout_facts is None:
+            probe = probe_model(
+                model,
+                self.tokenizer,
+                self.light_holdout,
+                template=self.template,
+                max_length=self.max_length,
+                batch_size=self.batch_size,
+                truth_ratio=False,
+            )
+            return -np.asarray(probe.column("forget", "mia_loss"), dtype=np.float64)
+        from core.evaluation.scoring import pad_token_id, score_sequences
+        from core.runtime import cpu_threads_for
+
+        was_training = model.training
+        model.eval()
+        try:
+            with cpu_threads_for(model):
+                scores = score_sequences(
+                    model,
+                    self.light_holdout_facts,
+                    pad_token_id=pad_token_id(self.tokenizer),
+                    batch_size=self.batch_size,
+                )
+        finally:
+            model.train(was_training)
+        return np.array([s.nll / s.n_tokens for s in scores], dtype=np.float64)
 
     def forget_ceilings(self) -> list[float | None] | None:
         """For the training loop (``Callbacks.forget_ceilings``): the ceilings of the

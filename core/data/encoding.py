@@ -65,7 +65,7 @@ def encode_prompt(tokenizer, question: str, template: str) -> list[int]:
 
 
 def encode_answer(tokenizer, answer: str) -> list[int]:
-    return _answer_ids(tokenizer, _tokenize(tokenizer, [_answer_text(tokenizer, answer)])[0])
+    return _answer_ids(tokenizer, _tokenize(tokenizer, [answer_text(tokenizer, answer)])[0])
 
 
 def _tokenize(tokenizer, texts: list[str]) -> list[list[int]]:
@@ -80,7 +80,8 @@ def _prompt_ids(tokenizer, ids: list[int]) -> list[int]:
     return _bos(tokenizer) + list(ids)
 
 
-def _answer_text(tokenizer, answer: str) -> str:
+def answer_text(tokenizer, answer: str) -> str:
+    """The text an answer's tokens come from (``encode_answer`` adds EOS)."""
     # A leading space keeps BPE/sentencepiece word boundaries as in running text; the
     # chat-template case starts the answer on a fresh turn, so no space there.
     return answer.strip() if getattr(tokenizer, "chat_template", None) else " " + answer.strip()
@@ -127,7 +128,7 @@ def encode_qa_many(
             _tokenize(tokenizer, [render_prompt(tokenizer, q, template) for q in questions]),
         )
     )
-    answers = _tokenize(tokenizer, [_answer_text(tokenizer, a) for _, a, _ in pairs])
+    answers = _tokenize(tokenizer, [answer_text(tokenizer, a) for _, a, _ in pairs])
     return [
         _joined(
             _prompt_ids(tokenizer, prompts[question]),

@@ -147,6 +147,16 @@ class UnlearningHyperparameters(TrainingHyperparameters):
         "0.3-0.7), for forgetting that needs more than the answers' own likelihood.",
     )
 
+    forget_tokens: Literal["answer", "facts"] = Field(
+        "answer",
+        description="Which answer tokens the forget loss (and match_holdout's ceilings) "
+        "see: answer: all of them; facts: those of the answer's rare words (in fewer than "
+        "4% of the job's answers) that its question does not hold, e.g. Braedrum in "
+        "'X was born in the city of Braedrum.', since the knowledge test compares the "
+        "right value with wrong ones in the same phrasing. Needs a fast tokenizer; an "
+        "answer without a rare word keeps every token.",
+    )
+
     @model_validator(mode="after")
     def _steered_radius_starts(self):
         if self.sam_steer and self.sam_rho == 0:
