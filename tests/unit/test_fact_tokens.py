@@ -9,6 +9,7 @@ from core.data.facts import FactFocus
 from core.data.records import Record
 from core.errors import InvalidRequest
 from core.spec import parse_job_spec
+from tests.fixtures.models import demo_job
 
 TEMPLATE = "Question: {question}\nAnswer:"
 # Thirty authors with their own city and the same phrasing: at the 4% share a word in
@@ -92,7 +93,7 @@ def test_a_fact_focused_job_says_what_it_forgets_and_measures_facts_against_fact
 
     from core.data.encoding import encode_record_set
     from core.data.records import read_records
-    from core.pipeline import JobInputs, NullReporter, run_job
+    from core.pipeline import NullReporter, run_job
 
     class Recorder(NullReporter):
         def __init__(self):
@@ -105,22 +106,10 @@ def test_a_fact_focused_job_says_what_it_forgets_and_measures_facts_against_fact
             self.points.append(point)
 
     data = tiny_demo.data
-    spec = parse_job_spec(
-        {
-            "model": str(tiny_demo.target),
-            "forget": str(data["forget10"]),
-            "retain": str(data["retain90"]),
-            "hyperparameters": {"forget_tokens": "facts", "match_holdout": True},
-            "evaluation": {"holdout": str(data["holdout"]), "utility": [str(data["world_facts"])]},
-            "target": {"max_epochs": 2},
-        }
-    )
-    inputs = JobInputs(
-        model=str(tiny_demo.target),
-        forget=data["forget10"],
-        retain=data["retain90"],
-        holdout=data["holdout"],
-        utility={"world_facts": data["world_facts"]},
+    spec, inputs = demo_job(
+        tiny_demo,
+        hyperparameters={"forget_tokens": "facts", "match_holdout": True},
+        target={"max_epochs": 2},
     )
     recorder = Recorder()
     run_job(spec, inputs, tmp_path / "job", reporter=recorder)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.models import demo_job
+
 pytestmark = pytest.mark.slow
 
 
@@ -51,31 +53,13 @@ def test_the_gpt2_target_memorized_its_answers(tiny_gpt2_demo):
 def test_a_spec_without_hyperparameters_forgets_on_gpt2_and_its_verdict_is_honest(
     tiny_gpt2_demo, tmp_path
 ):
-    from core.pipeline import JobInputs, run_job
-    from core.spec import parse_job_spec
+    from core.pipeline import run_job
 
-    data = tiny_gpt2_demo.data
-    spec = parse_job_spec(
-        {
-            "model": str(tiny_gpt2_demo.target),
-            "forget": str(data["forget10"]),
-            "retain": str(data["retain90"]),
-            "evaluation": {
-                "holdout": str(data["holdout"]),
-                "utility": [str(data["world_facts"])],
-                "oracle": str(tiny_gpt2_demo.retrain),
-                "max_new_tokens": 16,
-            },
-            "target": {"utility_floor": 0.9, "max_epochs": 20},
-        }
-    )
-    inputs = JobInputs(
-        model=str(tiny_gpt2_demo.target),
-        forget=data["forget10"],
-        retain=data["retain90"],
-        holdout=data["holdout"],
-        utility={"world_facts": data["world_facts"]},
-        oracle_model=str(tiny_gpt2_demo.retrain),
+    spec, inputs = demo_job(
+        tiny_gpt2_demo,
+        oracle=True,
+        evaluation={"max_new_tokens": 16},
+        target={"utility_floor": 0.9, "max_epochs": 20},
     )
     outcome = run_job(spec, inputs, tmp_path / "job")
     # the automatic rate comes from GPT-2's width (n_embd): 0.04 / 64

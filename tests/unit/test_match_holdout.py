@@ -17,6 +17,7 @@ from core.spec import parse_job_spec
 from core.training.loop import Callbacks, run_training
 from core.training.state import TrainingState
 from core.verification import matched_ceilings
+from tests.fixtures.models import demo_job
 
 
 def test_each_forget_answer_gets_the_holdout_answer_of_its_rank():
@@ -115,7 +116,7 @@ def test_matching_needs_a_target():
 
 def test_matching_without_a_holdout_set_says_so(tiny_demo, tmp_path):
     """No holdout set, no ceilings: the job trains as without match_holdout, and says so."""
-    from core.pipeline import JobInputs, NullReporter, run_job
+    from core.pipeline import NullReporter, run_job
 
     class Warnings(NullReporter):
         def __init__(self):
@@ -125,22 +126,8 @@ def test_matching_without_a_holdout_set_says_so(tiny_demo, tmp_path):
             if kind == "warning":
                 self.messages.append(message)
 
-    data = tiny_demo.data
-    spec = parse_job_spec(
-        {
-            "model": str(tiny_demo.target),
-            "forget": str(data["forget10"]),
-            "retain": str(data["retain90"]),
-            "hyperparameters": {"match_holdout": True},
-            "evaluation": {"utility": [str(data["world_facts"])]},
-            "target": {"max_epochs": 1},
-        }
-    )
-    inputs = JobInputs(
-        model=str(tiny_demo.target),
-        forget=data["forget10"],
-        retain=data["retain90"],
-        utility={"world_facts": data["world_facts"]},
+    spec, inputs = demo_job(
+        tiny_demo, holdout=False, hyperparameters={"match_holdout": True}, target={"max_epochs": 1}
     )
     warnings = Warnings()
     run_job(spec, inputs, tmp_path / "job", reporter=warnings)

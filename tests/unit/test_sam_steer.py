@@ -15,6 +15,7 @@ from core.spec import parse_job_spec
 from core.training.loop import Callbacks, run_training
 from core.training.state import TrainingState
 from core.verification import steer_sam_rho
+from tests.fixtures.models import demo_job
 
 FAILED = relearning_check(0.32, 0.2)  # 1.6x the holdout's: fails (limit 1.5x)
 PASSED = relearning_check(0.24, 0.2)  # 1.2x
@@ -143,7 +144,7 @@ def test_a_steered_job_records_its_radius_at_every_point(tiny_demo, tmp_path):
     records the radius its steps took, each verdict probe moves it by the rule (checked
     above), a move is followed by a verdict probe, and every change is an event."""
     from core.evaluation.verdict import Check
-    from core.pipeline import JobInputs, NullReporter, run_job
+    from core.pipeline import NullReporter, run_job
 
     class Events(NullReporter):
         def __init__(self):
@@ -153,23 +154,10 @@ def test_a_steered_job_records_its_radius_at_every_point(tiny_demo, tmp_path):
             if kind == "steer":
                 self.steered.append(data["sam_rho"])
 
-    data = tiny_demo.data
-    spec = parse_job_spec(
-        {
-            "model": str(tiny_demo.target),
-            "forget": str(data["forget10"]),
-            "retain": str(data["retain90"]),
-            "hyperparameters": {"learning_rate": 0.01, "sam_rho": 0.3, "sam_steer": True},
-            "evaluation": {"holdout": str(data["holdout"]), "utility": [str(data["world_facts"])]},
-            "target": {"utility_floor": 0.5, "max_epochs": 10},
-        }
-    )
-    inputs = JobInputs(
-        model=str(tiny_demo.target),
-        forget=data["forget10"],
-        retain=data["retain90"],
-        holdout=data["holdout"],
-        utility={"world_facts": data["world_facts"]},
+    spec, inputs = demo_job(
+        tiny_demo,
+        hyperparameters={"learning_rate": 0.01, "sam_rho": 0.3, "sam_steer": True},
+        target={"utility_floor": 0.5, "max_epochs": 10},
     )
     events = Events()
     outcome = run_job(spec, inputs, tmp_path / "job", reporter=events)
