@@ -59,13 +59,13 @@ def _bos(tokenizer) -> list[int]:
 
 
 def encode_prompt(tokenizer, question: str, template: str) -> list[int]:
-    return _prompt_ids(
-        tokenizer, _tokenize(tokenizer, [render_prompt(tokenizer, question, template)])[0]
-    )
+    text = render_prompt(tokenizer, question, template)
+    return _prompt_ids(tokenizer, tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def encode_answer(tokenizer, answer: str) -> list[int]:
-    return _answer_ids(tokenizer, _tokenize(tokenizer, [answer_text(tokenizer, answer)])[0])
+    text = answer_text(tokenizer, answer)
+    return _answer_ids(tokenizer, tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def _tokenize(tokenizer, texts: list[str]) -> list[list[int]]:
