@@ -335,7 +335,11 @@ def _training_rules(model: type[BaseModel]) -> list[dict]:
         return condition
 
     no_retain_term = {"anyOf": [is_value("retain_loss", "none"), is_value("retain_coeff", 0)]}
-    has_retain_set = {"required": ["retain"], "properties": {"retain": {"type": "string"}}}
+    # an empty name is no retain set (``JobSpec``: ``not self.retain``)
+    has_retain_set = {
+        "required": ["retain"],
+        "properties": {"retain": {"type": "string", "minLength": 1}},
+    }
     sharded = {
         "required": ["resources"],
         "properties": {
