@@ -291,21 +291,16 @@ class TargetMonitor:
                 truth_ratio=False,
             )
             return -np.asarray(probe.column("forget", "mia_loss"), dtype=np.float64)
+        from core.evaluation.probe import scoring_mode
         from core.evaluation.scoring import pad_token_id, score_sequences
-        from core.runtime import cpu_threads_for
 
-        was_training = model.training
-        model.eval()
-        try:
-            with cpu_threads_for(model):
-                scores = score_sequences(
-                    model,
-                    self.light_holdout_facts,
-                    pad_token_id=pad_token_id(self.tokenizer),
-                    batch_size=self.batch_size,
-                )
-        finally:
-            model.train(was_training)
+        with scoring_mode(model):
+            scores = score_sequences(
+                model,
+                self.light_holdout_facts,
+                pad_token_id=pad_token_id(self.tokenizer),
+                batch_size=self.batch_size,
+            )
         return np.array([s.nll / s.n_tokens for s in scores], dtype=np.float64)
 
     def forget_ceilings(self) -> list[float | None] | None:

@@ -10,6 +10,8 @@ perturbed answers, and the membership-inference scores.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -194,42 +196,51 @@ def probe_model(
     """Score ``model`` on every set of ``sets`` (already capped): no generation; truth
     ratios where the records have the fields, unless ``truth_ratio`` is False."""
     from core.evaluation import scoring
-    from core.runtime import cpu_threads_for
 
     started = time.perf_counter()
+    columns: dict[str, dict[str, list[float]]] = {}
+    with scoring_mode(model):
+        for name, records in sets.items():
+            if records.kind == "text":
+                scored = scoring.score_text_records(
+                    model,
+                    tokenizer,
+                    records.records,
+                    max_length=max_length,
+                    batch_size=batch_size,
+                    verbmem=False,
+                    prefix_tokens=0,
+                    max_new_tokens=0,
+                    min_k=min_k,
+                )
+            else:
+                scored = scoring.score_qa_records(
+                    model,
+                    tokenizer,
+                    records.records,
+                    template=template,
+                    max_length=max_length,
+                    batch_size=batch_size,
+                    truth_ratio=truth_ratio and records.has_truth_ratio_fields,
+                    generate=False,
+                    max_new_tokens=1,
+                    knowmem_max_new_tokens=1,
+                    min_k=min_k,
+                )
+            columns[name] = {k: v for k, v in scored.items() if k in PROBE_COLUMNS}
+    return Probe(columns=columns, seconds=time.perf_counter() - started)
+
+
+@contextmanager
+def scoring_mode(model) -> Iterator[None]:
+    """``model`` in eval mode (no dropout) on its CPU thread setting while scoring, and
+    back to training mode after, for a probe taken in the middle of a run."""
+    from core.runtime import cpu_threads_for
+
     was_training = model.training
     model.eval()
-    columns: dict[str, dict[str, list[float]]] = {}
     try:
         with cpu_threads_for(model):
-            for name, records in sets.items():
-                if records.kind == "text":
-                    scored = scoring.score_text_records(
-                        model,
-                        tokenizer,
-                        records.records,
-                        max_length=max_length,
-                        batch_size=batch_size,
-                        verbmem=False,
-                        prefix_tokens=0,
-                        max_new_tokens=0,
-                        min_k=min_k,
-                    )
-                else:
-                    scored = scoring.score_qa_records(
-                        model,
-                        tokenizer,
-                        records.records,
-                        template=template,
-                        max_length=max_length,
-                        batch_size=batch_size,
-                        truth_ratio=truth_ratio and records.has_truth_ratio_fields,
-                        generate=False,
-                        max_new_tokens=1,
-                        knowmem_max_new_tokens=1,
-                        min_k=min_k,
-                    )
-                columns[name] = {k: v for k, v in scored.items() if k in PROBE_COLUMNS}
+            yield
     finally:
         model.train(was_training)
-    return Probe(columns=columns, seconds=time.perf_counter() - started)
