@@ -125,6 +125,11 @@ def test_the_openapi_document_holds_under_schemathesis_with_all_checks(hostile_a
             "1",
             "--request-timeout",
             "60",
+            # Hypothesis's "generation too slow" check is a timing gate: on a loaded
+            # machine POST /v1/jobs's schema (every method's rules) trips it while every
+            # generated case passes. The cases are the same without it.
+            "--suppress-health-check",
+            "too_slow",
             *seed,
         ],
         cwd=tmp_path,
