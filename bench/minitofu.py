@@ -774,6 +774,11 @@ def _target_figures(outcome) -> dict:
                         "relearn_ratio",
                         "forget_matched",
                         "sam_rho",
+                        # forget_tokens both: each part against the holdout's same part
+                        "rest_membership_auc",
+                        "facts_membership_auc",
+                        "rest_matched",
+                        "facts_matched",
                     )
                 },
             }

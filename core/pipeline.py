@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -296,9 +296,16 @@ def _run_unlearning(spec, inputs, workdir, reporter, lookup, settings, resume) -
 
     focus = None
     train_forget = forget_examples
-    if getattr(hparams, "forget_tokens", "answer") == "facts":
+    forget_tokens = getattr(hparams, "forget_tokens", "answer")
+    if forget_tokens in ("facts", "both"):
         focus, train_forget = _fact_focus(
-            tokenizer, forget_set, retain_set, holdout_set, forget_examples, reporter
+            tokenizer,
+            forget_set,
+            retain_set,
+            holdout_set,
+            forget_examples,
+            reporter,
+            both=forget_tokens == "both",
         )
 
     training_state = TrainingState.load(run.state_dir) if resume else None
@@ -567,13 +574,18 @@ def _make_monitor(
         sam_steer=bool(getattr(hparams, "sam_steer", False)),
         sam_rho=float(getattr(hparams, "sam_rho", 0.0)),
         focus=focus,
+        forget_tokens=getattr(hparams, "forget_tokens", "answer"),
     )
 
 
-def _fact_focus(tokenizer, forget_set, retain_set, holdout_set, forget_examples, reporter):
+def _fact_focus(
+    tokenizer, forget_set, retain_set, holdout_set, forget_examples, reporter, *, both=False
+):
     """``forget_tokens: facts``: which words are facts, and the forget examples with
-    labels on those only (``core.data.facts``); the whole answers, with a warning,
-    where that cannot be done."""
+    labels on those only (``core.data.facts``); ``both``: the examples with their whole
+    answers' labels and the facts' as ``fact_labels`` (the training loop's two terms:
+    the facts and the rest). The whole answers alone, with a
+    warning, where that cannot be done."""
     from core.data.encoding import IGNORE_INDEX
     from core.data.facts import FACT_WORD_SHARE, FactFocus
 
@@ -585,7 +597,8 @@ def _fact_focus(tokenizer, forget_set, retain_set, holdout_set, forget_examples,
     if why:
         reporter.event(
             "warning",
-            f"forget_tokens facts: {why}; the forget loss sees every answer token",
+            f"forget_tokens {'both' if both else 'facts'}: {why}; the forget loss sees "
+            "every answer token",
             level="warning",
         )
         return None, forget_examples
@@ -601,13 +614,18 @@ def _fact_focus(tokenizer, forget_set, retain_set, holdout_set, forget_examples,
     whole = sum(a is b for a, b in zip(focused, forget_examples))
     reporter.event(
         "phase",
-        f"forget loss on the answers' facts (words in under {FACT_WORD_SHARE:.0%} of the "
+        ("two forget terms, the answers' phrasing and " if both else "forget loss on ")
+        + f"the answers' facts (words in under {FACT_WORD_SHARE:.0%} of the "
         f"answers, not in the question): {kept} of {total} answer tokens"
         + (f"; {whole} answers without one keep every token" if whole else ""),
         fact_tokens=kept,
         answer_tokens=total,
         whole_answers=whole,
     )
+    if both:
+        return focus, [
+            replace(e, fact_labels=list(f.labels)) for e, f in zip(forget_examples, focused)
+        ]
     return focus, focused
 
 

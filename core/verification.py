@@ -136,6 +136,7 @@ class TargetMonitor:
         sam_steer: bool = False,
         sam_rho: float = 0.0,
         focus=None,
+        forget_tokens: str = "answer",
     ):
         self.target, self.tokenizer, self.sets = target, tokenizer, sets
         self.original, self.template, self.max_length = original, template, max_length
@@ -151,8 +152,9 @@ class TargetMonitor:
             self.state.sam_rho, self.state.sam_rho_base = sam_rho, sam_rho
         #: why the run stopped at a point, once it did
         self.stop_reason: str | None = None
-        #: the last light holdout measurement: (point index, its answers' per-token NLL)
-        self._holdout: tuple[int, np.ndarray] | None = None
+        #: the last light holdout measurement: (point index, its answers' per-token NLL
+        #: by part: ``_light_holdout_nll``)
+        self._holdout: tuple[int, dict[str, np.ndarray]] | None = None
         #: utility is estimated on the first UTILITY_QUICK_SAMPLES records of each retain
         #: and utility set; an estimate near the floor is confirmed on the rest
         self.quick_utility_sets, self.confirm_utility_sets = split_utility_sets(
@@ -163,18 +165,25 @@ class TargetMonitor:
         self.light_holdout = (
             None if holdout is None else ProbeSets(forget=_head(holdout, LIGHT_HOLDOUT_SAMPLES))
         )
-        #: ``forget_tokens: facts``: the training pass measures the forget answers' fact
-        #: tokens only, so the light holdout answers are scored on theirs too
-        self.light_holdout_facts = None
+        #: ``forget_tokens`` facts: the training pass measures the forget answers' fact
+        #: tokens only, so the light holdout answers are scored on theirs; both: it
+        #: measures whole answers, facts and the rest (``point.fact_nll``,
+        #: ``point.rest_nll``), so they are scored all three ways
+        self.forget_tokens = forget_tokens if focus is not None else "answer"
+        self.light_holdout_parts: dict[str, list] = {}
         if focus is not None and self.light_holdout is not None:
             from core.data.encoding import encode_record_set
+            from core.data.facts import phrasing_examples
 
             records = self.light_holdout.forget
-            self.light_holdout_facts = focus.examples(
-                tokenizer,
-                records.records,
-                encode_record_set(tokenizer, records, max_length=max_length, template=template),
+            encoded = encode_record_set(
+                tokenizer, records, max_length=max_length, template=template
             )
+            facts = focus.examples(tokenizer, records.records, encoded)
+            self.light_holdout_parts["facts"] = facts
+            if self.forget_tokens == "both":
+                rest = phrasing_examples(encoded, facts)
+                self.light_holdout_parts["rest"] = [e for e in rest if e is not None]
         run.points_dir.mkdir(parents=True, exist_ok=True)
 
     # -- the callback --------------------------------------------------------------------
@@ -193,7 +202,8 @@ class TargetMonitor:
             # The probe's fresh figures win over the light ones of the same name.
             figures = {**light, **{k: v for k, v in figures.items() if v is not None}}
             figures["measured_by"] = "verdict probe"
-            steered = self._steer(verdict, figures, point.step)
+            # before sam_from's step the radius is not in use: nothing to steer
+            steered = point.sharpness_aware and self._steer(verdict, figures, point.step)
             self.state.verdict_probes += 1
             if verdict.status == "forgotten":
                 self.state.backoff = 1
@@ -206,7 +216,7 @@ class TargetMonitor:
             verdict = Verdict("not_forgotten", wait, [])
             figures = {**light, "measured_by": "light"}
         if self.sam_steer:
-            figures["sam_rho"] = rho
+            figures["sam_rho"] = rho if point.sharpness_aware else 0.0
         record = PointRecord(
             step=point.step, epoch=point.epoch, verdict=verdict.to_dict(), metrics=figures
         )
@@ -261,26 +271,73 @@ class TargetMonitor:
             index = len(self.state.points)
             if self._holdout is None or index - self._holdout[0] > 1:
                 self._holdout = (index, self._light_holdout_nll(point.model))
-            holdout_nll = self._holdout[1]
-            holdout_scores = -holdout_nll
-            figures["membership_auc"] = metrics.roc_auc(-forget_nll, holdout_scores)
+            holdout = self._holdout[1]
+            # what the training pass measured of the forget answers: their facts under
+            # facts, else the whole answers
+            holdout_nll = holdout["facts" if self.forget_tokens == "facts" else "answer"]
+            figures["membership_auc"] = metrics.roc_auc(-forget_nll, -holdout_nll)
             figures["holdout_probability"] = float(np.exp(-holdout_nll).mean())
-            if self.match_holdout:
+            if self.forget_tokens == "both":
+                figures.update(self._parts(point, holdout))
+            elif self.match_holdout:
                 self.state.ceilings = matched_ceilings(
-                    point.forget_nll,
-                    -holdout_scores,
-                    len(self.forget_examples),
-                    shift=self.match_shift,
+                    point.forget_nll, holdout_nll, len(self.forget_examples), self.match_shift
                 )
-                figures["forget_matched"] = float(
-                    np.mean([v >= self.state.ceilings[i] for i, v in point.forget_nll.items()])
-                )
+                figures["forget_matched"] = _share_at(point.forget_nll, self.state.ceilings)
         return figures
 
-    def _light_holdout_nll(self, model) -> np.ndarray:
-        """Per-token NLL of the light holdout sample's answers (their fact tokens under
-        ``forget_tokens: facts``)."""
-        if self.light_holdout_facts is None:
+    def _parts(self, point, holdout: dict[str, np.ndarray]) -> dict[str, Any]:
+        """``forget_tokens: both``: membership AUC of the answers' phrasing and of their
+        facts, each against the holdout answers' same part, and under ``match_holdout``
+        the two columns of ceilings (phrasing, facts), each matched to its own part."""
+        figures: dict[str, Any] = {}
+        measured = {"rest": point.rest_nll, "facts": point.fact_nll}
+        columns = {}
+        for part, nll in measured.items():
+            if not nll or not len(holdout[part]):
+                continue
+            values = np.asarray(list(nll.values()), dtype=np.float64)
+            figures[f"{part}_membership_auc"] = metrics.roc_auc(-values, -holdout[part])
+            if self.match_holdout:
+                columns[part] = matched_ceilings(
+                    nll, holdout[part], len(self.forget_examples), self.match_shift
+                )
+                figures[f"{part}_matched"] = _share_at(nll, columns[part])
+        if self.match_holdout and columns:
+            n = len(self.forget_examples)
+            rest = columns.get("rest", [None] * n)
+            facts = columns.get("facts", [None] * n)
+            self.state.ceilings = [[r, f] for r, f in zip(rest, facts)]
+            # an answer is matched once each of its parts is at its ceiling
+            figures["forget_matched"] = float(
+                np.mean(
+                    [
+                        _at(point.rest_nll, rest, i) and _at(point.fact_nll, facts, i)
+                        for i in point.fact_nll
+                    ]
+                )
+            )
+        return figures
+
+    def _light_holdout_nll(self, model) -> dict[str, np.ndarray]:
+        """Per-token NLL of the light holdout sample's answers (``answer``; not under
+        ``forget_tokens: facts``, which needs only theirs), of their fact tokens
+        (``facts``, under facts and both) and of the rest (``rest``, under both: the
+        answers that have tokens besides their facts)."""
+        from core.evaluation.probe import scoring_mode
+        from core.evaluation.scoring import pad_token_id, score_sequences
+
+        measured = {}
+        for part, examples in self.light_holdout_parts.items():
+            with scoring_mode(model):
+                scores = score_sequences(
+                    model,
+                    examples,
+                    pad_token_id=pad_token_id(self.tokenizer),
+                    batch_size=self.batch_size,
+                )
+            measured[part] = np.array([s.nll / s.n_tokens for s in scores], dtype=np.float64)
+        if self.forget_tokens != "facts":
             probe = probe_model(
                 model,
                 self.tokenizer,
@@ -290,18 +347,8 @@ class TargetMonitor:
                 batch_size=self.batch_size,
                 truth_ratio=False,
             )
-            return -np.asarray(probe.column("forget", "mia_loss"), dtype=np.float64)
-        from core.evaluation.probe import scoring_mode
-        from core.evaluation.scoring import pad_token_id, score_sequences
-
-        with scoring_mode(model):
-            scores = score_sequences(
-                model,
-                self.light_holdout_facts,
-                pad_token_id=pad_token_id(self.tokenizer),
-                batch_size=self.batch_size,
-            )
-        return np.array([s.nll / s.n_tokens for s in scores], dtype=np.float64)
+            measured["answer"] = -np.asarray(probe.column("forget", "mia_loss"), dtype=np.float64)
+        return measured
 
     def forget_ceilings(self) -> list[float | None] | None:
         """For the training loop (``Callbacks.forget_ceilings``): the ceilings of the
@@ -484,6 +531,17 @@ class TargetMonitor:
     @staticmethod
     def restore(extra: dict) -> MonitorState:
         return MonitorState(**extra.get("monitor", {}))
+
+
+def _at(nll: dict[int, float], ceilings: list[float | None], index: int) -> bool:
+    """Whether a part of an answer is at or past its ceiling (or has none to reach)."""
+    value, ceiling = nll.get(index), ceilings[index]
+    return value is None or ceiling is None or value >= ceiling
+
+
+def _share_at(nll: dict[int, float], ceilings: list[float | None]) -> float:
+    """The share of the measured answers at or past their ceilings."""
+    return float(np.mean([v >= ceilings[i] for i, v in nll.items()]))
 
 
 def matched_ceilings(

@@ -29,6 +29,9 @@ class EncodedExample:
     labels: list[int]
     #: index of the source record (several text windows may share one)
     record_index: int
+    #: ``forget_tokens: both``: the labels of the answer's fact tokens only (the forget
+    #: loss's second term, ``core.data.facts``); None elsewhere
+    fact_labels: list[int] | None = None
 
     @property
     def n_answer_tokens(self) -> int:
@@ -246,7 +249,15 @@ def collate(
         input_ids[row, span] = torch.tensor(example.input_ids)
         labels[row, span] = torch.tensor(example.labels)
         attention_mask[row, span] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    if examples and all(e.fact_labels is not None for e in examples):
+        fact_labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+        for row, example in enumerate(examples):
+            n = len(example.input_ids)
+            span = slice(0, n) if padding_side == "right" else slice(width - n, width)
+            fact_labels[row, span] = torch.tensor(example.fact_labels)
+        batch["fact_labels"] = fact_labels
+    return batch
 
 
 def collate_prompts(prompts: Sequence[list[int]], pad_token_id: int) -> dict[str, torch.Tensor]:

@@ -79,3 +79,21 @@ class FactFocus:
         if all(label == IGNORE_INDEX for label in labels):  # the facts were cut off
             return example
         return replace(example, labels=labels)
+
+
+def phrasing_examples(
+    examples: Sequence[EncodedExample], focused: Sequence[EncodedExample]
+) -> list[EncodedExample | None]:
+    """``forget_tokens: both``'s other part: each example (``focused``: the same with its
+    fact tokens' labels, ``FactFocus.examples``) with labels on the answer tokens that
+    are not facts; None where there are none (an answer that is all facts). The training
+    loop cuts the same tokens from its batches (``core.training.loop._rest_view``)."""
+    out: list[EncodedExample | None] = []
+    for example, facts in zip(examples, focused):
+        labels = [
+            IGNORE_INDEX if fact != IGNORE_INDEX else label
+            for label, fact in zip(example.labels, facts.labels)
+        ]
+        has_rest = any(label != IGNORE_INDEX for label in labels)
+        out.append(replace(example, labels=labels) if has_rest and facts is not example else None)
+    return out

@@ -89,6 +89,18 @@ class TrainingHyperparameters(BaseModel):
 SAM_STEER_START = 0.3
 
 
+def one_term_forget_tokens():
+    """``forget_tokens`` of a method whose forget term needs more than the answers' own
+    likelihood (a reference model's, a companion's): ``both``'s second term would need
+    those for the fact tokens too, so it offers one term only."""
+    return Field(
+        "answer",
+        description="Which answer tokens the forget loss (and match_holdout's ceilings) "
+        "see: answer: all of them; facts: those of the answer's rare words (in fewer than "
+        "4% of the job's answers) that its question does not hold. Needs a fast tokenizer.",
+    )
+
+
 class UnlearningHyperparameters(TrainingHyperparameters):
     """Adds the forget/retain weighting every unlearning method has."""
 
@@ -109,6 +121,15 @@ class UnlearningHyperparameters(TrainingHyperparameters):
         "gradient is taken at the weights moved by sam_rho along its normalized gradient, "
         "so that the forgotten state is flat and a few relearning steps do not undo it; "
         "0: off. Costs a second forward and backward of the forget batch.",
+    )
+    sam_from: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="The share of the budget's steps trained with plain updates before "
+        "the sharpness-aware ones (sam_rho) begin: forget first, then flatten what was "
+        "forgotten, in one job (0: sharpness-aware from the first step). Under sam_steer "
+        "the radius is steered only from then on.",
     )
     sam_adaptive: bool = Field(
         False,
@@ -147,14 +168,18 @@ class UnlearningHyperparameters(TrainingHyperparameters):
         "0.3-0.7), for forgetting that needs more than the answers' own likelihood.",
     )
 
-    forget_tokens: Literal["answer", "facts"] = Field(
+    forget_tokens: Literal["answer", "facts", "both"] = Field(
         "answer",
         description="Which answer tokens the forget loss (and match_holdout's ceilings) "
         "see: answer: all of them; facts: those of the answer's rare words (in fewer than "
         "4% of the job's answers) that its question does not hold, e.g. Braedrum in "
         "'X was born in the city of Braedrum.', since the knowledge test compares the "
-        "right value with wrong ones in the same phrasing. Needs a fast tokenizer; an "
-        "answer without a rare word keeps every token.",
+        "right value with wrong ones in the same phrasing; both: two forget losses, one on "
+        "the answer's facts and one on the rest of it (its phrasing), each with its own "
+        "match_holdout ceiling (the facts matched to the holdout answers' facts, the "
+        "phrasing to theirs), so that neither a memorized fact nor memorized phrasing is "
+        "left and neither part is pushed past unseen data's. Needs a fast tokenizer; an "
+        "answer without a rare word keeps every token (as its facts).",
     )
 
     @model_validator(mode="after")

@@ -32,7 +32,13 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from core.methods.base import ForgetInputs, LossTerm, Method, UnlearningHyperparameters
+from core.methods.base import (
+    ForgetInputs,
+    LossTerm,
+    Method,
+    UnlearningHyperparameters,
+    one_term_forget_tokens,
+)
 
 DIVERGENCES = ("tv", "kl", "reverse_kl", "js", "pearson", "hellinger")
 
@@ -49,6 +55,7 @@ class FLATHyperparameters(UnlearningHyperparameters):
         "'I don't know' phrasings; one is drawn at random per forget example.",
     )
     epochs: int = Field(5, ge=1, le=1000, description="Passes over the forget set (paper: 5).")
+    forget_tokens: Literal["answer", "facts"] = one_term_forget_tokens()
     retain_loss: Literal["nll", "kl", "none"] = Field(
         "none",
         description="Optional retain term (FLAT needs none): NLL on retain answers, KL to "

@@ -11,15 +11,24 @@ slow. The reference NLLs never change, so the loop computes them once before tra
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
-from core.methods.base import ForgetInputs, LossTerm, Method, UnlearningHyperparameters
+from core.methods.base import (
+    ForgetInputs,
+    LossTerm,
+    Method,
+    UnlearningHyperparameters,
+    one_term_forget_tokens,
+)
 
 
 class NPOHyperparameters(UnlearningHyperparameters):
     beta: float = Field(
         0.1, gt=0, le=100, description="Inverse temperature of the preference loss."
     )
+    forget_tokens: Literal["answer", "facts"] = one_term_forget_tokens()
 
 
 def forget_loss(nll, ref_nll, beta: float):

@@ -87,6 +87,13 @@ class EvaluationPoint:
     #: forward that saw it (this epoch's, mostly): free measurements between points
     forget_nll: dict[int, float] = field(default_factory=dict)
     retain_nll: dict[int, float] = field(default_factory=dict)
+    #: ``forget_tokens: both``: the same for each forget example's fact tokens, and for
+    #: the rest of its answer (examples whose answer is all facts have none)
+    fact_nll: dict[int, float] = field(default_factory=dict)
+    rest_nll: dict[int, float] = field(default_factory=dict)
+    #: whether the steps up to this point were sharpness-aware (``sam_rho``, from
+    #: ``sam_from``'s step on)
+    sharpness_aware: bool = False
 
 
 @dataclass
@@ -103,8 +110,9 @@ class Callbacks:
     #: asked at the start and after every evaluation point, under
     #: ``hyperparameters.match_holdout``: per forget example (by index), the per-token
     #: NLL from which its answer is no longer pushed (None for one not measured yet), or
-    #: None to push every answer
-    forget_ceilings: Callable[[], list[float | None] | None] | None = None
+    #: None to push every answer; under ``forget_tokens: both`` a pair per example (the
+    #: ceiling of its phrasing, the tokens that are not facts, and of its fact tokens)
+    forget_ceilings: Callable[[], list | None] | None = None
     #: asked at the same times (also under ``hyperparameters.sam_steer``): the
     #: sharpness-aware radius for the steps up to the next point, or None for
     #: ``hyperparameters.sam_rho``
@@ -291,8 +299,24 @@ def answer_kl(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tens
     return (kl * mask).sum(dim=1)
 
 
-def _block_tokens(examples: list[EncodedExample]) -> int:
-    return sum(e.n_answer_tokens for e in examples)
+def sam_start_step(hparams, total_steps: int) -> int:
+    """The first step with sharpness-aware updates (``hyperparameters.sam_from``)."""
+    return int(round(getattr(hparams, "sam_from", 0.0) * total_steps))
+
+
+def _block_tokens(examples: list[EncodedExample], part: str = "answer") -> int:
+    """Answer tokens of a block; under ``forget_tokens: both`` (examples with
+    ``fact_labels``) those of the ``facts``, or of the ``rest`` (the answers that have
+    tokens besides their facts)."""
+    if part == "answer":
+        return sum(e.n_answer_tokens for e in examples)
+    total = 0
+    for e in examples:
+        if e.fact_labels is None:
+            continue
+        facts = sum(label != IGNORE_INDEX for label in e.fact_labels)
+        total += facts if part == "facts" else e.n_answer_tokens - facts
+    return total
 
 
 def run_training(
@@ -412,6 +436,7 @@ def run_training(
                     fsdp.shard(ref_model, device)
         params = [p for p in model.parameters() if p.requires_grad]
         total_steps = total_optimizer_steps(len(forget), hparams, accelerator.num_processes)
+        sam_start = sam_start_step(hparams, total_steps)
         optimizer, scheduler = make_optimizer(params, hparams, total_steps)
         groups = None  # under ZeRO-3, the optimizer's parameters, for saving its state
         if zero:
@@ -435,6 +460,8 @@ def run_training(
         step, tokens, elapsed_before, first_epoch, first_block = 0, 0, 0.0, 0, 0
         seen_forget: dict[int, float] = {}
         seen_retain: dict[int, float] = {}
+        seen_facts: dict[int, float] = {}
+        seen_rest: dict[int, float] = {}
         if resume is not None:
             if resume.total_steps != total_steps and not new_schedule:
                 raise ValueError(
@@ -555,6 +582,14 @@ def run_training(
                 denominators = {
                     "forget": {"sequence": len(forget_block), "token": _block_tokens(forget_block)},
                     "retain": {"sequence": len(retain_block), "token": _block_tokens(retain_block)},
+                    "facts": {
+                        "sequence": len(forget_block),
+                        "token": _block_tokens(forget_block, "facts"),
+                    },
+                    "rest": {
+                        "sequence": len(forget_block),
+                        "token": _block_tokens(forget_block, "rest"),
+                    },
                 }
                 mine, real = distributed.shard_block(block, rank, world)
                 micro_batches = [
@@ -573,9 +608,18 @@ def run_training(
                 # weights themselves. The unmoved passes' losses are the step's. Under
                 # match_holdout, an answer at its ceiling keeps only its sharpness,
                 # L(w + e) - L(w): flatter, not pushed further (block_passes).
+                if sharpness_aware and 0 < sam_start == step:
+                    callbacks.event(
+                        "phase",
+                        f"sharpness-aware updates from step {step + 1} of {total_steps} "
+                        f"(sam_from {hparams.sam_from:g}, sam_rho {rho:g})",
+                        step=step,
+                    )
                 moved: list = []
                 for pass_index, (forget_mode, retain_part, record) in enumerate(
-                    block_passes(sharpness_aware, use_retain, ceilings is not None)
+                    block_passes(
+                        sharpness_aware and step >= sam_start, use_retain, ceilings is not None
+                    )
                 ):
                     if pass_index == 1:
                         moved = sam_perturb(params, rho, hparams.sam_adaptive)
@@ -629,6 +673,12 @@ def run_training(
                         for index, value, is_real in zip(micro, parts["forget_nll"], keep):
                             if is_real:
                                 seen_forget[order[index]] = value
+                        for index, value, is_real in zip(micro, parts["fact_nll"], keep):
+                            if is_real:
+                                seen_facts[order[index]] = value
+                        for index, value, is_real in zip(micro, parts["rest_nll"], keep):
+                            if is_real and value is not None:
+                                seen_rest[order[index]] = value
                         for index, value, is_real in zip(micro, parts["retain_nll"], keep):
                             if is_real:
                                 seen_retain[partners[index]] = value
@@ -721,6 +771,8 @@ def run_training(
                     # Rank 0 judges the point; it needs every rank's measurements.
                     seen_forget = distributed.merge_dicts(seen_forget, world)
                     seen_retain = distributed.merge_dicts(seen_retain, world)
+                    seen_facts = distributed.merge_dicts(seen_facts, world)
+                    seen_rest = distributed.merge_dicts(seen_rest, world)
                 # Sharded, every rank gathers the point's weights into rank 0's copy.
                 gathered = gather() if sharded and due else None
                 stop = False
@@ -736,6 +788,9 @@ def run_training(
                         ),
                         forget_nll=dict(seen_forget),
                         retain_nll=dict(seen_retain),
+                        fact_nll=dict(seen_facts),
+                        rest_nll=dict(seen_rest),
+                        sharpness_aware=sharpness_aware and step > sam_start,
                     )
                     stop = bool(callbacks.on_evaluation(point))
                     if sharded:
@@ -784,10 +839,13 @@ def _fetch_controls(callbacks: Callbacks, world: int, matching: bool, sam_rho: f
     rho = sam_rho if rho is None else rho
     if values is None:
         return None, rho
-    return (
-        torch.tensor([math.inf if v is None else v for v in values], dtype=torch.float64),
-        rho,
-    )
+
+    def value(v):
+        if isinstance(v, (list, tuple)):  # forget_tokens both: (whole answer, facts)
+            return [value(part) for part in v]
+        return math.inf if v is None else v
+
+    return torch.tensor([value(v) for v in values], dtype=torch.float64), rho
 
 
 def _processes() -> int:
@@ -843,13 +901,26 @@ def _micro_step(
     minus the term of those at or past their ceilings, unreported, or ``off``. An
     answer past its ceiling still reports its loss; the block's denominators stay, so
     the push shrinks as the answers reach their ceilings.
+
+    Examples with ``fact_labels`` (``forget_tokens: both``) get two forget terms from
+    the same forward pass, one on their phrasing (the answer tokens that are not facts)
+    and one on their fact tokens, with the two columns of ``forget_ceiling`` as their
+    ceilings: each term stops at its own. ``forget_nll`` stays the whole answers'.
     """
     import torch
 
     device = accelerator.device
     keep_mask = torch.tensor(keep, dtype=torch.bool, device=device)
     loss = torch.zeros((), device=device)
-    parts = {"loss": 0.0, "forget": 0.0, "retain": 0.0, "forget_nll": [], "retain_nll": []}
+    parts = {
+        "loss": 0.0,
+        "forget": 0.0,
+        "retain": 0.0,
+        "forget_nll": [],
+        "retain_nll": [],
+        "fact_nll": [],
+        "rest_nll": [],
+    }
     weights = None
     settle = forget_mode == "settle"
     forget_term_on = (
@@ -885,31 +956,66 @@ def _micro_step(
                     logits=companion_logits,
                     labels=companion_batch["labels"],
                 )
-            term = method.forget_term(
-                ForgetInputs(
-                    nll=nll,
-                    n_tokens=n_answer,
-                    ref_nll=forget_ref.to(device) if forget_ref is not None else None,
-                    logits=logits,
-                    labels=batch["labels"],
-                    companion=companion,
-                ),
-                hparams,
-            )
-            forget_part = _reduce(term, denominators["forget"], keep_mask)
+            two_columns = forget_ceiling is not None and forget_ceiling.dim() == 2
+            # (labels, per-sequence NLL, answer tokens, per-token NLL, ceilings, the
+            # block's denominators, the rows it applies to) per term
+            views = [
+                (
+                    batch["labels"],
+                    nll,
+                    n_answer,
+                    per_token,
+                    forget_ceiling[:, 0] if two_columns else forget_ceiling,
+                    denominators["forget"],
+                    keep_mask,
+                )
+            ]
+            if "fact_labels" in batch:
+                # forget_tokens both: the answers' phrasing (the tokens that are not
+                # facts) and their facts, two terms from this forward pass
+                views = [
+                    _rest_view(logits, batch, forget_ceiling, two_columns, denominators, keep_mask),
+                    _facts_view(
+                        logits, batch, forget_ceiling, two_columns, denominators, keep_mask
+                    ),
+                ]
+                if not settle:
+                    parts["rest_nll"] = views[0][3]
+                    parts["fact_nll"] = views[1][3]
+            forget_part, reported, terms = 0.0, 0.0, []
+            for labels, view_nll, view_n, view_per_token, ceiling, denominator, rows in views:
+                term = method.forget_term(
+                    ForgetInputs(
+                        nll=view_nll,
+                        n_tokens=view_n,
+                        ref_nll=forget_ref.to(device) if forget_ref is not None else None,
+                        logits=logits,
+                        labels=labels,
+                        companion=companion,
+                    ),
+                    hparams,
+                )
+                terms.append(term)
+                part = _reduce(term, denominator, rows)
+                reported = reported + part.detach()
+                if ceiling is not None and forget_mode in ("push", "settle"):
+                    measured = [math.inf if v is None else v for v in view_per_token]
+                    below = torch.tensor(measured, dtype=torch.float64) < ceiling
+                    chosen = (~below if settle else below).to(device)
+                    part = _reduce(term, denominator, rows & chosen)
+                elif settle:  # a term without ceilings has no answer at one
+                    part = part * 0
+                forget_part = forget_part + part
             if not settle:
-                parts["forget"] = float(forget_part.detach())
-            if forget_ceiling is not None and forget_mode in ("push", "settle"):
-                below = torch.tensor(per_token, dtype=torch.float64) < forget_ceiling
-                chosen = (~below if settle else below).to(device)
-                forget_part = _reduce(term, denominators["forget"], keep_mask & chosen)
+                parts["forget"] = float(reported)
             if settle:
                 forget_part = -forget_part
                 unreported = float(hparams.forget_coeff * forget_part.detach())
             loss = loss + hparams.forget_coeff * forget_part
+            # the whole answers' weights (the step's figures are the whole answers')
             weights = (
-                term.gradient_weight.detach()[keep_mask].float().cpu()
-                if term.gradient_weight is not None and not settle
+                terms[0].gradient_weight.detach()[keep_mask].float().cpu()
+                if terms[0].gradient_weight is not None and not settle
                 else None
             )
         if retain_examples:
@@ -1039,6 +1145,49 @@ def _retain_term(model, ref_model, hparams, examples, pad_id, device, lora, deno
     kl = _masked_sum(answer_kl(logits, ref_logits, batch["labels"]), keep)
     kl = kl / denominators["retain"]["token"]
     return kl, per_token
+
+
+def _facts_view(logits, batch, forget_ceiling, two_columns, denominators, keep_mask):
+    """``forget_tokens: both``'s second term: the answers' fact tokens (the whole answer
+    where it has none), with the second column of the ceilings."""
+    fact_nll, fact_n = sequence_nll(logits, batch["fact_labels"])
+    return (
+        batch["fact_labels"],
+        fact_nll,
+        fact_n,
+        _per_token(fact_nll, fact_n),
+        forget_ceiling[:, 1] if two_columns else None,
+        denominators["facts"],
+        keep_mask,
+    )
+
+
+def _rest_view(logits, batch, forget_ceiling, two_columns, denominators, keep_mask):
+    """``forget_tokens: both``'s first term: the answer tokens that are not facts, with
+    the first column of the ceilings. An answer whose every token is a fact (it has no
+    rare word: its facts are the whole answer) has no such term; its row keeps its whole
+    answer's labels, so that every method's term stays finite, and is left out, and its
+    per-token NLL is reported as None."""
+    import torch
+
+    labels = batch["labels"]
+    is_fact = batch["fact_labels"] != IGNORE_INDEX
+    has_rest = ((labels != IGNORE_INDEX) & ~is_fact).any(dim=1)
+    rest_labels = torch.where(has_rest[:, None] & is_fact, IGNORE_INDEX, labels)
+    rest_nll, rest_n = sequence_nll(logits, rest_labels)
+    per_token = [
+        value if rest else None
+        for value, rest in zip(_per_token(rest_nll, rest_n), has_rest.tolist())
+    ]
+    return (
+        rest_labels,
+        rest_nll,
+        rest_n,
+        per_token,
+        forget_ceiling[:, 0] if two_columns else forget_ceiling,
+        denominators["rest"],
+        keep_mask & has_rest.to(keep_mask.device),
+    )
 
 
 def _per_token(nll, n_answer) -> list[float]:

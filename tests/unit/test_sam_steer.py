@@ -191,3 +191,90 @@ def test_a_steered_job_records_its_radius_at_every_point(tiny_demo, tmp_path):
     assert (
         "radius the evaluation points steered" in (outcome.report_dir / "report.html").read_text()
     )
+
+
+def test_sharpness_aware_steps_begin_at_sam_from(tiny_demo, tiny_forget):
+    """``sam_from`` 0.5 of two epochs: the first epoch's steps are plain ones (the same
+    weights as without ``sam_rho``), the second's sharpness-aware, and each point says
+    which its steps were."""
+    from core.models.loading import load_model
+
+    tokenizer, forget = tiny_forget
+
+    def train(sam_rho, sam_from=0.0):
+        model, _ = load_model(str(tiny_demo.target), dtype="fp32")
+        hparams = get_method("ga").parse_hyperparameters(
+            {
+                "learning_rate": 1e-3,
+                "epochs": 2,
+                "batch_size": 4,
+                "gradient_accumulation_steps": 1,
+                "precision": "fp32",
+                "sam_rho": sam_rho,
+                "sam_from": sam_from,
+            }
+        )
+        points, events = [], []
+
+        def on_evaluation(point):
+            weights = {n: p.detach().clone() for n, p in point.model.named_parameters()}
+            points.append((point.step, point.sharpness_aware, weights))
+            return False
+
+        run_training(
+            model,
+            tokenizer,
+            forget,
+            None,
+            get_method("ga"),
+            hparams,
+            seed=3,
+            callbacks=Callbacks(
+                on_evaluation=on_evaluation, on_event=lambda *event: events.append(event)
+            ),
+        )
+        return points, events
+
+    plain, _ = train(0.0)
+    from_start, _ = train(0.2)
+    later, events = train(0.2, sam_from=0.5)
+    assert [p[1] for p in plain] == [False, False]
+    assert [p[1] for p in from_start] == [True, True]
+    assert [p[1] for p in later] == [False, True]
+    assert _same(later[0][2], plain[0][2])
+    assert not _same(later[1][2], plain[1][2]) and not _same(later[1][2], from_start[1][2])
+    half = later[0][0]
+    assert [data["step"] for kind, message, data in events if "sharpness-aware" in message] == [
+        half
+    ]
+
+
+def test_a_job_steers_the_radius_only_once_sharpness_aware_steps_began(tiny_demo, tmp_path):
+    from core.pipeline import NullReporter, run_job
+
+    class Events(NullReporter):
+        def __init__(self):
+            self.steered = []
+
+        def event(self, kind, message, **data):
+            if kind == "steer":
+                self.steered.append(data["step"])
+
+    spec, inputs = demo_job(
+        tiny_demo,
+        hyperparameters={
+            "learning_rate": 0.01,
+            "sam_rho": 0.3,
+            "sam_steer": True,
+            "sam_from": 0.5,
+        },
+        target={"utility_floor": 0.5, "max_epochs": 6},
+    )
+    events = Events()
+    outcome = run_job(spec, inputs, tmp_path / "job", reporter=events)
+    points = outcome.report["trajectory"]
+    total = points[0]["step"] * 6  # one point per epoch of the six
+    radii = {point["step"]: point["metrics"]["sam_rho"] for point in points}
+    assert all(radius == 0.0 for step, radius in radii.items() if step <= total // 2)
+    assert all(radius > 0 for step, radius in radii.items() if step > total // 2)
+    assert all(step > total // 2 for step in events.steered)
