@@ -122,6 +122,13 @@ class UnlearningHyperparameters(TrainingHyperparameters):
         "so that the forgotten state is flat and a few relearning steps do not undo it; "
         "0: off. Costs a second forward and backward of the forget batch.",
     )
+    lr_scheduler: Literal["linear", "cosine", "constant", "two_phase"] = Field(
+        "linear",
+        description="Schedule after warm-up. two_phase: the schedule of a job continued "
+        "with sharpness-aware epochs, in one job: warm-up and linear decay to zero by "
+        "sam_from's step (the plain steps), then the whole budget's linear decay from "
+        "where it stands there (the sharpness-aware steps); linear where sam_from is 0.",
+    )
     sam_from: float = Field(
         0.0,
         ge=0,

@@ -228,15 +228,43 @@ def make_optimizer(params, hparams, total_steps: int):
         ],
         lr=hparams.learning_rate,
     )
+    warmup = int(round(hparams.warmup_ratio * total_steps))
+    start = sam_start_step(hparams, total_steps)
+    if hparams.lr_scheduler == "two_phase" and start > 0:
+        rate = functools.partial(
+            two_phase_rate,
+            start=start,
+            warmup_first=int(round(hparams.warmup_ratio * start)),
+            total=total_steps,
+            warmup=warmup,
+        )
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
     scheduler = get_scheduler(
-        {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[
-            hparams.lr_scheduler
-        ],
+        {
+            "linear": "linear",
+            "two_phase": "linear",
+            "cosine": "cosine",
+            "constant": "constant_with_warmup",
+        }[hparams.lr_scheduler],
         optimizer,
-        num_warmup_steps=int(round(hparams.warmup_ratio * total_steps)),
+        num_warmup_steps=warmup,
         num_training_steps=total_steps,
     )
     return optimizer, scheduler
+
+
+def two_phase_rate(step: int, *, start: int, warmup_first: int, total: int, warmup: int) -> float:
+    """``lr_scheduler: two_phase``'s multiplier at ``step``: before ``start``, a linear
+    schedule of ``start`` steps (``warmup_first`` warming up); from it on, a linear
+    schedule of ``total`` steps (``warmup`` warming up) where it stands, as when a job of
+    ``start`` steps is continued to ``total`` (``run_training``'s ``new_schedule``)."""
+    if step < start:
+        length, warm = start, warmup_first
+    else:
+        length, warm = total, warmup
+    if step < warm:
+        return step / max(1, warm)
+    return max(0.0, (length - step) / max(1, length - warm))
 
 
 def apply_lora(model, lora: LoraSpec, gradient_checkpointing: bool):

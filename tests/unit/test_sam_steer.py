@@ -278,3 +278,74 @@ def test_a_job_steers_the_radius_only_once_sharpness_aware_steps_began(tiny_demo
     assert all(radius == 0.0 for step, radius in radii.items() if step <= total // 2)
     assert all(radius > 0 for step, radius in radii.items() if step > total // 2)
     assert all(step > total // 2 for step in events.steered)
+
+
+@pytest.mark.parametrize(
+    "step, expected",
+    [
+        (0, 0.0),  # warming up over the first phase's 16 steps
+        (8, 0.5),
+        (16, 1.0),  # (160 - 16) / 144
+        (159, 1 / 144),  # the plain phase's last step: almost zero
+        (160, 80 / 216),  # (240 - 160) / (240 - 24): the whole budget's line, where it stands
+        (239, 1 / 216),
+    ],
+)
+def test_the_two_phase_schedule_by_hand(step, expected):
+    from core.training.loop import two_phase_rate
+
+    rate = two_phase_rate(step, start=160, warmup_first=16, total=240, warmup=24)
+    assert rate == pytest.approx(expected)
+
+
+def test_one_two_phase_job_trains_as_a_job_continued_with_sharpness_aware_epochs(
+    tiny_demo, tiny_forget, tmp_path
+):
+    """``sam_from`` 0.5 with ``lr_scheduler: two_phase`` over two epochs ends with the
+    weights of a one-epoch job without ``sam_rho`` continued to two epochs with it (the
+    service's continue_from: the saved state, a new schedule)."""
+    from core.models.loading import load_model
+
+    tokenizer, forget = tiny_forget
+
+    def train(epochs, **settings):
+        resume = settings.pop("resume", None)
+        model, _ = load_model(str(tiny_demo.target), dtype="fp32")
+        hparams = get_method("ga").parse_hyperparameters(
+            {
+                "learning_rate": 1e-3,
+                "epochs": epochs,
+                "batch_size": 4,
+                "gradient_accumulation_steps": 1,
+                "precision": "fp32",
+                **settings,
+            }
+        )
+
+        def on_evaluation(point):
+            if point.final:
+                point.capture_state().save(tmp_path / f"state-{epochs}")
+            return False
+
+        result = run_training(
+            model,
+            tokenizer,
+            forget,
+            None,
+            get_method("ga"),
+            hparams,
+            seed=3,
+            callbacks=Callbacks(on_evaluation=on_evaluation),
+            resume=resume,
+            new_schedule=resume is not None,
+        )
+        return {n: p.detach().clone() for n, p in result.model.named_parameters()}
+
+    one_job = train(2, sam_rho=0.2, sam_from=0.5, lr_scheduler="two_phase")
+    train(1)
+    continued = train(2, sam_rho=0.2, resume=TrainingState.load(tmp_path / "state-1"))
+    for name, value in one_job.items():
+        torch.testing.assert_close(continued[name], value, rtol=1e-5, atol=1e-6, msg=name)
+    # and it is not the plain linear schedule's run
+    linear = train(2, sam_rho=0.2, sam_from=0.5)
+    assert not _same(linear, one_job)
