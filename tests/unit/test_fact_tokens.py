@@ -9,7 +9,7 @@ from core.data.facts import FactFocus
 from core.data.records import Record
 from core.errors import InvalidRequest
 from core.spec import parse_job_spec
-from tests.fixtures.models import demo_job
+from tests.fixtures.models import demo_job, recording_reporter
 
 TEMPLATE = "Question: {question}\nAnswer:"
 # Thirty authors with their own city and the same phrasing: at the 4% share a word in
@@ -93,17 +93,7 @@ def test_a_fact_focused_job_says_what_it_forgets_and_measures_facts_against_fact
 
     from core.data.encoding import encode_record_set
     from core.data.records import read_records
-    from core.pipeline import NullReporter, run_job
-
-    class Recorder(NullReporter):
-        def __init__(self):
-            self.events, self.points = [], []
-
-        def event(self, kind, message, **data):
-            self.events.append((kind, message, data))
-
-        def evaluation(self, point):
-            self.points.append(point)
+    from core.pipeline import run_job
 
     data = tiny_demo.data
     spec, inputs = demo_job(
@@ -111,7 +101,7 @@ def test_a_fact_focused_job_says_what_it_forgets_and_measures_facts_against_fact
         hyperparameters={"forget_tokens": "facts", "match_holdout": True},
         target={"max_epochs": 2},
     )
-    recorder = Recorder()
+    recorder = recording_reporter()
     run_job(spec, inputs, tmp_path / "job", reporter=recorder)
 
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_demo.target))

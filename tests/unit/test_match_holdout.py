@@ -17,7 +17,7 @@ from core.spec import parse_job_spec
 from core.training.loop import Callbacks, run_training
 from core.training.state import TrainingState
 from core.verification import matched_ceilings
-from tests.fixtures.models import demo_job
+from tests.fixtures.models import demo_job, recording_reporter
 
 
 def test_each_forget_answer_gets_the_holdout_answer_of_its_rank():
@@ -116,22 +116,14 @@ def test_matching_needs_a_target():
 
 def test_matching_without_a_holdout_set_says_so(tiny_demo, tmp_path):
     """No holdout set, no ceilings: the job trains as without match_holdout, and says so."""
-    from core.pipeline import NullReporter, run_job
-
-    class Warnings(NullReporter):
-        def __init__(self):
-            self.messages = []
-
-        def event(self, kind, message, **data):
-            if kind == "warning":
-                self.messages.append(message)
+    from core.pipeline import run_job
 
     spec, inputs = demo_job(
         tiny_demo, holdout=False, hyperparameters={"match_holdout": True}, target={"max_epochs": 1}
     )
-    warnings = Warnings()
-    run_job(spec, inputs, tmp_path / "job", reporter=warnings)
-    assert any("match_holdout needs a holdout set" in m for m in warnings.messages)
+    recorder = recording_reporter()
+    run_job(spec, inputs, tmp_path / "job", reporter=recorder)
+    assert any("match_holdout needs a holdout set" in m for m, _ in recorder.of("warning"))
 
 
 def test_a_resumed_run_takes_up_the_ceilings_of_its_point(tiny_demo, tiny_data, tmp_path):

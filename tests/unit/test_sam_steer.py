@@ -15,7 +15,7 @@ from core.spec import parse_job_spec
 from core.training.loop import Callbacks, run_training
 from core.training.state import TrainingState
 from core.verification import steer_sam_rho
-from tests.fixtures.models import demo_job
+from tests.fixtures.models import demo_job, recording_reporter
 
 FAILED = relearning_check(0.32, 0.2)  # 1.6x the holdout's: fails (limit 1.5x)
 PASSED = relearning_check(0.24, 0.2)  # 1.2x
@@ -68,9 +68,24 @@ def tiny_forget(tiny_encoded):
     return tokenizer, forget
 
 
-def _train(tiny_demo, tiny_forget, sam_rho, radius=None, *, epochs=2, resume=None, saved=None):
+def _train(
+    tiny_demo,
+    tiny_forget,
+    sam_rho,
+    radius=None,
+    *,
+    epochs=2,
+    resume=None,
+    saved=None,
+    new_schedule=False,
+    on_point=None,
+    events=None,
+    **settings,
+):
     """Gradient ascent with sharpness-aware steps on the tiny demo's forget10;
-    ``radius(points_so_far)`` is the monitor's answer to ``Callbacks.sam_rho``."""
+    ``radius(points_so_far)`` is the monitor's answer to ``Callbacks.sam_rho``;
+    ``saved``: where the first point's state goes; ``on_point(point)`` sees every point
+    and ``events`` collects the loop's events; ``settings``: more hyperparameters."""
     from core.models.loading import load_model
 
     tokenizer, forget = tiny_forget
@@ -84,6 +99,7 @@ def _train(tiny_demo, tiny_forget, sam_rho, radius=None, *, epochs=2, resume=Non
             "precision": "fp32",
             "sam_rho": sam_rho,
             "sam_steer": radius is not None,
+            **settings,
         }
     )
     points = [] if resume is None else [None]
@@ -91,6 +107,8 @@ def _train(tiny_demo, tiny_forget, sam_rho, radius=None, *, epochs=2, resume=Non
     def on_evaluation(point):
         if saved is not None and not points:
             point.capture_state().save(saved)
+        if on_point is not None:
+            on_point(point)
         points.append(point.step)
         return False
 
@@ -105,8 +123,10 @@ def _train(tiny_demo, tiny_forget, sam_rho, radius=None, *, epochs=2, resume=Non
         callbacks=Callbacks(
             on_evaluation=on_evaluation,
             sam_rho=None if radius is None else lambda: radius(len(points)),
+            on_event=None if events is None else lambda *event: events.append(event),
         ),
         resume=resume,
+        new_schedule=new_schedule,
     )
     return {n: p.detach().clone() for n, p in result.model.named_parameters()}
 
@@ -144,22 +164,14 @@ def test_a_steered_job_records_its_radius_at_every_point(tiny_demo, tmp_path):
     records the radius its steps took, each verdict probe moves it by the rule (checked
     above), a move is followed by a verdict probe, and every change is an event."""
     from core.evaluation.verdict import Check
-    from core.pipeline import NullReporter, run_job
-
-    class Events(NullReporter):
-        def __init__(self):
-            self.steered = []
-
-        def event(self, kind, message, **data):
-            if kind == "steer":
-                self.steered.append(data["sam_rho"])
+    from core.pipeline import run_job
 
     spec, inputs = demo_job(
         tiny_demo,
         hyperparameters={"learning_rate": 0.01, "sam_rho": 0.3, "sam_steer": True},
         target={"utility_floor": 0.5, "max_epochs": 10},
     )
-    events = Events()
+    events = recording_reporter()
     outcome = run_job(spec, inputs, tmp_path / "job", reporter=events)
     points = outcome.report["trajectory"]
     radii = [point["metrics"]["sam_rho"] for point in points]
@@ -186,7 +198,7 @@ def test_a_steered_job_records_its_radius_at_every_point(tiny_demo, tmp_path):
             changes.append(after)
             probe_next = point["verdict"]["status"] != "forgotten"
     assert radii == expected[: len(radii)]
-    assert changes and events.steered == changes
+    assert changes and [data["sam_rho"] for _, data in events.of("steer")] == changes
     # the report's trajectory figure shows the radius, and its caption says so
     assert (
         "radius the evaluation points steered" in (outcome.report_dir / "report.html").read_text()
@@ -197,42 +209,15 @@ def test_sharpness_aware_steps_begin_at_sam_from(tiny_demo, tiny_forget):
     """``sam_from`` 0.5 of two epochs: the first epoch's steps are plain ones (the same
     weights as without ``sam_rho``), the second's sharpness-aware, and each point says
     which its steps were."""
-    from core.models.loading import load_model
-
-    tokenizer, forget = tiny_forget
 
     def train(sam_rho, sam_from=0.0):
-        model, _ = load_model(str(tiny_demo.target), dtype="fp32")
-        hparams = get_method("ga").parse_hyperparameters(
-            {
-                "learning_rate": 1e-3,
-                "epochs": 2,
-                "batch_size": 4,
-                "gradient_accumulation_steps": 1,
-                "precision": "fp32",
-                "sam_rho": sam_rho,
-                "sam_from": sam_from,
-            }
-        )
         points, events = [], []
 
-        def on_evaluation(point):
+        def on_point(point):
             weights = {n: p.detach().clone() for n, p in point.model.named_parameters()}
             points.append((point.step, point.sharpness_aware, weights))
-            return False
 
-        run_training(
-            model,
-            tokenizer,
-            forget,
-            None,
-            get_method("ga"),
-            hparams,
-            seed=3,
-            callbacks=Callbacks(
-                on_evaluation=on_evaluation, on_event=lambda *event: events.append(event)
-            ),
-        )
+        _train(tiny_demo, tiny_forget, sam_rho, on_point=on_point, events=events, sam_from=sam_from)
         return points, events
 
     plain, _ = train(0.0)
@@ -250,15 +235,7 @@ def test_sharpness_aware_steps_begin_at_sam_from(tiny_demo, tiny_forget):
 
 
 def test_a_job_steers_the_radius_only_once_sharpness_aware_steps_began(tiny_demo, tmp_path):
-    from core.pipeline import NullReporter, run_job
-
-    class Events(NullReporter):
-        def __init__(self):
-            self.steered = []
-
-        def event(self, kind, message, **data):
-            if kind == "steer":
-                self.steered.append(data["step"])
+    from core.pipeline import run_job
 
     spec, inputs = demo_job(
         tiny_demo,
@@ -270,14 +247,14 @@ def test_a_job_steers_the_radius_only_once_sharpness_aware_steps_began(tiny_demo
         },
         target={"utility_floor": 0.5, "max_epochs": 6},
     )
-    events = Events()
+    events = recording_reporter()
     outcome = run_job(spec, inputs, tmp_path / "job", reporter=events)
     points = outcome.report["trajectory"]
     total = points[0]["step"] * 6  # one point per epoch of the six
     radii = {point["step"]: point["metrics"]["sam_rho"] for point in points}
     assert all(radius == 0.0 for step, radius in radii.items() if step <= total // 2)
     assert all(radius > 0 for step, radius in radii.items() if step > total // 2)
-    assert all(step > total // 2 for step in events.steered)
+    assert all(data["step"] > total // 2 for _, data in events.of("steer"))
 
 
 @pytest.mark.parametrize(
@@ -304,48 +281,16 @@ def test_one_two_phase_job_trains_as_a_job_continued_with_sharpness_aware_epochs
     """``sam_from`` 0.5 with ``lr_scheduler: two_phase`` over two epochs ends with the
     weights of a one-epoch job without ``sam_rho`` continued to two epochs with it (the
     service's continue_from: the saved state, a new schedule)."""
-    from core.models.loading import load_model
-
-    tokenizer, forget = tiny_forget
-
-    def train(epochs, **settings):
-        resume = settings.pop("resume", None)
-        model, _ = load_model(str(tiny_demo.target), dtype="fp32")
-        hparams = get_method("ga").parse_hyperparameters(
-            {
-                "learning_rate": 1e-3,
-                "epochs": epochs,
-                "batch_size": 4,
-                "gradient_accumulation_steps": 1,
-                "precision": "fp32",
-                **settings,
-            }
-        )
-
-        def on_evaluation(point):
-            if point.final:
-                point.capture_state().save(tmp_path / f"state-{epochs}")
-            return False
-
-        result = run_training(
-            model,
-            tokenizer,
-            forget,
-            None,
-            get_method("ga"),
-            hparams,
-            seed=3,
-            callbacks=Callbacks(on_evaluation=on_evaluation),
-            resume=resume,
-            new_schedule=resume is not None,
-        )
-        return {n: p.detach().clone() for n, p in result.model.named_parameters()}
-
-    one_job = train(2, sam_rho=0.2, sam_from=0.5, lr_scheduler="two_phase")
-    train(1)
-    continued = train(2, sam_rho=0.2, resume=TrainingState.load(tmp_path / "state-1"))
+    one_job = _train(tiny_demo, tiny_forget, 0.2, sam_from=0.5, lr_scheduler="two_phase")
+    _train(tiny_demo, tiny_forget, 0.0, epochs=1, saved=tmp_path / "state")
+    continued = _train(
+        tiny_demo,
+        tiny_forget,
+        0.2,
+        resume=TrainingState.load(tmp_path / "state"),
+        new_schedule=True,
+    )
     for name, value in one_job.items():
         torch.testing.assert_close(continued[name], value, rtol=1e-5, atol=1e-6, msg=name)
     # and it is not the plain linear schedule's run
-    linear = train(2, sam_rho=0.2, sam_from=0.5)
-    assert not _same(linear, one_job)
+    assert not _same(_train(tiny_demo, tiny_forget, 0.2, sam_from=0.5), one_job)

@@ -20,7 +20,7 @@ from core.errors import InvalidRequest
 from core.methods import get_method
 from core.spec import parse_job_spec
 from core.training.loop import Callbacks, run_training
-from tests.fixtures.models import demo_job
+from tests.fixtures.models import demo_job, recording_reporter
 
 BETA, GAMMA = 2.0, 0.5
 
@@ -178,25 +178,15 @@ def test_both_is_offered_where_the_forget_term_needs_nothing_but_the_answers():
 
 
 def test_a_job_with_both_matches_phrasing_and_facts_each_to_the_holdouts_own(tiny_demo, tmp_path):
-    from core.pipeline import NullReporter, run_job
+    from core.pipeline import run_job
     from core.training.state import TrainingState
-
-    class Recorder(NullReporter):
-        def __init__(self):
-            self.events, self.points = [], []
-
-        def event(self, kind, message, **data):
-            self.events.append((kind, message, data))
-
-        def evaluation(self, point):
-            self.points.append(point)
 
     spec, inputs = demo_job(
         tiny_demo,
         hyperparameters={"forget_tokens": "both", "match_holdout": True},
         target={"max_epochs": 2},
     )
-    recorder = Recorder()
+    recorder = recording_reporter()
     run_job(spec, inputs, tmp_path / "job", reporter=recorder)
     told = [m for _, m, _ in recorder.events if "two forget terms" in m]
     assert told, [m for _, m, _ in recorder.events]
