@@ -193,7 +193,13 @@ class TargetMonitor:
         light = self._light(point)
         index = len(self.state.points)
         wait = self._wait_reason(light, index)
-        if wait is None or point.final:
+        # The end of the plain phase (sam_from) is judged as a first job's last point
+        # would be: always probed, and the holdout measured afresh after it, as a
+        # continuation does, so that one job runs as the two-job recipe.
+        phase_end = point.phase_end
+        if phase_end:
+            self._holdout = None
+        if wait is None or point.final or phase_end:
             verdict, figures = self._verdict_probe(point.model)
             if verdict.status == "forgotten" and self.target.relearning:
                 check = self._relearning(point.model, figures)

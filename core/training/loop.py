@@ -94,6 +94,9 @@ class EvaluationPoint:
     #: whether the steps up to this point were sharpness-aware (``sam_rho``, from
     #: ``sam_from``'s step on)
     sharpness_aware: bool = False
+    #: True at ``sam_from``'s step: the plain steps end here and the sharpness-aware ones
+    #: begin after it (a monitor treats it as a first job's last point)
+    phase_end: bool = False
 
 
 @dataclass
@@ -792,9 +795,13 @@ def run_training(
                 )
                 next_block = block_start + block_size
                 epoch_end = next_block >= len(order)
+                # sam_from's step is a point of its own, as the end of a first job is
+                phase_end = sharpness_aware and 0 < sam_start == step
                 due = (
-                    step % evaluate_every_steps == 0 if evaluate_every_steps else epoch_end
-                ) or step >= total_steps
+                    (step % evaluate_every_steps == 0 if evaluate_every_steps else epoch_end)
+                    or step >= total_steps
+                    or phase_end
+                )
                 if world > 1 and due:
                     # Rank 0 judges the point; it needs every rank's measurements.
                     seen_forget = distributed.merge_dicts(seen_forget, world)
@@ -819,6 +826,7 @@ def run_training(
                         fact_nll=dict(seen_facts),
                         rest_nll=dict(seen_rest),
                         sharpness_aware=sharpness_aware and step > sam_start,
+                        phase_end=phase_end,
                     )
                     stop = bool(callbacks.on_evaluation(point))
                     if sharded:

@@ -294,3 +294,34 @@ def test_one_two_phase_job_trains_as_a_job_continued_with_sharpness_aware_epochs
         torch.testing.assert_close(continued[name], value, rtol=1e-5, atol=1e-6, msg=name)
     # and it is not the plain linear schedule's run
     assert not _same(_train(tiny_demo, tiny_forget, 0.2, sam_from=0.5), one_job)
+
+
+def test_sam_froms_step_is_a_point_and_a_first_jobs_last_point(tiny_demo, tiny_forget, tmp_path):
+    """The plain phase's end is an evaluation point even off an epoch's end, and the
+    monitor probes it whatever its light figures say, as it does a first job's last
+    point (``sam_from`` + ``two_phase`` then runs as a first job and its continuation)."""
+    from core.pipeline import run_job
+    from core.verification import GATE_AUC
+
+    seen = []
+    _train(
+        tiny_demo,
+        tiny_forget,
+        0.2,
+        sam_from=0.3,
+        on_point=lambda point: seen.append((point.step, point.phase_end)),
+    )
+    steps_per_epoch = seen[-1][0] // 2
+    start = round(0.3 * 2 * steps_per_epoch)
+    assert start % steps_per_epoch  # off an epoch's end
+    assert seen == sorted([(start, True), (steps_per_epoch, False), (2 * steps_per_epoch, False)])
+
+    spec, inputs = demo_job(
+        tiny_demo,
+        hyperparameters={"sam_rho": 0.3, "sam_from": 0.2, "lr_scheduler": "two_phase"},
+        target={"max_epochs": 5},
+    )
+    outcome = run_job(spec, inputs, tmp_path / "job", reporter=recording_reporter())
+    first = outcome.report["trajectory"][0]
+    assert first["metrics"]["measured_by"] == "verdict probe"
+    assert first["metrics"]["membership_auc"] > GATE_AUC  # the light gate would have waited
