@@ -335,6 +335,9 @@ class TargetMonitor:
 
         measured = {}
         for part, examples in self.light_holdout_parts.items():
+            if not examples:  # e.g. no holdout answer has phrasing besides its facts
+                measured[part] = np.array([], dtype=np.float64)
+                continue
             with scoring_mode(model):
                 scores = score_sequences(
                     model,
