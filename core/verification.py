@@ -334,18 +334,19 @@ class TargetMonitor:
         from core.evaluation.scoring import pad_token_id, score_sequences
 
         measured = {}
-        for part, examples in self.light_holdout_parts.items():
-            if not examples:  # e.g. no holdout answer has phrasing besides its facts
-                measured[part] = np.array([], dtype=np.float64)
-                continue
-            with scoring_mode(model):
-                scores = score_sequences(
-                    model,
-                    examples,
-                    pad_token_id=pad_token_id(self.tokenizer),
-                    batch_size=self.batch_size,
+        with scoring_mode(model):
+            for part, examples in self.light_holdout_parts.items():
+                scores = (  # none: e.g. no holdout answer has phrasing besides its facts
+                    score_sequences(
+                        model,
+                        examples,
+                        pad_token_id=pad_token_id(self.tokenizer),
+                        batch_size=self.batch_size,
+                    )
+                    if examples
+                    else []
                 )
-            measured[part] = np.array([s.nll / s.n_tokens for s in scores], dtype=np.float64)
+                measured[part] = np.array([s.nll / s.n_tokens for s in scores], dtype=np.float64)
         if self.forget_tokens != "facts":
             probe = probe_model(
                 model,

@@ -243,20 +243,18 @@ def collate(
     input_ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
     attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    with_facts = bool(examples) and all(e.fact_labels is not None for e in examples)
+    if with_facts:
+        batch["fact_labels"] = torch.full_like(labels, IGNORE_INDEX)
     for row, example in enumerate(examples):
         n = len(example.input_ids)
         span = slice(0, n) if padding_side == "right" else slice(width - n, width)
         input_ids[row, span] = torch.tensor(example.input_ids)
         labels[row, span] = torch.tensor(example.labels)
         attention_mask[row, span] = 1
-    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-    if examples and all(e.fact_labels is not None for e in examples):
-        fact_labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-        for row, example in enumerate(examples):
-            n = len(example.input_ids)
-            span = slice(0, n) if padding_side == "right" else slice(width - n, width)
-            fact_labels[row, span] = torch.tensor(example.fact_labels)
-        batch["fact_labels"] = fact_labels
+        if with_facts:
+            batch["fact_labels"][row, span] = torch.tensor(example.fact_labels)
     return batch
 
 

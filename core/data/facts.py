@@ -95,5 +95,5 @@ def phrasing_examples(
             for label, fact in zip(example.labels, facts.labels)
         ]
         has_rest = any(label != IGNORE_INDEX for label in labels)
-        out.append(replace(example, labels=labels) if has_rest and facts is not example else None)
+        out.append(replace(example, labels=labels) if has_rest else None)
     return out

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from core.data.encoding import IGNORE_INDEX, EncodedExample, collate
 from core.errors import Cancelled, InvalidRequest, NonFiniteLoss, Paused
@@ -877,7 +877,7 @@ def _fetch_controls(callbacks: Callbacks, world: int, matching: bool, sam_rho: f
         return None, rho
 
     def value(v):
-        if isinstance(v, (list, tuple)):  # forget_tokens both: (whole answer, facts)
+        if isinstance(v, (list, tuple)):  # forget_tokens both: (phrasing, facts)
             return [value(part) for part in v]
         return math.inf if v is None else v
 
@@ -993,10 +993,8 @@ def _micro_step(
                     labels=companion_batch["labels"],
                 )
             two_columns = forget_ceiling is not None and forget_ceiling.dim() == 2
-            # (labels, per-sequence NLL, answer tokens, per-token NLL, ceilings, the
-            # block's denominators, the rows it applies to) per term
             views = [
-                (
+                _ForgetView(
                     batch["labels"],
                     nll,
                     n_answer,
@@ -1009,36 +1007,36 @@ def _micro_step(
             if "fact_labels" in batch:
                 # forget_tokens both: the answers' phrasing (the tokens that are not
                 # facts) and their facts, two terms from this forward pass
-                views = [
-                    _rest_view(logits, batch, forget_ceiling, two_columns, denominators, keep_mask),
-                    _facts_view(
-                        logits, batch, forget_ceiling, two_columns, denominators, keep_mask
-                    ),
-                ]
+                rest = _rest_view(
+                    logits, batch, forget_ceiling, two_columns, denominators, keep_mask
+                )
+                facts = _facts_view(
+                    logits, batch, forget_ceiling, two_columns, denominators, keep_mask
+                )
+                views = [rest, facts]
                 if not settle:
-                    parts["rest_nll"] = views[0][3]
-                    parts["fact_nll"] = views[1][3]
+                    parts["rest_nll"], parts["fact_nll"] = rest.per_token, facts.per_token
             forget_part, reported, terms = 0.0, 0.0, []
-            for labels, view_nll, view_n, view_per_token, ceiling, denominator, rows in views:
+            for view in views:
                 term = method.forget_term(
                     ForgetInputs(
-                        nll=view_nll,
-                        n_tokens=view_n,
+                        nll=view.nll,
+                        n_tokens=view.n_tokens,
                         ref_nll=forget_ref.to(device) if forget_ref is not None else None,
                         logits=logits,
-                        labels=labels,
+                        labels=view.labels,
                         companion=companion,
                     ),
                     hparams,
                 )
                 terms.append(term)
-                part = _reduce(term, denominator, rows)
+                part = _reduce(term, view.denominators, view.rows)
                 reported = reported + part.detach()
-                if ceiling is not None and forget_mode in ("push", "settle"):
-                    measured = [math.inf if v is None else v for v in view_per_token]
-                    below = torch.tensor(measured, dtype=torch.float64) < ceiling
+                if view.ceiling is not None and forget_mode in ("push", "settle"):
+                    measured = [math.inf if v is None else v for v in view.per_token]
+                    below = torch.tensor(measured, dtype=torch.float64) < view.ceiling
                     chosen = (~below if settle else below).to(device)
-                    part = _reduce(term, denominator, rows & chosen)
+                    part = _reduce(term, view.denominators, view.rows & chosen)
                 elif settle:  # a term without ceilings has no answer at one
                     part = part * 0
                 forget_part = forget_part + part
@@ -1183,11 +1181,25 @@ def _retain_term(model, ref_model, hparams, examples, pad_id, device, lora, deno
     return kl, per_token
 
 
+class _ForgetView(NamedTuple):
+    """One forget term's tokens in a micro-batch: its labels, per-sequence NLL and answer
+    tokens, the per-token NLL reported to the monitor (None: no such tokens), its
+    ceilings, the block's denominators and the rows it applies to."""
+
+    labels: torch.Tensor
+    nll: torch.Tensor
+    n_tokens: torch.Tensor
+    per_token: list[float | None]
+    ceiling: torch.Tensor | None
+    denominators: dict[str, int]
+    rows: torch.Tensor
+
+
 def _facts_view(logits, batch, forget_ceiling, two_columns, denominators, keep_mask):
     """``forget_tokens: both``'s second term: the answers' fact tokens (the whole answer
     where it has none), with the second column of the ceilings."""
     fact_nll, fact_n = sequence_nll(logits, batch["fact_labels"])
-    return (
+    return _ForgetView(
         batch["fact_labels"],
         fact_nll,
         fact_n,
@@ -1215,7 +1227,7 @@ def _rest_view(logits, batch, forget_ceiling, two_columns, denominators, keep_ma
         value if rest else None
         for value, rest in zip(_per_token(rest_nll, rest_n), has_rest.tolist())
     ]
-    return (
+    return _ForgetView(
         rest_labels,
         rest_nll,
         rest_n,
