@@ -129,15 +129,6 @@ class UnlearningHyperparameters(TrainingHyperparameters):
         "sam_from's step (the plain steps), then the whole budget's linear decay from "
         "where it stands there (the sharpness-aware steps); linear where sam_from is 0.",
     )
-    sam_from: float = Field(
-        0.0,
-        ge=0,
-        lt=1,
-        description="The share of the budget's steps trained with plain updates before "
-        "the sharpness-aware ones (sam_rho) begin: forget first, then flatten what was "
-        "forgotten, in one job (0: sharpness-aware from the first step). Under sam_steer "
-        "the radius is steered only from then on.",
-    )
     sam_adaptive: bool = Field(
         False,
         description="Adaptive sharpness (ASAM, arXiv 2102.11600): scale each weight's move "
@@ -154,6 +145,28 @@ class UnlearningHyperparameters(TrainingHyperparameters):
         "Each change is an event (type steer) and each point records the radius it "
         "trained with.",
     )
+
+    sam_from: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="The share of the budget's steps trained with plain updates before "
+        "the sharpness-aware ones (sam_rho) begin: forget first, then flatten what was "
+        "forgotten, in one job (0: sharpness-aware from the first step). Under sam_steer "
+        "the radius is steered only from then on.",
+    )
+
+    @field_validator("sam_from")
+    @classmethod
+    def _sam_from_needs_sam(cls, value: float, info):
+        # declared after sam_rho and sam_steer so that both are in info.data; accepted
+        # without either, it would change nothing where the user meant something
+        if value > 0 and not info.data.get("sam_rho") and not info.data.get("sam_steer"):
+            raise ValueError(
+                "starts sharpness-aware steps part-way through, but there are none "
+                "(sam_rho is 0): set sam_rho > 0 or sam_steer: true"
+            )
+        return value
 
     match_holdout: bool = Field(
         False,
