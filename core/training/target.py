@@ -16,14 +16,19 @@ The published point (``select_point``):
 
 1. the first confirmed point, when there is one;
 2. else, among the points whose utility is at or above the floor, the one that forgets
-   best: the highest knowledge p-value (forget vs holdout truth ratios), ties broken by
-   the membership AUC's closeness to 0.5, then by utility. The knowledge p-value comes
-   first even where the membership check fails as over-forgotten: a model that still
-   prefers the true answers leaks the facts, one pushed below unseen data leaks only
-   that something was removed. Measured: ranking failed checks first published, on
-   seed 3 of the sharpness-aware recipe (docs/minitofu.md), step 104 instead of 200:
-   oracle forget quality 2e-5 instead of 4e-4, relearning 1.74x the oracle's instead of
-   0.77x;
+   best: first the points that pass the knowledge check and whose membership check does
+   not say *remembered* (forget answers still likelier than unseen ones), then the
+   highest knowledge p-value (forget vs holdout truth ratios), ties broken by the
+   membership AUC's closeness to 0.5, then by utility. Why the first tier: the knowledge
+   test is lenient on a model whose facts were forgotten in isolation while its answers'
+   phrasing is still remembered; under ``forget_tokens: both`` the p-value alone
+   published such early points (membership AUC 0.77-0.78, oracle forget quality
+   0.18-0.24) over later ones that passed both checks (docs/minitofu.md, stop 32).
+   Over-forgotten membership does not demote a point: a model that still prefers the
+   true answers leaks the facts, one pushed below unseen data leaks only that something
+   was removed. Measured: ranking failed checks first published, on seed 3 of the
+   sharpness-aware recipe (docs/minitofu.md), step 104 instead of 200: oracle forget
+   quality 2e-5 instead of 4e-4, relearning 1.74x the oracle's instead of 0.77x;
 3. else, when the best measured utility is within ``NEAR_FLOOR`` of the floor, that
    point: a near miss, where forgetting went furthest without much damage;
 4. else (every measured point is far below the floor: the run damaged the model, and
@@ -50,7 +55,8 @@ NEAR_FLOOR = 0.1
 SELECTION_RULE = (
     "the first evaluation point that met the target and confirmed it (the verdict said "
     "forgotten there and at the points just before it, target.confirm_points in all); "
-    "else, among points with utility at or above the floor, the one with the highest knowledge p-value (forget vs holdout "
+    "else, among points with utility at or above the floor, those that pass the knowledge check and are not still "
+    "remembered by the membership check first, then the highest knowledge p-value (forget vs holdout "
     "truth ratios; ties: membership AUC closest to 0.5, then utility); else the measured "
     f"point with the highest utility if it is within {NEAR_FLOOR} of the floor; else, among points "
     "measured only by the training pass whose retain likelihood kept the floor, the one "
@@ -173,10 +179,19 @@ def _light_rank(point: PointRecord) -> tuple[float, float]:
     return (-1.0 if auc is None else -abs(auc - 0.5), _retain_ratio(point))
 
 
-def _forgetting_rank(point: PointRecord) -> tuple[float, float, float]:
+def _remembered(point: PointRecord) -> bool:
+    """The membership check failed because the forget answers are still likelier than
+    unseen ones (not because they were pushed below them)."""
+    check = point.check("membership")
+    return bool(check) and check.get("passed") is False and check.get("flag") != "over_forgotten"
+
+
+def _forgetting_rank(point: PointRecord) -> tuple[bool, float, float, float]:
     knowledge = point.value("knowledge")
     membership = point.value("membership")
+    knowledge_passed = (point.check("knowledge") or {}).get("passed") is True
     return (
+        knowledge_passed and not _remembered(point),
         -1.0 if knowledge is None else knowledge,
         -1.0 if membership is None else -abs(membership - 0.5),
         point.utility_ratio or 0.0,

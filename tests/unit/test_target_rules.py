@@ -65,6 +65,28 @@ def test_knowledge_outranks_a_failed_over_forgotten_membership_check():
     assert select_point([over, in_band], utility_floor=FLOOR).step == 10
 
 
+def test_a_point_passing_knowledge_and_membership_outranks_a_remembered_one_of_higher_p():
+    # Under forget_tokens: both, early points had forgotten the facts in isolation
+    # (knowledge p 0.6) while membership still recognised the answers (AUC 0.77); a later
+    # point passed both checks at a lower p and was the better model (oracle forget
+    # quality 0.99 vs 0.24 on the benchmark). Over-forgotten membership does not demote.
+    def judged(step, knowledge, membership, *, flag=None):
+        p = point(step, knowledge=knowledge, membership=membership, utility=0.97)
+        p.verdict["checks"][0]["passed"] = knowledge >= 0.1
+        p.verdict["checks"][1].update(passed=abs(membership - 0.5) <= 0.2, flag=flag)
+        return p
+
+    remembered = judged(72, 0.6, 0.77)
+    both_passed = judged(200, 0.2, 0.45)
+    over = judged(240, 0.15, 0.2 - 0.05, flag="over_forgotten")
+    knowledge_failed = judged(260, 0.05, 0.5)
+    assert select_point([remembered, both_passed], utility_floor=FLOOR).step == 200
+    assert select_point([remembered, over], utility_floor=FLOOR).step == 240
+    assert select_point([remembered, both_passed, over], utility_floor=FLOOR).step == 200
+    # without a point passing knowledge unremembered, the p-value decides as before
+    assert select_point([remembered, knowledge_failed], utility_floor=FLOOR).step == 72
+
+
 def test_ties_in_knowledge_and_membership_go_to_the_higher_utility():
     points = [
         point(10, knowledge=0.3, membership=0.4, utility=0.96),
