@@ -544,6 +544,20 @@ def _make_monitor(
     original = probe_model(
         model, tokenizer, probe_sets, template=spec.prompt_template, max_length=hparams.max_length
     )
+    # The report's model utility has ROUGE-L where the evaluation generates; the probes
+    # that confirm a utility estimate near the floor measure it too, against these.
+    rouge_tokens = spec.evaluation.max_new_tokens if spec.evaluation.generate else 0
+    if rouge_tokens and (probe_sets.retain is not None or probe_sets.utility):
+        answered = probe_model(
+            model,
+            tokenizer,
+            ProbeSets(forget=None, retain=probe_sets.retain, utility=probe_sets.utility),
+            template=spec.prompt_template,
+            max_length=hparams.max_length,
+            truth_ratio=False,
+            rouge_tokens=rouge_tokens,
+        )
+        original = original.with_columns(answered, ("rouge_recall",))
     attack = spec.evaluation.relearn
     relearn = RelearnSettings(
         steps=attack.steps if attack else 5,
@@ -575,6 +589,7 @@ def _make_monitor(
         sam_rho=float(getattr(hparams, "sam_rho", 0.0)),
         focus=focus,
         forget_tokens=getattr(hparams, "forget_tokens", "answer"),
+        rouge_tokens=rouge_tokens,
     )
 
 

@@ -1,8 +1,10 @@
 """The cheap measurement taken at every evaluation point of a training run.
 
-No generation: teacher-forced scores only, on capped samples of the forget set, the
-holdout set (records of the same form that the model never trained on), the retain set
-and the utility sets. Per sample it keeps what the verdict needs: the answer's
+Teacher-forced scores, on capped samples of the forget set, the holdout set (records of
+the same form that the model never trained on), the retain set and the utility sets; no
+generation, except ROUGE-L of the retain and utility answers where asked (``rouge_tokens``:
+the utility estimate that confirms one near the floor, so that it has the report's model
+utility's components). Per sample it keeps what the verdict needs: the answer's
 length-normalized probability, the truth ratio where the records have paraphrased and
 perturbed answers, and the membership-inference scores.
 """
@@ -26,6 +28,7 @@ PROBE_COLUMNS = (
     "probability",
     "truth_ratio",
     "n_tokens",
+    "rouge_recall",
     *(f"mia_{a}" for a in metrics.MIA_ATTACKS),
 )
 
@@ -75,6 +78,9 @@ class Probe:
             if name != "retain" and not name.startswith("utility/"):
                 continue
             values = {"probability": self.mean(name, "probability")}
+            rouge = self.mean(name, "rouge_recall")
+            if rouge is not None:
+                values["rouge_recall"] = rouge
             ratios = self.column(name, "truth_ratio")
             if ratios is not None:
                 values["truth_ratio"] = metrics.truth_ratio_retain_score(ratios)
@@ -88,16 +94,27 @@ class Probe:
         return metrics.model_utility(components)
 
     def prefix_like(self, other: Probe) -> Probe:
-        """This probe cut, set by set, to as many samples as ``other`` holds: its scores
-        on the same records when ``other`` scored a prefix of this probe's sets."""
+        """This probe cut, set by set, to as many samples as ``other`` holds, and to the
+        columns ``other`` has: its scores on the same records, measured alike, when
+        ``other`` scored a prefix of this probe's sets."""
         columns = {}
         for name, theirs in other.columns.items():
             ours = self.columns.get(name)
             if ours is None:
                 continue
             n = len(next(iter(theirs.values()), []))
-            columns[name] = {key: values[:n] for key, values in ours.items()}
+            columns[name] = {key: values[:n] for key, values in ours.items() if key in theirs}
         return Probe(columns=columns)
+
+    def with_columns(self, other: Probe, names: tuple[str, ...]) -> Probe:
+        """This probe with ``other``'s columns ``names`` added, set by set (``other``
+        scored the same records in the same order)."""
+        columns = {name: dict(sets) for name, sets in self.columns.items()}
+        for name, theirs in other.columns.items():
+            for key in names:
+                if key in theirs and name in columns:
+                    columns[name][key] = list(theirs[key])
+        return Probe(columns=columns, seconds=self.seconds + other.seconds)
 
     def extended(self, other: Probe) -> Probe:
         """This probe's samples followed by ``other``'s, set by set."""
@@ -192,9 +209,12 @@ def probe_model(
     batch_size: int = 64,
     min_k: float = metrics.DEFAULT_MIN_K_FRACTION,
     truth_ratio: bool = True,
+    rouge_tokens: int = 0,
 ) -> Probe:
-    """Score ``model`` on every set of ``sets`` (already capped): no generation; truth
-    ratios where the records have the fields, unless ``truth_ratio`` is False."""
+    """Score ``model`` on every set of ``sets`` (already capped): truth ratios where the
+    records have the fields, unless ``truth_ratio`` is False; with ``rouge_tokens`` each
+    question-answer record is also answered greedily (that many new tokens) and scored
+    with ROUGE-L recall, as the report's evaluation does."""
     from core.evaluation import scoring
 
     started = time.perf_counter()
@@ -222,8 +242,8 @@ def probe_model(
                     max_length=max_length,
                     batch_size=batch_size,
                     truth_ratio=truth_ratio and records.has_truth_ratio_fields,
-                    generate=False,
-                    max_new_tokens=1,
+                    generate=rouge_tokens > 0,
+                    max_new_tokens=max(rouge_tokens, 1),
                     knowmem_max_new_tokens=1,
                     min_k=min_k,
                 )

@@ -53,3 +53,21 @@ def test_ratio_compares_the_same_records():
     assert both.seconds == pytest.approx(1.5)
     # All 40: (32 * 0.6 + 8 * 0.4) / 40 = 0.56 against 0.72.
     assert both.utility() / original.prefix_like(both).utility() == pytest.approx(0.56 / 0.72)
+
+
+def test_rouge_counts_only_where_both_sides_measured_it():
+    # The original was answered (ROUGE) on all 4 records; a quick estimate was not: it is
+    # compared with the original's generation-free components only.
+    original = Probe(
+        columns={"retain": {"probability": [0.8] * 4, "rouge_recall": [1.0] * 4}}
+    )
+    quick = Probe(columns={"retain": {"probability": [0.6] * 4}})
+    assert quick.utility() / original.prefix_like(quick).utility() == pytest.approx(0.75)
+    # Confirmed with ROUGE (0.9 on every answer): harmonic means of (0.6, 0.9) and
+    # (0.8, 1.0): 2 / (1/0.6 + 1/0.9) = 0.72 against 2 / (1/0.8 + 1/1.0) = 0.8889.
+    answered = Probe(columns={"retain": {"probability": [0.0] * 4, "rouge_recall": [0.9] * 4}})
+    confirmed = quick.with_columns(answered, ("rouge_recall",))
+    assert confirmed.columns["retain"]["probability"] == [0.6] * 4  # only ROUGE was taken
+    ratio = confirmed.utility() / original.prefix_like(confirmed).utility()
+    assert ratio == pytest.approx(0.72 / (2 / (1 / 0.8 + 1)))
+    assert ratio > 0.75  # ROUGE that hardly moved pulls the ratio towards 1
