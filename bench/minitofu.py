@@ -644,8 +644,9 @@ TARGET_KEYS = HEADLINE + ("model_utility_ratio",)
 #: against the holdout's own relearning, 2026-12-05; 3: that reference averaged over up
 #: to three holdout groups; 4: sharpness-aware steps under match_holdout keep only the
 #: sharpness of answers at their ceilings; 5: sam_steer lowers the radius only when the
-#: utility check fails; 6: steps of 1.5, and a move brings the next probe forward)
-TARGET_RUNS_VERSION = 6
+#: utility check fails; 6: steps of 1.5, and a move brings the next probe forward; 7: ROUGE-L
+#: in the confirming utility estimate, the published-point rule's first tier)
+TARGET_RUNS_VERSION = 7
 
 
 def run_target_job(
