@@ -645,7 +645,7 @@ TARGET_KEYS = HEADLINE + ("model_utility_ratio",)
 #: to three holdout groups; 4: sharpness-aware steps under match_holdout keep only the
 #: sharpness of answers at their ceilings; 5: sam_steer lowers the radius only when the
 #: utility check fails; 6: steps of 1.5, and a move brings the next probe forward; 7: ROUGE-L
-#: in the confirming utility estimate, the published-point rule's first tier)
+#: in the confirming utility estimate, the published-point rule's first tier, steering cap 3x)
 TARGET_RUNS_VERSION = 7
 
 

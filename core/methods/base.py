@@ -140,7 +140,7 @@ class UnlearningHyperparameters(TrainingHyperparameters):
         description="With a target: the evaluation points steer the sharpness-aware "
         "radius, starting from sam_rho (0.3 where sam_rho is left at 0): a verdict probe "
         "whose utility is below the floor lowers it by a third, one whose relearning "
-        "check fails raises it by half, within 0.5-2x the start, and brings the next "
+        "check fails raises it by half, within 0.5-3x the start, and brings the next "
         "probe to the next evaluation point. "
         "Each change is an event (type steer) and each point records the radius it "
         "trained with.",

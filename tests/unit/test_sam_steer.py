@@ -26,8 +26,8 @@ PASSED = relearning_check(0.24, 0.2)  # 1.2x
     [
         (0.3, 0.97, FAILED, 0.45),  # 0.3 * 1.5
         (0.4, 0.97, FAILED, 0.6),  # 0.4 * 1.5
-        (0.5, 0.97, FAILED, 0.6),  # 0.75, capped at 2 x 0.3
-        (0.6, 0.97, FAILED, 0.6),  # at the cap: no change
+        (0.675, 0.97, FAILED, 0.9),  # 1.0125, capped at 3 x 0.3
+        (0.9, 0.97, FAILED, 0.9),  # at the cap: no change
         (0.4, 0.955, FAILED, 0.6),  # near the floor, above it: relearning decides
         (0.4, 0.949, None, 0.266667),  # below the floor (no relearning check ran): 0.4 / 1.5
         (0.2, 0.90, None, 0.15),  # 0.2 / 1.5 = 0.133, floored at 0.5 x 0.3
