@@ -65,7 +65,7 @@ BEST_WEIGHTS = "best.pt"
 #: retain and utility records per set that estimate utility at a verdict probe
 UTILITY_QUICK_SAMPLES = 32
 #: an estimate this close to the floor (either side) is confirmed on every probed
-#: record (``core.pipeline.UTILITY_PROBE_SAMPLES`` per set) before it turns a point down
+#: record (the report's sample: ``evaluation.max_samples`` per set) before it turns a point down
 #: or lets it meet the target: on the mini-TOFU benchmark the 32-record estimate read
 #: 0.93x at points that 128 records (and the full sets) put at 1.01-1.06x, and the
 #: 0.95x floor turned every one of them down
