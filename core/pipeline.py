@@ -643,7 +643,6 @@ def _fact_focus(
     return focus, focused
 
 
-
 def _base_model_digest(path_or_id: str) -> str | None:
     """The base model's ``folder_digest`` (for certificates: the model before), when it
     is a local folder; None for a hub id, whose files the hub cache holds."""

@@ -31,7 +31,12 @@ def test_a_probe_with_rouge_measures_the_reports_model_utility(tiny_demo, name):
 
     plain = probe_model(model, tokenizer, utility_sets, **kwargs)
     answered = probe_model(
-        model, tokenizer, utility_sets, truth_ratio=False, rouge_tokens=spec.max_new_tokens, **kwargs
+        model,
+        tokenizer,
+        utility_sets,
+        truth_ratio=False,
+        rouge_tokens=spec.max_new_tokens,
+        **kwargs,
     )
     probe = plain.with_columns(answered, ("rouge_recall",))
     report = evaluate_model(

@@ -58,9 +58,7 @@ def test_ratio_compares_the_same_records():
 def test_rouge_counts_only_where_both_sides_measured_it():
     # The original was answered (ROUGE) on all 4 records; a quick estimate was not: it is
     # compared with the original's generation-free components only.
-    original = Probe(
-        columns={"retain": {"probability": [0.8] * 4, "rouge_recall": [1.0] * 4}}
-    )
+    original = Probe(columns={"retain": {"probability": [0.8] * 4, "rouge_recall": [1.0] * 4}})
     quick = Probe(columns={"retain": {"probability": [0.6] * 4}})
     assert quick.utility() / original.prefix_like(quick).utility() == pytest.approx(0.75)
     # Confirmed with ROUGE (0.9 on every answer): harmonic means of (0.6, 0.9) and
