@@ -527,8 +527,9 @@ def _make_monitor(
         spec.evaluation.sample_seed,
     )
     # The retain and utility records are the report's own sample (max_samples, the same
-    # seed): a point's utility is estimated on the first few and confirmed near the floor
-    # on all of them, so that the floor judges what the report will measure. A smaller
+    # seed): a point's utility is estimated on the first few, confirmed near the floor on
+    # more, and at the floor's edge on all of them (core.verification), so that the floor
+    # judges what the report will measure. A smaller
     # sample (128) read 0.945x where the report's 400 records read 0.956x (the retain
     # truth-ratio score: 0.953 vs 0.983), on every seed of a benchmark recipe alike,
     # since the same records are drawn every time (docs/minitofu.md, stop 32).

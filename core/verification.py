@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from core.evaluation import metrics
-from core.evaluation.probe import Probe, ProbeSets, probe_model, split_utility_sets
+from core.evaluation.probe import Probe, ProbeSets, probe_model, utility_stages
 from core.evaluation.verdict import (
     MEMBERSHIP_MARGIN,
     Verdict,
@@ -64,12 +64,19 @@ LIGHT_HOLDOUT_SAMPLES = 32
 BEST_WEIGHTS = "best.pt"
 #: retain and utility records per set that estimate utility at a verdict probe
 UTILITY_QUICK_SAMPLES = 32
-#: an estimate this close to the floor (either side) is confirmed on every probed
-#: record (the report's sample: ``evaluation.max_samples`` per set) before it turns a point down
-#: or lets it meet the target: on the mini-TOFU benchmark the 32-record estimate read
-#: 0.93x at points that 128 records (and the full sets) put at 1.01-1.06x, and the
-#: 0.95x floor turned every one of them down
+#: an estimate this close to the floor (either side) is confirmed on
+#: ``UTILITY_CONFIRM_SAMPLES`` records per set before it turns a point down or lets it
+#: meet the target: on the mini-TOFU benchmark the 32-record estimate read 0.93x at
+#: points that 128 records (and the full sets) put at 1.01-1.06x, and the 0.95x floor
+#: turned every one of them down
 UTILITY_CONFIRM_BAND = 0.1
+UTILITY_CONFIRM_SAMPLES = 128
+#: a confirmed estimate this close to the floor is measured as the report will measure
+#: it: on the report's whole sample (``evaluation.max_samples`` per set) with ROUGE-L.
+#: On the 30-author GPT-2 benchmark 128 records without ROUGE read 0.939x where the
+#: report read 0.956x (stop 32); the edge band keeps the cost to such points (the demo
+#: job's estimates, at 0.97-0.98x, do not pay it: its evaluation time would double)
+UTILITY_EDGE_BAND = 0.03
 #: ``sam_steer``: a verdict probe whose utility check fails lowers the radius, one whose
 #: relearning check fails raises it, by this factor each time, within
 #: ``SAM_STEER_RANGE`` times the job's ``sam_rho``; a move brings the next verdict probe
@@ -165,8 +172,8 @@ class TargetMonitor:
         self._holdout: tuple[int, dict[str, np.ndarray]] | None = None
         #: utility is estimated on the first UTILITY_QUICK_SAMPLES records of each retain
         #: and utility set; an estimate near the floor is confirmed on the rest
-        self.quick_utility_sets, self.confirm_utility_sets = split_utility_sets(
-            sets, UTILITY_QUICK_SAMPLES
+        self.quick_utility_sets, self.confirm_utility_sets, self.edge_utility_sets = utility_stages(
+            sets, UTILITY_QUICK_SAMPLES, UTILITY_CONFIRM_SAMPLES
         )
         self.original_retain_probability = original.mean("retain", "probability")
         holdout = sets.holdout
@@ -466,12 +473,17 @@ class TargetMonitor:
         return verdict, figures
 
     def _confirm(self, model, quick: Probe) -> tuple[Probe, float | None]:
-        """The utility probe and ratio on every probed record (the quick ones are not
-        scored again), with ROUGE-L of greedy answers where the report's model utility
-        has it: without it the estimate read 0.946-0.954x where the report measured
-        0.965-0.972x on the same models (bench-gpt2-h30, docs/minitofu.md, stop 32),
-        since ROUGE, one of three components per set, hardly moves on retained data."""
+        """The utility probe and ratio on ``UTILITY_CONFIRM_SAMPLES`` records (the quick
+        ones are not scored again); within ``UTILITY_EDGE_BAND`` of the floor, on every
+        probed record (the report's sample) and with ROUGE-L of greedy answers where the
+        report's model utility has it (one of three components per set, it hardly moves
+        on retained data: without it the estimate reads low)."""
         utility = quick.extended(self._probe(model, self.confirm_utility_sets))
+        ratio = self._utility_ratio(utility)
+        if ratio is None or abs(ratio - self.target.utility_floor) >= UTILITY_EDGE_BAND:
+            return utility, ratio
+        if self.edge_utility_sets is not None:
+            utility = utility.extended(self._probe(model, self.edge_utility_sets))
         if self.rouge_tokens:
             every = ProbeSets(forget=None, retain=self.sets.retain, utility=self.sets.utility)
             answered = probe_model(

@@ -199,6 +199,19 @@ def split_utility_sets(sets: ProbeSets, n: int) -> tuple[ProbeSets, ProbeSets | 
     return head, ProbeSets(forget=None, retain=rest_retain, utility=rest_utility)
 
 
+def utility_stages(
+    sets: ProbeSets, quick: int, confirm: int
+) -> tuple[ProbeSets, ProbeSets | None, ProbeSets | None]:
+    """The retain and utility sets of ``sets`` as their first ``quick`` records, the next
+    ones up to ``confirm``, and the rest (None where nothing is left): the estimate, what
+    confirms it, and what measures it at the floor's edge."""
+    head, rest = split_utility_sets(sets, quick)
+    if rest is None:
+        return head, None, None
+    middle, tail = split_utility_sets(rest, confirm - quick)
+    return head, middle, tail
+
+
 def probe_model(
     model,
     tokenizer,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from core.data.records import RecordSet
-from core.evaluation.probe import Probe, ProbeSets, split_utility_sets
+from core.evaluation.probe import Probe, ProbeSets, split_utility_sets, utility_stages
 
 
 def records(name: str, n: int) -> RecordSet:
@@ -69,3 +69,23 @@ def test_rouge_counts_only_where_both_sides_measured_it():
     ratio = confirmed.utility() / original.prefix_like(confirmed).utility()
     assert ratio == pytest.approx(0.72 / (2 / (1 / 0.8 + 1)))
     assert ratio > 0.75  # ROUGE that hardly moved pulls the ratio towards 1
+
+
+def test_utility_stages_cover_each_set_once_in_order():
+    sets = ProbeSets(
+        forget=records("forget", 5),
+        retain=records("retain", 400),
+        utility={"facts": records("facts", 100), "world": records("world", 20)},
+    )
+    quick, confirm, edge = utility_stages(sets, 32, 128)
+    assert quick.retain.records == [f"retain-{i}" for i in range(32)]
+    assert confirm.retain.records == [f"retain-{i}" for i in range(32, 128)]
+    assert edge.retain.records == [f"retain-{i}" for i in range(128, 400)]
+    assert confirm.utility["facts"].records == [f"facts-{i}" for i in range(32, 100)]
+    assert "facts" not in edge.utility and "world" not in confirm.utility
+    assert utility_stages(ProbeSets(forget=None, retain=records("r", 20)), 32, 128)[1:] == (
+        None,
+        None,
+    )
+    _, confirm, edge = utility_stages(ProbeSets(forget=None, retain=records("r", 100)), 32, 128)
+    assert len(confirm.retain) == 68 and edge is None
