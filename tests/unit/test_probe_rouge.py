@@ -10,6 +10,7 @@ import pytest
 from core.data.records import read_records
 from core.evaluation import EvaluationSets, evaluate_model
 from core.evaluation.probe import ProbeSets, probe_model, sample_sets
+from core.evaluation.verdict import evaluation_utility
 from core.models.loading import load_model
 from core.spec import DEFAULT_PROMPT_TEMPLATE, EvaluationSpec
 
@@ -47,5 +48,7 @@ def test_a_probe_with_rouge_measures_the_reports_model_utility(tiny_demo, name):
         **kwargs,
     )
     assert probe.utility() == pytest.approx(report.metrics["model_utility"], rel=1e-6)
+    # and the final verdict's utility is the same figure
+    assert evaluation_utility(report) == pytest.approx(report.metrics["model_utility"], rel=1e-9)
     # without ROUGE the probe measures something else (on this model, by this much)
     assert plain.utility() != pytest.approx(report.metrics["model_utility"], rel=1e-6)
