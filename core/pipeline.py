@@ -512,7 +512,7 @@ def _make_monitor(
     training_state,
     focus=None,
 ):
-    from core.evaluation.probe import ProbeSets, probe_model, sample_sets
+    from core.evaluation.probe import ProbeSets, probe_model, sample_sets, with_rouge
     from core.verification import MonitorState, RelearnSettings, TargetMonitor
 
     sets = evaluator.sets if evaluator else None
@@ -529,10 +529,10 @@ def _make_monitor(
     # The retain and utility records are the report's own sample (max_samples, the same
     # seed): a point's utility is estimated on the first few, confirmed near the floor on
     # more, and at the floor's edge on all of them (core.verification), so that the floor
-    # judges what the report will measure. A smaller
-    # sample (128) read 0.945x where the report's 400 records read 0.956x (the retain
-    # truth-ratio score: 0.953 vs 0.983), on every seed of a benchmark recipe alike,
-    # since the same records are drawn every time (docs/minitofu.md, stop 32).
+    # judges what the report will measure. A smaller sample (128) read 0.945x where the
+    # report's 400 records read 0.956x (the retain truth-ratio score: 0.953 vs 0.983), on
+    # every seed of a benchmark recipe alike, since the same records are drawn every time
+    # (docs/minitofu.md, stop 32).
     if getattr(hparams, "match_holdout", False) and holdout_set is None:
         reporter.event(
             "warning",
@@ -548,16 +548,15 @@ def _make_monitor(
     # that confirm a utility estimate near the floor measure it too, against these.
     rouge_tokens = spec.evaluation.max_new_tokens if spec.evaluation.generate else 0
     if rouge_tokens and (probe_sets.retain is not None or probe_sets.utility):
-        answered = probe_model(
+        original = with_rouge(
+            original,
             model,
             tokenizer,
-            ProbeSets(forget=None, retain=probe_sets.retain, utility=probe_sets.utility),
+            probe_sets,
+            rouge_tokens,
             template=spec.prompt_template,
             max_length=hparams.max_length,
-            truth_ratio=False,
-            rouge_tokens=rouge_tokens,
         )
-        original = original.with_columns(answered, ("rouge_recall",))
     attack = spec.evaluation.relearn
     relearn = RelearnSettings(
         steps=attack.steps if attack else 5,

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from core.evaluation import metrics
-from core.evaluation.probe import Probe, ProbeSets, probe_model, utility_stages
+from core.evaluation.probe import Probe, ProbeSets, probe_model, utility_stages, with_rouge
 from core.evaluation.verdict import (
     MEMBERSHIP_MARGIN,
     Verdict,
@@ -485,18 +485,16 @@ class TargetMonitor:
         if self.edge_utility_sets is not None:
             utility = utility.extended(self._probe(model, self.edge_utility_sets))
         if self.rouge_tokens:
-            every = ProbeSets(forget=None, retain=self.sets.retain, utility=self.sets.utility)
-            answered = probe_model(
+            utility = with_rouge(
+                utility,
                 model,
                 self.tokenizer,
-                every,
+                self.sets,
+                self.rouge_tokens,
                 template=self.template,
                 max_length=self.max_length,
                 batch_size=self.batch_size,
-                truth_ratio=False,
-                rouge_tokens=self.rouge_tokens,
             )
-            utility = utility.with_columns(answered, ("rouge_recall",))
         return utility, self._utility_ratio(utility)
 
     def _utility_ratio(self, probe: Probe) -> float | None:

@@ -264,6 +264,23 @@ def probe_model(
     return Probe(columns=columns, seconds=time.perf_counter() - started)
 
 
+def with_rouge(
+    probe: Probe, model, tokenizer, sets: ProbeSets, rouge_tokens: int, **kwargs
+) -> Probe:
+    """``probe`` with the ROUGE-L recall of ``model``'s greedy answers on the retain and
+    utility sets of ``sets`` (the records ``probe`` scored, in the same order): the
+    generated part of the report's model utility. ``kwargs``: ``probe_model``'s."""
+    answered = probe_model(
+        model,
+        tokenizer,
+        ProbeSets(forget=None, retain=sets.retain, utility=sets.utility),
+        truth_ratio=False,
+        rouge_tokens=rouge_tokens,
+        **kwargs,
+    )
+    return probe.with_columns(answered, ("rouge_recall",))
+
+
 @contextmanager
 def scoring_mode(model) -> Iterator[None]:
     """``model`` in eval mode (no dropout) on its CPU thread setting while scoring, and

@@ -9,7 +9,7 @@ import pytest
 
 from core.data.records import read_records
 from core.evaluation import EvaluationSets, evaluate_model
-from core.evaluation.probe import ProbeSets, probe_model, sample_sets
+from core.evaluation.probe import ProbeSets, probe_model, sample_sets, with_rouge
 from core.evaluation.verdict import evaluation_utility
 from core.models.loading import load_model
 from core.spec import DEFAULT_PROMPT_TEMPLATE, EvaluationSpec
@@ -31,15 +31,7 @@ def test_a_probe_with_rouge_measures_the_reports_model_utility(tiny_demo, name):
     utility_sets = ProbeSets(forget=None, retain=sets.retain, utility=sets.utility)
 
     plain = probe_model(model, tokenizer, utility_sets, **kwargs)
-    answered = probe_model(
-        model,
-        tokenizer,
-        utility_sets,
-        truth_ratio=False,
-        rouge_tokens=spec.max_new_tokens,
-        **kwargs,
-    )
-    probe = plain.with_columns(answered, ("rouge_recall",))
+    probe = with_rouge(plain, model, tokenizer, utility_sets, spec.max_new_tokens, **kwargs)
     report = evaluate_model(
         model,
         tokenizer,
