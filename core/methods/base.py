@@ -188,6 +188,29 @@ class UnlearningHyperparameters(TrainingHyperparameters):
         "0.3-0.7), for forgetting that needs more than the answers' own likelihood.",
     )
 
+    match_pull: float = Field(
+        0.0,
+        ge=0,
+        le=10,
+        description="With match_holdout: answers already past their ceiling (less likely "
+        "than the unseen answer of the same rank: over-forgotten, which the two-sided "
+        "membership check refuses as it refuses remembering) are pulled back to it, by "
+        "this weight times how far past it their per-token NLL lies (a hinge: nothing at "
+        "or below the ceiling). 0: they are only left alone, and Adam's momentum, "
+        "sharpness-aware steps and the pushes of other answers can take them further.",
+    )
+
+    @field_validator("match_pull")
+    @classmethod
+    def _pull_needs_matching(cls, value: float, info):
+        # declared after match_holdout so that it is in info.data
+        if value > 0 and not info.data.get("match_holdout"):
+            raise ValueError(
+                "pulls answers back to their match_holdout ceilings, but there are none "
+                "(match_holdout is false): set match_holdout: true, or match_pull 0"
+            )
+        return value
+
     forget_tokens: Literal["answer", "facts", "both"] = Field(
         "answer",
         description="Which answer tokens the forget loss (and match_holdout's ceilings) "

@@ -1016,7 +1016,7 @@ def _micro_step(
                 views = [rest, facts]
                 if not settle:
                     parts["rest_nll"], parts["fact_nll"] = rest.per_token, facts.per_token
-            forget_part, reported, terms = 0.0, 0.0, []
+            forget_part, reported, terms, pull = 0.0, 0.0, [], 0.0
             for view in views:
                 term = method.forget_term(
                     ForgetInputs(
@@ -1040,12 +1040,14 @@ def _micro_step(
                 elif settle:  # a term without ceilings has no answer at one
                     part = part * 0
                 forget_part = forget_part + part
+                if view.ceiling is not None and forget_mode in ("push", "settle"):
+                    pull = pull + pulled_back(view, getattr(hparams, "match_pull", 0.0))
             if not settle:
                 parts["forget"] = float(reported)
             if settle:
                 forget_part = -forget_part
                 unreported = float(hparams.forget_coeff * forget_part.detach())
-            loss = loss + hparams.forget_coeff * forget_part
+            loss = loss + hparams.forget_coeff * forget_part + pull
             # the whole answers' weights (the step's figures are the whole answers')
             weights = (
                 terms[0].gradient_weight.detach()[keep_mask].float().cpu()
@@ -1236,6 +1238,23 @@ def _rest_view(logits, batch, forget_ceiling, two_columns, denominators, keep_ma
         denominators["rest"],
         keep_mask & has_rest.to(keep_mask.device),
     )
+
+
+def pulled_back(view: _ForgetView, weight: float):
+    """``match_pull``: ``weight`` x the block-mean of how far each answer's per-token NLL
+    lies past its ceiling (a hinge), so that its gradient lowers the NLL of over-forgotten
+    answers until they are back at their ceilings and does nothing to the others. Taken
+    in the passes at the weights themselves (``push``; ``settle`` under sharpness-aware
+    steps), so once per step."""
+    import torch
+
+    if weight <= 0 or view.ceiling is None:
+        return 0.0
+    per_token = view.nll / view.n_tokens.clamp_min(1)
+    ceiling = view.ceiling.to(device=per_token.device, dtype=per_token.dtype)
+    rows = view.rows & torch.isfinite(ceiling) & (view.n_tokens > 0)
+    past = torch.where(rows, per_token - torch.where(rows, ceiling, 0.0), 0.0).clamp_min(0)
+    return weight * _masked_sum(past, rows) / view.denominators["sequence"]
 
 
 def _per_token(nll, n_answer) -> list[float]:
