@@ -1040,7 +1040,9 @@ def _micro_step(
                 elif settle:  # a term without ceilings has no answer at one
                     part = part * 0
                 forget_part = forget_part + part
-                if view.ceiling is not None and forget_mode in ("push", "settle"):
+                # under both, the phrasing only (views[0]): facts past their ceilings
+                # stay there (hyperparameters.match_pull says why)
+                if view is views[0] and forget_mode in ("push", "settle"):
                     pull = pull + pulled_back(view, getattr(hparams, "match_pull", 0.0))
             if not settle:
                 parts["forget"] = float(reported)

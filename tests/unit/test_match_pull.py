@@ -14,6 +14,8 @@ from core.errors import InvalidRequest
 from core.methods import get_method
 from core.spec import parse_job_spec
 from core.training.loop import Callbacks, _ForgetView, pulled_back, run_training
+from tests.unit.test_two_ceilings import _train as train_parts
+from tests.unit.test_two_ceilings import paired  # noqa: F401 (a fixture)
 
 
 def _view(nll, n_tokens, ceiling, rows, block=4):
@@ -52,7 +54,7 @@ def test_no_weight_or_no_ceilings_pull_nothing():
 
 
 def test_a_ceiling_of_minus_infinity_is_no_ceiling_to_pull_to():
-    assert float(pulled_back(_view([6.0], [2], [-math.inf], [True]), 1.0)) == 0.0
+    assert float(pulled_back(_view([6.0], [2], [-math.inf], [True]), 1.0).detach()) == 0.0
 
 
 def _forget_nll(model, tokenizer, forget):
@@ -125,3 +127,17 @@ def test_the_pull_needs_matching():
     with pytest.raises(InvalidRequest) as refused:
         parse_job_spec({**spec, "hyperparameters": {"match_pull": 0.5}})
     assert refused.value.param == "hyperparameters.match_pull"
+
+
+def test_under_both_only_the_phrasing_is_pulled(tiny_demo, paired):  # noqa: F811
+    """Every part past a ceiling of 0 (no push anywhere): the step of ``both`` is the pull
+    on the answers' phrasing alone, as if trained on their phrasing only."""
+    tokenizer, rest, _, both = paired
+    _, phrasing = train_parts(tiny_demo, tokenizer, rest, lambda n: [0.0] * n, match_pull=1.0)
+    _, parts = train_parts(tiny_demo, tokenizer, both, lambda n: [[0.0, 0.0]] * n, match_pull=1.0)
+    _, still = train_parts(tiny_demo, tokenizer, both, lambda n: [[0.0, 0.0]] * n)
+    moved = False
+    for name, value in phrasing.items():
+        assert torch.allclose(parts[name], value, atol=1e-6), name
+        moved = moved or not torch.equal(still[name], value)
+    assert moved
