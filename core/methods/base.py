@@ -153,20 +153,9 @@ class UnlearningHyperparameters(TrainingHyperparameters):
         description="The share of the budget's steps trained with plain updates before "
         "the sharpness-aware ones (sam_rho) begin: forget first, then flatten what was "
         "forgotten, in one job (0: sharpness-aware from the first step). Under sam_steer "
-        "the radius is steered only from then on.",
+        "the radius is steered only from then on. Without sam_rho or sam_steer there are "
+        "no sharpness-aware steps and it changes nothing.",
     )
-
-    @field_validator("sam_from")
-    @classmethod
-    def _sam_from_needs_sam(cls, value: float, info):
-        # declared after sam_rho and sam_steer so that both are in info.data; accepted
-        # without either, it would change nothing where the user meant something
-        if value > 0 and not info.data.get("sam_rho") and not info.data.get("sam_steer"):
-            raise ValueError(
-                "starts sharpness-aware steps part-way through, but there are none "
-                "(sam_rho is 0): set sam_rho > 0 or sam_steer: true"
-            )
-        return value
 
     match_holdout: bool = Field(
         False,

@@ -165,11 +165,6 @@ def test_oracle_job_needs_a_succeeded_job_with_a_report(client, session_factory,
         ({"hyperparameters": {"beta": -1}}, (422, "invalid_value", "hyperparameters.beta")),
         ({"hyperparameters": {"betta": 1}}, (422, "unknown_field", "hyperparameters.betta")),
         ({"hyperparameters": {"epochs": 0}}, (422, "invalid_value", "hyperparameters.epochs")),
-        # sam_from without sharpness-aware steps would be accepted and change nothing
-        (
-            {"hyperparameters": {"sam_from": 0.5}},
-            (422, "invalid_value", "hyperparameters.sam_from"),
-        ),
         ({"hyperparameters": {}}, (422, "missing_retain_set", "retain")),
         ({"forget": None}, (422, "missing_field", "forget")),
         ({"seed": -1}, (422, "invalid_value", "seed")),
