@@ -1255,7 +1255,8 @@ def pulled_back(view: _ForgetView, weight: float):
     per_token = view.nll / view.n_tokens.clamp_min(1)
     ceiling = view.ceiling.to(device=per_token.device, dtype=per_token.dtype)
     rows = view.rows & torch.isfinite(ceiling) & (view.n_tokens > 0)
-    past = torch.where(rows, per_token - torch.where(rows, ceiling, 0.0), 0.0).clamp_min(0)
+    # _masked_sum drops the other rows by where, so their inf never reaches the sum
+    past = (per_token - ceiling).clamp_min(0)
     return weight * _masked_sum(past, rows) / view.denominators["sequence"]
 
 
