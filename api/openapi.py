@@ -317,6 +317,15 @@ def _component(schemas: dict, model: type[BaseModel]) -> dict:
     """Add ``model``'s schema to the components; a reference to it."""
     definition = model.model_json_schema(ref_template=REF)
     schemas.update(definition.pop("$defs", {}))
+    if "match_pull" in model.model_fields:
+        # Pulling back needs match_holdout's ceilings (invalid_value). Stated here, in
+        # the hyperparameters' own schema, as "no pull, or matching": as one more of the
+        # job's rules (_training_rules) it made the job schema too large for
+        # schemathesis to generate from.
+        definition["anyOf"] = [
+            {"properties": {"match_pull": {"const": 0}}},
+            {"required": ["match_holdout"], "properties": {"match_holdout": {"const": True}}},
+        ]
     schemas[model.__name__] = definition
     return {"$ref": REF.format(model=model.__name__)}
 

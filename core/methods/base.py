@@ -190,9 +190,20 @@ class UnlearningHyperparameters(TrainingHyperparameters):
         "Under forget_tokens both, the phrasing only: facts past their ceilings stay "
         "there, since pulling them back lowered the knowledge test's p-value and the "
         "oracle's forget quality on the 30-author benchmark while the whole answers' "
-        "membership follows their phrasing. Without match_holdout there are no ceilings "
-        "and nothing to pull to.",
+        "membership follows their phrasing. Needs match_holdout (its ceilings are what "
+        "answers are pulled back to).",
     )
+
+    @field_validator("match_pull")
+    @classmethod
+    def _pull_needs_matching(cls, value: float, info):
+        # declared after match_holdout so that it is in info.data
+        if value > 0 and not info.data.get("match_holdout"):
+            raise ValueError(
+                "pulls answers back to their match_holdout ceilings, but there are none "
+                "(match_holdout is false): set match_holdout: true, or match_pull 0"
+            )
+        return value
 
     forget_tokens: Literal["answer", "facts", "both"] = Field(
         "answer",

@@ -165,6 +165,11 @@ def test_oracle_job_needs_a_succeeded_job_with_a_report(client, session_factory,
         ({"hyperparameters": {"beta": -1}}, (422, "invalid_value", "hyperparameters.beta")),
         ({"hyperparameters": {"betta": 1}}, (422, "unknown_field", "hyperparameters.betta")),
         ({"hyperparameters": {"epochs": 0}}, (422, "invalid_value", "hyperparameters.epochs")),
+        # a pull back to match_holdout's ceilings without match_holdout would do nothing
+        (
+            {"hyperparameters": {"beta": 0.5, "match_pull": 0.1}},
+            (422, "invalid_value", "hyperparameters.match_pull"),
+        ),
         ({"hyperparameters": {}}, (422, "missing_retain_set", "retain")),
         ({"forget": None}, (422, "missing_field", "forget")),
         ({"seed": -1}, (422, "invalid_value", "seed")),

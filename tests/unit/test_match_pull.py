@@ -10,7 +10,9 @@ import math
 import pytest
 import torch
 
+from core.errors import InvalidRequest
 from core.methods import get_method
+from core.spec import parse_job_spec
 from core.training.loop import Callbacks, _ForgetView, pulled_back, run_training
 from tests.unit.test_two_ceilings import _train as train_parts
 from tests.unit.test_two_ceilings import paired  # noqa: F401 (a fixture)
@@ -111,6 +113,20 @@ def test_over_forgotten_answers_are_pulled_back_and_no_further(tiny_demo, tiny_e
     _, free, _ = _train(tiny_demo, tiny_encoded, 1e6, 0.0)
     _, with_pull, _ = _train(tiny_demo, tiny_encoded, 1e6, 1.0)
     assert with_pull == free
+
+
+def test_the_pull_needs_matching():
+    spec = {
+        "model": "demo-target",
+        "forget": "ds_demo_forget10",
+        "retain": "ds_demo_retain90",
+        "method": "simnpo",
+        "hyperparameters": {"match_holdout": True, "match_pull": 0.5},
+    }
+    assert parse_job_spec(spec).method_hyperparameters().match_pull == 0.5
+    with pytest.raises(InvalidRequest) as refused:
+        parse_job_spec({**spec, "hyperparameters": {"match_pull": 0.5}})
+    assert refused.value.param == "hyperparameters.match_pull"
 
 
 def test_under_both_only_the_phrasing_is_pulled(tiny_demo, paired):  # noqa: F811
