@@ -314,20 +314,28 @@ def _add_request_job(schemas: dict) -> None:
 
 
 def _component(schemas: dict, model: type[BaseModel]) -> dict:
-    """Add ``model``'s schema to the components; a reference to it."""
+    """Add ``model``'s schema, with its rules among its own fields, to the components;
+    a reference to it."""
     definition = model.model_json_schema(ref_template=REF)
     schemas.update(definition.pop("$defs", {}))
-    if "match_pull" in model.model_fields:
-        # Pulling back needs match_holdout's ceilings (invalid_value). Stated here, in
-        # the hyperparameters' own schema, as "no pull, or matching": as one more of the
-        # job's rules (_training_rules) it made the job schema too large for
-        # schemathesis to generate from.
-        definition["anyOf"] = [
-            {"properties": {"match_pull": {"const": 0}}},
-            {"required": ["match_holdout"], "properties": {"match_holdout": {"const": True}}},
-        ]
+    if rules := _own_rules(model):
+        definition["allOf"] = rules
     schemas[model.__name__] = definition
     return {"$ref": REF.format(model=model.__name__)}
+
+
+def _own_rules(model: type[BaseModel]) -> list[dict]:
+    """Cross-field rules among the hyperparameters alone, stated in their own schema:
+    as more of the job's rules (``_training_rules``) they made ``POST /v1/jobs``'s
+    schema canonicalize to a form schemathesis cannot generate from."""
+    rules = []
+    if "match_pull" in model.model_fields:
+        # Pulling back needs match_holdout's ceilings (invalid_value): no pull, or
+        # matching.
+        no_pull = {"properties": {"match_pull": {"const": 0}}}
+        matching = {"required": ["match_holdout"], "properties": {"match_holdout": {"const": True}}}
+        rules.append({"anyOf": [no_pull, matching]})
+    return rules
 
 
 def _training_rules(model: type[BaseModel]) -> list[dict]:
