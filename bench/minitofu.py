@@ -645,8 +645,9 @@ TARGET_KEYS = HEADLINE + ("model_utility_ratio",)
 #: to three holdout groups; 4: sharpness-aware steps under match_holdout keep only the
 #: sharpness of answers at their ceilings; 5: sam_steer lowers the radius only when the
 #: utility check fails; 6: steps of 1.5, and a move brings the next probe forward; 7: ROUGE-L
-#: in the confirming utility estimate, the published-point rule's first tier, steering cap 3x)
-TARGET_RUNS_VERSION = 7
+#: in the confirming utility estimate, the published-point rule's first tier, steering cap 3x;
+#: 8: a point in that tier has its utility confirmed, met or not)
+TARGET_RUNS_VERSION = 8
 
 
 def run_target_job(

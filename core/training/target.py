@@ -179,19 +179,25 @@ def _light_rank(point: PointRecord) -> tuple[float, float]:
     return (-1.0 if auc is None else -abs(auc - 0.5), _retain_ratio(point))
 
 
-def _remembered(point: PointRecord) -> bool:
-    """The membership check failed because the forget answers are still likelier than
-    unseen ones (not because they were pushed below them)."""
-    check = point.check("membership")
-    return bool(check) and check.get("passed") is False and check.get("flag") != "over_forgotten"
+def forgets(verdict: dict[str, Any]) -> bool:
+    """Rule 2's first tier: the knowledge check passed and the membership check does not
+    say *remembered* (it passed, or failed only because the forget answers were pushed
+    below unseen ones). ``verdict``: ``Verdict.to_dict()``'s shape."""
+    point = PointRecord(step=0, epoch=0.0, verdict=verdict)
+    membership = point.check("membership")
+    remembered = (
+        bool(membership)
+        and membership.get("passed") is False
+        and membership.get("flag") != "over_forgotten"
+    )
+    return (point.check("knowledge") or {}).get("passed") is True and not remembered
 
 
 def _forgetting_rank(point: PointRecord) -> tuple[bool, float, float, float]:
     knowledge = point.value("knowledge")
     membership = point.value("membership")
-    knowledge_passed = (point.check("knowledge") or {}).get("passed") is True
     return (
-        knowledge_passed and not _remembered(point),
+        forgets(point.verdict),
         -1.0 if knowledge is None else knowledge,
         -1.0 if membership is None else -abs(membership - 0.5),
         point.utility_ratio or 0.0,

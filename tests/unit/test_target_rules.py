@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from core.training.target import COLLAPSE_POINTS, PointRecord, select_point, should_stop
+from core.training.target import (
+    COLLAPSE_POINTS,
+    PointRecord,
+    forgets,
+    select_point,
+    should_stop,
+)
 
 FLOOR = 0.95
 
@@ -85,6 +91,27 @@ def test_a_point_passing_knowledge_and_membership_outranks_a_remembered_one_of_h
     assert select_point([remembered, both_passed, over], utility_floor=FLOOR).step == 200
     # without a point passing knowledge unremembered, the p-value decides as before
     assert select_point([remembered, knowledge_failed], utility_floor=FLOOR).step == 72
+
+
+def test_the_first_tier_is_knowledge_passed_and_membership_not_remembered():
+    # The monitor confirms a point's 32-record utility estimate on 128 records exactly
+    # when this says the point would rank first for publishing, met or not.
+    def verdict(knowledge_passed, membership_passed, flag=None, status="not_forgotten"):
+        checks = [{"name": "knowledge", "value": 0.5, "passed": knowledge_passed}]
+        if membership_passed is not None:
+            checks.append(
+                {"name": "membership", "value": 0.5, "passed": membership_passed, "flag": flag}
+            )
+        return {"status": status, "checks": checks}
+
+    assert forgets(verdict(True, True, status="forgotten"))
+    assert forgets(verdict(True, True))  # e.g. only the relearning check failed
+    assert forgets(verdict(True, False, flag="over_forgotten"))
+    assert forgets(verdict(True, None))  # no membership figure: nothing says remembered
+    assert not forgets(verdict(True, False))  # remembered
+    assert not forgets(verdict(False, True))
+    assert not forgets(verdict(None, True))  # knowledge not measured
+    assert not forgets({"status": "not_forgotten", "checks": []})
 
 
 def test_ties_in_knowledge_and_membership_go_to_the_higher_utility():
