@@ -183,14 +183,10 @@ def forgets(verdict: dict[str, Any]) -> bool:
     """Rule 2's first tier: the knowledge check passed and the membership check does not
     say *remembered* (it passed, or failed only because the forget answers were pushed
     below unseen ones). ``verdict``: ``Verdict.to_dict()``'s shape."""
-    point = PointRecord(step=0, epoch=0.0, verdict=verdict)
-    membership = point.check("membership")
-    remembered = (
-        bool(membership)
-        and membership.get("passed") is False
-        and membership.get("flag") != "over_forgotten"
-    )
-    return (point.check("knowledge") or {}).get("passed") is True and not remembered
+    checks = {check["name"]: check for check in verdict.get("checks", [])}
+    membership = checks.get("membership") or {}
+    remembered = membership.get("passed") is False and membership.get("flag") != "over_forgotten"
+    return (checks.get("knowledge") or {}).get("passed") is True and not remembered
 
 
 def _forgetting_rank(point: PointRecord) -> tuple[bool, float, float, float]:
