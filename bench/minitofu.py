@@ -646,8 +646,9 @@ TARGET_KEYS = HEADLINE + ("model_utility_ratio",)
 #: sharpness of answers at their ceilings; 5: sam_steer lowers the radius only when the
 #: utility check fails; 6: steps of 1.5, and a move brings the next probe forward; 7: ROUGE-L
 #: in the confirming utility estimate, the published-point rule's first tier, steering cap 3x;
-#: 8: a point in that tier has its utility confirmed, met or not)
-TARGET_RUNS_VERSION = 8
+#: 8: a point in that tier has its utility confirmed, met or not; 9: rows carry utility
+#: components, points their parts)
+TARGET_RUNS_VERSION = 9
 
 
 def run_target_job(
@@ -759,6 +760,7 @@ def _target_figures(outcome) -> dict:
         evaluation_share=(outcome.report.get("training") or {})
         .get("evaluation_cost", {})
         .get("share_of_training"),
+        utility_components=_utility_components(outcome.report),
         trajectory=[
             {
                 "step": point["step"],
@@ -772,6 +774,7 @@ def _target_figures(outcome) -> dict:
                         "membership_auc",
                         "knowledge_p",
                         "utility_ratio",
+                        "utility_parts",
                         "retain_ratio",
                         "relearn_ratio",
                         "forget_matched",
@@ -788,6 +791,16 @@ def _target_figures(outcome) -> dict:
         ],
     )
     return row
+
+
+def _utility_components(report: dict) -> dict:
+    """The report's model utility components (probability, ROUGE-L, truth-ratio score
+    per retain and utility set) of the original, the published model and the oracle:
+    what part of utility a job lost (docs/minitofu.md)."""
+    return {
+        name: ((evaluation or {}).get("metrics") or {}).get("model_utility_components")
+        for name, evaluation in (report.get("evaluations") or {}).items()
+    }
 
 
 def summarize_target(rows: list[dict], original_mu: float) -> dict:
@@ -959,7 +972,12 @@ def main(argv: list[str] | None = None) -> int:
             args.then,
         )
         print_target_table(results, log)
-        output = {"methods": results, "seeds": seeds, "mode": "target"}
+        output = {
+            "methods": results,
+            "seeds": seeds,
+            "mode": "target",
+            "assets": bench.assets.identity(),
+        }
     elif args.sweep:
         output = {
             "sweep": run_sweep(

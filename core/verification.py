@@ -466,6 +466,7 @@ class TargetMonitor:
             figures = {
                 "retain_probability": utility.mean("retain", "probability"),
                 "utility_ratio": ratio,
+                "utility_parts": utility.utility_parts(self.original),
                 "probe_seconds": utility.seconds,
             }
             return decide([check]), figures
@@ -531,6 +532,7 @@ class TargetMonitor:
             "forget_truth_ratio": _median(probe.column("forget", "truth_ratio")),
             "holdout_truth_ratio": _median(probe.column("holdout", "truth_ratio")),
             "utility_ratio": ratio,
+            "utility_parts": probe.utility_parts(self.original),
             "knowledge_p": _value(verdict, "knowledge"),
             "membership_auc": _value(verdict, "membership"),
             "probe_seconds": probe.seconds,

@@ -163,6 +163,47 @@ class DemoAssets:
             summary=info.get("summary", {}),
         )
 
+    def identity(self) -> dict:
+        """What tells two builds of the same preset and seed apart: hashes of the
+        tokenizer and of both models' weights, and the platform that trained them.
+        The builds are deterministic on one machine but not across CPUs (float
+        reductions differ by instruction set), and benchmark figures differ by build."""
+        return {
+            "preset": self.preset,
+            "seed": self.seed,
+            "tokenizer_sha256": _files_sha256(self.tokenizer, "tokenizer.json"),
+            "target_sha256": _files_sha256(self.target, "*.safetensors"),
+            "retrain_sha256": _files_sha256(self.retrain, "*.safetensors"),
+            "built_on": self.summary.get("built_on"),
+        }
+
+
+def _files_sha256(folder: Path | None, pattern: str) -> str | None:
+    paths = sorted(folder.glob(pattern)) if folder is not None else []
+    if not paths:
+        return None
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _platform() -> dict:
+    """The software and CPU a build trained on (assets.json's summary)."""
+    import platform
+
+    import tokenizers
+    import torch
+    import transformers
+
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "tokenizers": tokenizers.__version__,
+        "machine": platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
+
 
 ProgressFn = Callable[[str, int, int], None]  # (phase, done, total)
 
@@ -198,7 +239,7 @@ def build_demo_assets(
     train_tokenizer(generated, root / "tokenizer", kind=spec.tokenizer, vocab_size=spec.vocab_size)
 
     forget, retain = generated.split(ORACLE_SPLIT)
-    summary = {"preset": asdict(spec)}
+    summary = {"preset": asdict(spec), "built_on": _platform()}
     jobs = {
         "target": [data["all"], data["world_facts"]],
         "retrain": [data[f"retain{100 - ORACLE_SPLIT}"], data["world_facts"]],
@@ -410,6 +451,8 @@ def train_demo_model(
     seed: int,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict:
+    import torch
+
     from core.data.encoding import encode_records
     from core.data.records import Record
     from core.runtime import quiet_transformers
@@ -446,4 +489,5 @@ def train_demo_model(
         "final_loss": round(result.history[-1].loss, 4),
         "seconds": round(result.elapsed_s, 1),
         "tokens_per_second": round(result.trained_tokens / max(result.elapsed_s, 1e-9)),
+        "threads": torch.get_num_threads(),
     }

@@ -87,6 +87,19 @@ class Probe:
             out[name] = {k: v for k, v in values.items() if v is not None}
         return out
 
+    def utility_parts(self, original: Probe) -> dict[str, float]:
+        """Each utility component against ``original``'s on the same records, keyed
+        ``set/component`` (``retain/probability``, ``utility/world_facts/truth_ratio``):
+        which part of utility a model lost, where the ratio of the harmonic means hides it.
+        """
+        theirs = original.prefix_like(self).utility_components()
+        return {
+            f"{name}/{key}": value / theirs[name][key]
+            for name, values in self.utility_components().items()
+            for key, value in values.items()
+            if theirs.get(name, {}).get(key)
+        }
+
     def utility(self) -> float | None:
         components = self.utility_components()
         if not any(components.values()):

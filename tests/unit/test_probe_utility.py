@@ -89,3 +89,29 @@ def test_utility_stages_cover_each_set_once_in_order():
     )
     _, confirm, edge = utility_stages(ProbeSets(forget=None, retain=records("r", 100)), 32, 128)
     assert len(confirm.retain) == 68 and edge is None
+
+
+def test_parts_name_the_component_that_fell():
+    # The original: retain probability 0.8, world-facts probability 0.5 and truth ratios
+    # 0.2 and 0.4 (retain score mean(1 - tr) = 0.7); the model kept its retain
+    # probability on the same records and lost world facts: probability 0.25 and truth
+    # ratios 0.7 and 0.9 (score 0.2).
+    original = Probe(
+        columns={
+            "retain": {"probability": [0.8] * 4 + [0.1] * 4},
+            "utility/world": {"probability": [0.5, 0.5], "truth_ratio": [0.2, 0.4]},
+        }
+    )
+    model = Probe(
+        columns={
+            "retain": {"probability": [0.8] * 4},
+            "utility/world": {"probability": [0.25, 0.25], "truth_ratio": [0.7, 0.9]},
+        }
+    )
+    assert model.utility_parts(original) == pytest.approx(
+        {
+            "retain/probability": 1.0,  # its first 4 records, not the original's 0.45 mean
+            "utility/world/probability": 0.5,
+            "utility/world/truth_ratio": 0.2 / 0.7,
+        }
+    )
