@@ -208,16 +208,18 @@ def evaluation_spec() -> EvaluationSpec:
 
 
 class Bench:
-    def __init__(self, preset: str, cache: Path, log, *, fresh: bool = False):
-        self.log, self.preset = log, preset
+    def __init__(self, preset: str, cache: Path, log, *, fresh: bool = False, build_seed: int = 0):
+        self.log, self.preset, self.build_seed = log, preset, build_seed
         #: target jobs get the first N holdout subjects only (``limit_holdout``)
         self.holdout_subjects: int | None = None
-        self.cache_file = cache / f"minitofu-runs-{preset}.json"
+        # build 0 keeps the folders it had before builds were a choice
+        self.suffix = suffix = f"-build{build_seed}" if build_seed else ""
+        self.cache_file = cache / f"minitofu-runs-{preset}{suffix}.json"
         if fresh:
             self.cache_file.unlink(missing_ok=True)
         self.cache = json.loads(self.cache_file.read_text()) if self.cache_file.exists() else {}
         started = time.monotonic()
-        self.assets = build_demo_assets(cache / f"demo-{preset}", preset)
+        self.assets = build_demo_assets(cache / f"demo-{preset}{suffix}", preset, seed=build_seed)
         self.log(f"demo assets ready in {time.monotonic() - started:.0f}s: {self.assets.root}")
         data = self.assets.data
         self.sets = EvaluationSets(
@@ -266,7 +268,7 @@ class Bench:
             if row["subject"] not in names:
                 names.append(row["subject"])
         kept = set(names[:subjects])
-        path = folder / f"holdout-{self.preset}-{subjects}-subjects.jsonl"
+        path = folder / f"holdout-{self.preset}{self.suffix}-{subjects}-subjects.jsonl"
         path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["subject"] in kept))
         self.assets.data = {**self.assets.data, "holdout": path}
         self.holdout_subjects = subjects
@@ -676,6 +678,8 @@ def run_target_job(
     identity.append(TARGET_RUNS_VERSION)
     if bench.holdout_subjects:
         identity.append({"holdout_subjects": bench.holdout_subjects})
+    if bench.build_seed:
+        identity.append({"build": bench.build_seed})
     key = json.dumps(
         identity + ([target] if target else []) + ([{"then": then}] if then else []),
         sort_keys=True,
@@ -778,6 +782,8 @@ def _target_figures(outcome) -> dict:
                         "retain_ratio",
                         "relearn_ratio",
                         "forget_matched",
+                        "forget_truth_ratio",
+                        "holdout_truth_ratio",
                         "sam_rho",
                         # forget_tokens both: each part against the holdout's same part
                         "rest_membership_auc",
@@ -849,6 +855,49 @@ def run_targets(
             )
         results[method] = summarize_target(rows, original_mu)
     return results
+
+
+def run_target_builds(benches: list[Bench], methods, seeds, log, workdir: Path, *args) -> dict:
+    """``run_targets`` on each asset build; with more than one, each method's row is
+    summarized over every (build, seed) run (each run's utility ratio against its own
+    build's original) and the original and oracle rows are means over the builds."""
+    per_build = []
+    for bench in benches:
+        if len(benches) > 1:
+            log(f"build {bench.build_seed}: {bench.assets.root}")
+        per_build.append(run_targets(bench, methods, seeds, log, workdir, *args))
+    if len(per_build) == 1:
+        return per_build[0]
+    builds = [bench.build_seed for bench in benches]
+    results = {
+        name: {
+            **_mean_row([result[name] for result in per_build]),
+            "builds": builds,
+            "per_build": [result[name] for result in per_build],
+        }
+        for name in ("original", "retrain")
+    }
+    original_mu = results["original"]["model_utility"]
+    for method in methods:
+        rows = [
+            {**row, "build_seed": build}
+            for build, result in zip(builds, per_build)
+            for row in result[method]["runs"]
+        ]
+        results[method] = {**summarize_target(rows, original_mu), "builds": builds}
+    return results
+
+
+def _mean_row(rows: list[dict]) -> dict:
+    """The numeric fields' means over rows (the reference models of several builds)."""
+    keys = [
+        k for k, v in rows[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    ]
+    return {
+        key: statistics.fmean(row[key] for row in rows)
+        for key in keys
+        if all(isinstance(row.get(key), (int, float)) for row in rows)
+    }
 
 
 def print_target_table(methods: dict, log) -> None:
@@ -931,6 +980,13 @@ def main(argv: list[str] | None = None) -> int:
         "holdout set (to see what a smaller holdout does to the verdict on the same model)",
     )
     parser.add_argument(
+        "--builds",
+        default="0",
+        help="with --target: comma-separated asset build seeds (each builds its own "
+        "authors, tokenizer, target and oracle); rows are summarized over every build and "
+        "seed, since one build's figures are one draw (docs/minitofu.md)",
+    )
+    parser.add_argument(
         "--target",
         action="store_true",
         help="run the default job of each method (no hand-set hyperparameters) with its "
@@ -957,12 +1013,17 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     seeds = [int(s) for s in args.seeds.split(",")]
-    bench = Bench(args.preset, args.cache, log, fresh=args.fresh)
+    builds = [int(b) for b in args.builds.split(",")]
+    if len(builds) > 1 and not args.target:
+        parser.error("--builds: more than one build only with --target")
+    benches = [Bench(args.preset, args.cache, log, fresh=args.fresh, build_seed=b) for b in builds]
+    bench = benches[0]
     if args.target:
         if args.holdout_subjects:
-            bench.limit_holdout(args.holdout_subjects, args.cache)
-        results = run_targets(
-            bench,
+            for each in benches:
+                each.limit_holdout(args.holdout_subjects, args.cache)
+        results = run_target_builds(
+            benches,
             methods,
             seeds,
             log,
@@ -976,7 +1037,7 @@ def main(argv: list[str] | None = None) -> int:
             "methods": results,
             "seeds": seeds,
             "mode": "target",
-            "assets": bench.assets.identity(),
+            "builds": [each.assets.identity() for each in benches],
         }
     elif args.sweep:
         output = {

@@ -161,3 +161,32 @@ def test_then_continues_each_target_job_with_changed_fields(minitofu, tiny_demo,
         point["step"] for point in row["first"]["trajectory"]
     ]
     assert isinstance(row["first"]["target_met"], bool)
+
+
+@pytest.mark.slow
+def test_builds_summarize_each_method_over_every_build_and_seed(minitofu, tiny_demo, tmp_path):
+    cache = tmp_path / "cache"
+    shutil.copytree(tiny_demo.root, cache / "demo-tiny")  # build 0; build 1 is made here
+    out = tmp_path / "builds.json"
+    argv = ["--target", "--preset", "tiny", "--seeds", "0", "--methods", "graddiff"]
+    argv += ["--builds", "0,1", "--target-settings", '{"max_epochs": 2}']
+    assert minitofu.main([*argv, "--cache", str(cache), "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    first, second = results["builds"]
+    assert (first["seed"], second["seed"]) == (0, 1)
+    assert first["target_sha256"] != second["target_sha256"]  # other authors, other model
+    original = results["methods"]["original"]
+    per_build = [row["model_utility"] for row in original["per_build"]]
+    assert original["model_utility"] == pytest.approx(sum(per_build) / 2)
+    row = results["methods"]["graddiff"]
+    assert [run["build_seed"] for run in row["runs"]] == [0, 1]
+    ratios = [run["model_utility_ratio"] for run in row["runs"]]
+    assert row["model_utility_ratio"] == pytest.approx(sum(ratios) / 2)
+    assert row["forget_quality"] == pytest.approx(
+        sum(run["forget_quality"] for run in row["runs"]) / 2
+    )
+
+
+def test_several_builds_need_target_mode(minitofu, tmp_path):
+    with pytest.raises(SystemExit):
+        minitofu.main(["--builds", "0,1", "--cache", str(tmp_path), "--preset", "tiny"])
