@@ -94,6 +94,35 @@ def model_utility(per_set: dict[str, dict[str, float]]) -> float:
     return harmonic_mean(v for values in per_set.values() for v in values.values())
 
 
+def utility_parts(
+    per_set: dict[str, dict[str, float]], original: dict[str, dict[str, float]]
+) -> dict[str, float]:
+    """Each utility value over the original's, keyed ``set/component``
+    (``retain/probability``, ``utility/world_facts/truth_ratio``): which part of model
+    utility a model lost, which the ratio of the harmonic means hides."""
+    return {
+        f"{name}/{key}": value / original[name][key]
+        for name, values in per_set.items()
+        for key, value in values.items()
+        if original.get(name, {}).get(key)
+    }
+
+
+def utility_weights(per_set: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Each value's share of model utility's sensitivity: a harmonic mean moves by
+    ``sum(w_i * dv_i / v_i)`` with ``w_i = (1 / v_i) / sum_j(1 / v_j)``, so the smallest
+    values weigh most (a truth-ratio score near 0.1 beside probabilities near 1 carries
+    most of it)."""
+    flat = {
+        f"{name}/{key}": value
+        for name, values in per_set.items()
+        for key, value in values.items()
+        if value and value > 0
+    }
+    total = sum(1.0 / value for value in flat.values())
+    return {key: (1.0 / value) / total for key, value in flat.items()}
+
+
 # --- generation-based -------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.evaluation import metrics
 from core.evaluation.verdict import HOLDOUT_HELP
 
 #: the sharpness-aware SimNPO recipe of docs/minitofu.md: on mini-TOFU (Llama and GPT-2)
@@ -68,7 +69,10 @@ def next_steps(report: dict) -> list[dict[str, Any]]:
             )
         )
     if "utility" in failed:
-        steps.append(_keep_utility(job, hparams))
+        lost = utility_lost_most(report)
+        steps.append(_keep_utility(job, hparams, lost))
+        if lost and lost[0].startswith("utility/") and "retain" in (job.get("data") or {}):
+            steps.append(_cover_in_retain(lost))
     if "relearning" in failed:
         vs_oracle = (report.get("relearn") or {}).get("unseen_probability_vs_oracle")
         # continued only where every other check passed (the answers look unseen)
@@ -108,22 +112,62 @@ def _longer(budget: int, remembered: bool) -> dict[str, Any]:
     )
 
 
-def _keep_utility(job: dict, hparams: dict) -> dict[str, Any]:
+def utility_lost_most(report: dict) -> tuple[str, float, float] | None:
+    """``(set/component, unlearned / original, weight)`` of the utility value whose loss
+    cost model utility most (``summary.utility_parts``; the weight is its share of the
+    original's model utility, ``metrics.utility_weights``), or None where none fell."""
+    parts = (report.get("summary") or {}).get("utility_parts") or {}
+    before = ((report.get("evaluations") or {}).get("before") or {}).get("metrics") or {}
+    weights = metrics.utility_weights(before.get("model_utility_components") or {})
+    cost = {
+        part: weights[part] * (1.0 - ratio)
+        for part, ratio in parts.items()
+        if part in weights and ratio < 1.0
+    }
+    if not cost:
+        return None
+    part = max(cost, key=cost.get)
+    return part, parts[part], weights[part]
+
+
+COMPONENT_WORDS = {
+    "probability": "answer probability",
+    "rouge_recall": "ROUGE-L recall",
+    "truth_ratio": "truth-ratio score",
+}
+
+
+def _where(lost: tuple[str, float, float] | None) -> str:
+    if lost is None:
+        return ""
+    part, ratio, weight = lost
+    name, component = part.rsplit("/", 1)
+    return (
+        f", most in the {COMPONENT_WORDS.get(component, component)} of "
+        f"{name.removeprefix('utility/')} ({ratio:.2f}x the original's; {weight:.0%} of "
+        "model utility rests on it)"
+    )
+
+
+def _keep_utility(
+    job: dict, hparams: dict, lost: tuple[str, float, float] | None = None
+) -> dict[str, Any]:
     data = job.get("data") or {}
+    where = _where(lost)
     if "retain" not in data or hparams.get("retain_loss") == "none":
         return _step(
             "utility",
-            "Utility fell below the floor and nothing held it: give a retain set (data the "
-            "model must keep) so that the method can train against forgetting it.",
+            f"Utility fell below the floor{where} and nothing held it: give a retain set "
+            "(data the model must keep) so that the method can train against forgetting it.",
             {"retain": "<dataset to keep>"},
         )
     if job.get("method") == "simnpo" and not _recipe_ran(hparams):
         return _step(
             "utility",
-            "Utility fell below the floor: SimNPO's sharpness-aware recipe kept more of it "
-            "(0.95-0.97x of the original's on the README demo against 0.93x with the "
-            "defaults; 0.97-1.03x on mini-TOFU); a heavier retain term alone did not "
-            "(retain_coeff 5: 0.88x on the demo; docs/minitofu.md).",
+            f"Utility fell below the floor{where}: SimNPO's sharpness-aware recipe kept "
+            "more of it (0.95-0.97x of the original's on the README demo against 0.93x "
+            "with the defaults; 0.97-1.03x on mini-TOFU); a heavier retain term alone did "
+            "not (retain_coeff 5: 0.88x on the demo; docs/minitofu.md).",
             {
                 "hyperparameters": dict(SIMNPO_RECIPE),
                 "target": {"max_epochs": SAM_EPOCHS},
@@ -132,9 +176,23 @@ def _keep_utility(job: dict, hparams: dict) -> dict[str, Any]:
     rate = hparams.get("learning_rate")
     return _step(
         "utility",
-        "Utility fell below the floor: take smaller steps (half the learning rate), which "
-        "trades forgetting speed for utility; not measured on the benchmark.",
+        f"Utility fell below the floor{where}: take smaller steps (half the learning rate), "
+        "which trades forgetting speed for utility; not measured on the benchmark.",
         {"hyperparameters": {"learning_rate": rate / 2}} if isinstance(rate, (int, float)) else {},
+    )
+
+
+def _cover_in_retain(lost: tuple[str, float, float]) -> dict[str, Any]:
+    """Utility fell most on an evaluation set the retain term never trains on."""
+    name = lost[0].rsplit("/", 1)[0].removeprefix("utility/")
+    return _step(
+        "utility",
+        f"The retain term trains on the retain set only, and utility fell most on "
+        f"{name}, which it does not cover: add records like those of {name} (not the "
+        "same ones, which would then measure nothing) to the retain set. On the mini-TOFU "
+        "benchmark the world facts' truth-ratio score, near 0.1 and so most of model "
+        "utility's weight, is where the sharpness-aware recipe lost it (docs/minitofu.md).",
+        {"retain": f"<retain set with records like {name}>"},
     )
 
 

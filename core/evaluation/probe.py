@@ -93,12 +93,7 @@ class Probe:
         which part of utility a model lost, where the ratio of the harmonic means hides it.
         """
         theirs = original.prefix_like(self).utility_components()
-        return {
-            f"{name}/{key}": value / theirs[name][key]
-            for name, values in self.utility_components().items()
-            for key, value in values.items()
-            if theirs.get(name, {}).get(key)
-        }
+        return metrics.utility_parts(self.utility_components(), theirs)
 
     def utility(self) -> float | None:
         components = self.utility_components()

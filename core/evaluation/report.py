@@ -13,6 +13,7 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
+from core.evaluation import metrics
 from core.evaluation import plots as draw
 from core.evaluation.evaluate import HEADLINE_KEYS, EvaluationResult, _json_safe
 from core.evaluation.evidence import interim_verdict
@@ -21,7 +22,7 @@ from core.evaluation.next_steps import next_steps
 from core.evaluation.report_html import render_report
 
 #: version of report.json; bump the major on breaking changes (docs/report.md)
-REPORT_SCHEMA_VERSION = "1.3"
+REPORT_SCHEMA_VERSION = "1.4"
 
 #: summary fields besides the headline metrics
 SUMMARY_EXTRA_KEYS = (
@@ -112,6 +113,7 @@ def write_report(
         "stopped": stopped,
     }
     summary.update({key: comparison.get(key) for key in (*HEADLINE_KEYS, *SUMMARY_EXTRA_KEYS)})
+    summary["utility_parts"] = _utility_parts(before, after)
     report = {
         "schema_version": REPORT_SCHEMA_VERSION,
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -140,6 +142,13 @@ def write_report(
     html_path.write_text(render_report(report, plots), encoding="utf-8")
     written["report.html"] = html_path
     return written
+
+
+def _utility_parts(before: EvaluationResult, after: EvaluationResult) -> dict[str, float]:
+    """The unlearned model's utility values over the original's (``metrics.utility_parts``)."""
+    ours = after.metrics.get("model_utility_components") or {}
+    theirs = before.metrics.get("model_utility_components") or {}
+    return metrics.utility_parts(ours, theirs)
 
 
 def _selection_rule() -> str:

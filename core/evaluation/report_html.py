@@ -14,6 +14,7 @@ from typing import Any
 
 from jinja2 import ChainableUndefined, Environment, FileSystemLoader, select_autoescape
 
+from core.evaluation import metrics
 from core.evaluation.evidence import checks as evidence_checks
 from core.evaluation.evidence import interim_verdict
 from core.evaluation.glossary import (
@@ -24,6 +25,7 @@ from core.evaluation.glossary import (
     format_value,
     range_label,
 )
+from core.evaluation.next_steps import COMPONENT_WORDS
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -193,6 +195,42 @@ def render_report(report: dict, plots: dict[str, str]) -> str:
             checks=checks,
             in_short=in_short(report, checks),
             headline_rows=HEADLINE_ROWS,
+            utility_rows=utility_rows(report),
             plots=plots,
         )
     )
+
+
+def utility_rows(report: dict) -> list[dict[str, Any]]:
+    """The table "Where utility went": each model utility value of the original, the
+    unlearned model and the oracle, the unlearned over the original
+    (``summary.utility_parts``) and the value's weight in the original's model utility
+    (``metrics.utility_weights``), the largest loss first."""
+    evaluations = report.get("evaluations") or {}
+
+    def flat(name: str) -> dict[str, float]:
+        per_set = ((evaluations.get(name) or {}).get("metrics") or {}).get(
+            "model_utility_components"
+        ) or {}
+        return {f"{s}/{k}": v for s, values in per_set.items() for k, v in values.items()}
+
+    before, after, oracle = flat("before"), flat("after"), flat("oracle")
+    parts = (report.get("summary") or {}).get("utility_parts") or {}
+    weights = metrics.utility_weights(
+        ((evaluations.get("before") or {}).get("metrics") or {}).get("model_utility_components")
+        or {}
+    )
+    rows = [
+        {
+            "part": part,
+            "set": part.rsplit("/", 1)[0].removeprefix("utility/"),
+            "component": COMPONENT_WORDS.get(part.rsplit("/", 1)[1], part.rsplit("/", 1)[1]),
+            "before": before.get(part),
+            "after": after.get(part),
+            "oracle": oracle.get(part),
+            "ratio": ratio,
+            "weight": weights.get(part),
+        }
+        for part, ratio in parts.items()
+    ]
+    return sorted(rows, key=lambda row: row["ratio"])

@@ -182,3 +182,50 @@ def test_the_page_lists_them_under_in_short():
     section = html[start : html.index("</section>", start)]
     assert "twice the budget" in section
     assert '<code>{"target": {"max_epochs": 40}}</code>' in section
+
+
+def lost_on_world_facts(report):
+    """The original's utility values: retain probability 0.9 and the world facts'
+    truth-ratio score 0.1 (weights 1/0.9 and 1/0.1 over their sum: 0.1 and 0.9); the
+    unlearned model kept retain (0.99x) and lost 20% of the world facts' score."""
+    components = {"retain": {"probability": 0.9}, "utility/world_facts": {"truth_ratio": 0.1}}
+    after = {"retain": {"probability": 0.891}, "utility/world_facts": {"truth_ratio": 0.08}}
+    sets = {"forget": {"samples": {"index": list(range(40))}}}
+    report["evaluations"] = {
+        "before": {"sets": sets, "metrics": {"model_utility_components": components}},
+        "after": {"sets": sets, "metrics": {"model_utility_components": after}},
+    }
+    report["summary"]["utility_parts"] = {
+        "retain/probability": 0.99,
+        "utility/world_facts/truth_ratio": 0.8,
+    }
+    return report
+
+
+def test_utility_lost_outside_the_retain_set_names_it_and_asks_for_records_like_it():
+    checks = [knowledge_check(ALIKE, ALIKE, 0.2), calibrated(), utility_check(0.82, 0.95)]
+    report = lost_on_world_facts(job_report(checks))
+    recipe, cover = next_steps(report)
+    # costs: 0.9 x (1 - 0.8) = 0.18 on world facts against 0.1 x (1 - 0.99) = 0.001
+    assert (
+        "most in the truth-ratio score of world_facts (0.80x the original's; 90% of"
+        in (recipe["text"])
+    )
+    assert recipe["spec"]["hyperparameters"] == SIMNPO_RECIPE
+    assert cover["spec"] == {"retain": "<retain set with records like world_facts>"}
+    # the report's table: the largest loss first, with its weight
+    page = render_report(report, {})
+    assert "Where utility went" in page
+    assert page.index("truth-ratio score") < page.index("answer probability")
+    assert "0.800x" in page and "0.90</td>" in page
+
+
+def test_utility_lost_on_the_retain_set_asks_for_no_records():
+    checks = [knowledge_check(ALIKE, ALIKE, 0.2), calibrated(), utility_check(0.82, 0.95)]
+    report = lost_on_world_facts(job_report(checks))
+    report["summary"]["utility_parts"] = {
+        "retain/probability": 0.5,
+        "utility/world_facts/truth_ratio": 1.0,
+    }
+    (step,) = next_steps(report)
+    assert "most in the answer probability of retain (0.50x" in step["text"]

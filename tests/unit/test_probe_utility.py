@@ -115,3 +115,11 @@ def test_parts_name_the_component_that_fell():
             "utility/world/truth_ratio": 0.2 / 0.7,
         }
     )
+
+
+def test_weights_are_each_values_share_of_the_harmonic_mean():
+    from core.evaluation.metrics import utility_weights
+
+    # 1/1 and 1/0.25 over their sum 5: a score near 0 carries most of model utility
+    weights = utility_weights({"retain": {"probability": 1.0, "truth_ratio": 0.25}})
+    assert weights == pytest.approx({"retain/probability": 0.2, "retain/truth_ratio": 0.8})
