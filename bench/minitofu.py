@@ -642,6 +642,8 @@ def best_at_floor(rows: list[dict], floor: float) -> dict | None:
 #: the relearning attack of the target runs: the README demo's (5 steps at lr 1e-3)
 TARGET_RELEARN = {"steps": 5, "learning_rate": 1e-3, "batch_size": 8}
 TARGET_KEYS = HEADLINE + ("model_utility_ratio",)
+#: a met target with the oracle's forget quality below this is a false "forgotten"
+FALSE_FORGOTTEN_BELOW = 0.05
 #: target runs depend on the verdict too: bumped when it changes (2: the relearning check
 #: against the holdout's own relearning, 2026-12-05; 3: that reference averaged over up
 #: to three holdout groups; 4: sharpness-aware steps under match_holdout keep only the
@@ -813,6 +815,11 @@ def summarize_target(rows: list[dict], original_mu: float) -> dict:
     out = summarize(rows, original_mu)
     out["target_met"] = all(r["target_met"] for r in rows)
     out["target_met_runs"] = sum(r["target_met"] for r in rows)
+    # issue 8's false "forgotten": the target met while the oracle's forget quality is
+    # below 0.05; the goal is none
+    out["false_forgotten_runs"] = sum(
+        r["target_met"] and (r["forget_quality"] or 0.0) < FALSE_FORGOTTEN_BELOW for r in rows
+    )
     out["forget_quality_min"] = min((r["forget_quality"] or 0.0) for r in rows)
     out["model_utility_ratio"] = statistics.fmean(
         r["model_utility_ratio"] for r in rows if r.get("model_utility_ratio") is not None
@@ -903,7 +910,7 @@ def _mean_row(rows: list[dict]) -> dict:
 def print_target_table(methods: dict, log) -> None:
     header = (
         f"{'model':<10}{'FQ':>9}{'FQ min':>9}{'MU/orig':>9}{'met':>6}{'step':>7}"
-        f"{'relearn/oracle':>16}{'P(forget)':>11}{'PrivLeak':>10}"
+        f"{'relearn/oracle':>16}{'P(forget)':>11}{'PrivLeak':>10}{'false':>7}"
     )
     log(header)
     log("-" * len(header))
@@ -915,6 +922,7 @@ def print_target_table(methods: dict, log) -> None:
             f"{(str(met) + '/' + str(len(row.get('seeds', [])))) if met is not None else '-':>6}"
             f"{_num(row.get('selected_step')):>7}{_num(row.get('relearn_unseen_vs_oracle')):>16}"
             f"{_num(row.get('forget_probability')):>11}{_num(row.get('privleak')):>10}"
+            f"{row.get('false_forgotten_runs', '-'):>7}"
         )
 
 

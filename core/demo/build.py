@@ -165,9 +165,10 @@ class DemoAssets:
 
     def identity(self) -> dict:
         """What tells two builds of the same preset and seed apart: hashes of the
-        tokenizer and of both models' weights, and the platform that trained them.
-        The builds are deterministic on one machine but not across CPUs (float
-        reductions differ by instruction set), and benchmark figures differ by build."""
+        tokenizer and of both models' weights, and the platform that trained them. A
+        build is reproduced exactly on one machine (tests/unit/test_demo_identity.py);
+        builds made by other sessions differed, and benchmark figures with them
+        (docs/minitofu.md), which the platform may explain (not verified)."""
         return {
             "preset": self.preset,
             "seed": self.seed,

@@ -102,11 +102,19 @@ class Verdict:
 
 
 def knowledge_check(forget_tr, holdout_tr, threshold: float) -> Check:
-    """KS p-value of the model's own truth ratios, forget vs holdout."""
-    p = float(stats.ks_2samp(forget_tr, holdout_tr).pvalue)
+    """The model's own truth ratios, forget vs holdout, by two tests: Kolmogorov-Smirnov
+    (any difference in shape) and Mann-Whitney (a shift of one against the other); the
+    smaller p-value is the check's. KS alone is slow to see a shift: on the Llama
+    benchmark a job was met at KS p 0.24-0.31 while the model still preferred the right
+    answers a little more on forget questions than on unseen ones (median truth ratio
+    0.96 vs 1.00; Mann-Whitney p 0.07) and the oracle's forget quality was 0.0017
+    (docs/minitofu.md, stop 36)."""
+    ks = float(stats.ks_2samp(forget_tr, holdout_tr).pvalue)
+    shift = float(stats.mannwhitneyu(forget_tr, holdout_tr, alternative="two-sided").pvalue)
+    p = min(ks, shift)
     return Check(
         name="knowledge",
-        label="forget vs holdout truth ratios (KS p-value)",
+        label="forget vs holdout truth ratios (the smaller of the KS and Mann-Whitney p-values)",
         value=p,
         threshold=threshold,
         passed=p >= threshold,

@@ -134,6 +134,7 @@ def test_target_mode_keeps_the_out_shape_and_can_give_jobs_a_smaller_holdout(
     for key in ("forget_quality", "model_utility", "model_utility_ratio"):
         assert isinstance(row[key], float)
     assert isinstance(row["target_met"], bool) and row["target_met_runs"] in (0, 1)
+    assert row["false_forgotten_runs"] in (0, 1)
     # the jobs got the first two of the tiny demo's four holdout authors
     holdout = (cache / "holdout-tiny-2-subjects.jsonl").read_text().splitlines()
     subjects = {json.loads(line)["subject"] for line in holdout}

@@ -18,7 +18,19 @@ from core.evaluation.verdict import (
 )
 
 
-def test_knowledge_is_the_ks_p_value_of_truth_ratios():
+def test_knowledge_sees_a_shift_that_ks_misses():
+    # Holdout ratios 1..120, forget ones 10 lower: KS's D = 10/120, lambda = D * sqrt(60)
+    # = 0.645, p = 2 * (e^-0.832 - e^-3.33 + ...) = 0.80; Mann-Whitney's U counts forget >
+    # holdout pairs: 1 + ... + 109 = 5995 plus half of the 110 ties = 6050 against a mean
+    # of 7200 and a standard deviation of sqrt(120^2 * 241 / 12) = 537.8: z = -2.14,
+    # p = 0.032 (two-sided). The model still prefers the right answers a little more on
+    # the forget questions: the check takes the smaller p-value and fails.
+    holdout = np.arange(1.0, 121.0)
+    check = knowledge_check(holdout - 10, holdout, threshold=0.2)
+    assert check.value == pytest.approx(0.032, abs=0.002) and check.passed is False
+
+
+def test_knowledge_passes_alike_ratios_and_fails_separated_ones():
     same = np.linspace(0.5, 1.5, 40)
     check = knowledge_check(same, same.copy(), threshold=0.2)
     assert check.value == pytest.approx(1.0) and check.passed
