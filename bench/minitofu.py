@@ -651,8 +651,8 @@ FALSE_FORGOTTEN_BELOW = 0.05
 #: utility check fails; 6: steps of 1.5, and a move brings the next probe forward; 7: ROUGE-L
 #: in the confirming utility estimate, the published-point rule's first tier, steering cap 3x;
 #: 8: a point in that tier has its utility confirmed, met or not; 9: rows carry utility
-#: components, points their parts)
-TARGET_RUNS_VERSION = 9
+#: components, points their parts; 10: the knowledge check takes Mann-Whitney too)
+TARGET_RUNS_VERSION = 10
 
 
 def run_target_job(
