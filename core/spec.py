@@ -28,7 +28,8 @@ from core.methods.base import UnlearningHyperparameters
 from core.methods.guard_spec import GUARD_METHOD, GuardHyperparameters
 
 DEFAULT_PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
-#: the truth-ratio KS p-value at or above which forget and holdout count as alike
+#: the truth-ratio p-value (the smaller of KS and Mann-Whitney) at or above which forget
+#: and holdout count as alike
 VERDICT_FORGET_THRESHOLD = 0.2
 # Keys are matched as JSON paths by the job list's metadata filter: no quotes, brackets,
 # spaces or other path syntax.
@@ -193,7 +194,8 @@ class TargetSpec(StrictModel):
         gt=0,
         lt=1,
         description="p-value at or above which the forget and holdout sets count as alike "
-        "(two-sample KS test of the model's own truth ratios).",
+        "(the smaller p-value of two-sample KS and Mann-Whitney tests of the model's own "
+        "truth ratios).",
     )
     membership: Literal["one_sided", "two_sided"] = Field(
         "two_sided",

@@ -9,8 +9,9 @@ attacker which records were there).
 
 Checks, each with its threshold (``Check.passed``):
 
-- ``knowledge``: two-sample KS test of the model's own truth ratios (right vs wrong
-  values in a paraphrased answer) on forget vs holdout records: p >= threshold. This
+- ``knowledge``: two-sample KS and Mann-Whitney tests of the model's own truth ratios
+  (right vs wrong values in a paraphrased answer) on forget vs holdout records: the
+  smaller p >= threshold. This
   is what the oracle's forget quality measures, without the oracle: validated on the
   mini-TOFU trajectories (``bench/verdict_validation.py``, docs/verdict.md).
 - ``membership``: the loss-attack membership-inference AUC, forget vs holdout: above
