@@ -2,6 +2,7 @@
 train itself?
 
     python bench/minitofu.py --target --out results.json      # the default job, verified
+    python bench/minitofu.py --target --builds 0,1,2 --out results.json  # on three asset builds
     python bench/minitofu.py --out results.json               # settled defaults, seeds 1-3
     python bench/minitofu.py --sweep grid,kl,push --out sweep.json  # the sweeps behind them (seed 0)
 
