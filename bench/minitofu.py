@@ -806,10 +806,9 @@ def _utility_components(report: dict) -> dict:
     """The report's model utility components (probability, ROUGE-L, truth-ratio score
     per retain and utility set) of the original, the published model and the oracle:
     what part of utility a job lost (docs/minitofu.md)."""
-    return {
-        name: ((evaluation or {}).get("metrics") or {}).get("model_utility_components")
-        for name, evaluation in (report.get("evaluations") or {}).items()
-    }
+    from core.evaluation.next_steps import report_utility
+
+    return {model: report_utility(report, model) for model in ("before", "after", "oracle")}
 
 
 def summarize_target(rows: list[dict], original_mu: float) -> dict:

@@ -94,17 +94,24 @@ def model_utility(per_set: dict[str, dict[str, float]]) -> float:
     return harmonic_mean(v for values in per_set.values() for v in values.values())
 
 
+def flat_utility(per_set: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Model utility's values keyed ``set/component`` (``retain/probability``,
+    ``utility/world_facts/truth_ratio``)."""
+    return {
+        f"{name}/{key}": value for name, values in per_set.items() for key, value in values.items()
+    }
+
+
 def utility_parts(
     per_set: dict[str, dict[str, float]], original: dict[str, dict[str, float]]
 ) -> dict[str, float]:
-    """Each utility value over the original's, keyed ``set/component``
-    (``retain/probability``, ``utility/world_facts/truth_ratio``): which part of model
-    utility a model lost, which the ratio of the harmonic means hides."""
+    """Each utility value over the original's, keyed as ``flat_utility``: which part of
+    model utility a model lost, which the ratio of the harmonic means hides."""
+    theirs = flat_utility(original)
     return {
-        f"{name}/{key}": value / original[name][key]
-        for name, values in per_set.items()
-        for key, value in values.items()
-        if original.get(name, {}).get(key)
+        part: value / theirs[part]
+        for part, value in flat_utility(per_set).items()
+        if theirs.get(part)
     }
 
 
@@ -113,12 +120,7 @@ def utility_weights(per_set: dict[str, dict[str, float]]) -> dict[str, float]:
     ``sum(w_i * dv_i / v_i)`` with ``w_i = (1 / v_i) / sum_j(1 / v_j)``, so the smallest
     values weigh most (a truth-ratio score near 0.1 beside probabilities near 1 carries
     most of it)."""
-    flat = {
-        f"{name}/{key}": value
-        for name, values in per_set.items()
-        for key, value in values.items()
-        if value and value > 0
-    }
+    flat = {part: value for part, value in flat_utility(per_set).items() if value and value > 0}
     total = sum(1.0 / value for value in flat.values())
     return {key: (1.0 / value) / total for key, value in flat.items()}
 

@@ -117,8 +117,7 @@ def utility_lost_most(report: dict) -> tuple[str, float, float] | None:
     cost model utility most (``summary.utility_parts``; the weight is its share of the
     original's model utility, ``metrics.utility_weights``), or None where none fell."""
     parts = (report.get("summary") or {}).get("utility_parts") or {}
-    before = ((report.get("evaluations") or {}).get("before") or {}).get("metrics") or {}
-    weights = metrics.utility_weights(before.get("model_utility_components") or {})
+    weights = metrics.utility_weights(report_utility(report, "before"))
     cost = {
         part: weights[part] * (1.0 - ratio)
         for part, ratio in parts.items()
@@ -137,14 +136,26 @@ COMPONENT_WORDS = {
 }
 
 
+def report_utility(report: dict, model: str) -> dict[str, dict[str, float]]:
+    """A report's model utility values of ``model`` (``before``, ``after``, ``oracle``)."""
+    evaluation = (report.get("evaluations") or {}).get(model) or {}
+    return (evaluation.get("metrics") or {}).get("model_utility_components") or {}
+
+
+def part_words(part: str) -> tuple[str, str]:
+    """``(set, value)`` of a ``set/component`` key as a reader sees them:
+    ``utility/world_facts/truth_ratio`` -> ``("world_facts", "truth-ratio score")``."""
+    name, component = part.rsplit("/", 1)
+    return name.removeprefix("utility/"), COMPONENT_WORDS.get(component, component)
+
+
 def _where(lost: tuple[str, float, float] | None) -> str:
     if lost is None:
         return ""
     part, ratio, weight = lost
-    name, component = part.rsplit("/", 1)
+    name, component = part_words(part)
     return (
-        f", most in the {COMPONENT_WORDS.get(component, component)} of "
-        f"{name.removeprefix('utility/')} ({ratio:.2f}x the original's; {weight:.0%} of "
+        f", most in the {component} of {name} ({ratio:.2f}x the original's; {weight:.0%} of "
         "model utility rests on it)"
     )
 
@@ -184,7 +195,7 @@ def _keep_utility(
 
 def _cover_in_retain(lost: tuple[str, float, float]) -> dict[str, Any]:
     """Utility fell most on an evaluation set the retain term never trains on."""
-    name = lost[0].rsplit("/", 1)[0].removeprefix("utility/")
+    name, _ = part_words(lost[0])
     return _step(
         "utility",
         f"The retain term trains on the retain set only, and utility fell most on "

@@ -25,7 +25,7 @@ from core.evaluation.glossary import (
     format_value,
     range_label,
 )
-from core.evaluation.next_steps import COMPONENT_WORDS
+from core.evaluation.next_steps import part_words, report_utility
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -206,31 +206,25 @@ def utility_rows(report: dict) -> list[dict[str, Any]]:
     unlearned model and the oracle, the unlearned over the original
     (``summary.utility_parts``) and the value's weight in the original's model utility
     (``metrics.utility_weights``), the largest loss first."""
-    evaluations = report.get("evaluations") or {}
-
-    def flat(name: str) -> dict[str, float]:
-        per_set = ((evaluations.get(name) or {}).get("metrics") or {}).get(
-            "model_utility_components"
-        ) or {}
-        return {f"{s}/{k}": v for s, values in per_set.items() for k, v in values.items()}
-
-    before, after, oracle = flat("before"), flat("after"), flat("oracle")
-    parts = (report.get("summary") or {}).get("utility_parts") or {}
-    weights = metrics.utility_weights(
-        ((evaluations.get("before") or {}).get("metrics") or {}).get("model_utility_components")
-        or {}
+    before, after, oracle = (
+        metrics.flat_utility(report_utility(report, model))
+        for model in ("before", "after", "oracle")
     )
-    rows = [
-        {
-            "part": part,
-            "set": part.rsplit("/", 1)[0].removeprefix("utility/"),
-            "component": COMPONENT_WORDS.get(part.rsplit("/", 1)[1], part.rsplit("/", 1)[1]),
-            "before": before.get(part),
-            "after": after.get(part),
-            "oracle": oracle.get(part),
-            "ratio": ratio,
-            "weight": weights.get(part),
-        }
-        for part, ratio in parts.items()
-    ]
+    parts = (report.get("summary") or {}).get("utility_parts") or {}
+    weights = metrics.utility_weights(report_utility(report, "before"))
+    rows = []
+    for part, ratio in parts.items():
+        name, component = part_words(part)
+        rows.append(
+            {
+                "part": part,
+                "set": name,
+                "component": component,
+                "before": before.get(part),
+                "after": after.get(part),
+                "oracle": oracle.get(part),
+                "ratio": ratio,
+                "weight": weights.get(part),
+            }
+        )
     return sorted(rows, key=lambda row: row["ratio"])
