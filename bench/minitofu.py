@@ -652,8 +652,9 @@ FALSE_FORGOTTEN_BELOW = 0.05
 #: utility check fails; 6: steps of 1.5, and a move brings the next probe forward; 7: ROUGE-L
 #: in the confirming utility estimate, the published-point rule's first tier, steering cap 3x;
 #: 8: a point in that tier has its utility confirmed, met or not; 9: rows carry utility
-#: components, points their parts; 10: the knowledge check takes Mann-Whitney too)
-TARGET_RUNS_VERSION = 10
+#: components, points their parts; 10: the knowledge check takes Mann-Whitney too; 11:
+#: Mann-Whitney one-sided, rows say whether the oracle passes the forgetting checks)
+TARGET_RUNS_VERSION = 11
 
 
 def run_target_job(
@@ -768,6 +769,17 @@ def _target_figures(outcome) -> dict:
         .get("evaluation_cost", {})
         .get("share_of_training"),
         utility_components=_utility_components(outcome.report),
+        # the oracle under the verdict's forgetting checks against the same holdout set:
+        # where it fails, no model that forgot as well as the oracle can meet the target
+        oracle_passes=(summary.get("oracle_checks") or {}).get("passes"),
+        oracle_knowledge_p=next(
+            (
+                c["value"]
+                for c in (summary.get("oracle_checks") or {}).get("checks") or []
+                if c["name"] == "knowledge"
+            ),
+            None,
+        ),
         trajectory=[
             {
                 "step": point["step"],
@@ -820,6 +832,8 @@ def summarize_target(rows: list[dict], original_mu: float) -> dict:
     out["false_forgotten_runs"] = sum(
         r["target_met"] and (r["forget_quality"] or 0.0) < FALSE_FORGOTTEN_BELOW for r in rows
     )
+    # runs whose oracle fails the verdict's forgetting checks: the verdict's own floor
+    out["oracle_fails_runs"] = sum(r.get("oracle_passes") is False for r in rows)
     out["forget_quality_min"] = min((r["forget_quality"] or 0.0) for r in rows)
     out["model_utility_ratio"] = statistics.fmean(
         r["model_utility_ratio"] for r in rows if r.get("model_utility_ratio") is not None
@@ -911,6 +925,7 @@ def print_target_table(methods: dict, log) -> None:
     header = (
         f"{'model':<10}{'FQ':>9}{'FQ min':>9}{'MU/orig':>9}{'met':>6}{'step':>7}"
         f"{'relearn/oracle':>16}{'P(forget)':>11}{'PrivLeak':>10}{'false':>7}"
+        f"{'oracle fails':>14}"
     )
     log(header)
     log("-" * len(header))
@@ -923,6 +938,7 @@ def print_target_table(methods: dict, log) -> None:
             f"{_num(row.get('selected_step')):>7}{_num(row.get('relearn_unseen_vs_oracle')):>16}"
             f"{_num(row.get('forget_probability')):>11}{_num(row.get('privleak')):>10}"
             f"{row.get('false_forgotten_runs', '-'):>7}"
+            f"{row.get('oracle_fails_runs', '-'):>14}"
         )
 
 

@@ -43,13 +43,15 @@ def candidates(probe: Probe, original: Probe) -> dict[str, float]:
     tr_o = original.column("holdout", "truth_ratio")
     out["tr_ks_p"] = float(stats.ks_2samp(tr_f, tr_h).pvalue)
     out["tr_mw_p"] = float(stats.mannwhitneyu(tr_f, tr_h).pvalue)
-    # the job's knowledge check since stop 36: both tests, the smaller p-value
+    # stop 36's knowledge check: both tests, the smaller p-value
     out["tr_ks_mw_p"] = min(out["tr_ks_p"], out["tr_mw_p"])
     # One-sided: only "the forget truth ratios are lower" (the model still prefers the
     # right answers) counts against forgetting; "greater": the forget sample's CDF lies
     # above the holdout's somewhere.
     out["tr_ks_p_knows"] = float(stats.ks_2samp(tr_f, tr_h, alternative="greater").pvalue)
     out["tr_mw_p_knows"] = float(stats.mannwhitneyu(tr_f, tr_h, alternative="less").pvalue)
+    # the job's knowledge check since stop 37: KS either way, Mann-Whitney one-sided
+    out["tr_ks_mw1_p"] = min(out["tr_ks_p"], out["tr_mw_p_knows"])
     out["tr_ks_p_original"] = float(stats.ks_2samp(tr_f, tr_o).pvalue)
     out["tr_ks_p_both"] = min(out["tr_ks_p"], out["tr_ks_p_original"])
     p_f, p_h = probe.column("forget", "probability"), probe.column("holdout", "probability")
@@ -122,6 +124,7 @@ def main(argv=None) -> int:
         ("tr_ks_p", [0.05, 0.1, 0.2, 0.3, 0.5]),
         ("tr_mw_p", [0.05, 0.1, 0.2, 0.3, 0.5]),
         ("tr_ks_mw_p", [0.05, 0.1, 0.2, 0.3, 0.5]),
+        ("tr_ks_mw1_p", [0.05, 0.1, 0.2, 0.3, 0.5]),
         ("tr_ks_p_knows", [0.05, 0.1, 0.2, 0.3, 0.5]),
         ("tr_mw_p_knows", [0.05, 0.1, 0.2, 0.3, 0.5]),
         ("tr_ks_p_original", [0.05, 0.1, 0.2, 0.3, 0.5]),
@@ -152,7 +155,7 @@ def stopping(rows, floor: float) -> None:
             runs.setdefault(row["run"], []).append(row)
     print(f"\nfirst call per run ({len(runs)} runs), oracle FQ at the call:")
     for statistic, k, threshold, sides in itertools.product(
-        ("tr_ks_p", "tr_mw_p", "tr_ks_mw_p"), (1, 2, 3), (0.2, 0.3, 0.5), (1, 2)
+        ("tr_ks_p", "tr_mw_p", "tr_ks_mw_p", "tr_ks_mw1_p"), (1, 2, 3), (0.2, 0.3, 0.5), (1, 2)
     ):
         calls = []
         for points in runs.values():

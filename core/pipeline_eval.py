@@ -129,7 +129,7 @@ class JobEvaluator:
         eval_seconds=0.0,
         learning_rate=None,
     ) -> tuple[Path, dict]:
-        from core.evaluation.verdict import final_verdict
+        from core.evaluation.verdict import final_verdict, oracle_checks
         from core.training.target import confirmation
 
         started = time.perf_counter()
@@ -180,6 +180,7 @@ class JobEvaluator:
             training_metrics=training,
             relearn=relearn,
             verdict=verdict,
+            oracle_checks=oracle_checks(oracle, target=target),
             target=target.model_dump() if target is not None else None,
             evaluation_points=list(points),
             selected_step=selected_step,

@@ -78,7 +78,10 @@ def next_steps(report: dict) -> list[dict[str, Any]]:
         # continued only where every other check passed (the answers look unseen)
         alone = set(failed) <= {"relearning", "confirmation"}
         steps.append(_sharpness(hparams, budget, vs_oracle, job.get("id") if alone else None))
-    if "knowledge" in failed and membership is None:
+    oracle_failed = _oracle_fails_knowledge(summary)
+    if "knowledge" in failed and oracle_failed is not None:
+        steps.append(_holdout_differs(oracle_failed))
+    elif "knowledge" in failed and membership is None:
         steps.append(_still_knows(job, hparams, budget))
     unique: list[dict[str, Any]] = []
     for step in steps:  # one change answers two reasons: say it once
@@ -271,6 +274,25 @@ def _sharpness(
         f"and {budget} epochs: no setting measured on mini-TOFU did better (a larger sam_rho "
         "stopped forgetting altogether).",
         {},
+    )
+
+
+def _oracle_fails_knowledge(summary: dict) -> dict | None:
+    """The oracle's knowledge check (``summary.oracle_checks``) where it failed."""
+    checks = (summary.get("oracle_checks") or {}).get("checks") or []
+    return next((c for c in checks if c.get("name") == "knowledge" and c["passed"] is False), None)
+
+
+def _holdout_differs(check: dict) -> dict[str, Any]:
+    return _step(
+        "knowledge",
+        f"The retrain oracle, which never saw the forget set, fails the knowledge check "
+        f"against this holdout set too (p {check['value']:.3g} < {check['threshold']:g}): "
+        "the forget and holdout records differ by themselves, so a model that forgot as "
+        "well as the oracle would not pass it either. Give a larger holdout set of records "
+        "drawn like the forget set (more subjects), which narrows that difference; more "
+        "training would only push the model past the oracle.",
+        {"evaluation": {"holdout": "<a larger dataset of unseen records>"}},
     )
 
 

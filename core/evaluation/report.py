@@ -22,7 +22,7 @@ from core.evaluation.next_steps import next_steps
 from core.evaluation.report_html import render_report
 
 #: version of report.json; bump the major on breaking changes (docs/report.md)
-REPORT_SCHEMA_VERSION = "1.4"
+REPORT_SCHEMA_VERSION = "1.5"
 
 #: summary fields besides the headline metrics
 SUMMARY_EXTRA_KEYS = (
@@ -48,6 +48,7 @@ def write_report(
     training_metrics: list[dict],
     relearn: dict | None = None,
     verdict: dict | None = None,
+    oracle_checks: dict | None = None,
     evaluation_points: list[dict] | None = None,
     target: dict | None = None,
     selected_step: int | None = None,
@@ -57,7 +58,8 @@ def write_report(
     """Write report.json, report.html and the plots into ``out_dir``; returns
     ``{file name: path}`` of every file written. ``verdict``: the job's verdict on the
     published model (``summary.verdict``, with ``target_met``); None: the interim one
-    from this evidence. ``evaluation_points``: the points evaluated during training
+    from this evidence. ``oracle_checks``: the retrain oracle under the same forgetting
+    checks (``verdict.oracle_checks``). ``evaluation_points``: the points evaluated during training
     (``report["trajectory"]``), ``selected_step`` the one published, ``target`` what
     the job aimed at, ``stopped`` why training ended early, ``evaluation_cost`` what
     the points cost."""
@@ -114,6 +116,7 @@ def write_report(
     }
     summary.update({key: comparison.get(key) for key in (*HEADLINE_KEYS, *SUMMARY_EXTRA_KEYS)})
     summary["utility_parts"] = _utility_parts(before, after)
+    summary["oracle_checks"] = oracle_checks
     report = {
         "schema_version": REPORT_SCHEMA_VERSION,
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -104,18 +104,24 @@ class Verdict:
 
 def knowledge_check(forget_tr, holdout_tr, threshold: float) -> Check:
     """The model's own truth ratios, forget vs holdout, by two tests: Kolmogorov-Smirnov
-    (any difference in shape) and Mann-Whitney (a shift of one against the other); the
-    smaller p-value is the check's. KS alone is slow to see a shift: on the Llama
-    benchmark a job was met at KS p 0.24-0.31 while the model still preferred the right
-    answers a little more on forget questions than on unseen ones (median truth ratio
-    0.96 vs 1.00; Mann-Whitney p 0.07) and the oracle's forget quality was 0.0017
-    (docs/minitofu.md, stop 36)."""
+    (any difference in shape, either way) and a one-sided Mann-Whitney (forget ratios
+    shifted below the holdout's: the model still prefers the right answers); the smaller
+    p-value is the check's. KS alone is slow to see a shift: on the Llama benchmark a
+    job was met at KS p 0.24-0.31 while the model still preferred the right answers a
+    little more on forget questions than on unseen ones (median truth ratio 0.96 vs
+    1.00; Mann-Whitney p 0.033 one-sided) and the oracle's forget quality was 0.0017
+    (docs/minitofu.md, stop 36). One-sided because a shift the other way is what a
+    model that never saw the forget set shows where the forget records' wrong answers
+    happen to be likelier than the holdout's: the retrain oracles of two of the three
+    Llama benchmark builds failed a two-sided test (p 0.094, 0.155) with forget median
+    ratios 1.05-1.06 against 1.00-1.01 (docs/verdict.md, stop 37); KS still fails a
+    large difference either way."""
     ks = float(stats.ks_2samp(forget_tr, holdout_tr).pvalue)
-    shift = float(stats.mannwhitneyu(forget_tr, holdout_tr, alternative="two-sided").pvalue)
+    shift = float(stats.mannwhitneyu(forget_tr, holdout_tr, alternative="less").pvalue)
     p = min(ks, shift)
     return Check(
         name="knowledge",
-        label="forget vs holdout truth ratios (the smaller of the KS and Mann-Whitney p-values)",
+        label="forget vs holdout truth ratios (the smaller of the KS and one-sided Mann-Whitney p-values)",
         value=p,
         threshold=threshold,
         passed=p >= threshold,
@@ -288,6 +294,33 @@ def forgetting_checks(
             f"knowledge test cannot run: {HOLDOUT_HELP}"
         )
     return checks, None
+
+
+def oracle_checks(oracle, *, target=None) -> dict[str, Any] | None:
+    """The retrain oracle under the verdict's forgetting checks (knowledge, membership),
+    against the same holdout set: what a model that never saw the forget set scores.
+    Where the oracle fails them, the forget and holdout records differ by themselves at
+    this threshold, and an unlearned model that forgot exactly as well as the oracle
+    would be called not forgotten too: on the Llama benchmark the oracle's knowledge p
+    is 0.155 on one asset build of three (docs/minitofu.md, stop 37). None without an
+    oracle evaluated on a holdout set with truth ratios."""
+    if oracle is None or "holdout" not in oracle.sets or "forget" not in oracle.sets:
+        return None
+    threshold = target.forget_threshold if target is not None else _default_threshold()
+    checks, missing = forgetting_checks(
+        oracle.sets["forget"].samples,
+        oracle.sets["holdout"].samples,
+        threshold=threshold,
+        two_sided=membership_two_sided(target),
+    )
+    if missing is not None:
+        return None
+    verdict = decide(checks)
+    return {
+        "passes": verdict.status == "forgotten",
+        "reason": verdict.reason,
+        "checks": [c.to_dict() for c in checks],
+    }
 
 
 def _finite(values) -> np.ndarray | None:

@@ -306,7 +306,7 @@ def test_report_matches_docs_and_renders(tmp_path, results):
         assert key in documented
     for column in report["evaluations"]["after"]["sets"]["forget"]["samples"]:
         assert f"evaluations.*.sets.*.samples.{column}" in documented
-    assert report["schema_version"] == "1.4"
+    assert report["schema_version"] == "1.5"
     # Written without a job verdict, the report falls back to the evidence's.
     verdict = report["summary"]["verdict"]
     assert verdict["status"] in ("forgotten", "not_forgotten", "not_verifiable")

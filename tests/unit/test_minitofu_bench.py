@@ -135,6 +135,10 @@ def test_target_mode_keeps_the_out_shape_and_can_give_jobs_a_smaller_holdout(
         assert isinstance(row[key], float)
     assert isinstance(row["target_met"], bool) and row["target_met_runs"] in (0, 1)
     assert row["false_forgotten_runs"] in (0, 1)
+    # each run says whether the oracle itself passes the verdict's forgetting checks
+    (run,) = row["runs"]
+    assert isinstance(run["oracle_passes"], bool) and 0 <= run["oracle_knowledge_p"] <= 1
+    assert row["oracle_fails_runs"] == (0 if run["oracle_passes"] else 1)
     # the jobs got the first two of the tiny demo's four holdout authors
     holdout = (cache / "holdout-tiny-2-subjects.jsonl").read_text().splitlines()
     subjects = {json.loads(line)["subject"] for line in holdout}

@@ -229,3 +229,29 @@ def test_utility_lost_on_the_retain_set_asks_for_no_records():
     }
     (step,) = next_steps(report)
     assert "most in the answer probability of retain (0.50x" in step["text"]
+
+
+def test_a_knowledge_failure_the_oracle_shares_asks_for_a_larger_holdout():
+    # The oracle's truth ratios against this holdout set fail the same test (the forget
+    # records differ from the holdout ones by themselves): training longer or harder
+    # cannot fix what a model that never saw the forget set fails too.
+    checks = [knowledge_check(ALIKE, ALIKE + 5, 0.2), calibrated(), utility_check(1.0, 0.95)]
+    out = job_report(checks)
+    oracle = [knowledge_check(ALIKE, ALIKE + 5, 0.2), calibrated()]
+    out["summary"]["oracle_checks"] = decide(oracle).to_dict() | {"passes": False}
+    (step,) = next_steps(out)
+    assert step["reason"] == "knowledge" and "oracle" in step["text"]
+    assert step["spec"] == {"evaluation": {"holdout": "<a larger dataset of unseen records>"}}
+    # the verdict box says so in words, with the oracle's figures
+    html = render_report(out, {})
+    box = html[
+        html.index('id="verdict-title"') : html.index(
+            "</section>", html.index('id="verdict-title"')
+        )
+    ]
+    assert "The retrain oracle, which never saw the forget set, fails" in box
+    assert "differ by themselves" in box
+    # an oracle that passes changes nothing: the recipe, as without one
+    out["summary"]["oracle_checks"] = {"passes": True, "checks": [calibrated().to_dict()]}
+    (step,) = next_steps(out)
+    assert step["spec"] == {"hyperparameters": SIMNPO_RECIPE, "target": {"max_epochs": 40}}
