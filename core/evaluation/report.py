@@ -59,10 +59,10 @@ def write_report(
     ``{file name: path}`` of every file written. ``verdict``: the job's verdict on the
     published model (``summary.verdict``, with ``target_met``); None: the interim one
     from this evidence. ``oracle_checks``: the retrain oracle under the same forgetting
-    checks (``verdict.oracle_checks``). ``evaluation_points``: the points evaluated during training
-    (``report["trajectory"]``), ``selected_step`` the one published, ``target`` what
-    the job aimed at, ``stopped`` why training ended early, ``evaluation_cost`` what
-    the points cost."""
+    checks (``verdict.oracle_checks``). ``evaluation_points``: the points evaluated
+    during training (``report["trajectory"]``), ``selected_step`` the one published,
+    ``target`` what the job aimed at, ``stopped`` why training ended early,
+    ``evaluation_cost`` what the points cost."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
