@@ -28,7 +28,8 @@ from core.methods.base import UnlearningHyperparameters
 from core.methods.guard_spec import GUARD_METHOD, GuardHyperparameters
 
 DEFAULT_PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
-#: the truth-ratio p-value (the smaller of KS and one-sided Mann-Whitney) at or above which forget
+#: the truth-ratio p-value (the smaller of KS and Mann-Whitney, the latter counted for forget
+#: ratios below the holdout's) at or above which forget
 #: and holdout count as alike
 VERDICT_FORGET_THRESHOLD = 0.2
 # Keys are matched as JSON paths by the job list's metadata filter: no quotes, brackets,
@@ -194,7 +195,7 @@ class TargetSpec(StrictModel):
         gt=0,
         lt=1,
         description="p-value at or above which the forget and holdout sets count as alike "
-        "(the smaller p-value of a two-sample KS test and a one-sided Mann-Whitney test, "
+        "(the smaller p-value of a two-sample KS test and a Mann-Whitney test counted for "
         "forget ratios below the holdout's, of the model's own truth ratios).",
     )
     membership: Literal["one_sided", "two_sided"] = Field(

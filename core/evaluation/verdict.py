@@ -104,24 +104,28 @@ class Verdict:
 
 def knowledge_check(forget_tr, holdout_tr, threshold: float) -> Check:
     """The model's own truth ratios, forget vs holdout, by two tests: Kolmogorov-Smirnov
-    (any difference in shape, either way) and a one-sided Mann-Whitney (forget ratios
-    shifted below the holdout's: the model still prefers the right answers); the smaller
-    p-value is the check's. KS alone is slow to see a shift: on the Llama benchmark a
-    job was met at KS p 0.24-0.31 while the model still preferred the right answers a
-    little more on forget questions than on unseen ones (median truth ratio 0.96 vs
-    1.00; Mann-Whitney p 0.033 one-sided) and the oracle's forget quality was 0.0017
-    (docs/minitofu.md, stop 36). One-sided because a shift the other way is what a
-    model that never saw the forget set shows where the forget records' wrong answers
-    happen to be likelier than the holdout's: the retrain oracles of two of the three
-    Llama benchmark builds failed a two-sided test (p 0.094, 0.155) with forget median
-    ratios 1.05-1.06 against 1.00-1.01 (docs/verdict.md, stop 37); KS still fails a
-    large difference either way."""
+    (any difference in shape, either way) and Mann-Whitney (a shift of one against the
+    other) counted in one direction only, forget ratios below the holdout's (the model
+    still prefers the right answers): twice its one-sided p-value, which is the
+    two-sided one where the shift goes that way and 1 where it goes the other. The
+    smaller p-value is the check's. KS alone is slow to see a shift: on the Llama
+    benchmark a job was met at KS p 0.24-0.31 while the model still preferred the right
+    answers a little more on forget questions than on unseen ones (median truth ratio
+    0.96 vs 1.00; Mann-Whitney p 0.066) and the oracle's forget quality was 0.0017
+    (docs/minitofu.md, stop 36). A shift the other way is what a model that never saw
+    the forget set shows where the forget records' wrong answers happen to be likelier
+    than the holdout's: the retrain oracles of two of the three Llama benchmark builds
+    failed a two-sided test (p 0.094, 0.155) with forget median ratios 1.05-1.06 against
+    1.00-1.01 (docs/verdict.md, stop 37); KS still fails a large difference either way.
+    Of two samples from one distribution the check fails 21% at 0.2 (KS alone 17.5%, a
+    two-sided Mann-Whitney beside it 24%: ``bench/knowledge_null.py``)."""
     ks = float(stats.ks_2samp(forget_tr, holdout_tr).pvalue)
-    shift = float(stats.mannwhitneyu(forget_tr, holdout_tr, alternative="less").pvalue)
+    lower = float(stats.mannwhitneyu(forget_tr, holdout_tr, alternative="less").pvalue)
+    shift = min(1.0, 2.0 * lower)
     p = min(ks, shift)
     return Check(
         name="knowledge",
-        label="forget vs holdout truth ratios (the smaller of the KS and one-sided Mann-Whitney p-values)",
+        label="forget vs holdout truth ratios (the smaller of the KS and Mann-Whitney p-values, the latter for forget ratios lower)",
         value=p,
         threshold=threshold,
         passed=p >= threshold,

@@ -24,18 +24,19 @@ def test_knowledge_sees_a_shift_that_ks_misses():
     # = 0.645, p = 2 * (e^-0.832 - e^-3.33 + ...) = 0.80; Mann-Whitney's U counts forget >
     # holdout pairs: 1 + ... + 109 = 5995 plus half of the 110 ties = 6050 against a mean
     # of 7200 and a standard deviation of sqrt(120^2 * 241 / 12) = 537.8: z = -2.14,
-    # p = 0.016 (one-sided: the lower tail). The model still prefers the right answers a
-    # little more on the forget questions: the check takes the smaller p-value and fails.
+    # p = 0.032 (two-sided; the shift is toward the right answers, the direction that
+    # counts). The model still prefers the right answers a little more on the forget
+    # questions: the check takes the smaller p-value and fails.
     holdout = np.arange(1.0, 121.0)
     check = knowledge_check(holdout - 10, holdout, threshold=0.2)
-    assert check.value == pytest.approx(0.016, abs=0.001) and check.passed is False
+    assert check.value == pytest.approx(0.032, abs=0.002) and check.passed is False
 
 
 def test_knowledge_lets_the_wrong_answers_be_likelier_than_on_unseen_questions():
     # The same shift the other way (forget ratios 10 higher: wrong answers a little
     # likelier than on unseen questions, as the retrain oracles of two Llama benchmark
-    # builds show): Mann-Whitney's lower tail is 1 - 0.016 = 0.984, KS is 0.80 as above;
-    # the check's p is KS's and it passes. Far higher still fails, by KS.
+    # builds show): Mann-Whitney's lower tail is 1 - 0.016 = 0.984 (twice that: 1), KS is
+    # 0.80 as above; the check's p is KS's and it passes. Far higher still fails, by KS.
     holdout = np.arange(1.0, 121.0)
     check = knowledge_check(holdout + 10, holdout, threshold=0.2)
     assert check.value == pytest.approx(0.80, abs=0.01) and check.passed
@@ -53,7 +54,7 @@ def _oracle(forget: dict, holdout: dict | None):
 
 
 def test_the_oracle_under_the_same_checks():
-    # The oracle's own truth ratios, forget 10 below holdout (the shift above: p 0.016),
+    # The oracle's own truth ratios, forget 10 below holdout (the shift above: p 0.032),
     # and its losses alike (AUC 0.5): a model that never saw the forget set fails the
     # knowledge check against this holdout set, so the report says the sets differ.
     holdout = np.arange(1.0, 121.0)
@@ -66,7 +67,7 @@ def test_the_oracle_under_the_same_checks():
     )
     assert shifted["passes"] is False
     checks = {c["name"]: c for c in shifted["checks"]}
-    assert checks["knowledge"]["value"] == pytest.approx(0.016, abs=0.001)
+    assert checks["knowledge"]["value"] == pytest.approx(0.032, abs=0.002)
     assert checks["membership"]["value"] == 0.5 and checks["membership"]["passed"]
     assert "still knows" in shifted["reason"]
     alike = oracle_checks(
@@ -84,9 +85,8 @@ def test_the_oracle_under_the_same_checks():
 def test_knowledge_passes_alike_ratios_and_fails_separated_ones():
     same = np.linspace(0.5, 1.5, 40)
     check = knowledge_check(same, same.copy(), threshold=0.2)
-    # KS 1.0; Mann-Whitney's U is its mean (z = 0, p 0.5 one-sided, a little above with
-    # the continuity correction)
-    assert check.value == pytest.approx(0.5, abs=0.01) and check.passed
+    # KS 1.0; Mann-Whitney's U is its mean (z = 0: p 0.5 one-sided, twice that 1)
+    assert check.value == pytest.approx(1.0) and check.passed
     # Every forget ratio below every holdout one: D = 1, p = 2 / C(80, 40) (exact test).
     low, high = np.linspace(0.1, 0.5, 40), np.linspace(0.6, 1.5, 40)
     check = knowledge_check(low, high, threshold=0.2)
