@@ -125,7 +125,8 @@ def knowledge_check(forget_tr, holdout_tr, threshold: float) -> Check:
     p = min(ks, shift)
     return Check(
         name="knowledge",
-        label="forget vs holdout truth ratios (the smaller of the KS and Mann-Whitney p-values, the latter for forget ratios lower)",
+        label="forget vs holdout truth ratios (the smaller of the KS and Mann-Whitney "
+        "p-values, the latter for forget ratios lower)",
         value=p,
         threshold=threshold,
         passed=p >= threshold,
@@ -305,9 +306,9 @@ def oracle_checks(oracle, *, target=None) -> dict[str, Any] | None:
     against the same holdout set: what a model that never saw the forget set scores.
     Where the oracle fails them, the forget and holdout records differ by themselves at
     this threshold, and an unlearned model that forgot exactly as well as the oracle
-    would be called not forgotten too: on the Llama benchmark the oracle's knowledge p
-    is 0.155 on one asset build of three (docs/minitofu.md, stop 37). None without an
-    oracle evaluated on a holdout set with truth ratios."""
+    would be called not forgotten too: on the Llama benchmark stop 36's knowledge check
+    failed the oracles of two asset builds of three (docs/verdict.md, stop 37). None
+    without an oracle evaluated on a holdout set with truth ratios."""
     if oracle is None or "holdout" not in oracle.sets or "forget" not in oracle.sets:
         return None
     threshold = target.forget_threshold if target is not None else _default_threshold()
