@@ -653,8 +653,9 @@ FALSE_FORGOTTEN_BELOW = 0.05
 #: in the confirming utility estimate, the published-point rule's first tier, steering cap 3x;
 #: 8: a point in that tier has its utility confirmed, met or not; 9: rows carry utility
 #: components, points their parts; 10: the knowledge check takes Mann-Whitney too; 11:
-#: Mann-Whitney one-sided, rows say whether the oracle passes the forgetting checks)
-TARGET_RUNS_VERSION = 11
+#: Mann-Whitney one-sided, rows say whether the oracle passes the forgetting checks; 12:
+#: Mann-Whitney as twice its one-sided p-value)
+TARGET_RUNS_VERSION = 12
 
 
 def run_target_job(
