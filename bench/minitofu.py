@@ -748,6 +748,8 @@ def run_target_job(
 
 
 def _target_figures(outcome) -> dict:
+    from core.evaluation.next_steps import oracle_check
+
     summary = outcome.report["summary"]
     relearn = outcome.report.get("relearn") or {}
     row = {key: summary.get(key) for key in TARGET_KEYS}
@@ -773,14 +775,7 @@ def _target_figures(outcome) -> dict:
         # the oracle under the verdict's forgetting checks against the same holdout set:
         # where it fails, no model that forgot as well as the oracle can meet the target
         oracle_passes=(summary.get("oracle_checks") or {}).get("passes"),
-        oracle_knowledge_p=next(
-            (
-                c["value"]
-                for c in (summary.get("oracle_checks") or {}).get("checks") or []
-                if c["name"] == "knowledge"
-            ),
-            None,
-        ),
+        oracle_knowledge_p=(oracle_check(summary, "knowledge") or {}).get("value"),
         trajectory=[
             {
                 "step": point["step"],

@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from core.evaluation import metrics  # noqa: E402
 from core.evaluation.probe import Probe  # noqa: E402
+from core.evaluation.verdict import knowledge_check  # noqa: E402
 
 FALSE_BELOW = 0.05
 HIT_ABOVE = 0.5
@@ -54,7 +55,7 @@ def candidates(probe: Probe, original: Probe) -> dict[str, float]:
     out["tr_ks_mw1_p"] = min(out["tr_ks_p"], out["tr_mw_p_knows"])
     # the job's knowledge check since stop 37: KS either way, and Mann-Whitney's
     # two-sided p-value where the forget ratios lie lower (twice the one-sided one)
-    out["tr_ks_mw_lower_p"] = min(out["tr_ks_p"], min(1.0, 2 * out["tr_mw_p_knows"]))
+    out["tr_ks_mw_lower_p"] = knowledge_check(tr_f, tr_h, threshold=0.2).value
     out["tr_ks_p_original"] = float(stats.ks_2samp(tr_f, tr_o).pvalue)
     out["tr_ks_p_both"] = min(out["tr_ks_p"], out["tr_ks_p_original"])
     p_f, p_h = probe.column("forget", "probability"), probe.column("holdout", "probability")

@@ -277,10 +277,16 @@ def _sharpness(
     )
 
 
-def _oracle_fails_knowledge(summary: dict) -> dict | None:
-    """The oracle's knowledge check (``summary.oracle_checks``) where it failed."""
+def oracle_check(summary: dict, name: str) -> dict | None:
+    """The oracle's check ``name`` in a report summary (``summary.oracle_checks``)."""
     checks = (summary.get("oracle_checks") or {}).get("checks") or []
-    return next((c for c in checks if c.get("name") == "knowledge" and c["passed"] is False), None)
+    return next((c for c in checks if c.get("name") == name), None)
+
+
+def _oracle_fails_knowledge(summary: dict) -> dict | None:
+    """The oracle's knowledge check where it failed."""
+    check = oracle_check(summary, "knowledge")
+    return check if check is not None and check["passed"] is False else None
 
 
 def _holdout_differs(check: dict) -> dict[str, Any]:
