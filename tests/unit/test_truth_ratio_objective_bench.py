@@ -3,6 +3,7 @@ template, and ceilings matched by rank."""
 
 from __future__ import annotations
 
+import json
 import random
 
 import numpy as np
@@ -42,3 +43,19 @@ def test_each_forget_record_is_matched_to_the_reference_value_of_its_rank():
         assert np.allclose(ceilings, expected)
         # linear interpolation between -2 and -1 at position 0.375 of 3 gaps: -1.625
         assert np.isclose(ceilings[1], -1.625)
+
+
+def test_both_objectives_run_an_epoch_on_the_tiny_demo(tiny_demo, tmp_path, capsys):
+    cache = tiny_demo.root.parent  # the fixture's assets: the study finds them built
+    preset = tiny_demo.root.name.removeprefix("demo-")
+    out = tmp_path / "rows.jsonl"
+    with bench_module("truth_ratio_objective.py") as script:
+        common = ["--preset", preset, "--cache", str(cache), "--epochs", "1", "--out", str(out)]
+        assert script.main(common) == 0
+        assert script.main([*common, "--objective", "rmu", "--matched", "--subject-only"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["settings"]["objective"] for r in rows] == ["truth_ratio", "rmu"]
+    for row in rows:
+        assert 0 <= row["oracle_fq"] <= 1 and 0 <= row["membership_auc"] <= 1
+        assert row["utility_ratio"] > 0
+    assert "rmu: layer 2" in capsys.readouterr().out
