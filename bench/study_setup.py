@@ -60,8 +60,10 @@ class Study:
         return load_model(str(getattr(self.assets, which)), dtype="fp32")[0]
 
 
-def load_study(cache: Path, preset: str = "bench") -> Study:
-    assets = build_demo_assets(cache / f"demo-{preset}", preset)
+def load_study(cache: Path, preset: str = "bench", build: int = 0) -> Study:
+    """``build``: an asset build seed (bench/minitofu.py's ``--builds``; its folders)."""
+    suffix = f"-build{build}" if build else ""
+    assets = build_demo_assets(cache / f"demo-{preset}{suffix}", preset, seed=build)
     data = assets.data
     full = ProbeSets(
         forget=read_records(data["forget10"]),

@@ -192,6 +192,7 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--preset", default="demo")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--build", type=int, default=0, help="asset build seed")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--learning-rate", type=float, default=3.1e-4)
     parser.add_argument("--retain-coeff", type=float, default=1.0)
@@ -224,7 +225,7 @@ def main(argv=None) -> int:
     rng = random.Random(args.seed)
     torch.manual_seed(args.seed)
 
-    study = load_study(args.cache, args.preset)
+    study = load_study(args.cache, args.preset, args.build)
     tokenizer, full = study.tokenizer, study.full
     retained = full.retain.records
 
