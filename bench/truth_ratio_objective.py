@@ -54,11 +54,13 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from study_setup import MAX_LENGTH, load_study  # noqa: E402
-from value_groups import _value_span  # noqa: E402
+from value_groups import value_span  # noqa: E402
 
-from core.data.encoding import encode_qa_many  # noqa: E402
+from core.data.encoding import collate, encode_qa_many  # noqa: E402
 from core.evaluation import metrics  # noqa: E402
+from core.evaluation.scoring import pad_token_id  # noqa: E402
 from core.evaluation.verdict import knowledge_check  # noqa: E402
+from core.models.scoring import sequence_nll  # noqa: E402
 from core.spec import DEFAULT_PROMPT_TEMPLATE  # noqa: E402
 
 WRONG_PER_RECORD = 5
@@ -79,7 +81,7 @@ def wrong_answers(record, retained, k: int, rng: random.Random) -> list[str]:
     swaps: dict[str, set[str]] = {}
     for other in retained:
         theirs = _template(other)
-        value, replacement = _value_span(mine, theirs)
+        value, replacement = value_span(mine, theirs)
         if (
             value
             and replacement
@@ -96,26 +98,17 @@ def wrong_answers(record, retained, k: int, rng: random.Random) -> list[str]:
 
 
 def _avg_nll(model, tokenizer, pairs):
-    import torch
-
+    """Per ``(question, answer)``: the answer's mean per-token NLL, with gradients."""
     examples = encode_qa_many(
         tokenizer,
         [(q, a, i) for i, (q, a) in enumerate(pairs)],
         max_length=MAX_LENGTH,
         template=DEFAULT_PROMPT_TEMPLATE,
     )
-    pad = tokenizer.pad_token_id or 0
-    width = max(len(e.input_ids) for e in examples)
-    ids = torch.tensor([e.input_ids + [pad] * (width - len(e.input_ids)) for e in examples])
-    labels = torch.tensor([e.labels + [-100] * (width - len(e.labels)) for e in examples])
-    attention = torch.tensor(
-        [[1] * len(e.input_ids) + [0] * (width - len(e.input_ids)) for e in examples]
-    )
-    logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1].float()
-    labels = labels[:, 1:]
-    mask = labels != -100
-    logp = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return -(logp * mask).sum(1) / mask.sum(1)
+    batch = collate(examples, pad_token_id(tokenizer))
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    nll, n_tokens = sequence_nll(logits, batch["labels"])
+    return nll / n_tokens
 
 
 def log_truth_ratios(model, tokenizer, groups):
@@ -140,15 +133,14 @@ def matched_ceilings(current: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 def _hidden(model, examples, layer: int):
     """Layer ``layer``'s output at every real token of ``examples``, and the mask."""
-    import torch
-
-    width = max(len(e.input_ids) for e in examples)
-    ids = torch.tensor([e.input_ids + [0] * (width - len(e.input_ids)) for e in examples])
-    mask = torch.tensor(
-        [[1] * len(e.input_ids) + [0] * (width - len(e.input_ids)) for e in examples]
-    )
-    states = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
-    return states[layer], mask.bool()
+    # right padding: no real token attends to a pad, whatever its id
+    batch = collate(examples, 0)
+    states = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        output_hidden_states=True,
+    ).hidden_states
+    return states[layer], batch["attention_mask"].bool()
 
 
 def subject_masks(tokenizer, records, examples):

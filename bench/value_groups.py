@@ -55,7 +55,7 @@ def value_words(record: Record) -> list[str]:
     return [w for w in words(record.paraphrased_answer) if w not in wrong]
 
 
-def _value_span(right: str, wrong: str) -> tuple[str, str]:
+def value_span(right: str, wrong: str) -> tuple[str, str]:
     """The part of ``right`` that ``wrong`` (the same sentence with another value)
     replaces, and what replaces it, in whole words."""
     a, b = re.split(r"(\W+)", right), re.split(r"(\W+)", wrong)
@@ -74,7 +74,7 @@ def in_training_phrasing(record: Record) -> Record | None:
     phrasing the model trained on (None where the answer does not hold the value)."""
     wrong = []
     for perturbed in record.perturbed_answers:
-        value, other = _value_span(record.paraphrased_answer, perturbed)
+        value, other = value_span(record.paraphrased_answer, perturbed)
         if not value or record.answer.count(value) != 1:
             return None
         wrong.append(record.answer.replace(value, other))
@@ -98,10 +98,8 @@ def vocabulary(records: Iterable[Record]) -> Counter:
 
 def unseen_values(records: Sequence[Record], retained: Counter) -> np.ndarray:
     """Per record: True where no word of its value occurs in the retained data."""
-    return np.array(
-        [bool(value_words(r)) and all(retained[w] == 0 for w in value_words(r)) for r in records],
-        dtype=bool,
-    )
+    values = [value_words(r) for r in records]
+    return np.array([bool(v) and all(retained[w] == 0 for w in v) for v in values], dtype=bool)
 
 
 def percentiles(values: np.ndarray) -> list[float] | None:
@@ -150,12 +148,6 @@ def model_row(
     }
 
 
-def load_model(path: Path):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(path).eval()
-
-
 def truth_ratios(model, tokenizer, records: Sequence[Record]) -> np.ndarray:
     from core.evaluation.scoring import score_qa_records
     from core.spec import DEFAULT_PROMPT_TEMPLATE
@@ -177,9 +169,8 @@ def truth_ratios(model, tokenizer, records: Sequence[Record]) -> np.ndarray:
 
 def build_figures(root: Path, models: dict[str, Path]) -> dict:
     """The figures of one asset build (``root``: a demo assets folder)."""
-    from transformers import AutoTokenizer
-
     from core.data.records import read_records
+    from core.models.loading import load_model
 
     def records(name: str) -> list[Record]:
         return list(read_records(root / "data" / f"{name}.jsonl").records)
@@ -191,13 +182,14 @@ def build_figures(root: Path, models: dict[str, Path]) -> dict:
         unseen_values(forget, retained),
         unseen_values(holdout, retained),
     )
-    tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
     every = {"original": root / "models" / "target", "oracle": root / "models" / "retrain"}
     rephrased = [in_training_phrasing(r) for r in forget]
     kept = [i for i, r in enumerate(rephrased) if r is not None]
     ratios = {}
     for name, path in {**every, **models}.items():
-        model = load_model(path)
+        # the service's loader: a LoRA job's checkpoint (an adapter) is merged onto its base
+        model, tokenizer = load_model(str(path), dtype="fp32")
+        model.eval()
         trained = np.full(len(forget), np.nan)
         trained[kept] = truth_ratios(model, tokenizer, [rephrased[i] for i in kept])
         ratios[name] = (
