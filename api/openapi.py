@@ -208,13 +208,24 @@ def _add_method_variants(schemas: dict) -> None:
 
     job = schemas["JobSpec"]
     methods = []
+    rules = {name: _training_rules(method.hyperparameters) for name, method in METHODS.items()}
+    # Rules every method has alike are stated once, beside the variants: repeated in each,
+    # a seventh method made the operation's schema canonicalize to a form schemathesis
+    # cannot generate from.
+    shared = [rule for rule in rules[DEFAULT_METHOD] if all(rule in r for r in rules.values())]
     for name, method in METHODS.items():
         reference = _component(schemas, method.hyperparameters)
         variant = {
             "title": f"{name} job",
             "properties": {"method": {"const": name}, "hyperparameters": reference},
-            "allOf": _training_rules(method.hyperparameters),
         }
+        own = [rule for rule in rules[name] if rule not in shared]
+        if method.trainable is not None:
+            # A method that trains part of the model is refused under fsdp and
+            # deepspeed (unsupported_strategy).
+            own.append({"not": SHARDED})
+        if own:
+            variant["allOf"] = own
         if name != DEFAULT_METHOD:
             variant["required"] = ["method"]
         methods.append(variant)
@@ -241,6 +252,8 @@ def _add_method_variants(schemas: dict) -> None:
         "required": ["forget"],
         "oneOf": methods,
     }
+    if shared:
+        unlearn["allOf"] = shared
     finetune = {
         "title": "fine-tuning job",
         "properties": {
@@ -271,6 +284,8 @@ def _add_request_job(schemas: dict) -> None:
         for variant in unlearn["oneOf"]
         if variant["properties"]["method"].get("const") != GUARD_METHOD
     ]
+    if unlearn.get("allOf"):  # the rules every method shares
+        job["allOf"] = job.get("allOf", []) + unlearn["allOf"]
     for name in FIELDS_OF_THE_REQUEST:
         job["properties"].pop(name, None)
     job["properties"]["method"] = {
@@ -338,6 +353,18 @@ def _own_rules(model: type[BaseModel]) -> list[dict]:
     return rules
 
 
+#: the job runs under a sharded strategy (fsdp, deepspeed)
+SHARDED = {
+    "required": ["resources"],
+    "properties": {
+        "resources": {
+            "required": ["strategy"],
+            "properties": {"strategy": {"enum": list(SHARDED_STRATEGIES)}},
+        }
+    },
+}
+
+
 def _training_rules(model: type[BaseModel]) -> list[dict]:
     """The hyperparameters' cross-field rules (``UnlearningHyperparameters`` and
     ``JobSpec.method_hyperparameters``) as JSON Schema, given the method's defaults."""
@@ -357,15 +384,7 @@ def _training_rules(model: type[BaseModel]) -> list[dict]:
         "required": ["retain"],
         "properties": {"retain": {"type": "string", "minLength": 1}},
     }
-    sharded = {
-        "required": ["resources"],
-        "properties": {
-            "resources": {
-                "required": ["strategy"],
-                "properties": {"strategy": {"enum": list(SHARDED_STRATEGIES)}},
-            }
-        },
-    }
+    sharded = SHARDED
     deepspeed = {
         "required": ["resources"],
         "properties": {

@@ -63,7 +63,7 @@ from core.training.loop import run_training  # noqa: E402
 METHODS = ("ga", "graddiff", "npo", "simnpo")
 #: rows beside them: FLAT with and without a retain set, LoKU in full, with LoRA and with
 #: FILA-initialised LoRA (``--methods flat,flat-noretain,loku,loku+lora,loku+fila``)
-EXTRA_ROWS = ("flat", "flat-noretain", "loku", "loku+lora", "loku+fila")
+EXTRA_ROWS = ("flat", "flat-noretain", "loku", "loku+lora", "loku+fila", "rmu")
 #: row name -> (method, LoRA spec or None), for rows not named after their method
 VARIANTS = {
     "flat-noretain": ("flat", None),
@@ -109,6 +109,8 @@ DEFAULTS = {
     "loku": {"learning_rate": 1e-3, "epochs": 5, "retain_coeff": 1.0},
     "loku+lora": {"learning_rate": 3e-3, "epochs": 5, "retain_coeff": 1.0},
     "loku+fila": {"learning_rate": 1e-3, "epochs": 10, "retain_coeff": 1.0},
+    # RMU's own defaults (stop 39: measured with a target, matched; not swept here)
+    "rmu": {},
 }
 
 # The sweep gives every method the same budget, 36 settings: learning rate x epochs x

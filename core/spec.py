@@ -338,6 +338,12 @@ class JobSpec(StrictModel):
         """The set the job trains on: the forget set, or the fine-tuning set."""
         return self.forget if self.kind == "unlearn" else self.train
 
+    def _method_trains_part(self) -> bool:
+        """Whether the job's method freezes part of the model (RMU)."""
+        if self.kind == "finetune" or self.method == GUARD_METHOD:
+            return False
+        return get_method(self.method).trainable is not None
+
     def method_hyperparameters(self) -> UnlearningHyperparameters:
         """The method's validated hyperparameters, defaults filled in."""
         if self.kind == "finetune":
@@ -354,6 +360,9 @@ class JobSpec(StrictModel):
             hparams = method.parse_hyperparameters(self.hyperparameters)
         except ValidationError as exc:
             raise invalid_request_from(exc, prefix="hyperparameters") from None
+        if getattr(hparams, "match_holdout", False) is None:
+            # a method whose matching follows the target (RMU)
+            hparams.match_holdout = self.target is not None
         if hparams.retain_loss != "none" and hparams.retain_coeff > 0 and not self.retain:
             raise InvalidRequest(
                 f"method {self.method!r} with retain_loss={hparams.retain_loss!r} needs a retain "
@@ -407,6 +416,13 @@ class JobSpec(StrictModel):
                 "deepspeed (ZeRO-3 keeps fp32 master copies of bf16 weights, so it would not "
                 "train as under ddp or fsdp); use bf16 or fp32, or LoRA",
                 param="hyperparameters.precision",
+                code="unsupported_strategy",
+            )
+        if strategy in SHARDED_STRATEGIES and self._method_trains_part():
+            raise InvalidRequest(
+                f"resources.strategy: method {self.method!r} trains part of the model, "
+                f"which {strategy} was not tried with; use ddp",
+                param="resources.strategy",
                 code="unsupported_strategy",
             )
         if strategy in SHARDED_STRATEGIES and getattr(hparams, "sam_rho", 0) > 0:

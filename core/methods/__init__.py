@@ -11,14 +11,14 @@ applied at decoding time rather than new weights.
 from __future__ import annotations
 
 from core.errors import InvalidRequest
-from core.methods import flat, ga, graddiff, loku, npo, simnpo
+from core.methods import flat, ga, graddiff, loku, npo, rmu, simnpo
 from core.methods.base import OUTPUT_DESCRIPTIONS, Method, UnlearningHyperparameters
 from core.methods.guard_spec import GUARD, GuardMethod
 
 DEFAULT_METHOD = "simnpo"
 
 METHODS: dict[str, Method] = {
-    m.METHOD.name: m.METHOD for m in (simnpo, npo, graddiff, ga, flat, loku)
+    m.METHOD.name: m.METHOD for m in (simnpo, npo, graddiff, ga, flat, loku, rmu)
 }
 #: every method a job may name, as GET /v1/methods and ``obliviate methods`` list them
 LISTED_METHODS: dict[str, Method | GuardMethod] = {**METHODS, GUARD.name: GUARD}

@@ -245,6 +245,12 @@ class ForgetInputs:
     #: the same for each example's companion (FLAT's template answer to the same
     #: prompt), when the method builds companions
     companion: ForgetInputs | None = None
+    #: every layer's output (``hidden_states``: embeddings first) and the real tokens'
+    #: mask ``[B, T]``, for a method with ``hidden_states`` (RMU)
+    hidden_states: tuple | None = None
+    attention_mask: torch.Tensor | None = None
+    #: what the method's ``prepare`` built before training (RMU's control vector)
+    context: object | None = None
 
 
 @dataclass
@@ -300,6 +306,15 @@ class Method:
     #: example, scored beside it in every forget forward (FLAT: a template answer to the
     #: same prompt); built once before training
     companions: Callable | None = None
+    #: the forget forward pass returns every layer's output (``ForgetInputs.hidden_states``)
+    hidden_states: bool = False
+    #: ``prepare(model, forget, pad_id, hparams, seed, device)``: built once from the
+    #: original weights before training (and again, the same, on resume), handed to the
+    #: forget term as ``ForgetInputs.context``
+    prepare: Callable | None = None
+    #: ``trainable(model, hparams)``: freezes what the method leaves alone (after LoRA is
+    #: applied, before the optimizer is built)
+    trainable: Callable | None = None
     #: every training method publishes new weights
     output: MethodOutput = "weights"
 

@@ -138,6 +138,10 @@ class TrainResult:
     total_steps: int = 0
 
 
+#: retain terms measured against the original model (a frozen copy, or LoRA's base)
+REFERENCE_RETAIN = ("kl", "activations")
+
+
 def resolve_mixed_precision(precision: str) -> str:
     """accelerate's autocast mode for a ``precision`` setting."""
     import torch
@@ -184,9 +188,16 @@ def make_accelerator(precision: str):
     return accelerator
 
 
-def _refuse_under_sharding(strategy: str, hparams, mixed_precision: str, lora) -> None:
+def _refuse_under_sharding(strategy: str, method, hparams, mixed_precision: str, lora) -> None:
     """What FSDP and ZeRO-3 do not run (the job spec's validation refuses the same at
     submission; this catches a run started otherwise, e.g. by an accelerate launch)."""
+    if method.trainable is not None:
+        raise InvalidRequest(
+            f"method {method.name!r} trains part of the model, which {strategy} was not "
+            "tried with: use ddp",
+            param="resources.strategy",
+            code="unsupported_strategy",
+        )
     if hparams.sam_rho > 0:
         raise InvalidRequest(
             f"sam_rho is not supported under {strategy} (the perturbation needs the whole "
@@ -400,7 +411,7 @@ def run_training(
         sharded = strategy in ("fsdp", "deepspeed") and accelerator.num_processes > 1
         zero = sharded and strategy == "deepspeed"  # else FSDP, when sharded
         if sharded:
-            _refuse_under_sharding(strategy, hparams, accelerator.mixed_precision, lora)
+            _refuse_under_sharding(strategy, method, hparams, accelerator.mixed_precision, lora)
         pad_id = (
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         )
@@ -424,10 +435,16 @@ def run_training(
         companions = (
             method.companions(forget, tokenizer, hparams, seed) if method.companions else None
         )
+        context = None
+        if method.prepare is not None:
+            # From the original weights and the seed: a resumed run (whose model holds the
+            # original weights here too) rebuilds the same.
+            with accelerator.autocast():
+                context = method.prepare(model, forget, pad_id, hparams, seed, device)
         fila = lora is not None and lora.init == "fila"
         ref_model = None
-        if use_retain and hparams.retain_loss == "kl" and (lora is None or fila):
-            # Full fine-tuning changes every weight, so the KL reference needs a frozen copy;
+        if use_retain and hparams.retain_loss in REFERENCE_RETAIN and (lora is None or fila):
+            # Full fine-tuning changes every weight, so the reference needs a frozen copy;
             # with LoRA the base model with adapters disabled serves instead (no copy),
             # unless FILA moved part of the base weights into the adapters.
             ref_model = copy.deepcopy(model).eval().requires_grad_(False)
@@ -447,6 +464,8 @@ def run_training(
                 fila_initialise(
                     model, forget, retain or [], pad_id, hparams.batch_size, device, seed=seed
                 )
+        if method.trainable is not None:
+            method.trainable(model, hparams)
         if resume is not None:
             load_trainable_weights(model, resume.weights)
         model.train()
@@ -696,6 +715,7 @@ def run_training(
                                 forget_ceiling=ceilings[[order[i] for i in micro]]
                                 if ceilings is not None
                                 else None,
+                                context=context,
                             )
                         if not record:
                             continue
@@ -904,9 +924,18 @@ def _grad_norm(params) -> float:
 
 
 def _forward_nll(model, examples, pad_id, device):
+    output, batch = _forward(model, examples, pad_id, device)
+    return output.logits, batch
+
+
+def _forward(model, examples, pad_id, device, hidden: bool = False):
     batch = {k: v.to(device) for k, v in collate(examples, pad_id).items()}
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return logits, batch
+    output = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        output_hidden_states=hidden,
+    )
+    return output, batch
 
 
 def _micro_step(
@@ -927,6 +956,7 @@ def _micro_step(
     lora,
     forget_mode: str = "push",
     forget_ceiling=None,
+    context=None,
 ):
     """Forward + backward of one micro-batch; returns its share of the step's losses.
 
@@ -972,7 +1002,8 @@ def _micro_step(
     unreported = 0.0
     with accelerator.autocast():
         if forget_term_on:
-            logits, batch = _forward_nll(model, forget_examples, pad_id, device)
+            output, batch = _forward(model, forget_examples, pad_id, device, method.hidden_states)
+            logits = output.logits
             nll, n_answer = sequence_nll(logits, batch["labels"])
             per_token = _per_token(nll, n_answer)
             if not settle:
@@ -1026,6 +1057,9 @@ def _micro_step(
                         logits=logits,
                         labels=view.labels,
                         companion=companion,
+                        hidden_states=output.hidden_states,
+                        attention_mask=batch["attention_mask"],
+                        context=context,
                     ),
                     hparams,
                 )
@@ -1165,22 +1199,32 @@ def _masked_sum(per_sequence, keep):
 def _retain_term(model, ref_model, hparams, examples, pad_id, device, lora, denominators, keep):
     import torch
 
-    logits, batch = _forward_nll(model, examples, pad_id, device)
+    activations = hparams.retain_loss == "activations"
+    output, batch = _forward(model, examples, pad_id, device, hidden=activations)
+    logits = output.logits
     if hparams.retain_loss == "nll":
         nll, n_answer = sequence_nll(logits, batch["labels"])
         return _masked_sum(nll, keep) / denominators["retain"]["token"], _per_token(nll, n_answer)
     with torch.no_grad():
         per_token = _per_token(*sequence_nll(logits.detach(), batch["labels"]))
+        inputs = {
+            "input_ids": batch["input_ids"],
+            "attention_mask": batch["attention_mask"],
+            "output_hidden_states": activations,
+        }
         if ref_model is None:
             with _unwrap(model).disable_adapter():
-                ref_logits = model(
-                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-                ).logits
+                reference = model(**inputs)
         else:
-            ref_logits = ref_model(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-            ).logits
-    kl = _masked_sum(answer_kl(logits, ref_logits, batch["labels"]), keep)
+            reference = ref_model(**inputs)
+    if activations:
+        from core.methods.rmu import retain_activations
+
+        distance = retain_activations(
+            output.hidden_states, reference.hidden_states, batch["attention_mask"], hparams
+        )
+        return _masked_sum(distance, keep) / denominators["retain"]["sequence"], per_token
+    kl = _masked_sum(answer_kl(logits, reference.logits, batch["labels"]), keep)
     kl = kl / denominators["retain"]["token"]
     return kl, per_token
 

@@ -102,6 +102,9 @@ def test_every_n_steps_and_stopping_at_a_point(tiny_demo, tiny_data):
         ("graddiff", LoraSpec(r=4, alpha=8, dropout=0.1), 5),
         # FILA rebuilds the same base weights from the original model on resume
         ("loku", LoraSpec(r=4, alpha=8, init="fila"), 5),
+        # RMU rebuilds its control vector from the original weights and the seed, and
+        # trains the layers before the steered one only
+        ("rmu", None, 5),
     ],
 )
 def test_resuming_from_a_saved_state_gives_the_uninterrupted_weights(
