@@ -180,7 +180,7 @@ class JobEvaluator:
             training_metrics=training,
             relearn=relearn,
             verdict=verdict,
-            oracle_checks=oracle_checks(oracle, target=target),
+            oracle_checks=oracle_checks(oracle, before=before, target=target),
             target=target.model_dump() if target is not None else None,
             evaluation_points=list(points),
             selected_step=selected_step,

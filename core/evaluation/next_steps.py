@@ -9,6 +9,7 @@ have; they are starting points for the next job, not promises. A met target gets
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from core.evaluation import metrics
@@ -68,6 +69,8 @@ def next_steps(report: dict) -> list[dict[str, Any]]:
                 else {},
             )
         )
+    if "utility" in failed and (below := _oracle_below_floor(summary)) is not None:
+        steps.append(below)
     if "utility" in failed:
         lost = utility_lost_most(report)
         steps.append(_keep_utility(job, hparams, lost))
@@ -281,6 +284,25 @@ def oracle_check(summary: dict, name: str) -> dict | None:
     """The oracle's check ``name`` in a report summary (``summary.oracle_checks``)."""
     checks = (summary.get("oracle_checks") or {}).get("checks") or []
     return next((c for c in checks if c.get("name") == name), None)
+
+
+def _oracle_below_floor(summary: dict) -> dict[str, Any] | None:
+    """Where a model retrained without the forget set keeps less utility than the floor
+    asks: the floor, not the unlearning, is what fails."""
+    oracle = summary.get("oracle_checks") or {}
+    ratio, floor = oracle.get("utility_ratio"), oracle.get("utility_floor")
+    if ratio is None or floor is None or ratio >= floor:
+        return None
+    fair = math.floor(ratio * 100) / 100
+    return _step(
+        "utility",
+        f"The retrain oracle, which never saw the forget set, keeps only {ratio:.3f}x of "
+        f"the original's utility, under the floor {floor:g}x: retraining itself loses what "
+        "the forget set taught beside the facts, so the floor asks more than a retrained "
+        f"model keeps. A floor at or below the oracle's ({fair:g}x) judges this job as a "
+        "retrained model would be judged.",
+        {"target": {"utility_floor": fair}},
+    )
 
 
 def _oracle_fails_knowledge(summary: dict) -> dict | None:

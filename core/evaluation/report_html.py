@@ -142,8 +142,14 @@ def in_short(report: dict, checks: dict[str, dict]) -> list[dict[str, Any]]:
     utility, ratio = summary.get("model_utility"), summary.get("model_utility_ratio")
     if utility is not None:
         kept = f" ({ratio * 100:.0f}% of the original model's)" if ratio is not None else ""
+        oracle = (summary.get("oracle_checks") or {}).get("utility_ratio")
+        retrained = (
+            f"; a model retrained without the forget set keeps {oracle * 100:.0f}%"
+            if oracle is not None
+            else ""
+        )
         line(
-            f"Model utility on data to keep: {format_value(utility)}{kept}.",
+            f"Model utility on data to keep: {format_value(utility)}{kept}{retrained}.",
             "model_utility_ratio",
         )
     leak = summary.get("privleak")

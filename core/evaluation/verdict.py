@@ -301,14 +301,20 @@ def forgetting_checks(
     return checks, None
 
 
-def oracle_checks(oracle, *, target=None) -> dict[str, Any] | None:
+def oracle_checks(oracle, *, before=None, target=None) -> dict[str, Any] | None:
     """The retrain oracle under the verdict's forgetting checks (knowledge, membership),
     against the same holdout set: what a model that never saw the forget set scores.
     Where the oracle fails them, the forget and holdout records differ by themselves at
     this threshold, and an unlearned model that forgot exactly as well as the oracle
     would be called not forgotten too: on the Llama benchmark stop 36's knowledge check
     failed the oracles of two asset builds of three (docs/verdict.md, stop 37). None
-    without an oracle evaluated on a holdout set with truth ratios."""
+    without an oracle evaluated on a holdout set with truth ratios.
+
+    With the original model's evaluation (``before``), also the oracle's utility as a
+    fraction of the original's (``utility_ratio``) beside the floor: retraining without
+    the forget set loses utility too (the README demo's oracle keeps 0.905x, under the
+    default floor 0.95x), and a floor above it asks an unlearned model for more than
+    retraining keeps."""
     if oracle is None or "holdout" not in oracle.sets or "forget" not in oracle.sets:
         return None
     threshold = target.forget_threshold if target is not None else _default_threshold()
@@ -321,10 +327,14 @@ def oracle_checks(oracle, *, target=None) -> dict[str, Any] | None:
     if missing is not None:
         return None
     verdict = decide(checks)
+    base = evaluation_utility(before) if before is not None else None
+    ours = evaluation_utility(oracle)
     return {
         "passes": verdict.status == "forgotten",
         "reason": verdict.reason,
         "checks": [c.to_dict() for c in checks],
+        "utility_ratio": ours / base if ours is not None and base else None,
+        "utility_floor": target.utility_floor if target is not None else _default_floor(),
     }
 
 

@@ -62,8 +62,11 @@ def _train_sharded(strategy, method_name, lora, overrides, batch, accumulation, 
 
 def sharded_scenarios():
     """The DDP comparisons that the sharded strategies run too: all but sharpness-aware
-    steps, which they refuse (their move needs the whole gradient's norm)."""
-    return [s for s in _scenarios() if "sam_rho" not in s[3]]
+    steps, which they refuse (their move needs the whole gradient's norm), and methods
+    that train part of the model (RMU), which they refuse too."""
+    from core.methods import METHODS
+
+    return [s for s in _scenarios() if "sam_rho" not in s[3] and METHODS[s[1]].trainable is None]
 
 
 #: evaluation points and saved states: GA, full and LoRA, at batch 4 (8 in one process)

@@ -97,6 +97,16 @@ def _scenarios() -> list[tuple[str, str, bool, dict]]:
     # the KL retain term: a frozen copy (full) or the base with adapters off (LoRA)
     for lora in (False, True):
         runs.append((f"npo-kl-{'lora' if lora else 'full'}", "npo", lora, {"retain_loss": "kl"}))
+    # RMU's own retain term: activations against a frozen copy (full) or the base (LoRA)
+    for lora in (False, True):
+        runs.append(
+            (
+                f"rmu-activations-{'lora' if lora else 'full'}",
+                "rmu",
+                lora,
+                {"retain_loss": "activations"},
+            )
+        )
     # gradient checkpointing under DDP (LoRA needs its input-grad hook there)
     for lora in (False, True):
         runs.append(

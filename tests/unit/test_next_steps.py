@@ -154,6 +154,28 @@ def test_utility_lost_by_another_method_halves_its_learning_rate():
     assert step["spec"] == {"hyperparameters": {"learning_rate": 1.5e-4}}
 
 
+def test_a_floor_above_the_oracles_utility_is_named_first():
+    # the README demo's oracle keeps 0.905x of the original's utility
+    checks = [knowledge_check(ALIKE, ALIKE, 0.2), calibrated(), utility_check(0.92, 0.95)]
+    out = job_report(checks)
+    out["summary"]["oracle_checks"] = {
+        "passes": True,
+        "checks": [],
+        "utility_ratio": 0.905,
+        "utility_floor": 0.95,
+    }
+    first, second = next_steps(out)
+    assert first["reason"] == "utility" and "keeps only 0.905x" in first["text"]
+    assert first["spec"] == {"target": {"utility_floor": 0.9}}
+    assert second["spec"]["hyperparameters"] == SIMNPO_RECIPE
+    html = render_report(out, {})
+    assert "a model retrained without the forget set keeps 90%" in html
+    # an oracle above the floor: the usual suggestion alone
+    out["summary"]["oracle_checks"]["utility_ratio"] = 0.97
+    (step,) = next_steps(out)
+    assert step["spec"]["hyperparameters"] == SIMNPO_RECIPE
+
+
 def test_no_retain_set_or_only_confirmation_missing():
     checks = [knowledge_check(ALIKE, ALIKE, 0.2), calibrated(), utility_check(0.5, 0.95)]
     (step,) = next_steps(job_report(checks, retain=False))

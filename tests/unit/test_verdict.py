@@ -82,6 +82,25 @@ def test_the_oracle_under_the_same_checks():
     assert oracle_checks(None) is None
 
 
+def test_the_oracles_utility_beside_the_floor():
+    # Harmonic means by hand: the original's retain set 0.8 and 1.0 -> 2 / (1.25 + 1) =
+    # 0.8889; the oracle's 0.5 and 1.0 -> 2 / (2 + 1) = 0.6667; the oracle keeps 0.75x.
+    from types import SimpleNamespace
+
+    def retain(probability):
+        aggregates = {"probability": probability, "rouge_recall": 1.0}
+        return SimpleNamespace(aggregates=aggregates, column=lambda name: None)
+
+    holdout = np.arange(1.0, 121.0)
+    oracle = _oracle({"truth_ratio": holdout}, {"truth_ratio": holdout.copy()})
+    oracle.sets["retain"] = retain(0.5)
+    before = SimpleNamespace(sets={"retain": retain(0.8)})
+    checks = oracle_checks(oracle, before=before)
+    assert checks["utility_ratio"] == pytest.approx(0.75)
+    assert checks["utility_floor"] == 0.95  # the default target's
+    assert oracle_checks(oracle)["utility_ratio"] is None  # no original to compare with
+
+
 def test_knowledge_passes_alike_ratios_and_fails_separated_ones():
     same = np.linspace(0.5, 1.5, 40)
     check = knowledge_check(same, same.copy(), threshold=0.2)
