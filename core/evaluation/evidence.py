@@ -34,7 +34,8 @@ PRIVLEAK_MAX_ABS = 10.0
 #: relearning attack never saw.
 RELEARN_RECOVERY_MAX = 0.5
 #: Share of the original model's utility the unlearned model should keep (shown, but
-#: not part of "forgotten": a model can forget and still lose too much).
+#: not part of "forgotten": a model can forget and still lose too much), where the job
+#: has no target; a target's ``utility_floor`` takes its place.
 UTILITY_RATIO_MIN = 0.9
 
 STATUSES = ("forgotten", "not_forgotten", "not_verifiable")
@@ -127,14 +128,18 @@ def checks(report: dict) -> list[dict[str, Any]]:
         )
     ratio = summary.get("model_utility_ratio")
     if ratio is not None:
-        passed = ratio >= UTILITY_RATIO_MIN
+        # a job with a target is held to its own floor, as its verdict is: the generic
+        # 0.9 coloured a 0.92x job green beside a verdict that said "below the floor 0.95x"
+        floor = ((report.get("job") or {}).get("target") or {}).get("utility_floor")
+        floor = UTILITY_RATIO_MIN if floor is None else floor
+        passed = ratio >= floor
         found.append(
             _check(
                 "model_utility_ratio",
                 ratio,
-                UTILITY_RATIO_MIN,
+                floor,
                 passed,
-                f">= {UTILITY_RATIO_MIN:g}",
+                f">= {floor:g}",
                 f"The unlearned model kept {ratio:.0%} of the original model's utility.",
                 decides=False,
             )

@@ -176,6 +176,16 @@ def test_a_floor_above_the_oracles_utility_is_named_first():
     assert step["spec"]["hyperparameters"] == SIMNPO_RECIPE
 
 
+def test_the_utility_line_is_judged_by_the_jobs_floor():
+    checks = [knowledge_check(ALIKE, ALIKE, 0.2), calibrated(), utility_check(0.92, 0.95)]
+    out = job_report(checks)
+    out["summary"]["model_utility_ratio"] = 0.92
+    assert '<span class="fail">Model utility' in render_report(out, {})
+    # without a target, the generic 0.9
+    out["job"]["target"] = None
+    assert '<span class="pass">Model utility' in render_report(out, {})
+
+
 def test_no_retain_set_or_only_confirmation_missing():
     checks = [knowledge_check(ALIKE, ALIKE, 0.2), calibrated(), utility_check(0.5, 0.95)]
     (step,) = next_steps(job_report(checks, retain=False))
