@@ -647,6 +647,8 @@ TARGET_RELEARN = {"steps": 5, "learning_rate": 1e-3, "batch_size": 8}
 TARGET_KEYS = HEADLINE + ("model_utility_ratio",)
 #: a met target with the oracle's forget quality below this is a false "forgotten"
 FALSE_FORGOTTEN_BELOW = 0.05
+#: the verdict's checks of forgetting itself (beside utility, relearning, confirmation)
+FORGETTING_CHECKS = ("knowledge", "membership")
 #: target runs depend on the verdict too: bumped when it changes (2: the relearning check
 #: against the holdout's own relearning, 2026-12-05; 3: that reference averaged over up
 #: to three holdout groups; 4: sharpness-aware steps under match_holdout keep only the
@@ -656,8 +658,9 @@ FALSE_FORGOTTEN_BELOW = 0.05
 #: 8: a point in that tier has its utility confirmed, met or not; 9: rows carry utility
 #: components, points their parts; 10: the knowledge check takes Mann-Whitney too; 11:
 #: Mann-Whitney one-sided, rows say whether the oracle passes the forgetting checks; 12:
-#: Mann-Whitney as twice its one-sided p-value)
-TARGET_RUNS_VERSION = 12
+#: Mann-Whitney as twice its one-sided p-value; 13: rows say whether the forgetting
+#: checks alone passed)
+TARGET_RUNS_VERSION = 13
 
 
 def run_target_job(
@@ -777,6 +780,9 @@ def _target_figures(outcome) -> dict:
         # the oracle under the verdict's forgetting checks against the same holdout set:
         # where it fails, no model that forgot as well as the oracle can meet the target
         oracle_passes=(summary.get("oracle_checks") or {}).get("passes"),
+        # the published model's knowledge and membership checks, without relearning and
+        # utility: what would say "forgotten" if those two were all the verdict had
+        forgetting_passes=_forgetting_passes(summary.get("verdict") or {}),
         oracle_knowledge_p=(oracle_check(summary, "knowledge") or {}).get("value"),
         trajectory=[
             {
@@ -812,6 +818,13 @@ def _target_figures(outcome) -> dict:
     return row
 
 
+def _forgetting_passes(verdict: dict) -> bool | None:
+    """Whether the verdict's knowledge and membership checks all passed (None: neither
+    ran)."""
+    checks = [c for c in verdict.get("checks") or [] if c.get("name") in FORGETTING_CHECKS]
+    return all(c.get("passed") for c in checks) if checks else None
+
+
 def _utility_components(report: dict) -> dict:
     """The report's model utility components (probability, ROUGE-L, truth-ratio score
     per retain and utility set) of the original, the published model and the oracle:
@@ -829,6 +842,12 @@ def summarize_target(rows: list[dict], original_mu: float) -> dict:
     # below 0.05; the goal is none
     out["false_forgotten_runs"] = sum(
         r["target_met"] and (r["forget_quality"] or 0.0) < FALSE_FORGOTTEN_BELOW for r in rows
+    )
+    # near misses: the forgetting checks passed while the oracle's forget quality is below
+    # 0.05, so that only relearning, utility or confirmation kept the verdict honest
+    out["forgetting_false_runs"] = sum(
+        bool(r.get("forgetting_passes")) and (r["forget_quality"] or 0.0) < FALSE_FORGOTTEN_BELOW
+        for r in rows
     )
     # runs whose oracle fails the verdict's forgetting checks: the verdict's own floor
     out["oracle_fails_runs"] = sum(r.get("oracle_passes") is False for r in rows)
@@ -923,7 +942,7 @@ def print_target_table(methods: dict, log) -> None:
     header = (
         f"{'model':<10}{'FQ':>9}{'FQ min':>9}{'MU/orig':>9}{'met':>6}{'step':>7}"
         f"{'relearn/oracle':>16}{'P(forget)':>11}{'PrivLeak':>10}{'false':>7}"
-        f"{'oracle fails':>14}"
+        f"{'near':>6}{'oracle fails':>14}"
     )
     log(header)
     log("-" * len(header))
@@ -936,6 +955,7 @@ def print_target_table(methods: dict, log) -> None:
             f"{_num(row.get('selected_step')):>7}{_num(row.get('relearn_unseen_vs_oracle')):>16}"
             f"{_num(row.get('forget_probability')):>11}{_num(row.get('privleak')):>10}"
             f"{row.get('false_forgotten_runs', '-'):>7}"
+            f"{row.get('forgetting_false_runs', '-'):>6}"
             f"{row.get('oracle_fails_runs', '-'):>14}"
         )
 

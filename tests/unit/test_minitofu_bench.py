@@ -47,6 +47,33 @@ def guard_evaluation(*, guarded, oracle, retain, overhead, verdict="forgotten"):
     }
 
 
+def test_near_misses_are_the_forgetting_checks_passing_where_the_oracle_disagrees(minitofu):
+    def verdict(*passed):
+        names = ("knowledge", "membership", "relearning")
+        return {"checks": [{"name": n, "passed": p} for n, p in zip(names, passed)]}
+
+    # relearning is not a forgetting check; no forgetting check ran: None
+    assert minitofu._forgetting_passes(verdict(True, True, False)) is True
+    assert minitofu._forgetting_passes(verdict(True, False, True)) is False
+    assert minitofu._forgetting_passes({"checks": []}) is None
+
+    def row(quality, passes, met=False):
+        return {
+            "forget_quality": quality,
+            "forgetting_passes": passes,
+            "target_met": met,
+            "model_utility": 0.5,
+            "model_utility_ratio": 1.0,
+            "seed": 1,
+            "hyperparameters": {},
+        }
+
+    # RMU's build 1 of stop 39: forgetting passed at 0.035 (near), at 0.3 it is right
+    rows = [row(0.035, True), row(0.3, True), row(0.01, False), row(0.02, None)]
+    summary = minitofu.summarize_target(rows, 0.5)
+    assert (summary["forgetting_false_runs"], summary["false_forgotten_runs"]) == (1, 0)
+
+
 def test_guard_row_averages_seeds_and_holds_the_means_to_the_goal(minitofu):
     runs = [
         {**minitofu.guard_row(evaluation), "seed": seed, "hyperparameters": {"seed": seed}}
@@ -139,6 +166,10 @@ def test_target_mode_keeps_the_out_shape_and_can_give_jobs_a_smaller_holdout(
     (run,) = row["runs"]
     assert isinstance(run["oracle_passes"], bool) and 0 <= run["oracle_knowledge_p"] <= 1
     assert row["oracle_fails_runs"] == (0 if run["oracle_passes"] else 1)
+    # and whether the forgetting checks alone passed, counted where the oracle disagrees
+    assert run["forgetting_passes"] in (True, False, None)
+    near = bool(run["forgetting_passes"]) and run["forget_quality"] < 0.05
+    assert row["forgetting_false_runs"] == int(near)
     # the jobs got the first two of the tiny demo's four holdout authors
     holdout = (cache / "holdout-tiny-2-subjects.jsonl").read_text().splitlines()
     subjects = {json.loads(line)["subject"] for line in holdout}
