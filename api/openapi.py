@@ -384,7 +384,6 @@ def _training_rules(model: type[BaseModel]) -> list[dict]:
         "required": ["retain"],
         "properties": {"retain": {"type": "string", "minLength": 1}},
     }
-    sharded = SHARDED
     deepspeed = {
         "required": ["resources"],
         "properties": {
@@ -401,7 +400,7 @@ def _training_rules(model: type[BaseModel]) -> list[dict]:
         # A retain term needs a retain set (missing_retain_set).
         {"anyOf": [has_retain_set, no_retain_term]},
         # fp16 is refused under fsdp and deepspeed (unsupported_strategy).
-        {"not": {"allOf": [sharded, is_value("precision", "fp16")]}},
+        {"not": {"allOf": [SHARDED, is_value("precision", "fp16")]}},
         # bf16-pure full fine-tuning is refused under deepspeed (unsupported_strategy).
         {"not": {"allOf": [deepspeed, no_lora, is_value("precision", "bf16-pure")]}},
     ]
@@ -419,7 +418,7 @@ def _training_rules(model: type[BaseModel]) -> list[dict]:
     }
     if "sam_rho" in fields:
         # Sharpness-aware steps are refused under fsdp and deepspeed (unsupported_strategy).
-        rules.append({"not": {"allOf": [sharded, sharpness_aware]}})
+        rules.append({"not": {"allOf": [SHARDED, sharpness_aware]}})
     no_target = {"required": ["target"], "properties": {"target": {"type": "null"}}}
     if "match_holdout" in fields:
         # Matching needs the evaluation points of a target (invalid_value).
@@ -429,7 +428,7 @@ def _training_rules(model: type[BaseModel]) -> list[dict]:
         # under fsdp and deepspeed (unsupported_strategy).
         steered = is_value("sam_steer", True)
         rules.append({"not": {"allOf": [steered, no_target]}})
-        rules.append({"not": {"allOf": [sharded, steered]}})
+        rules.append({"not": {"allOf": [SHARDED, steered]}})
     return rules
 
 

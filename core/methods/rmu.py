@@ -110,7 +110,7 @@ def control_vector(model, forget, pad_id, hparams: RMUHyperparameters, seed: int
     from core.data.encoding import collate
 
     layer = steered_layer(hparams, model_layers(model))
-    total, count = 0.0, 0
+    total, count, width = 0.0, 0, 0
     with torch.no_grad():
         for start in range(0, len(forget), hparams.batch_size * 2):
             batch = collate(forget[start : start + hparams.batch_size * 2], pad_id)
@@ -122,7 +122,8 @@ def control_vector(model, forget, pad_id, hparams: RMUHyperparameters, seed: int
             ).hidden_states[layer]
             total += float(states.float().norm(dim=-1)[mask].sum())
             count += int(mask.sum())
-    direction = torch.rand(model.config.hidden_size, generator=torch.Generator().manual_seed(seed))
+            width = states.shape[-1]  # the vector lives where the states do
+    direction = torch.rand(width, generator=torch.Generator().manual_seed(seed))
     norm = hparams.steering_coeff * total / max(count, 1)
     return (norm * direction / direction.norm()).to(device)
 
