@@ -3,6 +3,7 @@ train itself?
 
     python bench/minitofu.py --target --out results.json      # the default job, verified
     python bench/minitofu.py --target --builds 0,1,2 --out results.json  # on three asset builds
+    python bench/minitofu.py --target --builds 0,1,2 --retrains 4 --out results.json  # beside retrains
     python bench/minitofu.py --out results.json               # settled defaults, seeds 1-3
     python bench/minitofu.py --sweep grid,kl,push --out sweep.json  # the sweeps behind them (seed 0)
 
@@ -12,6 +13,9 @@ forgotten with utility at the floor (or the budget ends), then the full evaluati
 against the oracle, the relearning attack on the unlearned model and on the oracle, and
 the final verdict. Per method it reports the oracle's forget quality, the utility
 ratio, ``target_met``, the steps to the published point and the relearning figure.
+``--retrains N`` adds what perfect forgetting scores on the same builds: N retrains of
+other training seeds (``bench/retrain_seeds.py``), and per method its ``retrain_parity``
+(how often its forget quality reaches theirs; 0.5 is as good as retraining).
 
 Builds the demo assets (fictitious authors, ~1M-parameter target that memorized them,
 retrain oracle without the forget10 authors), evaluates target and oracle once, then
@@ -306,7 +310,9 @@ class Bench:
         if key in self.cache:
             return dict(self.cache[key])
         started = time.monotonic()
-        manifest, evaluation = _bench_guard().evaluate_demo_guard(self.assets, hyperparameters)
+        manifest, evaluation = _bench_module("guard").evaluate_demo_guard(
+            self.assets, hyperparameters
+        )
         row = guard_row(evaluation)
         row.update(
             seed=seed,
@@ -366,10 +372,10 @@ class Bench:
         return row
 
 
-def _bench_guard():
-    """``bench/guard.py``, imported by file: benchmarks are scripts, not a package."""
+def _bench_module(name: str):
+    """``bench/<name>.py``, imported by file: benchmarks are scripts, not a package."""
     spec = importlib.util.spec_from_file_location(
-        "bench_guard", Path(__file__).with_name("guard.py")
+        f"bench_{name}", Path(__file__).with_name(f"{name}.py")
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -852,6 +858,7 @@ def summarize_target(rows: list[dict], original_mu: float) -> dict:
     # runs whose oracle fails the verdict's forgetting checks: the verdict's own floor
     out["oracle_fails_runs"] = sum(r.get("oracle_passes") is False for r in rows)
     out["forget_quality_min"] = min((r["forget_quality"] or 0.0) for r in rows)
+    out["forget_quality_counts"] = quality_counts([r["forget_quality"] or 0.0 for r in rows])
     out["model_utility_ratio"] = statistics.fmean(
         r["model_utility_ratio"] for r in rows if r.get("model_utility_ratio") is not None
     )
@@ -926,6 +933,96 @@ def run_target_builds(benches: list[Bench], methods, seeds, log, workdir: Path, 
     return results
 
 
+def run_retrains(benches: list[Bench], count: int, log) -> dict:
+    """``count`` retrains of other training seeds per build, scored as a job's published
+    model (``bench/retrain_seeds.py``): what perfect forgetting scores. Cached like runs."""
+    retrains = _bench_module("retrain_seeds")
+
+    rows = []
+    for bench in benches:
+        for seed in range(1, count + 1):
+            key = json.dumps(
+                [
+                    RUNS_VERSION,
+                    bench.preset,
+                    "retrain-seed",
+                    retrains.SEED_OFFSET + seed,
+                    TARGET_RUNS_VERSION,
+                ]
+            )
+            if key not in bench.cache:
+                bench._save(key, retrains.retrain_row(bench, seed))
+            row = {**bench.cache[key], "build_seed": bench.build_seed}
+            rows.append(row)
+            log(
+                f"build {bench.build_seed}, retrain seed {seed}: {row['verdict']} "
+                f"({row['verdict_reason']}), FQ {_num(row['forget_quality'])}, MU ratio "
+                f"{_num(row['model_utility_ratio'])}"
+            )
+    summary = summarize_retrains(rows)
+    counts = summary["forget_quality_counts"]
+    log(
+        "retrains of other seeds (perfect forgetting): oracle forget quality mean "
+        f"{_num(summary['forget_quality'])}, min {_num(summary['forget_quality_min'])}, "
+        f">= 0.9 in {counts['at_least_0.9']}/{len(rows)}, < 0.5 in {counts['below_0.5']}"
+        f"/{len(rows)}, >= 0.05 in {counts['at_least_0.05']}/{len(rows)}; utility "
+        f"{_num(summary['model_utility_ratio_min'])}-{_num(summary['model_utility_ratio_max'])}x; "
+        f"the verdict (relearning aside) says forgotten for {summary['met_without_relearning_runs']}"
+        f"/{len(rows)}, its forgetting checks pass {summary['forgetting_passes_runs']}/{len(rows)}"
+    )
+    return summary
+
+
+def quality_counts(quality: list[float]) -> dict[str, int]:
+    """How many runs' oracle forget quality reach the goal's 0.9 (asked of the mean), fall
+    below its 0.5 (asked of none), and reach 0.05, where the KS test no longer tells the
+    model from the oracle at the 5% level. (For two models that forgot alike, the p-value
+    is about uniform on [0, 1]: retrains of other seeds show what the first two ask.)"""
+    return {
+        "at_least_0.9": sum(q >= 0.9 for q in quality),
+        "below_0.5": sum(q < 0.5 for q in quality),
+        "at_least_0.05": sum(q >= 0.05 for q in quality),
+    }
+
+
+def retrain_parity(runs: list[dict], retrains: list[dict], build: int = 0) -> float | None:
+    """How a method's forget quality compares with perfect forgetting's on the same
+    builds: the share of (run, retrain of the run's build) pairs where the run's oracle
+    forget quality is at least the retrain's, ties counted half (an AUC). About 0.5 is as
+    good as retraining; issue 8's 0.9 asks more of one oracle than a retrain gets
+    (docs/minitofu.md). ``build``: the build of runs that do not name theirs."""
+    wins = pairs = 0.0
+    for run in runs:
+        ours = run["forget_quality"] or 0.0
+        for other in retrains:
+            if other["build_seed"] != run.get("build_seed", build):
+                continue
+            theirs = other["forget_quality"] or 0.0
+            wins += 1.0 if ours > theirs else 0.5 if ours == theirs else 0.0
+            pairs += 1
+    return wins / pairs if pairs else None
+
+
+def summarize_retrains(rows: list[dict]) -> dict:
+    """Issue 8's goal applied to retrains of other seeds: the forget quality a perfect
+    unlearner gets against one oracle (mean, min, how many reach 0.9 or fall below 0.5),
+    its utility spread, and what the verdict says of it."""
+    quality = [r["forget_quality"] or 0.0 for r in rows]
+    utility = [r["model_utility_ratio"] for r in rows]
+    return {
+        "runs": rows,
+        "forget_quality": statistics.fmean(quality),
+        "forget_quality_median": statistics.median(quality),
+        "forget_quality_min": min(quality),
+        "forget_quality_counts": quality_counts(quality),
+        "model_utility_ratio": statistics.fmean(utility),
+        "model_utility_ratio_min": min(utility),
+        "model_utility_ratio_max": max(utility),
+        "met_without_relearning_runs": sum(bool(r["met_without_relearning"]) for r in rows),
+        "forgetting_passes_runs": sum(bool(r["forgetting_passes"]) for r in rows),
+    }
+
+
 def _mean_row(rows: list[dict]) -> dict:
     """The numeric fields' means over rows (the reference models of several builds)."""
     keys = [
@@ -940,23 +1037,27 @@ def _mean_row(rows: list[dict]) -> dict:
 
 def print_target_table(methods: dict, log) -> None:
     header = (
-        f"{'model':<10}{'FQ':>9}{'FQ min':>9}{'MU/orig':>9}{'met':>6}{'step':>7}"
+        f"{'model':<10}{'FQ':>9}{'FQ min':>9}{'FQ>=.05':>9}{'MU/orig':>9}{'met':>6}{'step':>7}"
         f"{'relearn/oracle':>16}{'P(forget)':>11}{'PrivLeak':>10}{'false':>7}"
-        f"{'near':>6}{'oracle fails':>14}"
+        f"{'near':>6}{'oracle fails':>14}{'vs retrains':>13}"
     )
     log(header)
     log("-" * len(header))
     for name, row in methods.items():
         met = row.get("target_met_runs")
+        runs = len(row.get("seeds", []))
+        indistinct = (row.get("forget_quality_counts") or {}).get("at_least_0.05")
         log(
             f"{name:<10}{_num(row.get('forget_quality')):>9}{_num(row.get('forget_quality_min')):>9}"
+            f"{f'{indistinct}/{runs}' if indistinct is not None else '-':>9}"
             f"{_num(row.get('model_utility_ratio')):>9}"
-            f"{(str(met) + '/' + str(len(row.get('seeds', [])))) if met is not None else '-':>6}"
+            f"{f'{met}/{runs}' if met is not None else '-':>6}"
             f"{_num(row.get('selected_step')):>7}{_num(row.get('relearn_unseen_vs_oracle')):>16}"
             f"{_num(row.get('forget_probability')):>11}{_num(row.get('privleak')):>10}"
             f"{row.get('false_forgotten_runs', '-'):>7}"
             f"{row.get('forgetting_false_runs', '-'):>6}"
             f"{row.get('oracle_fails_runs', '-'):>14}"
+            f"{_num(row.get('retrain_parity')):>13}"
         )
 
 
@@ -1029,6 +1130,15 @@ def main(argv: list[str] | None = None) -> int:
         "seed, since one build's figures are one draw (docs/minitofu.md)",
     )
     parser.add_argument(
+        "--retrains",
+        type=int,
+        default=0,
+        help="with --target: also train N retrains of other training seeds per build (the "
+        "oracle's data and recipe) and score them as a job's published model: what perfect "
+        "forgetting scores against the one oracle (bench/retrain_seeds.py); --methods '' "
+        "runs these alone",
+    )
+    parser.add_argument(
         "--target",
         action="store_true",
         help="run the default job of each method (no hand-set hyperparameters) with its "
@@ -1044,6 +1154,8 @@ def main(argv: list[str] | None = None) -> int:
             f"--methods: unknown {', '.join(unknown)}; choose from "
             f"{', '.join((*DEFAULTS, *GENERATION_ROWS))}"
         )
+    if args.retrains and not args.target:
+        parser.error("--retrains: only with --target")
     if (args.target or args.sweep) and set(methods) & set(GENERATION_ROWS):
         parser.error(
             "--methods guard: GUARD trains nothing, so it has no --target job or --sweep; "
@@ -1074,13 +1186,30 @@ def main(argv: list[str] | None = None) -> int:
             args.target_settings,
             args.then,
         )
-        print_target_table(results, log)
         output = {
             "methods": results,
             "seeds": seeds,
             "mode": "target",
             "builds": [each.assets.identity() for each in benches],
         }
+        table = dict(results)
+        if args.retrains:
+            output["retrain_seeds"] = retrains = run_retrains(benches, args.retrains, log)
+            for method in methods:
+                results[method]["retrain_parity"] = retrain_parity(
+                    results[method]["runs"], retrains["runs"], benches[0].build_seed
+                )
+            table["retrains"] = {
+                **retrains,
+                "seeds": [run["seed"] for run in retrains["runs"]],
+                "target_met_runs": retrains["met_without_relearning_runs"],
+            }
+        print_target_table(table, log)
+        if args.retrains:
+            log(
+                "retrains: the oracle's data and recipe with other training seeds (perfect "
+                "forgetting); met: the verdict says forgotten, the relearning check aside"
+            )
     elif args.sweep:
         output = {
             "sweep": run_sweep(

@@ -31,7 +31,9 @@ Found on the demo (docs/minitofu.md, stop 38): the truth-ratio objective matches
 trained sentence but the paraphrase barely moves (oracle forget quality <= 0.0023); RMU
 moves the paraphrase (median truth ratio 0.95-0.99) but bunches the ratios at 1 and,
 unmatched, pushes the answers far below unseen data (forget quality <= 0.19, then 0.01);
-matched, it holds membership in the band at forget quality 0.036.
+matched, it holds membership in the band at forget quality 0.036. Matched on the trained
+phrasing's truth ratio instead (``--match-on truth_ratio``, stop 40), it over-forgets
+the answers (AUC 0.19) while a quarter of the records stay below their ceiling.
 
 Scratch research, not a method: the subject of each record (the ``subject`` field of
 the demo data) places the swap; a method would need the template found without it.
@@ -207,6 +209,15 @@ def main(argv=None) -> int:
         "holdout answer of the same rank (match_holdout's rule; ranks taken each epoch)",
     )
     parser.add_argument(
+        "--match-on",
+        choices=("likelihood", "truth_ratio", "either"),
+        default="likelihood",
+        help="rmu --matched: what a record is matched on. truth_ratio: steered while its "
+        "trained-phrasing truth ratio (the wrong answers built here) is below the holdout "
+        "record's of the same rank; either: while its likelihood or its truth ratio has not "
+        "reached unseen data's",
+    )
+    parser.add_argument(
         "--subject-only",
         action="store_true",
         help="rmu: steer the subject's tokens only (where an entity's facts are looked up)",
@@ -226,7 +237,12 @@ def main(argv=None) -> int:
             (r.prompt, r.answer, wrong_answers(r, retained, WRONG_PER_RECORD, rng)) for r in records
         ]
 
-    forget = [g for g in groups(full.forget.records) if g[2]]
+    all_groups = groups(full.forget.records)
+    group_of = {}
+    for i, g in enumerate(all_groups):
+        if g[2]:
+            group_of[i] = len(group_of)
+    forget = [g for g in all_groups if g[2]]
     holdout = [g for g in groups(full.holdout.records) if g[2]]
     print(
         f"wrong answers built for {len(forget)} of {len(full.forget.records)} forget records "
@@ -277,6 +293,7 @@ def main(argv=None) -> int:
                 holdout_nll = _avg_nll(model, tokenizer, holdout_answers).numpy()
             nll_ceilings = torch.tensor(matched_ceilings(answer_nll, holdout_nll))
         model.train()
+        steered = 0
         rng.shuffle(order)
         for start in range(0, len(order), 8):
             batch = order[start : start + 8]
@@ -284,7 +301,23 @@ def main(argv=None) -> int:
                 if args.matched:
                     with torch.no_grad():
                         nll = _avg_nll(model, tokenizer, [forget_answers[i] for i in batch])
-                    batch = [i for i, n in zip(batch, nll) if n < nll_ceilings[i]]
+                        known = {i for i, n in zip(batch, nll) if n < nll_ceilings[i]}
+                        grouped = [i for i in batch if i in group_of]
+                        preferred = set()
+                        if grouped and args.match_on != "likelihood":
+                            tr = log_truth_ratios(
+                                model, tokenizer, [forget[group_of[i]] for i in grouped]
+                            )
+                            preferred = {
+                                i for i, t in zip(grouped, tr) if t < ceilings[group_of[i]]
+                            }
+                    chosen = {
+                        "likelihood": known,
+                        "truth_ratio": preferred,
+                        "either": known | preferred,
+                    }[args.match_on]
+                    steered += len(chosen)
+                    batch = [i for i in batch if i in chosen]
                     if not batch:
                         continue
                 loss = rmu_step(
@@ -327,11 +360,12 @@ def main(argv=None) -> int:
             "utility_ratio": measured.utility() / original_utility,
             "forget_tr_median": float(np.median(forget_tr)),
             "trained_phrasing_log_tr_median": float(np.median(current)),
+            "steered": steered if args.objective == "rmu" and args.matched else None,
         }
         print(
             "epoch {epoch:3d}  oracle FQ {oracle_fq:8.3g}  knowledge p {knowledge_p:8.3g}  "
             "AUC {membership_auc:.2f}  utility {utility_ratio:.3f}x  forget TR median "
-            "{forget_tr_median:.2f}".format(**row)
+            "{forget_tr_median:.2f}  steered {steered}".format(**row)
             + f"  ({time.monotonic() - started:.0f}s)",
             flush=True,
         )

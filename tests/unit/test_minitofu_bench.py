@@ -19,6 +19,15 @@ def minitofu():
         yield module
 
 
+def run_on_tiny(minitofu, tiny_demo, tmp_path, argv: list[str]) -> dict:
+    """``bench/minitofu.py argv`` on a copy of the tiny demo's build 0; its --out JSON."""
+    cache = tmp_path / "cache"
+    shutil.copytree(tiny_demo.root, cache / "demo-tiny")
+    out = tmp_path / "out.json"
+    assert minitofu.main([*argv, "--cache", str(cache), "--out", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
 def test_log10_forget_quality_counts_a_zero_p_value(minitofu):
     rows = [
         {"seed": s, "forget_quality": fq, "model_utility": 0.5, "hyperparameters": {}}
@@ -72,6 +81,12 @@ def test_near_misses_are_the_forgetting_checks_passing_where_the_oracle_disagree
     rows = [row(0.035, True), row(0.3, True), row(0.01, False), row(0.02, None)]
     summary = minitofu.summarize_target(rows, 0.5)
     assert (summary["forgetting_false_runs"], summary["false_forgotten_runs"]) == (1, 0)
+    # 0.3 is the only run the KS test cannot tell from the oracle at 5%
+    assert summary["forget_quality_counts"] == {
+        "at_least_0.9": 0,
+        "below_0.5": 4,
+        "at_least_0.05": 1,
+    }
 
 
 def test_guard_row_averages_seeds_and_holds_the_means_to_the_goal(minitofu):
@@ -201,13 +216,9 @@ def test_then_continues_each_target_job_with_changed_fields(minitofu, tiny_demo,
 
 @pytest.mark.slow
 def test_builds_summarize_each_method_over_every_build_and_seed(minitofu, tiny_demo, tmp_path):
-    cache = tmp_path / "cache"
-    shutil.copytree(tiny_demo.root, cache / "demo-tiny")  # build 0; build 1 is made here
-    out = tmp_path / "builds.json"
     argv = ["--target", "--preset", "tiny", "--seeds", "0", "--methods", "graddiff"]
     argv += ["--builds", "0,1", "--target-settings", '{"max_epochs": 2}']
-    assert minitofu.main([*argv, "--cache", str(cache), "--out", str(out)]) == 0
-    results = json.loads(out.read_text())
+    results = run_on_tiny(minitofu, tiny_demo, tmp_path, argv)  # build 1 is made here
     first, second = results["builds"]
     assert (first["seed"], second["seed"]) == (0, 1)
     assert first["target_sha256"] != second["target_sha256"]  # other authors, other model
@@ -226,3 +237,66 @@ def test_builds_summarize_each_method_over_every_build_and_seed(minitofu, tiny_d
 def test_several_builds_need_target_mode(minitofu, tmp_path):
     with pytest.raises(SystemExit):
         minitofu.main(["--builds", "0,1", "--cache", str(tmp_path), "--preset", "tiny"])
+
+
+def test_retrains_summary_applies_the_goal_to_perfect_forgetting(minitofu):
+    def row(quality, utility, forgotten, passes):
+        return {
+            "forget_quality": quality,
+            "model_utility_ratio": utility,
+            "met_without_relearning": forgotten,
+            "forgetting_passes": passes,
+        }
+
+    rows = [row(0.95, 1.1, True, True), row(0.3, 0.9, False, True), row(None, 1.0, False, False)]
+    summary = minitofu.summarize_retrains(rows)
+    # a missing p-value counts as 0, as in the methods' rows: (0.95 + 0.3 + 0) / 3
+    assert summary["forget_quality"] == pytest.approx(1.25 / 3)
+    assert summary["forget_quality_median"] == pytest.approx(0.3)
+    assert summary["forget_quality_min"] == 0.0
+    assert summary["forget_quality_counts"] == {
+        "at_least_0.9": 1,
+        "below_0.5": 2,
+        "at_least_0.05": 2,
+    }
+    assert (summary["model_utility_ratio_min"], summary["model_utility_ratio_max"]) == (0.9, 1.1)
+    assert summary["model_utility_ratio"] == pytest.approx(1.0)
+    assert summary["met_without_relearning_runs"] == 1
+    assert summary["forgetting_passes_runs"] == 2
+
+
+def test_retrains_need_target_mode(minitofu, tmp_path):
+    with pytest.raises(SystemExit):
+        minitofu.main(["--retrains", "1", "--cache", str(tmp_path), "--preset", "tiny"])
+
+
+@pytest.mark.slow
+def test_retrains_of_other_seeds_are_scored_against_the_oracle(minitofu, tiny_demo, tmp_path):
+    argv = ["--target", "--preset", "tiny", "--methods", "graddiff", "--seeds", "0"]
+    argv += ["--retrains", "1", "--target-settings", '{"max_epochs": 2}']
+    results = run_on_tiny(minitofu, tiny_demo, tmp_path, argv)
+    assert 0 <= results["methods"]["graddiff"]["retrain_parity"] <= 1
+    (run,) = results["retrain_seeds"]["runs"]
+    assert run["training_seed"] == 1001 and run["build_seed"] == 0
+    # another training seed on the oracle's data: another model, scored like a job's
+    assert run["model_utility"] != pytest.approx(results["methods"]["retrain"]["model_utility"])
+    assert run["model_utility_ratio"] == pytest.approx(
+        run["model_utility"] / results["methods"]["original"]["model_utility"]
+    )
+    assert 0 <= run["forget_quality"] <= 1 and 0 <= run["membership_auc"] <= 1
+    assert run["met_without_relearning"] == (run["verdict"] == "forgotten")
+    assert results["retrain_seeds"]["forget_quality"] == run["forget_quality"]
+
+
+def test_retrain_parity_compares_runs_with_retrains_of_their_own_build(minitofu):
+    runs = [{"forget_quality": 0.5, "build_seed": 0}, {"forget_quality": 0.1, "build_seed": 1}]
+    retrains = [
+        {"forget_quality": 0.3, "build_seed": 0},
+        {"forget_quality": 0.5, "build_seed": 0},
+        {"forget_quality": 0.9, "build_seed": 1},
+    ]
+    # build 0: 0.5 beats 0.3 (1) and ties 0.5 (1/2); build 1: 0.1 loses to 0.9 (0)
+    assert minitofu.retrain_parity(runs, retrains) == pytest.approx(1.5 / 3)
+    # runs of a single build do not name it: they take the one given
+    assert minitofu.retrain_parity([{"forget_quality": None}], retrains, 1) == 0.0
+    assert minitofu.retrain_parity(runs, []) is None
