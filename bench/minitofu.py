@@ -948,16 +948,18 @@ def run_retrains(benches: list[Bench], count: int, log) -> dict:
                     "retrain-seed",
                     retrains.SEED_OFFSET + seed,
                     TARGET_RUNS_VERSION,
+                    TARGET_RELEARN,
                 ]
             )
             if key not in bench.cache:
-                bench._save(key, retrains.retrain_row(bench, seed))
+                bench._save(key, retrains.retrain_row(bench, seed, TARGET_RELEARN, MAX_LENGTH))
             row = {**bench.cache[key], "build_seed": bench.build_seed}
             rows.append(row)
             log(
                 f"build {bench.build_seed}, retrain seed {seed}: {row['verdict']} "
                 f"({row['verdict_reason']}), FQ {_num(row['forget_quality'])}, MU ratio "
-                f"{_num(row['model_utility_ratio'])}"
+                f"{_num(row['model_utility_ratio'])}, relearning {_num(row['relearn_ratio'])}x "
+                "the holdout's"
             )
     summary = summarize_retrains(rows)
     counts = summary["forget_quality_counts"]
@@ -967,7 +969,7 @@ def run_retrains(benches: list[Bench], count: int, log) -> dict:
         f">= 0.9 in {counts['at_least_0.9']}/{len(rows)}, < 0.5 in {counts['below_0.5']}"
         f"/{len(rows)}, >= 0.05 in {counts['at_least_0.05']}/{len(rows)}; utility "
         f"{_num(summary['model_utility_ratio_min'])}-{_num(summary['model_utility_ratio_max'])}x; "
-        f"the verdict (relearning aside) says forgotten for {summary['met_without_relearning_runs']}"
+        f"the verdict says forgotten for {summary['target_met_runs']}"
         f"/{len(rows)}, its forgetting checks pass {summary['forgetting_passes_runs']}/{len(rows)}"
     )
     return summary
@@ -1018,7 +1020,7 @@ def summarize_retrains(rows: list[dict]) -> dict:
         "model_utility_ratio": statistics.fmean(utility),
         "model_utility_ratio_min": min(utility),
         "model_utility_ratio_max": max(utility),
-        "met_without_relearning_runs": sum(bool(r["met_without_relearning"]) for r in rows),
+        "target_met_runs": sum(bool(r["target_met"]) for r in rows),
         "forgetting_passes_runs": sum(bool(r["forgetting_passes"]) for r in rows),
     }
 
@@ -1202,13 +1204,13 @@ def main(argv: list[str] | None = None) -> int:
             table["retrains"] = {
                 **retrains,
                 "seeds": [run["seed"] for run in retrains["runs"]],
-                "target_met_runs": retrains["met_without_relearning_runs"],
             }
         print_target_table(table, log)
         if args.retrains:
             log(
                 "retrains: the oracle's data and recipe with other training seeds (perfect "
-                "forgetting); met: the verdict says forgotten, the relearning check aside"
+                "forgetting); met: the final verdict says forgotten (a job's also asks two "
+                "evaluation points in a row)"
             )
     elif args.sweep:
         output = {
