@@ -15,7 +15,11 @@ GLOSSARY: dict[str, dict[str, str]] = {
         "on the forget set with those of a model never trained on it (the oracle). Near 1: "
         "no detectable difference from never having seen the data; small: the model still "
         "behaves measurably differently from a retrained one (the verdict asks for at "
-        "least 0.1, not the usual 0.05: a p-value just above 0.05 is weak evidence).",
+        "least 0.1, not the usual 0.05: a p-value just above 0.05 is weak evidence). It "
+        "varies even when forgetting is perfect: models retrained without the forget set "
+        "with another training seed score 0.24 to 0.89 against the oracle on the mini-TOFU "
+        "benchmark (mean 0.56), so read any value from 0.1 up as 'like a retrained model', "
+        "not 0.3 as 'partly forgotten'.",
         "better": "higher",
     },
     "model_utility": {
