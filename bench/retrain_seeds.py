@@ -8,7 +8,7 @@ seed (initialisation and data order); what those score against the benchmark's o
 and what the verdict says of them, is the ceiling any method can reach on the same build
 and the noise of a single oracle. Each is trained on exactly the oracle's data and recipe
 (retain90 and the world facts), only the seed changed, kept beside the build's models
-(``retrains/seed<N>``, reused), and evaluated as a job's published model is: the full
+(``retrains/<oracle hash>-seed<N>``, reused), and evaluated as a job's published model is: the full
 evaluation against the oracle, the relearning attack, and the final verdict (a job's
 also asks two evaluation points in a row, which a model that was not trained has not).
 """
@@ -40,8 +40,10 @@ def oracle_records(assets) -> list[dict]:
 
 
 def retrained(bench, training_seed: int) -> Path:
-    """The folder of the build's retrain of ``training_seed``, trained if not there yet."""
-    folder = Path(bench.assets.root) / "retrains" / f"seed{training_seed}"
+    """The folder of the build's retrain of ``training_seed``, trained if not there yet;
+    named by the oracle's weights too, so that a rebuilt build does not reuse another's."""
+    oracle = bench.assets.identity()["retrain_sha256"]
+    folder = Path(bench.assets.root) / "retrains" / f"{oracle}-seed{training_seed}"
     if not (folder / "config.json").exists():
         train_demo_model(
             bench.tokenizer,
