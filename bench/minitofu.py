@@ -58,7 +58,7 @@ sys.path.insert(0, str(REPO))
 from core.data.encoding import encode_record_set  # noqa: E402
 from core.data.records import read_records  # noqa: E402
 from core.demo import build_demo_assets  # noqa: E402
-from core.evaluation import EvaluationSets, compare, evaluate_model  # noqa: E402
+from core.evaluation import EvaluationSets, compare, evaluate_model, metrics  # noqa: E402
 from core.methods import get_method  # noqa: E402
 from core.models.loading import load_model  # noqa: E402
 from core.spec import DEFAULT_PROMPT_TEMPLATE, EvaluationSpec  # noqa: E402
@@ -790,6 +790,10 @@ def _target_figures(outcome) -> dict:
         # utility: what would say "forgotten" if those two were all the verdict had
         forgetting_passes=_forgetting_passes(summary.get("verdict") or {}),
         oracle_knowledge_p=(oracle_check(summary, "knowledge") or {}).get("value"),
+        # the published model's, for forget quality against several oracles
+        forget_truth_ratios=(((outcome.evaluation or {}).get("sets") or {}).get("forget") or {})
+        .get("samples", {})
+        .get("truth_ratio"),
         trajectory=[
             {
                 "step": point["step"],
@@ -865,6 +869,7 @@ def summarize_target(rows: list[dict], original_mu: float) -> dict:
     for key in ("selected_step", "relearn_unseen_vs_oracle", "evaluation_share"):
         values = [r[key] for r in rows if r.get(key) is not None]
         out[key] = statistics.fmean(values) if values else None
+    out["issue_goal"] = issue_goal(rows)
     return out
 
 
@@ -961,18 +966,63 @@ def run_retrains(benches: list[Bench], count: int, log) -> dict:
                 f"{_num(row['model_utility_ratio'])}, relearning {_num(row['relearn_ratio'])}x "
                 "the holdout's"
             )
-    summary = summarize_retrains(rows)
+    oracles = oracle_truth_ratios(benches)
+    for row in rows:
+        row["forget_quality_pooled"] = pooled_forget_quality(row, oracles, rows)
+    summary = {**summarize_retrains(rows), **_pooled_summary(rows)}
     counts = summary["forget_quality_counts"]
     log(
         "retrains of other seeds (perfect forgetting): oracle forget quality mean "
         f"{_num(summary['forget_quality'])}, min {_num(summary['forget_quality_min'])}, "
         f">= 0.9 in {counts['at_least_0.9']}/{len(rows)}, < 0.5 in {counts['below_0.5']}"
-        f"/{len(rows)}, >= 0.05 in {counts['at_least_0.05']}/{len(rows)}; utility "
+        f"/{len(rows)}, >= 0.05 in {counts['at_least_0.05']}/{len(rows)}; against the pooled "
+        f"oracle and other retrains: mean {_num(summary['forget_quality_pooled'])}; utility "
         f"{_num(summary['model_utility_ratio_min'])}-{_num(summary['model_utility_ratio_max'])}x; "
         f"the verdict says forgotten for {summary['target_met_runs']}"
         f"/{len(rows)}, its forgetting checks pass {summary['forgetting_passes_runs']}/{len(rows)}"
     )
     return summary
+
+
+def compare_with_retrains(row: dict, retrains: dict, benches: list[Bench]) -> None:
+    """A method's summary row beside the retrains of its builds: ``retrain_parity``, the
+    goal stated against them, and forget quality against the pooled oracles per run."""
+    build = benches[0].build_seed
+    row["retrain_parity"] = retrain_parity(row["runs"], retrains["runs"], build)
+    row["retrain_goal"] = retrain_goal(row["runs"], retrains["runs"], build)
+    oracles = oracle_truth_ratios(benches)
+    for run in row["runs"]:
+        run["forget_quality_pooled"] = pooled_forget_quality(run, oracles, retrains["runs"], build)
+    row.update(_pooled_summary(row["runs"]))
+
+
+def oracle_truth_ratios(benches: list[Bench]) -> dict[int, list]:
+    return {b.build_seed: b.oracle.sets["forget"].samples.get("truth_ratio") for b in benches}
+
+
+def _pooled_summary(runs: list[dict]) -> dict:
+    pooled = [
+        r["forget_quality_pooled"] for r in runs if r.get("forget_quality_pooled") is not None
+    ]
+    return {
+        "forget_quality_pooled": statistics.fmean(pooled) if pooled else None,
+        "forget_quality_pooled_min": min(pooled) if pooled else None,
+    }
+
+
+def print_goals(methods: dict, log) -> None:
+    """Which parts of issue 8's goal each method meets, as the issue states it and (with
+    ``--retrains``) against what retrains of other seeds do."""
+    for name, row in methods.items():
+        for label, key in (("issue's goal", "issue_goal"), ("against retrains", "retrain_goal")):
+            goal = row.get(key)
+            if goal is None:
+                continue
+            failed = [part for part, ok in goal.items() if part != "met" and not ok]
+            log(
+                f"{name}: {label} {'met' if goal['met'] else 'not met'}"
+                + (f" (fails {', '.join(failed)})" if failed else "")
+            )
 
 
 def quality_counts(quality: list[float]) -> dict[str, int]:
@@ -1003,6 +1053,98 @@ def retrain_parity(runs: list[dict], retrains: list[dict], build: int = 0) -> fl
             wins += 1.0 if ours > theirs else 0.5 if ours == theirs else 0.0
             pairs += 1
     return wins / pairs if pairs else None
+
+
+def pooled_forget_quality(
+    run: dict, oracle_ratios: dict[int, list], retrains: list[dict], build: int = 0
+) -> float | None:
+    """Forget quality against several oracles: the KS p-value of the run's forget truth
+    ratios against those of its build's oracle and of that build's retrains of other
+    seeds, pooled (a retrain is left out of its own reference). Against one oracle, its
+    training seed is part of every figure (retrains of other seeds score 0.24-0.89);
+    pooled, the reference is what retrained models answer rather than what one did.
+    ``build``: the build of runs that do not name theirs."""
+    build = run.get("build_seed", build)
+    ours = _finite(run.get("forget_truth_ratios"))
+    reference = _finite(oracle_ratios.get(build))
+    for other in retrains:
+        if other["build_seed"] == build and other.get("training_seed") != run.get("training_seed"):
+            reference += _finite(other.get("forget_truth_ratios"))
+    if not ours or not reference:
+        return None
+    return metrics.forget_quality(ours, reference)
+
+
+def _finite(values) -> list[float]:
+    return [v for v in values or [] if v is not None and math.isfinite(v)]
+
+
+#: issue 8's goal on forget10, as the issue states it: oracle forget quality (mean over
+#: runs, and the lowest run's), utility against the original's, and the relearning
+#: attack's unseen forget probability against the oracle's under the same attack
+ISSUE_GOAL = {
+    "forget_quality_mean": 0.9,
+    "forget_quality_min": 0.5,
+    "model_utility_ratio": 0.95,
+    "relearn_vs_oracle": 1.5,
+}
+
+
+def issue_goal(runs: list[dict]) -> dict:
+    """Each part of issue 8's goal on a method's runs (``target_met`` on every run too),
+    and ``met``. Retrains of other seeds meet neither forget-quality part (stop 40)."""
+    quality = [r["forget_quality"] or 0.0 for r in runs]
+    checks = {
+        "forget_quality_mean": statistics.fmean(quality) >= ISSUE_GOAL["forget_quality_mean"],
+        "forget_quality_min": min(quality) >= ISSUE_GOAL["forget_quality_min"],
+        "model_utility": all(
+            (r.get("model_utility_ratio") or 0.0) >= ISSUE_GOAL["model_utility_ratio"] for r in runs
+        ),
+        "target_met": all(r["target_met"] for r in runs),
+        "relearning": _relearning_holds(runs),
+    }
+    return {**checks, "met": all(checks.values())}
+
+
+def retrain_goal(runs: list[dict], retrains: list[dict], build: int = 0) -> dict:
+    """Issue 8's goal stated against what retrains of other seeds on the same builds do
+    (what a perfect unlearner meets): forget quality at least a retrain's as often as
+    not (``retrain_parity`` >= 0.5); every run indistinguishable from the oracle at the
+    5% level, as every retrain was; each run's utility at or above the lowest of its
+    build's retrains; the verdict met on at least the share of runs where it says
+    forgotten of those retrains; and the relearning figure as the issue asks."""
+    parity = retrain_parity(runs, retrains, build)
+
+    def own(run):
+        return [r for r in retrains if r["build_seed"] == run.get("build_seed", build)]
+
+    builds = {run.get("build_seed", build) for run in runs}
+    mine = [r for r in retrains if r["build_seed"] in builds]
+    checks = {
+        "retrain_parity": parity is not None and parity >= 0.5,
+        "forget_quality_all_at_least_0.05": all(
+            (r["forget_quality"] or 0.0) >= FALSE_FORGOTTEN_BELOW for r in runs
+        ),
+        "model_utility": all(
+            bool(own(run))
+            and (run.get("model_utility_ratio") or 0.0)
+            >= min(r["model_utility_ratio"] for r in own(run))
+            for run in runs
+        ),
+        "target_met": bool(mine)
+        and sum(r["target_met"] for r in runs) / len(runs)
+        >= sum(bool(r["target_met"]) for r in mine) / len(mine),
+        "relearning": _relearning_holds(runs),
+    }
+    return {**checks, "met": all(checks.values())}
+
+
+def _relearning_holds(runs: list[dict]) -> bool:
+    return all(
+        r.get("relearn_unseen_vs_oracle") is not None
+        and r["relearn_unseen_vs_oracle"] <= ISSUE_GOAL["relearn_vs_oracle"]
+        for r in runs
+    )
 
 
 def summarize_retrains(rows: list[dict]) -> dict:
@@ -1039,7 +1181,7 @@ def _mean_row(rows: list[dict]) -> dict:
 
 def print_target_table(methods: dict, log) -> None:
     header = (
-        f"{'model':<10}{'FQ':>9}{'FQ min':>9}{'FQ>=.05':>9}{'MU/orig':>9}{'met':>6}{'step':>7}"
+        f"{'model':<10}{'FQ':>9}{'FQ min':>9}{'pooled':>9}{'FQ>=.05':>9}{'MU/orig':>9}{'met':>6}{'step':>7}"
         f"{'relearn/oracle':>16}{'P(forget)':>11}{'PrivLeak':>10}{'false':>7}"
         f"{'near':>6}{'oracle fails':>14}{'vs retrains':>13}"
     )
@@ -1051,6 +1193,7 @@ def print_target_table(methods: dict, log) -> None:
         indistinct = (row.get("forget_quality_counts") or {}).get("at_least_0.05")
         log(
             f"{name:<10}{_num(row.get('forget_quality')):>9}{_num(row.get('forget_quality_min')):>9}"
+            f"{_num(row.get('forget_quality_pooled')):>9}"
             f"{f'{indistinct}/{runs}' if indistinct is not None else '-':>9}"
             f"{_num(row.get('model_utility_ratio')):>9}"
             f"{f'{met}/{runs}' if met is not None else '-':>6}"
@@ -1198,14 +1341,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.retrains:
             output["retrain_seeds"] = retrains = run_retrains(benches, args.retrains, log)
             for method in methods:
-                results[method]["retrain_parity"] = retrain_parity(
-                    results[method]["runs"], retrains["runs"], benches[0].build_seed
-                )
+                compare_with_retrains(results[method], retrains, benches)
             table["retrains"] = {
                 **retrains,
                 "seeds": [run["seed"] for run in retrains["runs"]],
             }
         print_target_table(table, log)
+        print_goals({method: results[method] for method in methods}, log)
         if args.retrains:
             log(
                 "retrains: the oracle's data and recipe with other training seeds (perfect "

@@ -15,10 +15,9 @@ also asks two evaluation points in a row, which a model that was not trained has
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from core.demo.build import ORACLE_SPLIT, PRESETS, train_demo_model
+from core.demo.build import PRESETS, read_training_records, train_demo_model, training_files
 from core.evaluation.relearn import relearn_probability, relearning_check_of
 from core.evaluation.verdict import final_verdict
 from core.models.loading import load_model
@@ -31,12 +30,7 @@ SEED_OFFSET = 1000
 
 def oracle_records(assets) -> list[dict]:
     """What the build's oracle trained on: retain90 and the world facts."""
-    return [
-        json.loads(line)
-        for path in (assets.data[f"retain{100 - ORACLE_SPLIT}"], assets.data["world_facts"])
-        for line in path.read_text().splitlines()
-        if line
-    ]
+    return read_training_records(training_files(assets.data)["retrain"])
 
 
 def retrained(bench, training_seed: int) -> Path:
@@ -79,6 +73,8 @@ def retrain_row(bench, seed: int, relearn: dict, max_length: int) -> dict:
     )
     checks = {check["name"]: check for check in verdict["checks"]}
     row.update(
+        # for forget quality against several oracles (``minitofu.pooled_forget_quality``)
+        forget_truth_ratios=result.sets["forget"].samples.get("truth_ratio"),
         seed=seed,
         training_seed=SEED_OFFSET + seed,
         verdict=verdict["status"],

@@ -241,11 +241,7 @@ def build_demo_assets(
 
     forget, retain = generated.split(ORACLE_SPLIT)
     summary = {"preset": asdict(spec), "built_on": _platform()}
-    jobs = {
-        "target": [data["all"], data["world_facts"]],
-        "retrain": [data[f"retain{100 - ORACLE_SPLIT}"], data["world_facts"]],
-    }
-    summary.update(_train_models(root, preset, seed, jobs, progress))
+    summary.update(_train_models(root, preset, seed, training_files(data), progress))
     summary["build_seconds"] = round(time.monotonic() - started, 1)
     summary["n_forget10"], summary["n_retain90"] = len(forget), len(retain)
 
@@ -262,6 +258,19 @@ def build_demo_assets(
     }
     marker.write_text(json.dumps(info, indent=2))
     return DemoAssets.load(root)
+
+
+def training_files(data: dict[str, Path]) -> dict[str, list[Path]]:
+    """What each demo model trains on: the target on every author and the world facts,
+    the retrain oracle on the same less the forget10 authors."""
+    return {
+        "target": [data["all"], data["world_facts"]],
+        "retrain": [data[f"retain{100 - ORACLE_SPLIT}"], data["world_facts"]],
+    }
+
+
+def read_training_records(files: list[Path]) -> list[dict]:
+    return [json.loads(line) for path in files for line in path.read_text().splitlines() if line]
 
 
 def _train_models(
@@ -307,7 +316,7 @@ def _train_one(root: Path, preset: str, seed: int, name: str, files: list[Path],
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
-    records = [json.loads(line) for path in files for line in path.read_text().splitlines() if line]
+    records = read_training_records(files)
     if progress is None:
         report = None
     elif callable(progress):

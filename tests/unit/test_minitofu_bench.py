@@ -290,6 +290,21 @@ def test_retrains_of_other_seeds_are_scored_against_the_oracle(minitofu, tiny_de
     (kept,) = (tmp_path / "cache" / "demo-tiny" / "retrains").glob("*-seed1001")
     assert (kept / "config.json").exists()
     assert results["retrain_seeds"]["forget_quality"] == run["forget_quality"]
+    # against the oracle alone (its only other retrain is itself, left out): the same p-value
+    assert run["forget_quality_pooled"] == pytest.approx(run["forget_quality"])
+    graddiff = results["methods"]["graddiff"]
+    (job,) = graddiff["runs"]
+    assert len(job["forget_truth_ratios"]) == len(run["forget_truth_ratios"]) > 0
+    assert 0 <= job["forget_quality_pooled"] <= 1
+    assert set(graddiff["retrain_goal"]) == {
+        "retrain_parity",
+        "forget_quality_all_at_least_0.05",
+        "model_utility",
+        "target_met",
+        "relearning",
+        "met",
+    }
+    assert graddiff["issue_goal"]["met"] is False  # two epochs of a tiny model
 
 
 def test_retrain_parity_compares_runs_with_retrains_of_their_own_build(minitofu):
@@ -304,3 +319,78 @@ def test_retrain_parity_compares_runs_with_retrains_of_their_own_build(minitofu)
     # runs of a single build do not name it: they take the one given
     assert minitofu.retrain_parity([{"forget_quality": None}], retrains, 1) == 0.0
     assert minitofu.retrain_parity(runs, []) is None
+
+
+def test_pooled_forget_quality_takes_the_oracle_and_the_other_retrains_of_the_build(minitofu):
+    oracles = {0: [3.0], 1: [0.5]}
+    retrains = [
+        {"build_seed": 0, "training_seed": 1001, "forget_truth_ratios": [4.0, None, math.nan]},
+        {"build_seed": 0, "training_seed": 1002, "forget_truth_ratios": [1.5]},
+        {"build_seed": 1, "training_seed": 1001, "forget_truth_ratios": [5.0]},
+    ]
+    run = {"build_seed": 0, "forget_truth_ratios": [1.0, 2.0]}
+    # reference [3, 4, 1.5] (build 1's retrain is another build's): ours {1, 2} against it,
+    # D = 1 - 1/3 = 2/3 at 2. Exact two-sided p: of the C(5, 2) = 10 ways to put two of the
+    # five values in ours, D >= 2/3 for ranks {1,2} {4,5} (D = 1), {1,3} {2,3} {3,4} {3,5}:
+    # 6 of 10
+    assert minitofu.pooled_forget_quality(run, oracles, retrains) == pytest.approx(0.6)
+    # a retrain is left out of its own reference: {4} against [3, 1.5], D = 1; of the
+    # three ranks ours can take, the lowest and the highest give D = 1: p = 2/3
+    own = retrains[0]
+    assert minitofu.pooled_forget_quality(own, oracles, retrains) == pytest.approx(2 / 3)
+    assert minitofu.pooled_forget_quality({"build_seed": 0}, oracles, retrains) is None
+
+
+def target_run(quality, utility, met, relearn, build=0):
+    return {
+        "forget_quality": quality,
+        "model_utility_ratio": utility,
+        "target_met": met,
+        "relearn_unseen_vs_oracle": relearn,
+        "build_seed": build,
+    }
+
+
+def test_issue_goal_checks_each_part_the_issue_states(minitofu):
+    met = [target_run(0.95, 0.96, True, 1.2), target_run(0.9, 1.0, True, 1.5)]
+    assert minitofu.issue_goal(met)["met"] is True
+    # the mean 0.75 misses 0.9, one run below 0.5, one under the 0.95x floor
+    goal = minitofu.issue_goal(
+        [target_run(0.99, 0.94, True, 1.0), target_run(0.49, 1.0, True, 1.0)]
+    )
+    assert goal == {
+        "forget_quality_mean": False,
+        "forget_quality_min": False,
+        "model_utility": False,
+        "target_met": True,
+        "relearning": True,
+        "met": False,
+    }
+    # a run without the relearning figure does not meet it; a missing p-value counts 0
+    goal = minitofu.issue_goal([target_run(None, 1.0, False, None)])
+    assert not goal["relearning"] and not goal["target_met"] and not goal["forget_quality_min"]
+
+
+def test_retrain_goal_holds_runs_to_what_retrains_of_their_build_do(minitofu):
+    retrains = [
+        {"build_seed": 0, "forget_quality": 0.3, "model_utility_ratio": 0.9, "target_met": True},
+        {"build_seed": 0, "forget_quality": 0.7, "model_utility_ratio": 1.1, "target_met": False},
+        {"build_seed": 1, "forget_quality": 0.8, "model_utility_ratio": 0.7, "target_met": True},
+    ]
+    # build 0, 0.5: beats 0.3, loses to 0.7 -> parity 1/2; utility 0.92 >= 0.9, the lowest
+    # of build 0's retrains; met on 1 of 2 runs as the verdict is on 1 of build 0's 2
+    runs = [target_run(0.5, 0.92, True, 1.0), target_run(0.5, 0.95, False, 1.4)]
+    assert minitofu.retrain_goal(runs, retrains)["met"] is True
+    # 0.04: indistinguishable from the oracle no more; 0.8x: under build 0's lowest (0.9)
+    # though above build 1's; parity 1/4 (the first run's two pairs are losses)
+    runs = [target_run(0.04, 0.8, False, 1.0), target_run(0.5, 0.95, False, 1.6)]
+    assert minitofu.retrain_goal(runs, retrains) == {
+        "retrain_parity": False,
+        "forget_quality_all_at_least_0.05": False,
+        "model_utility": False,
+        "target_met": False,
+        "relearning": False,
+        "met": False,
+    }
+    # build 1's run is held to build 1's retrains only: 0.75x >= 0.7x, 0.8 ties 0.8
+    assert minitofu.retrain_goal([target_run(0.8, 0.75, True, 1.0, build=1)], retrains)["met"]
