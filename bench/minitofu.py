@@ -1114,9 +1114,11 @@ def retrain_goal(runs: list[dict], retrains: list[dict], build: int = 0) -> dict
     """Issue 8's goal stated against what retrains of other seeds on the same builds do
     (what a perfect unlearner meets): forget quality at least a retrain's as often as
     not (``retrain_parity`` >= 0.5); every run indistinguishable from the oracle at the
-    5% level, as every retrain was; each run's utility at or above the lowest of its
-    build's retrains; the verdict met on at least the share of runs where it says
-    forgotten of those retrains; and the relearning figure as the issue asks."""
+    5% level, as every retrain was; each run's utility at or above the issue's floor or
+    the lowest of its build's retrains, whichever is lower; the verdict met on at least
+    the share of those retrains it calls forgotten; and the relearning figure as the
+    issue asks. Each part asks at most what the issue does, and at most what retraining
+    itself gets."""
     parity = retrain_parity(runs, retrains, build)
 
     def own(run):
@@ -1132,7 +1134,7 @@ def retrain_goal(runs: list[dict], retrains: list[dict], build: int = 0) -> dict
         "model_utility": all(
             bool(own(run))
             and (run.get("model_utility_ratio") or 0.0)
-            >= min(r["model_utility_ratio"] for r in own(run))
+            >= min(ISSUE_GOAL["model_utility_ratio"], *(r["model_utility_ratio"] for r in own(run)))
             for run in runs
         ),
         "target_met": bool(mine)

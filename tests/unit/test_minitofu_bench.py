@@ -394,3 +394,9 @@ def test_retrain_goal_holds_runs_to_what_retrains_of_their_build_do(minitofu):
     }
     # build 1's run is held to build 1's retrains only: 0.75x >= 0.7x, 0.8 ties 0.8
     assert minitofu.retrain_goal([target_run(0.8, 0.75, True, 1.0, build=1)], retrains)["met"]
+    # retrains that all keep more than the original do not raise the floor above 0.95x
+    better = [
+        {"build_seed": 2, "forget_quality": 0.8, "model_utility_ratio": 1.2, "target_met": True}
+    ]
+    assert minitofu.retrain_goal([target_run(0.8, 0.95, True, 1.0, build=2)], better)["met"]
+    assert not minitofu.retrain_goal([target_run(0.8, 0.94, True, 1.0, build=2)], better)["met"]
