@@ -794,6 +794,10 @@ def _target_figures(outcome) -> dict:
         # utility: what would say "forgotten" if those two were all the verdict had
         forgetting_passes=_forgetting_passes(summary.get("verdict") or {}),
         oracle_knowledge_p=(oracle_check(summary, "knowledge") or {}).get("value"),
+        # the published model's own checks, named as a retrain's row names them, so that
+        # the knowledge threshold can be read off runs and retrains alike
+        knowledge_p=_verdict_value(summary, "knowledge"),
+        membership_auc=_verdict_value(summary, "membership"),
         # the published model's, for forget quality against several oracles
         forget_truth_ratios=(((outcome.evaluation or {}).get("sets") or {}).get("forget") or {})
         .get("samples", {})
@@ -830,6 +834,11 @@ def _target_figures(outcome) -> dict:
         ],
     )
     return row
+
+
+def _verdict_value(summary: dict, name: str):
+    checks = (summary.get("verdict") or {}).get("checks") or []
+    return next((c.get("value") for c in checks if c.get("name") == name), None)
 
 
 def _forgetting_passes(verdict: dict) -> bool | None:

@@ -296,6 +296,7 @@ def test_retrains_of_other_seeds_are_scored_against_the_oracle(minitofu, tiny_de
     (job,) = graddiff["runs"]
     assert len(job["forget_truth_ratios"]) == len(run["forget_truth_ratios"]) > 0
     assert 0 <= job["forget_quality_pooled"] <= 1
+    assert 0 <= job["knowledge_p"] <= 1 and 0 <= job["membership_auc"] <= 1
     assert set(graddiff["retrain_goal"]) == {
         "retrain_parity",
         "forget_quality_all_at_least_0.05",
