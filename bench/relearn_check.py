@@ -16,6 +16,7 @@ a ratio near 1: the holdout is to it what the forget set is.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -38,11 +39,22 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--seeds", default="0", help="attack splits, comma-separated")
+    parser.add_argument(
+        "--models",
+        default="",
+        help="more model folders to check, comma-separated, each named by its folder: e.g. "
+        "the retrains of other seeds that bench/minitofu.py --retrains keeps in "
+        "<assets>/retrains (what perfect forgetting measures under the check)",
+    )
     args = parser.parse_args(argv)
     assets = build_demo_assets(args.cache / f"demo-{args.preset}", args.preset)
     holdout = read_records(assets.data["holdout"])
-    for name in ("retrain", "target"):
-        model, tokenizer = load_model(str(getattr(assets, name)), dtype="fp32")
+    models = {"retrain": assets.retrain, "target": assets.target}
+    for folder in (Path(m) for m in args.models.split(",") if m):
+        label = re.sub(r"\W", "_", folder.name)
+        models[label if label not in models else f"{label}_{len(models)}"] = folder
+    for name, path in models.items():
+        model, tokenizer = load_model(str(path), dtype="fp32")
         forget = encode_record_set(
             tokenizer,
             read_records(assets.data["forget10"]),

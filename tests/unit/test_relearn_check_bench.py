@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from tests.fixtures.bench import bench_module
 from tests.fixtures.models import CACHE, TINY_PRESET
 
@@ -13,7 +15,9 @@ NUMBER = r"([\d.e-]+)"
 
 def test_it_reports_the_check_for_the_oracle_and_the_target(tiny_demo, capsys):
     with bench_module("relearn_check.py") as script:
-        assert script.main(["--preset", TINY_PRESET, "--cache", str(CACHE), "--seeds", "0,1"]) == 0
+        oracle = tiny_demo.retrain
+        argv = ["--preset", TINY_PRESET, "--cache", str(CACHE), "--seeds", "0,1"]
+        assert script.main([*argv, "--models", str(oracle)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     figures: dict[str, list[float]] = {}
     for line in lines:
@@ -31,7 +35,15 @@ def test_it_reports_the_check_for_the_oracle_and_the_target(tiny_demo, capsys):
         assert abs(ratio - unseen / reference) < 0.01 + 0.01 * ratio
         assert (found[8] == "passes") == (ratio <= 1.5)
         figures.setdefault(name, []).append(ratio)
-    assert {name: len(r) for name, r in figures.items()} == {"retrain": 2, "target": 2}
+    # --models: a folder named by its own name (numbered where taken); the oracle's folder
+    # again measures what the oracle did, attack for attack
+    assert oracle.name == "retrain"
+    assert {name: len(r) for name, r in figures.items()} == {
+        "retrain": 2,
+        "target": 2,
+        "retrain_2": 2,
+    }
+    assert figures["retrain_2"] == pytest.approx(figures["retrain"], rel=1e-4)
     # The holdout is to the oracle what the forget set is: it passes, on the mean of the
     # splits (with two forget authors one split can land at the limit: 1.51 on
     # tiny-gpt2). The target memorized the forget answers: its unseen half is far likelier.
