@@ -681,13 +681,17 @@ def run_target_job(
     overrides: dict | None = None,
     target: dict | None = None,
     then: dict | None = None,
+    keep: Path | None = None,
 ) -> dict:
     """One default job of ``method`` through the service's pipeline; its figures.
     ``overrides``: hyperparameters set by hand (only to compare candidate defaults);
     ``target``: target fields other than the defaults (e.g. a larger ``max_epochs``);
     ``then``: ``{"hyperparameters": ..., "target": ...}`` of a second job that continues
     the first (``continue_from``) with those fields changed, as a user can; the row is
-    the second job's, with the first's verdict and figures under ``first``."""
+    the second job's, with the first's verdict and figures under ``first``. ``keep``: a
+    folder to copy the published model into (as ``<method>-build<b>-seed<s>``) before the
+    run's folder is cleared, e.g. for ``bench/relearn_check.py --models``; a cached run
+    has no model left to keep."""
     import shutil
 
     from core.pipeline import JobInputs, run_job
@@ -757,6 +761,10 @@ def run_target_job(
         seconds=round(time.monotonic() - started, 1),
         hyperparameters=outcome.manifest.get("hyperparameters"),
     )
+    if keep is not None:
+        kept = keep / f"{method}-build{bench.build_seed}-seed{seed}"
+        shutil.rmtree(kept, ignore_errors=True)
+        shutil.copytree(outcome.checkpoint_dir, kept)
     shutil.rmtree(folder, ignore_errors=True)
     bench._save(key, row)
     return row
@@ -895,6 +903,7 @@ def run_targets(
     overrides: dict | None = None,
     target: dict | None = None,
     then: dict | None = None,
+    keep: Path | None = None,
 ) -> dict:
     original = bench.reference_row(bench.original)
     retrain = bench.reference_row(bench.oracle)
@@ -907,7 +916,7 @@ def run_targets(
         rows = []
         for seed in seeds:
             row = run_target_job(
-                bench, method, seed, workdir, (overrides or {}).get(method), target, then
+                bench, method, seed, workdir, (overrides or {}).get(method), target, then, keep
             )
             rows.append(row)
             log(
@@ -920,7 +929,9 @@ def run_targets(
     return results
 
 
-def run_target_builds(benches: list[Bench], methods, seeds, log, workdir: Path, *args) -> dict:
+def run_target_builds(
+    benches: list[Bench], methods, seeds, log, workdir: Path, *args, keep: Path | None = None
+) -> dict:
     """``run_targets`` on each asset build; with more than one, each method's row is
     summarized over every (build, seed) run (each run's utility ratio against its own
     build's original) and the original and oracle rows are means over the builds."""
@@ -928,7 +939,7 @@ def run_target_builds(benches: list[Bench], methods, seeds, log, workdir: Path, 
     for bench in benches:
         if len(benches) > 1:
             log(f"build {bench.build_seed}: {bench.assets.root}")
-        per_build.append(run_targets(bench, methods, seeds, log, workdir, *args))
+        per_build.append(run_targets(bench, methods, seeds, log, workdir, *args, keep=keep))
     if len(per_build) == 1:
         return per_build[0]
     builds = [bench.build_seed for bench in benches]
@@ -1299,6 +1310,14 @@ def main(argv: list[str] | None = None) -> int:
         "runs these alone",
     )
     parser.add_argument(
+        "--keep-models",
+        type=Path,
+        default=None,
+        help="with --target: copy each run's published model into this folder (as "
+        "<method>-build<b>-seed<s>), e.g. for bench/relearn_check.py --models; runs "
+        "answered from the cache keep nothing (use --fresh)",
+    )
+    parser.add_argument(
         "--target",
         action="store_true",
         help="run the default job of each method (no hand-set hyperparameters) with its "
@@ -1316,6 +1335,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.retrains and not args.target:
         parser.error("--retrains: only with --target")
+    if args.keep_models and not args.target:
+        parser.error("--keep-models: only with --target")
     if (args.target or args.sweep) and set(methods) & set(GENERATION_ROWS):
         parser.error(
             "--methods guard: GUARD trains nothing, so it has no --target job or --sweep; "
@@ -1345,6 +1366,7 @@ def main(argv: list[str] | None = None) -> int:
             args.overrides,
             args.target_settings,
             args.then,
+            keep=args.keep_models,
         )
         output = {
             "methods": results,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -36,6 +37,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--preset", default="bench-gpt2")
     parser.add_argument("--cache", type=Path, default=REPO / ".cache" / "bench")
+    parser.add_argument(
+        "--build",
+        type=int,
+        default=0,
+        help="asset build seed, as bench/minitofu.py --builds names it",
+    )
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--seeds", default="0", help="attack splits, comma-separated")
@@ -47,7 +54,10 @@ def main(argv=None) -> int:
         "<assets>/retrains (what perfect forgetting measures under the check)",
     )
     args = parser.parse_args(argv)
-    assets = build_demo_assets(args.cache / f"demo-{args.preset}", args.preset)
+    suffix = f"-build{args.build}" if args.build else ""
+    assets = build_demo_assets(
+        args.cache / f"demo-{args.preset}{suffix}", args.preset, seed=args.build
+    )
     holdout = read_records(assets.data["holdout"])
     models = {"retrain": assets.retrain, "target": assets.target}
     for folder in (Path(m) for m in args.models.split(",") if m):
@@ -61,6 +71,7 @@ def main(argv=None) -> int:
             max_length=512,
             template=DEFAULT_PROMPT_TEMPLATE,
         )
+        ratios, passes = [], []
         for seed in (int(x) for x in args.seeds.split(",")):
             measured = relearn_probability(
                 model,
@@ -76,6 +87,8 @@ def main(argv=None) -> int:
                 seed=seed,
             )
             check = relearning_check_of(measured)
+            ratios.append(check.value)
+            passes.append(check.passed)
             # A one-record holdout cannot be split for the reference attack: the check
             # then compares with the holdout after the forget attack (``reference`` None).
             reference = (
@@ -91,6 +104,12 @@ def main(argv=None) -> int:
                 f"{'passes' if check.passed else 'fails'}",
                 flush=True,
             )
+        print(
+            f"{args.preset} {name}: ratio min {min(ratios):.2f}, median "
+            f"{statistics.median(ratios):.2f}, max {max(ratios):.2f}; passes {sum(passes)}/"
+            f"{len(ratios)} splits at limit {check.threshold}",
+            flush=True,
+        )
     return 0
 
 

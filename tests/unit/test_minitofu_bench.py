@@ -167,6 +167,7 @@ def test_target_mode_keeps_the_out_shape_and_can_give_jobs_a_smaller_holdout(
     out = tmp_path / "target.json"
     argv = ["--target", "--preset", "tiny", "--seeds", "0", "--methods", "graddiff"]
     argv += ["--holdout-subjects", "2", "--target-settings", '{"max_epochs": 4}']
+    argv += ["--keep-models", str(tmp_path / "kept")]
     assert minitofu.main([*argv, "--cache", str(cache), "--out", str(out)]) == 0
     results = json.loads(out.read_text())
     assert results["mode"] == "target"
@@ -189,6 +190,11 @@ def test_target_mode_keeps_the_out_shape_and_can_give_jobs_a_smaller_holdout(
     holdout = (cache / "holdout-tiny-2-subjects.jsonl").read_text().splitlines()
     subjects = {json.loads(line)["subject"] for line in holdout}
     assert len(subjects) == 2 and len(holdout) == 2 * 8
+    # --keep-models: the published model outlives the run's folder, from the step the row
+    # names
+    kept = json.loads((tmp_path / "kept" / "graddiff-build0-seed0" / "manifest.json").read_text())
+    assert kept["evaluation_point"]["step"] == run["selected_step"]
+    assert kept["evaluation_point"]["role"] == "published"
 
 
 @pytest.mark.slow
