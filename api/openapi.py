@@ -186,6 +186,9 @@ def _add_reference_patterns(schemas: dict) -> None:
     for option in oracle.get("anyOf", [oracle]):
         if option.get("type") == "string":
             option["pattern"] = ORACLE_PATTERN
+        elif option.get("type") == "array":
+            option["items"]["pattern"] = ORACLE_PATTERN
+            option["uniqueItems"] = True
 
 
 def _error_response_schema(schemas: dict) -> dict:

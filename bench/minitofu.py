@@ -694,7 +694,7 @@ def run_target_job(
     has no model left to keep."""
     import shutil
 
-    from core.pipeline import JobInputs, run_job
+    from core.pipeline import JobInputs, OracleInput, run_job
     from core.spec import parse_job_spec
 
     data = bench.assets.data
@@ -733,7 +733,7 @@ def run_target_job(
         retain=data["retain90"],
         holdout=data["holdout"],
         utility={"world_facts": data["world_facts"]},
-        oracle_model=str(bench.assets.retrain),
+        oracles=[OracleInput(str(bench.assets.retrain), model=str(bench.assets.retrain))],
     )
     # Named by the run's whole identity: target runs of other settings may run beside it
     # in another process, and each clears its folder first.
@@ -1140,10 +1140,13 @@ def retrain_goal(runs: list[dict], retrains: list[dict], build: int = 0) -> dict
     issue asks. Each part asks at most what the issue does, and at most what retraining
     itself gets."""
     parity = retrain_parity(runs, retrains, build)
-
-    def own(run):
-        return [r for r in retrains if r["build_seed"] == run.get("build_seed", build)]
-
+    # per build: the utility floor a run is held to (the issue's, or its retrains' lowest)
+    floors: dict[int, float] = {}
+    for r in retrains:
+        floors[r["build_seed"]] = min(
+            floors.get(r["build_seed"], ISSUE_GOAL["model_utility_ratio"]),
+            r["model_utility_ratio"],
+        )
     builds = {run.get("build_seed", build) for run in runs}
     mine = [r for r in retrains if r["build_seed"] in builds]
     checks = {
@@ -1152,9 +1155,8 @@ def retrain_goal(runs: list[dict], retrains: list[dict], build: int = 0) -> dict
             (r["forget_quality"] or 0.0) >= FALSE_FORGOTTEN_BELOW for r in runs
         ),
         "model_utility": all(
-            bool(own(run))
-            and (run.get("model_utility_ratio") or 0.0)
-            >= min(ISSUE_GOAL["model_utility_ratio"], *(r["model_utility_ratio"] for r in own(run)))
+            run.get("build_seed", build) in floors
+            and (run.get("model_utility_ratio") or 0.0) >= floors[run.get("build_seed", build)]
             for run in runs
         ),
         "target_met": bool(mine)

@@ -14,7 +14,7 @@ from urllib.request import url2pathname
 
 from core.bootstrap import DEMO_DATASET_PREFIX, demo_folder
 from core.errors import InvalidRequest
-from core.pipeline import JobInputs
+from core.pipeline import JobInputs, OracleInput
 from core.settings import Settings
 from core.spec import JobSpec
 
@@ -92,14 +92,16 @@ def resolve_data(reference: str | None, settings: Settings, base: Path, param: s
 
 def resolve_job_inputs(spec: JobSpec, settings: Settings, base: Path) -> JobInputs:
     evaluation = spec.evaluation
-    oracle_model = None
-    if evaluation.oracle and evaluation.oracle.startswith("job:"):
-        raise InvalidRequest(
-            "job:<id> oracles are stored by the service; give the CLI the oracle model",
-            param="evaluation.oracle",
-        )
-    if evaluation.oracle:
-        oracle_model = resolve_model(evaluation.oracle, settings, base, param="evaluation.oracle")
+    oracles = []
+    for index, reference in enumerate(evaluation.oracles):
+        param = evaluation.oracle_param(index)
+        if reference.startswith("job:"):
+            raise InvalidRequest(
+                "job:<id> oracles are stored by the service; give the CLI the oracle model",
+                param=param,
+            )
+        model = resolve_model(reference, settings, base, param=param)
+        oracles.append(OracleInput(reference, param, model=model))
     utility = [
         resolve_data(ref, settings, base, f"evaluation.utility.{i}")
         for i, ref in enumerate(evaluation.utility)
@@ -118,7 +120,7 @@ def resolve_job_inputs(spec: JobSpec, settings: Settings, base: Path) -> JobInpu
         utility={path.stem: path for path in utility},
         knowmem_forget=data("knowmem_forget"),
         knowmem_retain=data("knowmem_retain"),
-        oracle_model=oracle_model,
+        oracles=oracles,
     )
 
 

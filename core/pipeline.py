@@ -39,6 +39,18 @@ INFO_FILE = "info.json"
 
 
 @dataclass
+class OracleInput:
+    """One oracle: a local model evaluated in the job, or the stored statistics of an
+    earlier evaluation of one (``job:<id>``)."""
+
+    reference: str
+    #: the spec field errors about it name (``evaluation.oracle`` or ``...oracle.<i>``)
+    param: str = "evaluation.oracle"
+    model: str | None = None
+    result: dict | None = None
+
+
+@dataclass
 class JobInputs:
     """A job's references, resolved to local files (or a hub id for the model)."""
 
@@ -53,10 +65,10 @@ class JobInputs:
     #: question/answer sets about a raw-text forget/retain corpus (MUSE KnowMem)
     knowmem_forget: Path | None = None
     knowmem_retain: Path | None = None
-    #: a local model never trained on the forget set, evaluated here
-    oracle_model: str | None = None
-    #: or the stored statistics of an earlier evaluation of one
-    oracle_result: dict | None = None
+    #: models never trained on the forget set (``evaluation.oracle``), in the spec's
+    #: order: the first is the one PrivLeak, the relearning comparison and the oracle's
+    #: checks use; forget quality pools them all
+    oracles: list[OracleInput] = field(default_factory=list)
     #: human names for error messages and the manifest (e.g. the upload's file name)
     names: dict[str, str] = field(default_factory=dict)
     #: certified requests to re-check with the new model (``core.regressions``), their

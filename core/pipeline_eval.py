@@ -66,36 +66,39 @@ class JobEvaluator:
         )
         return result
 
-    def _oracle(self) -> tuple[EvaluationResult | None, object | None]:
-        """The oracle's evaluation, and its model when this job loaded one (for the
-        relearning attack); a stored evaluation comes without a model."""
-        if self.inputs.oracle_result is not None:
-            oracle = EvaluationResult.from_dict(self.inputs.oracle_result)
-            stored = oracle.sets["forget"].sha256
-            if stored != self.sets.forget.sha256:
-                self.reporter.event(
-                    "warning",
-                    "the stored oracle was evaluated on a different forget set; "
-                    "forget quality compares unlike samples",
-                    level="warning",
-                )
-            return oracle, None
-        if self.inputs.oracle_model is None:
-            return None, None
-        from core.models.loading import load_model
-        from core.runtime import default_device
+    def _oracles(self) -> tuple[list[EvaluationResult], object | None]:
+        """Each oracle's evaluation (``evaluation.oracle``, in order), and the first one's
+        model when this job loaded it (for the relearning attack); a stored evaluation
+        comes without a model, and the models of later oracles are dropped once
+        evaluated: only their truth ratios are pooled."""
+        results, first_model = [], None
+        for index, oracle in enumerate(self.inputs.oracles):
+            label = "oracle" if index == 0 else f"oracle {index + 1}"
+            if oracle.result is not None:
+                result = EvaluationResult.from_dict(oracle.result)
+                result.label = label
+                if result.sets["forget"].sha256 != self.sets.forget.sha256:
+                    self.reporter.event(
+                        "warning",
+                        f"the stored oracle {oracle.reference} was evaluated on a different "
+                        "forget set: forget quality cannot compare against it",
+                        level="warning",
+                    )
+                results.append(result)
+                continue
+            from core.models.loading import load_model
+            from core.runtime import default_device
 
-        self.reporter.event(
-            "phase", "evaluating the oracle model", oracle=self.spec.evaluation.oracle
-        )
-        oracle_model, _ = load_model(
-            self.inputs.oracle_model,
-            dtype="fp32",
-            reference=self.spec.evaluation.oracle,
-            param="evaluation.oracle",
-        )
-        oracle_model.to(default_device())
-        return self.evaluate(oracle_model, "oracle"), oracle_model
+            self.reporter.event("phase", f"evaluating the {label} model", oracle=oracle.reference)
+            model, _ = load_model(
+                oracle.model, dtype="fp32", reference=oracle.reference, param=oracle.param
+            )
+            model.to(default_device())
+            results.append(self.evaluate(model, label))
+            if index == 0:
+                first_model = model
+            del model
+        return results, first_model
 
     def _relearn(self, model, tokenizer, before: dict) -> dict:
         from core.evaluation.relearn import relearn_attack
@@ -133,7 +136,8 @@ class JobEvaluator:
         from core.training.target import confirmation
 
         started = time.perf_counter()
-        oracle, oracle_model = self._oracle()
+        oracles, oracle_model = self._oracles()
+        oracle = oracles[0] if oracles else None
         out_dir.mkdir(parents=True, exist_ok=True)
         relearn = None
         if self.spec.evaluation.relearn is not None:
@@ -166,7 +170,7 @@ class JobEvaluator:
             else confirmation(points, selected_step, target.confirm_points),
             holdout_note=self.holdout_note,
         )
-        comparison = compare(before, after, oracle)
+        comparison = compare(before, after, oracle, more_oracles=oracles[1:])
         training = [{"step": m.step, "epoch": m.epoch, "values": m.values()} for m in history]
         (out_dir / "evaluation.json").write_text(json.dumps(after.to_dict()))
         train_seconds = history[-1].elapsed_s if history else 0.0
@@ -176,6 +180,7 @@ class JobEvaluator:
             before=before,
             after=after,
             oracle=oracle,
+            more_oracles=oracles[1:],
             comparison=comparison,
             training_metrics=training,
             relearn=relearn,

@@ -127,7 +127,9 @@ def run_guard_job(spec, inputs, workdir: Path, *, reporter, lookup, settings):
         lookup=lookup,
         prompt_template=spec.prompt_template,
         hyperparameters=spec.hyperparameters,
-        oracle=inputs.oracle_model,
+        # the guard's evaluation compares generations with one oracle model: the first
+        # given as a model (a stored job:<id> evaluation holds no generations to match)
+        oracle=next((each.model for each in inputs.oracles if each.model), None),
         evaluate=spec.evaluation.enabled,
         base_name=spec.model,
     )

@@ -11,7 +11,7 @@ Data and model references are strings resolved where the job runs:
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -102,6 +102,9 @@ class RelearnSpec(StrictModel):
     batch_size: int = Field(8, ge=1, le=1024, description="Attack batch size.")
 
 
+#: At most this many oracles pool their truth ratios (each is evaluated, or read, once).
+MAX_ORACLES = 8
+
 #: The evaluation settings that name a dataset (``utility`` is a list of them; ``oracle``
 #: names a model).
 EVALUATION_DATASET_FIELDS = ("forget", "retain", "holdout", "knowmem_forget", "knowmem_retain")
@@ -123,10 +126,14 @@ class EvaluationSpec(StrictModel):
     utility: list[str] = Field(
         default_factory=list, description="Extra utility sets (e.g. world facts).", max_length=8
     )
-    oracle: str | None = Field(
+    oracle: str | Annotated[list[str], Field(min_length=1, max_length=MAX_ORACLES)] | None = Field(
         None,
         description="A model never trained on the forget set (retrain), for forget "
-        "quality; or 'job:<id>' to reuse the stored statistics of an earlier evaluation.",
+        "quality; or 'job:<id>' to reuse the stored statistics of an earlier evaluation. "
+        "A list of them (retrains of other seeds) pools their forget truth ratios: forget "
+        "quality then compares against several draws of perfect forgetting, not one "
+        "retrain's seed; PrivLeak, the relearning comparison and the oracle's own checks "
+        "use the first.",
     )
     max_samples: int = Field(400, ge=1, le=100_000, description="Cap per evaluation set.")
     generate: bool = Field(True, description="Greedy generation for ROUGE-L.")
@@ -162,6 +169,33 @@ class EvaluationSpec(StrictModel):
         "they may reproduce the very data being forgotten. Default: true, but false for a "
         "job that serves a deletion request (its report keeps figures, not the text).",
     )
+
+    @field_validator("oracle", mode="before")
+    @classmethod
+    def _oracles_are_a_reference_or_a_short_list(cls, value: Any) -> Any:
+        # Before the union's own validation, whose errors name its branches
+        # ("oracle.str: Input should be a valid string" for an empty list).
+        if value is None or isinstance(value, str):
+            return value
+        if not isinstance(value, list) or not all(isinstance(each, str) for each in value):
+            raise ValueError("give a model reference, 'job:<id>', or a list of such strings")
+        if not 1 <= len(value) <= MAX_ORACLES:
+            raise ValueError(f"give 1 to {MAX_ORACLES} oracles, not {len(value)}")
+        if len(set(value)) < len(value):
+            raise ValueError("an oracle is listed twice (pooling it would count it twice)")
+        return value
+
+    @property
+    def oracles(self) -> list[str]:
+        """The oracle references in order (the first is the one PrivLeak, the relearning
+        comparison and the oracle's checks use); empty without one."""
+        if self.oracle is None:
+            return []
+        return [self.oracle] if isinstance(self.oracle, str) else list(self.oracle)
+
+    def oracle_param(self, index: int) -> str:
+        """The field an error about the ``index``-th oracle names."""
+        return "evaluation.oracle" if isinstance(self.oracle, str) else f"evaluation.oracle.{index}"
 
 
 class TargetSpec(StrictModel):

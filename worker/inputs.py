@@ -19,7 +19,7 @@ from core.db.tables import DeletionRequest
 from core.errors import InvalidRequest, NotFound, ObliviateError
 from core.models.checkpoint import sha256_file
 from core.models.loading import fetch_model
-from core.pipeline import BatchMember, JobInputs
+from core.pipeline import BatchMember, JobInputs, OracleInput
 from core.pipeline_eval import ORACLE_STATS
 from core.settings import Settings
 from core.spec import JobSpec
@@ -76,7 +76,7 @@ class InputResolver:
     def model(self, reference: str, param: str) -> str:
         return fetch_model(reference, self.settings, lookup=self.registry_lookup, param=param)
 
-    def oracle_result(self, job_id: str) -> dict:
+    def oracle_result(self, job_id: str, param: str = "evaluation.oracle") -> dict:
         """The oracle statistics stored next to that job's report (whichever attempt
         wrote it: the report row says where)."""
         with self.sessions() as session:
@@ -89,18 +89,20 @@ class InputResolver:
                 pass
         raise InvalidRequest(
             f"job {job_id} has no stored oracle evaluation; give the oracle as a model",
-            param="evaluation.oracle",
+            param=param,
             code="oracle_not_found",
         )
 
     def resolve(self, spec: JobSpec, job) -> JobInputs:
         evaluation = spec.evaluation
-        oracle_model = oracle_result = None
-        if evaluation.enabled and evaluation.oracle:
-            if evaluation.oracle.startswith("job:"):
-                oracle_result = self.oracle_result(evaluation.oracle.removeprefix("job:"))
+        oracles = []
+        for index, reference in enumerate(evaluation.oracles if evaluation.enabled else []):
+            oracle = OracleInput(reference, evaluation.oracle_param(index))
+            if reference.startswith("job:"):
+                oracle.result = self.oracle_result(reference.removeprefix("job:"), oracle.param)
             else:
-                oracle_model = self.model(evaluation.oracle, "evaluation.oracle")
+                oracle.model = self.model(reference, oracle.param)
+            oracles.append(oracle)
         utility = {}
         for index, ref in enumerate(evaluation.utility):
             path = self.dataset(ref, f"utility{index}")
@@ -115,8 +117,7 @@ class InputResolver:
             utility=utility,
             knowmem_forget=self.dataset(evaluation.knowmem_forget, "knowmem_forget"),
             knowmem_retain=self.dataset(evaluation.knowmem_retain, "knowmem_retain"),
-            oracle_model=oracle_model,
-            oracle_result=oracle_result,
+            oracles=oracles,
         )
         inputs.names = {**self.names, "job": job.id, **self.provenance(job.id, spec)}
         if evaluation.enabled:

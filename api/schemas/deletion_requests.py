@@ -149,6 +149,9 @@ class Evidence(BaseModel):
     forget_quality: float | None = None
     forget_quality_before: float | None = None
     forget_quality_reason: str | None = None
+    #: with several oracles: how many forget quality pooled, and the figure against each
+    forget_quality_oracles: int | None = None
+    forget_quality_by_oracle: list[float | None] | None = None
     forget_truth_ratio: float | None = None
     forget_rouge: float | None = None
     forget_rouge_before: float | None = None

@@ -104,9 +104,13 @@ def check_references(session: Session, settings: Settings, spec: JobSpec) -> Non
     datasets += [(f"evaluation.utility.{i}", value) for i, value in enumerate(evaluation.utility)]
 
     models = [("model", spec.model)]
-    oracle = evaluation.oracle
-    if oracle is not None and not oracle.startswith("job:"):
-        models.append(("evaluation.oracle", oracle))
+    oracle_jobs = []
+    for index, oracle in enumerate(evaluation.oracles):
+        param = evaluation.oracle_param(index)
+        if oracle.startswith("job:"):
+            oracle_jobs.append((param, oracle.removeprefix("job:")))
+        else:
+            models.append((param, oracle))
     registered = []
     for param, reference in models:
         location = vet_model_location(reference, settings, param=param)
@@ -142,8 +146,8 @@ def check_references(session: Session, settings: Settings, spec: JobSpec) -> Non
             param="deletion_request",
             code="unknown_deletion_request",
         )
-    if oracle is not None and oracle.startswith("job:"):
-        _check_oracle_job(session, oracle.removeprefix("job:"))
+    for param, job_id in oracle_jobs:
+        _check_oracle_job(session, job_id, param)
     if spec.continue_from is not None:
         _check_continued_job(session, spec)
 
@@ -179,8 +183,7 @@ def _check_continued_job(session: Session, spec: JobSpec) -> None:
         )
 
 
-def _check_oracle_job(session: Session, job_id: str) -> None:
-    param = "evaluation.oracle"
+def _check_oracle_job(session: Session, job_id: str, param: str) -> None:
     try:
         row = repo.get_job_row(session, job_id)
     except NotFound:  # a bad field of this request, not a missing resource: 422

@@ -11,7 +11,7 @@ against the oracle's), model utility, PrivLeak and the strata of the SimNPO pape
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -393,8 +393,11 @@ def _forget_truth_ratios(result: EvaluationResult) -> np.ndarray | None:
 
 
 def _forget_quality(
-    unlearned: EvaluationResult, oracle: EvaluationResult | None
+    unlearned: EvaluationResult, oracle: EvaluationResult | None, more_oracles=()
 ) -> tuple[float | None, str | None]:
+    """The KS p-value of the model's forget truth ratios against the oracle's, or against
+    the truth ratios of several oracles pooled (``more_oracles`` beside the first: the
+    ones evaluated on the same forget set); None and why where it cannot be computed."""
     if oracle is None:
         return None, (
             "no oracle was given: forget quality compares against a model never trained on "
@@ -412,7 +415,48 @@ def _forget_quality(
             "the forget set has no paraphrased/perturbed answers, so there are no truth "
             "ratios to compare"
         )
-    return metrics.forget_quality(ours_tr, theirs_tr), None
+    pooled = [theirs_tr, *(ratios for _, ratios in _usable_oracles(unlearned, more_oracles))]
+    return metrics.forget_quality(ours_tr, np.concatenate(pooled)), None
+
+
+def _usable_oracles(unlearned: EvaluationResult, oracles) -> list[tuple[int, np.ndarray]]:
+    """``(position, forget truth ratios)`` of the oracles evaluated on the model's forget
+    set, with truth ratios; the others cannot be pooled (``forget_quality_by_oracle``
+    says None for them)."""
+    usable = []
+    for position, oracle in enumerate(oracles):
+        if oracle.sets["forget"].sha256 != unlearned.sets["forget"].sha256:
+            continue
+        ratios = _forget_truth_ratios(oracle)
+        if ratios is not None:
+            usable.append((position, ratios))
+    return usable
+
+
+def _oracle_pool(
+    unlearned: EvaluationResult, oracle: EvaluationResult | None, more_oracles
+) -> dict[str, Any]:
+    """What pooling several oracles adds to the comparison: the forget quality against
+    each oracle alone, how many were pooled, and the first oracle's forget quality
+    against the others (what a model that never saw the forget set scores here: the
+    scale the pooled figure is read on). Empty with one oracle."""
+    if oracle is None or not more_oracles:
+        return {}
+    every = [oracle, *more_oracles]
+    usable = {position for position, _ in _usable_oracles(unlearned, every)}
+    first_usable = 0 in usable
+    return {
+        "forget_quality_by_oracle": [
+            _forget_quality(unlearned, each)[0] if position in usable and first_usable else None
+            for position, each in enumerate(every)
+        ],
+        "forget_quality_oracles": len(usable) if first_usable else 0,
+        "oracle_forget_quality": (
+            _forget_quality(oracle, more_oracles[0], more_oracles[1:])[0]
+            if first_usable and len(usable) > 1
+            else None
+        ),
+    }
 
 
 def _privleak(
@@ -451,7 +495,10 @@ STRATA_KEYS = {
 
 
 def _strata(
-    before: EvaluationResult, after: EvaluationResult, oracle: EvaluationResult | None
+    before: EvaluationResult,
+    after: EvaluationResult,
+    oracle: EvaluationResult | None,
+    more_oracles=(),
 ) -> dict[str, Any]:
     """Forget quality and forget probability per quartile of answer length and of the
     original model's memorization (its probability, its extraction strength): the
@@ -459,8 +506,16 @@ def _strata(
     less evenly. Samples are matched across models by their index in the set."""
     indices = list(after.sets["forget"].samples["index"])
     after_tr = _aligned(after, "truth_ratio", indices)
-    oracle_tr = _aligned(oracle, "truth_ratio", indices)
     oracle_usable = oracle is not None and _forget_quality(after, oracle)[0] is not None
+    # one row per usable oracle, each aligned with the model's samples: a stratum pools
+    # the oracles' truth ratios of its samples, as the headline figure pools them all
+    oracle_tr = np.stack(
+        [_aligned(oracle, "truth_ratio", indices)]
+        + [
+            _aligned(more_oracles[position], "truth_ratio", indices)
+            for position, _ in _usable_oracles(after, more_oracles)
+        ]
+    )
     probability = {
         "before": _aligned(before, "probability", indices),
         "after": _aligned(after, "probability", indices),
@@ -496,7 +551,8 @@ def _strata(
             fq = None
             if oracle_usable and members.any():
                 ours = after_tr[members][np.isfinite(after_tr[members])]
-                theirs = oracle_tr[members][np.isfinite(oracle_tr[members])]
+                pooled = oracle_tr[:, members].ravel()
+                theirs = pooled[np.isfinite(pooled)]
                 if ours.size and theirs.size:
                     fq = metrics.forget_quality(ours, theirs)
             row["forget_quality"] = fq
@@ -509,14 +565,22 @@ def _strata(
 
 
 def compare(
-    before: EvaluationResult, after: EvaluationResult, oracle: EvaluationResult | None
+    before: EvaluationResult,
+    after: EvaluationResult,
+    oracle: EvaluationResult | None,
+    *,
+    more_oracles: Sequence[EvaluationResult] = (),
 ) -> dict[str, Any]:
     """Headline metrics of the unlearned model (``after``), with the original model
     (``before``) and the oracle (a retrain never trained on the forget set) alongside.
 
     Forget quality and PrivLeak need the oracle; without one they are None and
     ``forget_quality_reason`` / ``privleak_reason`` say why. Everything else is
-    reported regardless.
+    reported regardless. ``more_oracles``: further retrains (other seeds); forget
+    quality, before and after and per stratum, then compares with all of their truth
+    ratios pooled (one retrain's seed alone moves it several-fold: docs/minitofu.md),
+    and ``forget_quality_by_oracle`` gives it against each alone. PrivLeak and the
+    oracle's own figures stay the first oracle's.
     """
     if before.sets["forget"].sha256 != after.sets["forget"].sha256:
         raise ValueError(
@@ -524,8 +588,9 @@ def compare(
             f"({before.sets['forget'].name} vs {after.sets['forget'].name}); evaluate both "
             "models on the same sets"
         )
-    fq, fq_reason = _forget_quality(after, oracle)
-    fq_before, _ = _forget_quality(before, oracle)
+    fq, fq_reason = _forget_quality(after, oracle, more_oracles)
+    fq_before, _ = _forget_quality(before, oracle, more_oracles)
+    pool = _oracle_pool(after, oracle, more_oracles)
     leak, leak_reason = _privleak(after, oracle)
     leak_before, _ = _privleak(before, oracle)
     mu_before, mu_after = before.metrics["model_utility"], after.metrics["model_utility"]
@@ -548,12 +613,28 @@ def compare(
             "before": {"forget_quality": fq_before, **before.metrics},
             "after": {"forget_quality": fq, **after.metrics},
             "oracle": (
-                {"forget_quality": _forget_quality(oracle, oracle)[0], **oracle.metrics}
+                {
+                    "forget_quality": pool.get(
+                        "oracle_forget_quality", _forget_quality(oracle, oracle)[0]
+                    ),
+                    **oracle.metrics,
+                }
                 if oracle
                 else None
             ),
         },
-        strata=_strata(before, after, oracle),
-        notes=sorted(set(before.notes + after.notes + (oracle.notes if oracle else []))),
+        strata=_strata(before, after, oracle, more_oracles),
+        notes=sorted(
+            set(
+                before.notes
+                + after.notes
+                + [note for each in (oracle, *more_oracles) if each for note in each.notes]
+            )
+        ),
     )
+    if pool:
+        comparison.update(
+            forget_quality_by_oracle=pool["forget_quality_by_oracle"],
+            forget_quality_oracles=pool["forget_quality_oracles"],
+        )
     return _json_safe(comparison)

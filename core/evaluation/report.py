@@ -22,7 +22,7 @@ from core.evaluation.next_steps import next_steps
 from core.evaluation.report_html import render_report
 
 #: version of report.json; bump the major on breaking changes (docs/report.md)
-REPORT_SCHEMA_VERSION = "1.5"
+REPORT_SCHEMA_VERSION = "1.6"
 
 #: summary fields besides the headline metrics
 SUMMARY_EXTRA_KEYS = (
@@ -34,6 +34,10 @@ SUMMARY_EXTRA_KEYS = (
     "model_utility_ratio",
     "privleak_before",
     "privleak_reason",
+    # with several oracles (``evaluation.oracle`` a list): forget quality against each
+    # alone, and how many were pooled for ``forget_quality``
+    "forget_quality_by_oracle",
+    "forget_quality_oracles",
 )
 
 
@@ -45,6 +49,7 @@ def write_report(
     after: EvaluationResult,
     oracle: EvaluationResult | None,
     comparison: dict,
+    more_oracles: list[EvaluationResult] | None = None,
     training_metrics: list[dict],
     relearn: dict | None = None,
     verdict: dict | None = None,
@@ -62,7 +67,9 @@ def write_report(
     checks (``verdict.oracle_checks``). ``evaluation_points``: the points evaluated
     during training (``report["trajectory"]``), ``selected_step`` the one published,
     ``target`` what the job aimed at, ``stopped`` why training ended early,
-    ``evaluation_cost`` what the points cost."""
+    ``evaluation_cost`` what the points cost. ``more_oracles``: the oracles after the
+    first whose truth ratios forget quality pooled (``evaluations.more_oracles``, so the
+    figure can be recomputed from the report)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
@@ -127,6 +134,7 @@ def write_report(
             "before": before.to_dict(),
             "after": after.to_dict(),
             "oracle": oracle.to_dict() if oracle is not None else None,
+            **({"more_oracles": [each.to_dict() for each in more_oracles]} if more_oracles else {}),
         },
         "training": {"metrics": training_metrics, "evaluation_cost": evaluation_cost},
         "target": target,

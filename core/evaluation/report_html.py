@@ -116,8 +116,16 @@ def in_short(report: dict, checks: dict[str, dict]) -> list[dict[str, Any]]:
         )
     else:
         samples = _forget_samples(report)
+        pooled = summary.get("forget_quality_oracles") or 1
         tested = ""
-        if len(samples) == 2:
+        if len(samples) == 2 and pooled > 1:
+            tested = (
+                f" (KS test on {samples[0]} forget samples against {samples[1]} of {pooled} "
+                "oracles pooled; against each alone: "
+                + ", ".join(format_value(q) for q in summary.get("forget_quality_by_oracle") or [])
+                + ")"
+            )
+        elif len(samples) == 2:
             tested = f" (KS test on {samples[0]} forget samples against the oracle's {samples[1]})"
         line(
             "Forget quality{value}"
@@ -178,14 +186,23 @@ def in_short(report: dict, checks: dict[str, dict]) -> list[dict[str, Any]]:
 
 
 def _forget_samples(report: dict) -> list[int]:
+    """The forget samples the KS test compared: the model's, and the oracles' (those
+    pooled: evaluated on the same forget set)."""
     evaluations = report.get("evaluations")
-    if not isinstance(evaluations, dict):
+    if not isinstance(evaluations, dict) or not evaluations.get("after"):
         return []
-    return [
-        len(evaluations[m]["sets"]["forget"]["samples"]["index"])
-        for m in ("after", "oracle")
-        if evaluations.get(m)
-    ]
+    after = evaluations["after"]["sets"]["forget"]
+    counted = [len(after["samples"]["index"])]
+    oracles = [evaluations.get("oracle"), *(evaluations.get("more_oracles") or [])]
+    if oracles[0]:
+        counted.append(
+            sum(
+                len(each["sets"]["forget"]["samples"]["index"])
+                for each in oracles
+                if each and each["sets"]["forget"]["sha256"] == after["sha256"]
+            )
+        )
+    return counted
 
 
 def render_report(report: dict, plots: dict[str, str]) -> str:

@@ -127,6 +127,26 @@ def test_model_references_are_vetted(client, api_settings, forget_id):
             job_body(forget_id, evaluation={"oracle": "job:job_00000000000000000000000000"}),
             (422, "unknown_oracle_job", "evaluation.oracle"),
         ),
+        # several oracles: the error names the one at fault by its place in the list
+        (
+            job_body(forget_id, evaluation={"oracle": ["org/retrain-1", "retrained"]}),
+            (422, "unknown_model", "evaluation.oracle.1"),
+        ),
+        (
+            job_body(
+                forget_id,
+                evaluation={"oracle": ["job:job_00000000000000000000000000", "org/retrain-1"]},
+            ),
+            (422, "unknown_oracle_job", "evaluation.oracle.0"),
+        ),
+        (
+            job_body(forget_id, evaluation={"oracle": ["org/retrain-1", "org/retrain-1"]}),
+            (422, "invalid_value", "evaluation.oracle"),
+        ),
+        (
+            job_body(forget_id, evaluation={"oracle": []}),
+            (422, "invalid_value", "evaluation.oracle"),
+        ),
     ]
     for body, expected in cases:
         assert error_of(submit(client, body)) == expected, body
@@ -134,6 +154,11 @@ def test_model_references_are_vetted(client, api_settings, forget_id):
     folder.mkdir(parents=True)
     assert submit(client, job_body(forget_id, model=str(folder))).status_code == 201
     assert submit(client, job_body(forget_id, model="org/hub-model")).status_code == 201
+    pooled = job_body(forget_id, evaluation={"oracle": ["org/retrain-1", "org/retrain-2"]})
+    created = submit(client, pooled)
+    assert created.status_code == 201, created.text
+    job = client.get(f"/v1/jobs/{created.json()['id']}").json()
+    assert job["evaluation"]["oracle"] == ["org/retrain-1", "org/retrain-2"]
 
 
 def test_oracle_job_needs_a_succeeded_job_with_a_report(client, session_factory, forget_id):

@@ -306,7 +306,7 @@ def test_report_matches_docs_and_renders(tmp_path, results):
         assert key in documented
     for column in report["evaluations"]["after"]["sets"]["forget"]["samples"]:
         assert f"evaluations.*.sets.*.samples.{column}" in documented
-    assert report["schema_version"] == "1.5"
+    assert report["schema_version"] == "1.6"
     # Written without a job verdict, the report falls back to the evidence's.
     verdict = report["summary"]["verdict"]
     assert verdict["status"] in ("forgotten", "not_forgotten", "not_verifiable")
@@ -333,6 +333,45 @@ def test_report_matches_docs_and_renders(tmp_path, results):
     for generation in after.sets["forget"].samples["generation"]:
         if len(generation) > 20:
             assert generation not in page
+
+
+def test_report_with_several_oracles_pools_them_and_keeps_each(
+    tmp_path, tokenizer, sets, spec, results
+):
+    from scipy.stats import ks_2samp
+
+    second = evaluate_model(build_model(tokenizer, seed=3), tokenizer, sets, spec, **EVAL_ARGS)
+    before, after, oracle = results["before"], results["after"], results["oracle"]
+    comparison = compare(before, after, oracle, more_oracles=[second])
+    written = write_report(
+        tmp_path,
+        job={"id": "job_pooled"},
+        before=before,
+        after=after,
+        oracle=oracle,
+        more_oracles=[second],
+        comparison=comparison,
+        training_metrics=[],
+    )
+    report = json.loads(written["report.json"].read_text())
+    summary, evaluations = report["summary"], report["evaluations"]
+
+    def truth_ratios(evaluation):
+        values = evaluation["sets"]["forget"]["samples"]["truth_ratio"]
+        return [v for v in values if v is not None]
+
+    # recomputable from the report alone: the model's ratios against both oracles'
+    ours = truth_ratios(evaluations["after"])
+    first, other = truth_ratios(evaluations["oracle"]), truth_ratios(evaluations["more_oracles"][0])
+    assert summary["forget_quality"] == pytest.approx(ks_2samp(ours, first + other).pvalue)
+    assert summary["forget_quality_oracles"] == 2
+    assert summary["forget_quality_by_oracle"] == pytest.approx(
+        [ks_2samp(ours, first).pvalue, ks_2samp(ours, other).pvalue]
+    )
+    oracle_row = report["comparison"]["models"]["oracle"]
+    assert oracle_row["forget_quality"] == pytest.approx(ks_2samp(first, other).pvalue)
+    page = written["report.html"].read_text()
+    assert f"against {len(first) + len(other)} of 2 oracles pooled" in page
 
 
 def test_report_without_oracle_or_training(tmp_path, results):

@@ -71,6 +71,23 @@ def test_unlearn_writes_checkpoint_metrics_and_report(home, tmp_path):
     assert (out / "report" / "report.html").exists()
 
 
+def test_unlearn_names_the_stored_oracle_it_cannot_read(home, tmp_path):
+    # job:<id> oracles live in the service's store; in a list the error names the one
+    spec = {
+        "model": "demo-target",
+        "forget": "ds_demo_forget10",
+        "retain": "ds_demo_retain90",
+        "evaluation": {"oracle": ["demo-retrain", "job:job_earlier"]},
+    }
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["unlearn", str(tmp_path / "job.yaml"), "--out", str(out)])
+    assert result.exit_code != 0
+    output = " ".join(result.output.split())
+    assert "(evaluation.oracle.1)" in output and "stored by the service" in output
+    assert not (out / "checkpoint").exists()
+
+
 @pytest.mark.parametrize(
     "method,extra",
     [
