@@ -319,6 +319,32 @@ def _chain_on_the_output_model(service: Service, base: str) -> None:
     assert job["status"] == "succeeded", job
 
 
+def _pool_a_stored_oracle_with_a_model(service: Service, earlier: str) -> None:
+    """``evaluation.oracle`` as a list: the oracle statistics an earlier job stored (read
+    from the object store by the worker) and a model, pooled. Both are demo-retrain's
+    evaluation here, so forget quality against each alone must agree."""
+    body = {
+        **DEMO_JOB,
+        "hyperparameters": {**DEMO_JOB["hyperparameters"], "epochs": 1},
+        "evaluation": {
+            "holdout": "ds_demo_holdout",
+            "oracle": [f"job:{earlier}", "demo-retrain"],
+            "max_new_tokens": 8,
+        },
+        "target": None,
+    }
+    created = service.http.post("/v1/jobs", json=body)
+    assert created.status_code == 201, created.text
+    job = service.wait_for(created.json()["id"], lambda j: j["status"] in TERMINAL)
+    assert job["status"] == "succeeded", f"{job}\n{service.tail_logs()}"
+    report = service.http.get(f"/v1/jobs/{job['id']}/report").json()
+    summary = report["summary"]
+    assert summary["forget_quality_oracles"] == 2
+    alone = summary["forget_quality_by_oracle"]
+    assert alone[0] == pytest.approx(alone[1], rel=1e-6)
+    assert len(report["evaluations"]["more_oracles"]) == 1
+
+
 def test_production_stack_runs_reports_cancels_and_ignores_duplicates(production_service):
     service = production_service
     job_id = _run_demo_job_and_check_everything(service)
@@ -336,6 +362,7 @@ def test_production_stack_runs_reports_cancels_and_ignores_duplicates(production
 
     _cancel_a_running_job(service)
     _chain_on_the_output_model(service, job_id)
+    _pool_a_stored_oracle_with_a_model(service, job_id)
 
 
 def _check_report_in_a_browser(service: Service, job_id: str) -> None:
