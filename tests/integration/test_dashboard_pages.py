@@ -106,6 +106,8 @@ def test_job_pages_show_state_verdict_and_downloads(signed_in, session_factory):
                 "verdict": verdict,
                 "privleak": -28.0,
                 "forget_probability": 0.1,
+                "forget_quality": 0.41,
+                "forget_quality_oracles": 3,
                 "next_steps": [
                     {
                         "reason": "membership",
@@ -147,6 +149,7 @@ def test_job_pages_show_state_verdict_and_downloads(signed_in, session_factory):
     assert "needs attention" in served and "Jane Roe" in served and "DSR-9" in served
     assert "No certificate until a job has verified" in served
     assert "Verdict: Not forgotten" in served and "Certificate" in served
+    assert "0.41" in served and "against 3 retrains pooled" in served
     assert (
         signed_in.get("/deletion-requests", params={"status": "open"}).text.count(request.id) == 0
     )
