@@ -73,11 +73,12 @@ def test_safe_filename_keeps_the_name_and_drops_folders():
 
 
 def test_every_evaluation_text_field_is_checked_as_a_reference():
-    """A new data field in EvaluationSpec must be added to the API's reference checks."""
+    """A new data field in EvaluationSpec must be added to the API's reference checks
+    (a field that takes a string among other things, as ``oracle`` a list, too)."""
     text_fields = {
         name
         for name, field in EvaluationSpec.model_fields.items()
-        if field.annotation in (str, str | None)
+        if field.annotation is str or str in typing.get_args(field.annotation)
     }
     assert text_fields == set(EVALUATION_DATASET_FIELDS) | set(EVALUATION_MODEL_FIELDS)
 
