@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import types
 import typing
 
 import pytest
@@ -78,7 +79,11 @@ def test_every_evaluation_text_field_is_checked_as_a_reference():
     text_fields = {
         name
         for name, field in EvaluationSpec.model_fields.items()
-        if field.annotation is str or str in typing.get_args(field.annotation)
+        if field.annotation is str
+        or (
+            typing.get_origin(field.annotation) in (typing.Union, types.UnionType)
+            and str in typing.get_args(field.annotation)
+        )
     }
     assert text_fields == set(EVALUATION_DATASET_FIELDS) | set(EVALUATION_MODEL_FIELDS)
 

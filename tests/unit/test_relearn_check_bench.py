@@ -20,7 +20,16 @@ def test_it_reports_the_check_for_the_oracle_and_the_target(tiny_demo, capsys):
         assert script.main([*argv, "--models", str(oracle)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     figures: dict[str, list[float]] = {}
+    summaries: dict[str, tuple[float, ...]] = {}
     for line in lines:
+        summary = re.fullmatch(
+            rf"{TINY_PRESET} (\w+): ratio min {NUMBER}, median {NUMBER}, max {NUMBER}; "
+            r"passes (\d)/(\d) splits at limit 1.5",
+            line,
+        )
+        if summary:
+            summaries[summary[1]] = tuple(map(float, summary.groups()[1:]))
+            continue
         found = re.fullmatch(
             rf"{TINY_PRESET} (\w+) split (\d): unseen forget half {NUMBER}; "
             rf"holdout {NUMBER} \(ratio {NUMBER}\); "
@@ -44,6 +53,12 @@ def test_it_reports_the_check_for_the_oracle_and_the_target(tiny_demo, capsys):
         "retrain_2": 2,
     }
     assert figures["retrain_2"] == pytest.approx(figures["retrain"], rel=1e-4)
+    # each model's splits summed up after them: the spread and how many pass
+    for name, ratios in figures.items():
+        low, middle, high, passed, splits = summaries[name]
+        assert (low, high) == pytest.approx((min(ratios), max(ratios)), abs=0.006)
+        assert middle == pytest.approx(sum(ratios) / 2, abs=0.006)  # two splits
+        assert (passed, splits) == (sum(r <= 1.5 for r in ratios), 2)
     # The holdout is to the oracle what the forget set is: it passes, on the mean of the
     # splits (with two forget authors one split can land at the limit: 1.51 on
     # tiny-gpt2). The target memorized the forget answers: its unseen half is far likelier.
