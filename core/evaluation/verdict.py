@@ -50,12 +50,16 @@ from core.evaluation import metrics
 MEMBERSHIP_MARGIN = 0.2
 #: the relearning check: after the attack, unseen forget records at most this many times
 #: as likely as unseen holdout records after the same attack on the other holdout
-#: records: issue 8's tolerance against a retrained model under the same attack. The
-#: reference is measured on the model itself because the transfer between questions
-#: about the same subject is the model's (a retrained model, against plain holdout
-#: records: 1.2-1.4x on the Llama benchmarks, 3.0x on the GPT-2 one; against the
-#: reference: bench/relearn_check.py, docs/verdict.md).
-RELEARN_MAX_RATIO = 1.5
+#: records. The reference is measured on the model itself because the transfer between
+#: questions about the same subject is the model's (a retrained model, against plain
+#: holdout records: 1.2-1.4x on the Llama benchmarks, 3.0x on the GPT-2 one). Set from
+#: both error rates under five attack splits each (bench/relearn_check.py, docs/verdict.md,
+#: stop 42): perfect forgetting (oracles and retrains of other seeds) read 0.62-1.91x on
+#: the Llama and GPT-2 benchmarks, the default jobs' models that kept the answers
+#: 2.44-5.87x; 1.5 (issue 8's tolerance against the oracle, until stop 42) failed 11 of 15
+#: GPT-2 retrain splits, and so every GPT-2 retrain's verdict. Over-forgotten models read
+#: below 1 and are refused by the membership check instead.
+RELEARN_MAX_RATIO = 2.0
 STATUSES = ("forgotten", "not_forgotten", "not_verifiable")
 
 HOLDOUT_HELP = (

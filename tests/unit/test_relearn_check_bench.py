@@ -24,7 +24,7 @@ def test_it_reports_the_check_for_the_oracle_and_the_target(tiny_demo, capsys):
     for line in lines:
         summary = re.fullmatch(
             rf"{TINY_PRESET} (\w+): ratio min {NUMBER}, median {NUMBER}, max {NUMBER}; "
-            r"passes (\d)/(\d) splits at limit 1.5",
+            r"passes (\d)/(\d) splits at limit 2.0",
             line,
         )
         if summary:
@@ -34,7 +34,7 @@ def test_it_reports_the_check_for_the_oracle_and_the_target(tiny_demo, capsys):
             rf"{TINY_PRESET} (\w+) split (\d): unseen forget half {NUMBER}; "
             rf"holdout {NUMBER} \(ratio {NUMBER}\); "
             rf"unseen holdout half under its own attack {NUMBER} "
-            rf"\(ratio {NUMBER}, limit 1.5\): (passes|fails)",
+            rf"\(ratio {NUMBER}, limit 2.0\): (passes|fails)",
             line,
         )
         assert found, line
@@ -42,7 +42,7 @@ def test_it_reports_the_check_for_the_oracle_and_the_target(tiny_demo, capsys):
         unseen, held, old_ratio, reference, ratio = map(float, found.groups()[2:7])
         assert abs(old_ratio - unseen / held) < 0.01 + 0.01 * old_ratio
         assert abs(ratio - unseen / reference) < 0.01 + 0.01 * ratio
-        assert (found[8] == "passes") == (ratio <= 1.5)
+        assert (found[8] == "passes") == (ratio <= 2.0)
         figures.setdefault(name, []).append(ratio)
     # --models: a folder named by its own name (numbered where taken); the oracle's folder
     # again measures what the oracle did, attack for attack
@@ -58,7 +58,7 @@ def test_it_reports_the_check_for_the_oracle_and_the_target(tiny_demo, capsys):
         low, middle, high, passed, splits = summaries[name]
         assert (low, high) == pytest.approx((min(ratios), max(ratios)), abs=0.006)
         assert middle == pytest.approx(sum(ratios) / 2, abs=0.006)  # two splits
-        assert (passed, splits) == (sum(r <= 1.5 for r in ratios), 2)
+        assert (passed, splits) == (sum(r <= 2.0 for r in ratios), 2)
     # The holdout is to the oracle what the forget set is: it passes, on the mean of the
     # splits (with two forget authors one split can land at the limit: 1.51 on
     # tiny-gpt2). The target memorized the forget answers: its unseen half is far likelier.

@@ -133,9 +133,9 @@ def test_decide_says_forgotten_only_when_every_check_passes():
     bad = good + [utility_check(0.9, 0.95)]
     verdict = decide(bad)
     assert verdict.status == "not_forgotten" and "below the floor" in verdict.reason
-    # relearning: 1.6x the holdout's unseen half after its own attack is more than 1.5x
-    assert relearning_check(0.15, 0.1).passed and not relearning_check(0.16, 0.1).passed
-    verdict = decide([relearning_check(0.16, 0.1)])
+    # relearning: 2.1x the holdout's unseen half after its own attack is more than 2x
+    assert relearning_check(0.2, 0.1).passed and not relearning_check(0.21, 0.1).passed
+    verdict = decide([relearning_check(0.21, 0.1)])
     assert verdict.status == "not_forgotten" and "relearning" in verdict.reason
     unknown = decide([utility_check(None, 0.95)])
     assert unknown.status == "not_verifiable"
